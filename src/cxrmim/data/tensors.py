@@ -1,0 +1,131 @@
+"""From the prepared cache to normalised, augmented batches on the training device."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+
+from cxrmim.device import DeviceSetup
+
+PIXEL_MEAN = 0.5
+PIXEL_STD = 0.25
+
+
+@dataclass
+class PreparedData:
+    """The prepare stage's cache: images and lung masks on one grid, plus the manifest."""
+
+    images: np.ndarray  # uint8 (N, S, S)
+    masks: np.ndarray  # uint8 (N, S, S), 1 = lung
+    manifest: pd.DataFrame
+
+    @property
+    def image_size(self) -> int:
+        """Side length of the square image grid."""
+        return int(self.images.shape[-1])
+
+
+def load_prepared(prepared_dir: str | Path, mmap: bool = True) -> PreparedData:
+    """Open a prepared cache (memory-mapped by default)."""
+    prepared_dir = Path(prepared_dir)
+    mode = "r" if mmap else None
+    try:
+        images = np.load(prepared_dir / "images.npy", mmap_mode=mode)
+        masks = np.load(prepared_dir / "masks.npy", mmap_mode=mode)
+        manifest = pd.read_csv(prepared_dir / "manifest.csv", keep_default_na=False)
+    except FileNotFoundError as err:
+        raise FileNotFoundError(f"{err.filename}: prepared cache is incomplete; run the prepare rule") from err
+    if not (len(images) == len(masks) == len(manifest)):
+        raise ValueError(f"{prepared_dir}: images, masks and manifest disagree in length; re-run prepare")
+    return PreparedData(images, masks, manifest)
+
+
+def normalise(images_uint8: torch.Tensor) -> torch.Tensor:
+    """(B, S, S) uint8 -> (B, 1, S, S) float, zero-mean-ish unit-scale input for the models."""
+    return (images_uint8.unsqueeze(1).float() / 255.0 - PIXEL_MEAN) / PIXEL_STD
+
+
+def augment_batch(
+    images: torch.Tensor,
+    masks: torch.Tensor | None,
+    crop_scale: Sequence[float],
+    hflip: bool,
+    generator: torch.Generator,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Random resized crop (and optional horizontal flip) applied identically to images and masks.
+
+    One affine grid per sample keeps image and mask aligned and works on any device.
+    Chest X-rays are never flipped vertically. `generator` lives on the CPU so draws are reproducible.
+    """
+    batch = images.shape[0]
+    low, high = float(crop_scale[0]), float(crop_scale[1])
+    scale = torch.sqrt(low + (high - low) * torch.rand(batch, generator=generator))
+    shift = (1 - scale) * (2 * torch.rand(2, batch, generator=generator) - 1)
+    flip = torch.ones(batch)
+    if hflip:
+        flip = torch.where(torch.rand(batch, generator=generator) < 0.5, -1.0, 1.0)
+    theta = torch.zeros(batch, 2, 3)
+    theta[:, 0, 0] = scale * flip
+    theta[:, 1, 1] = scale
+    theta[:, 0, 2] = shift[0]
+    theta[:, 1, 2] = shift[1]
+    theta = theta.to(images.device, images.dtype)
+    grid = F.affine_grid(theta, list(images.shape), align_corners=False)
+    images = F.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    if masks is not None:
+        masks = F.grid_sample(masks.float(), grid, mode="nearest", padding_mode="zeros", align_corners=False)
+    return images, masks
+
+
+class BatchLoader:
+    """Shuffled mini-batches sliced from in-memory tensors (pinned on accelerators), seeded per epoch."""
+
+    def __init__(
+        self,
+        tensors: dict[str, torch.Tensor],
+        batch_size: int,
+        setup: DeviceSetup,
+        shuffle: bool,
+        seed: int,
+        drop_last: bool = False,
+        min_batches: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
+        self.setup = setup
+        self.tensors = {k: (v.pin_memory() if setup.pin_memory else v) for k, v in tensors.items()}
+        self.n = len(next(iter(tensors.values())))
+        self.batch_size, self.shuffle, self.seed, self.drop_last = batch_size, shuffle, seed, drop_last
+        self.min_batches, self.rank, self.world_size = min_batches, rank, world_size
+
+    def order(self, epoch: int) -> torch.Tensor:
+        """Sample order for one epoch: this rank's share of a seeded permutation (repeated to min_batches)."""
+        repeats = 1
+        if self.min_batches:
+            repeats = max(1, math.ceil(self.min_batches * self.batch_size * self.world_size / max(self.n, 1)))
+        generator = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
+        parts = [torch.randperm(self.n, generator=generator) if self.shuffle else torch.arange(self.n)]
+        parts += [torch.randperm(self.n, generator=generator) for _ in range(repeats - 1)]
+        order = torch.cat(parts)
+        usable = len(order) - len(order) % self.world_size
+        return order[:usable][self.rank :: self.world_size]
+
+    def __len__(self) -> int:
+        per_rank = len(self.order(0))
+        return per_rank // self.batch_size if self.drop_last else math.ceil(per_rank / self.batch_size)
+
+    def epoch(self, epoch: int) -> Iterator[dict[str, torch.Tensor]]:
+        """Yield batches as dicts of device tensors."""
+        order = self.order(epoch)
+        for batch_index in range(len(self)):
+            ids = order[batch_index * self.batch_size : (batch_index + 1) * self.batch_size]
+            yield {
+                k: v[ids].to(self.setup.device, non_blocking=self.setup.non_blocking) for k, v in self.tensors.items()
+            }
