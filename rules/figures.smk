@@ -1,0 +1,53 @@
+rule figures:
+    """Accuracy/AUC vs label fraction, accuracy vs epoch (Fig. 3), vs masking ratio, confusion matrices."""
+    input:
+        script=script("figures.py"),
+        metrics=finetune_metrics(),
+    output:
+        [
+            report(f"{RESULTS}/figures/{name}.png", caption=f"../docs/captions/{name}.rst", category="Fine-tuning")
+            for name in RESULT_FIGURES
+        ],
+    params:
+        settings=as_json(config["plots"]),
+        out_dir=f"{RESULTS}/figures",
+    log:
+        f"{LOGS}/figures.log",
+    benchmark:
+        f"{BENCH}/figures.tsv"
+    conda:
+        "../envs/torch.yaml"
+    shell:
+        "python {input.script} --metrics {input.metrics} --settings {params.settings} "
+        "--out-dir {params.out_dir} --log {log}"
+
+
+rule pretrain_figures:
+    """Fig. 1 (random vs region-guided masking), reconstructions, and pretraining loss curves."""
+    input:
+        script=script("pretrain_figures.py"),
+        images=rules.prepare.output.images,
+        split=rules.split.output.split,
+        validity=rules.patch_validity.output.validity,
+        autoencoders=expand(f"{RESULTS}/pretrain/{{run}}/autoencoder.safetensors", run=PRETRAIN_RUNS),
+    output:
+        [
+            report(f"{RESULTS}/figures/{name}.png", caption=f"../docs/captions/{name}.rst", category="Pretraining")
+            for name in PRETRAIN_FIGURES
+        ],
+    params:
+        settings=as_json(config["plots"]),
+        mask_ratio=config["pretrain"]["mask_ratio"],
+        runs=expand(f"{RESULTS}/pretrain/{{run}}", run=PRETRAIN_RUNS),
+        prepared=f"{RESULTS}/prepared",
+        out_dir=f"{RESULTS}/figures",
+    log:
+        f"{LOGS}/pretrain_figures.log",
+    benchmark:
+        f"{BENCH}/pretrain_figures.tsv"
+    conda:
+        "../envs/torch.yaml"
+    shell:
+        "python {input.script} --prepared {params.prepared} --split {input.split} --validity {input.validity} "
+        "--runs {params.runs} --mask-ratio {params.mask_ratio} --settings {params.settings} "
+        "--out-dir {params.out_dir} --log {log}"

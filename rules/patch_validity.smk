@@ -1,0 +1,27 @@
+rule patch_validity:
+    """Lung coverage of each patch, the no-mask policy, a per-class summary and a figure."""
+    input:
+        script=script("patch_validity.py"),
+        images=rules.prepare.output.images,
+        masks=rules.prepare.output.masks,
+        manifest=rules.prepare.output.manifest,
+    output:
+        validity=f"{RESULTS}/patch_validity/validity.npz",
+        summary=f"{RESULTS}/patch_validity/summary.csv",
+        figure=report(
+            f"{RESULTS}/figures/valid_patches.png",
+            caption="../docs/captions/valid_patches.rst",
+            category="Data",
+        ),
+    params:
+        settings=as_json(config["patch_validity"]),
+        prepared=f"{RESULTS}/prepared",
+    log:
+        f"{LOGS}/patch_validity.log",
+    benchmark:
+        f"{BENCH}/patch_validity.tsv"
+    conda:
+        "../envs/data.yaml"
+    shell:
+        "python {input.script} --prepared {params.prepared} --settings {params.settings} "
+        "--out {output.validity} --summary {output.summary} --figure {output.figure} --log {log}"

@@ -1,0 +1,38 @@
+PRETRAIN_CHOICE_KEYS = ("methods", "mask_ratio", "mask_ratios", "encoder", "resources")
+
+
+rule pretrain:
+    """Masked-autoencoder pretraining of one (method, masking ratio, encoder); resumes from its checkpoint."""
+    input:
+        script=script("pretrain.py"),
+        images=rules.prepare.output.images,
+        split=rules.split.output.split,
+        validity=rules.patch_validity.output.validity,
+    output:
+        encoder=f"{RESULTS}/pretrain/{{method}}_r{{ratio}}_{{encoder}}/encoder.safetensors",
+        autoencoder=f"{RESULTS}/pretrain/{{method}}_r{{ratio}}_{{encoder}}/autoencoder.safetensors",
+        history=f"{RESULTS}/pretrain/{{method}}_r{{ratio}}_{{encoder}}/history.csv",
+    params:
+        settings=as_json(section("pretrain", drop=PRETRAIN_CHOICE_KEYS)),
+        encoder=lambda wc: as_json(config["encoders"][wc.encoder]),
+        prepared=f"{RESULTS}/prepared",
+        out_dir=lambda wc: f"{RESULTS}/pretrain/{wc.method}_r{wc.ratio}_{wc.encoder}",
+    wildcard_constraints:
+        method="rgmim|mae",
+        ratio=r"[0-9.]+",
+        encoder=r"[A-Za-z0-9]+",
+    threads: config["pretrain"]["resources"]["cpus"]
+    resources:
+        gpu=config["pretrain"]["resources"]["gpu"],
+        mem_mb=config["pretrain"]["resources"]["mem_mb"],
+        runtime=config["pretrain"]["resources"]["runtime"],
+    log:
+        f"{LOGS}/pretrain/{{method}}_r{{ratio}}_{{encoder}}.log",
+    benchmark:
+        f"{BENCH}/pretrain/{{method}}_r{{ratio}}_{{encoder}}.tsv"
+    conda:
+        "../envs/torch.yaml"
+    shell:
+        "OMP_NUM_THREADS={threads} python {input.script} --prepared {params.prepared} --split {input.split} "
+        "--validity {input.validity} --method {wildcards.method} --mask-ratio {wildcards.ratio} "
+        "--encoder {params.encoder} --settings {params.settings} --out {params.out_dir} --log {log}"

@@ -1,0 +1,41 @@
+rule split:
+    """Stratified, patient-grouped train / validation / test split."""
+    input:
+        script=script("split.py"),
+        manifest=rules.prepare.output.manifest,
+    output:
+        split=f"{RESULTS}/split/split.csv",
+    params:
+        settings=as_json(config["split"]),
+    log:
+        f"{LOGS}/split.log",
+    benchmark:
+        f"{BENCH}/split.tsv"
+    conda:
+        "../envs/data.yaml"
+    shell:
+        "python {input.script} --manifest {input.manifest} --settings {params.settings} "
+        "--out {output.split} --log {log}"
+
+
+rule label_subset:
+    """Nested, class-stratified labelled subset of the training part for one (fraction, seed)."""
+    input:
+        script=script("label_subset.py"),
+        split=rules.split.output.split,
+    output:
+        subset=f"{RESULTS}/split/subsets/frac{{fraction}}_seed{{seed}}.csv",
+    params:
+        split_seed=config["split"]["seed"],
+    wildcard_constraints:
+        fraction=r"[0-9.]+",
+        seed=r"\d+",
+    log:
+        f"{LOGS}/label_subset/frac{{fraction}}_seed{{seed}}.log",
+    benchmark:
+        f"{BENCH}/label_subset/frac{{fraction}}_seed{{seed}}.tsv"
+    conda:
+        "../envs/data.yaml"
+    shell:
+        "python {input.script} --split {input.split} --fraction {wildcards.fraction} --seed {wildcards.seed} "
+        "--split-seed {params.split_seed} --out {output.subset} --log {log}"

@@ -1,0 +1,27 @@
+#!/usr/bin/env python
+"""Lung coverage of every patch of every image, summary and figure (the `patch_validity` rule)."""
+
+import argparse
+from pathlib import Path
+
+from cxrmim.cli import run_main, setup_logging
+from cxrmim.data.validity import run_patch_validity
+from cxrmim.train.common import parse_json_arg
+
+
+def main() -> None:
+    """Parse arguments and run the stage."""
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--prepared", required=True, type=Path, help="prepared cache folder")
+    parser.add_argument("--settings", required=True, help="the `patch_validity` config section (JSON)")
+    parser.add_argument("--out", required=True, type=Path, help="validity.npz")
+    parser.add_argument("--summary", required=True, type=Path, help="summary CSV")
+    parser.add_argument("--figure", required=True, type=Path, help="PNG with valid patches outlined")
+    parser.add_argument("--log")
+    args = parser.parse_args()
+    setup_logging(args.log)
+    run_patch_validity(args.prepared, parse_json_arg(args.settings), args.out, args.summary, args.figure)
+
+
+if __name__ == "__main__":
+    run_main(main)

@@ -1,0 +1,70 @@
+"""The download stage: generate the phantoms, or fetch/extract/locate a real dataset."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+PHANTOM_FILE = "phantoms.npz"
+
+
+def acquire(dataset_cfg: dict[str, Any], raw_dir: Path, marker: Path, workers: int = 1) -> dict[str, Any]:
+    """Make the raw data available under raw_dir and write a JSON marker saying where it is."""
+    raw_dir.mkdir(parents=True, exist_ok=True)
+    kind = dataset_cfg["kind"]
+    if kind == "synthetic":
+        info = _generate_phantoms(dataset_cfg.get("synthetic") or {}, raw_dir, workers)
+    else:
+        info = _fetch_real(dataset_cfg, raw_dir)
+    info["kind"] = kind
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    tmp = marker.with_name(marker.name + ".tmp")
+    tmp.write_text(json.dumps(info, indent=2))
+    tmp.replace(marker)
+    return info
+
+
+def _generate_phantoms(section: dict[str, Any], raw_dir: Path, workers: int) -> dict[str, Any]:
+    """Render the phantom dataset once; prepare resizes it like any other source."""
+    from cxrmim.data.synthetic import PhantomSettings, generate_dataset
+
+    settings = PhantomSettings.from_config(section)
+    data = generate_dataset(settings, workers=workers)
+    target = raw_dir / PHANTOM_FILE
+    tmp = raw_dir / (PHANTOM_FILE + ".tmp.npz")
+    np.savez(
+        tmp,
+        images=data["images"],
+        masks=data["masks"],
+        labels=np.asarray(data["labels"]),
+        reports=np.asarray(data["reports"]),
+        patient_ids=np.asarray(data["patient_ids"]),
+    )
+    tmp.replace(target)
+    log.info("generated %d phantoms of %d px", len(data["labels"]), settings.image_size)
+    return {"root": str(target.resolve()), "n_images": len(data["labels"])}
+
+
+def _fetch_real(dataset_cfg: dict[str, Any], raw_dir: Path) -> dict[str, Any]:
+    """Locate a local folder/CSV, or extract a local archive or verified URL download into raw_dir."""
+    from cxrmim.data.archive import fetch_source
+
+    source = dataset_cfg.get("source")
+    if not source:
+        raise ValueError(
+            f"dataset.source is empty for dataset.kind={dataset_cfg['kind']!r}; set it to the dataset's folder, "
+            "archive, manifest CSV or URL (with dataset.sha256)"
+        )
+    if dataset_cfg["kind"] == "manifest":
+        path = Path(source).expanduser()
+        if not path.is_file():
+            raise FileNotFoundError(f"dataset.source: manifest CSV not found: {path}")
+        return {"root": str(path.resolve())}
+    root = fetch_source(str(source), raw_dir, sha256=dataset_cfg.get("sha256"))
+    return {"root": str(Path(root).resolve())}

@@ -1,0 +1,102 @@
+"""The patch_validity stage: lung coverage per patch, the no-mask policy, a summary and a figure."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from cxrmim.data.patches import coverage_of_array
+from cxrmim.data.tensors import load_prepared
+
+log = logging.getLogger(__name__)
+
+
+def compute_validity(masks: np.ndarray, has_mask: np.ndarray, patch_size: int, threshold: float, policy: str,
+                     ids: list[str]) -> dict[str, np.ndarray]:
+    """Coverage and validity per (image, patch), applying the no-mask policy to mask-less images."""
+    coverage = coverage_of_array(masks, patch_size).astype(np.float32)
+    valid = coverage > threshold
+    missing = np.flatnonzero(~has_mask.astype(bool))
+    if len(missing) and policy == "fail":
+        examples = ", ".join(ids[i] for i in missing[:5])
+        raise ValueError(
+            f"{len(missing)} image(s) have no lung mask (e.g. {examples}); region-guided masking needs one. "
+            "Provide masks, or set patch_validity.no_mask_policy: all_valid (those images then get MAE's "
+            "random masking)"
+        )
+    valid[missing] = True
+    empty = np.flatnonzero(has_mask.astype(bool) & ~valid.any(axis=1))
+    if len(empty):
+        log.warning("%d image(s) have a mask with no lung patch above the threshold; they fall back to "
+                    "random masking", len(empty))
+    return {"coverage": coverage, "valid": valid, "has_mask": has_mask.astype(bool)}
+
+
+def validity_summary(valid: np.ndarray, has_mask: np.ndarray, labels: pd.Series) -> pd.DataFrame:
+    """Distribution of valid-patch counts per class (images without masks counted separately)."""
+    frame = pd.DataFrame({"label": labels.to_numpy(), "valid_patches": valid.sum(axis=1), "has_mask": has_mask})
+    rows = []
+    for label, part in [("all", frame)] + list(frame.groupby("label")):
+        counts = part.loc[part["has_mask"], "valid_patches"]
+        rows.append({
+            "label": label,
+            "n_images": len(part),
+            "n_without_mask": int((~part["has_mask"]).sum()),
+            "n_patches": valid.shape[1],
+            "mean": counts.mean(), "std": counts.std(ddof=0), "min": counts.min(),
+            "q25": counts.quantile(0.25), "median": counts.median(), "q75": counts.quantile(0.75),
+            "max": counts.max(),
+        })
+    return pd.DataFrame(rows)
+
+
+def plot_valid_patches(images: np.ndarray, valid: np.ndarray, labels: list[str], patch_size: int,
+                       path: Path, dpi: int = 110) -> None:
+    """A few images with their lung-valid patches outlined."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Rectangle
+
+    n = len(images)
+    fig, axes = plt.subplots(1, n, figsize=(2.4 * n, 2.7), squeeze=False)
+    per_row = images.shape[-1] // patch_size
+    for ax, image, ok, label in zip(axes[0], images, valid, labels):
+        ax.imshow(image, cmap="gray", vmin=0, vmax=255)
+        for p in np.flatnonzero(ok):
+            row, col = divmod(int(p), per_row)
+            ax.add_patch(Rectangle((col * patch_size - 0.5, row * patch_size - 0.5), patch_size, patch_size,
+                                   fill=False, edgecolor="tab:orange", linewidth=0.6))
+        ax.set_title(f"{label}\n{int(ok.sum())}/{ok.size} valid", fontsize=8)
+        ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+
+
+def run_patch_validity(prepared_dir: Path, settings: dict[str, Any], out_npz: Path, summary_csv: Path,
+                       figure: Path) -> pd.DataFrame:
+    """Run the stage end to end and write its three outputs."""
+    data = load_prepared(prepared_dir)
+    patch_size = int(settings["patch_size"])
+    threshold = float(settings.get("threshold", 0.0))
+    has_mask = data.manifest["has_mask"].to_numpy().astype(bool)
+    result = compute_validity(np.asarray(data.masks), has_mask, patch_size, threshold,
+                              settings.get("no_mask_policy", "fail"), data.manifest["id"].tolist())
+    out_npz.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_npz.with_name(out_npz.stem + ".tmp.npz")
+    np.savez_compressed(tmp, **result, patch_size=patch_size, image_size=data.image_size, threshold=threshold)
+    tmp.replace(out_npz)
+    summary = validity_summary(result["valid"], has_mask, data.manifest["label"])
+    summary.to_csv(summary_csv, index=False)
+    # One example per class first, so the figure shows every class when possible.
+    picks = data.manifest.groupby("label").head(1).index.tolist()
+    picks = (picks + [i for i in range(len(data.manifest)) if i not in picks])[: int(settings.get("n_figure_images", 6))]
+    plot_valid_patches(np.asarray(data.images[picks]), result["valid"][picks],
+                       data.manifest["label"].iloc[picks].tolist(), patch_size, figure)
+    return summary
