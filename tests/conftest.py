@@ -1,0 +1,36 @@
+"""Shared test fixtures: repository paths, the real-data folder, and running Snakemake on a config."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+REALDATA = REPO.parent / "shared" / "realdata"
+TINY_CONFIG = REPO / "tests" / "configs" / "tiny.yaml"
+
+
+def snakemake(workdir: Path, *args: str, configs: tuple[Path, ...] = (TINY_CONFIG,), check: bool = True
+              ) -> subprocess.CompletedProcess:
+    """Run this repository's workflow in `workdir` with the default config plus `configs`."""
+    exe = shutil.which("snakemake", path=str(Path(sys.executable).parent) + os.pathsep + os.environ["PATH"])
+    env = dict(os.environ, PATH=str(Path(sys.executable).parent) + os.pathsep + os.environ["PATH"])
+    cmd = [exe, "--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir), "--cores", "2",
+           "--configfile", str(REPO / "workflow_config.yaml"), *map(str, configs), *args]
+    result = subprocess.run(cmd, cwd=workdir, env=env, capture_output=True, text=True)
+    if check and result.returncode != 0:
+        raise AssertionError(f"snakemake failed ({result.returncode}):\n{result.stdout[-4000:]}\n{result.stderr[-8000:]}")
+    return result
+
+
+@pytest.fixture
+def realdata() -> Path:
+    """The shared real chest X-ray samples, or skip when this checkout has none beside it."""
+    if not REALDATA.is_dir():
+        pytest.skip(f"no real data at {REALDATA} (only present beside the project's CI checkout)")
+    return REALDATA
