@@ -39,7 +39,7 @@ def _load_record(args: tuple[Any, int]) -> LoadedImage:
     record, size = args
     try:
         grey = read_grey(record.image)
-        image = resize_to_grid((grey * 255.0 + 0.5).astype(np.uint8), size, is_mask=False)
+        image = resize_to_grid(grey, size, is_mask=False)
         mask = None
         if record.mask is not None:
             raw_mask = read_mask(record.mask)

@@ -1,0 +1,266 @@
+"""Dataset layouts: the COVID-19 Radiography Database folder tree and CSV manifests."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = [
+    "SourceError",
+    "SourceRecord",
+    "covid19_radiography_records",
+    "manifest_records",
+    "apply_label_map",
+    "filter_views",
+]
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".dcm", ".dicom"}
+KAGGLE_FOLDER = "COVID-19_Radiography_Dataset"
+
+# Class folder names across releases (case-insensitive) -> label used in the records.
+# v1/v2 used `COVID-19` and `NORMAL`; v4+ uses the names on the right.
+KAGGLE_CLASSES = {
+    "covid": "COVID",
+    "covid-19": "COVID",
+    "lung_opacity": "Lung_Opacity",
+    "normal": "Normal",
+    "viral pneumonia": "Viral Pneumonia",
+}
+# Every release has these two; Lung_Opacity only appeared in v4.
+KAGGLE_REQUIRED = ("COVID", "Normal")
+
+MANIFEST_REQUIRED = ("image", "label")
+MANIFEST_OPTIONAL = ("mask", "patient_id", "view", "report")
+# Common alternative column names, used only when the canonical column is absent.
+MANIFEST_ALIASES = {
+    "finding": "label",
+    "path": "image",
+    "filename": "image",
+    "mask_path": "mask",
+    "patientid": "patient_id",
+    "patient": "patient_id",
+    "viewposition": "view",
+    "view_position": "view",
+}
+MAX_LISTED_PROBLEMS = 10
+
+
+class SourceError(ValueError):
+    """A dataset source whose layout or manifest cannot be used; the message says how to fix it."""
+
+
+@dataclass(frozen=True)
+class SourceRecord:
+    """One image of a source dataset with its label and optional mask, patient group, view and report."""
+
+    image: Path
+    label: str
+    mask: Path | None = None
+    group: str | None = None
+    view: str | None = None
+    report: str | None = None
+
+
+# ----------------------------------------------------------------------------- Kaggle layout
+
+
+def _class_folders(folder: Path) -> dict[str, Path]:
+    """Map known class labels to their sub-folders of `folder` (case-insensitive names)."""
+    found: dict[str, Path] = {}
+    for child in sorted(folder.iterdir()) if folder.is_dir() else []:
+        label = KAGGLE_CLASSES.get(child.name.strip().lower())
+        if child.is_dir() and label and label not in found:
+            found[label] = child
+    return found
+
+
+def _find_kaggle_root(root: Path) -> Path:
+    """Locate the folder holding the class folders: root, root/COVID-19_Radiography_Dataset or one level down."""
+    candidates = [root, root / KAGGLE_FOLDER]
+    candidates += sorted(child for child in root.iterdir() if child.is_dir()) if root.is_dir() else []
+    for candidate in candidates:
+        if len(_class_folders(candidate)) >= 2:
+            return candidate
+    return root
+
+
+def _image_files(folder: Path) -> list[Path]:
+    """Image files directly inside `folder`, sorted by name (hidden files skipped)."""
+    return sorted(
+        p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")
+    )
+
+
+def _class_records(label: str, folder: Path) -> tuple[list[SourceRecord], list[str]]:
+    """Records and warnings for one class folder (new layout images/ + masks/, or old flat layout)."""
+    image_dir = folder / "images" if (folder / "images").is_dir() else folder
+    images = _image_files(image_dir)
+    if not images:
+        return [], [f"{label}: no images found in {image_dir}"]
+    mask_dir = folder / "masks"
+    if not mask_dir.is_dir():
+        return [SourceRecord(image=p, label=label) for p in images], [
+            f"{label}: no masks folder; {len(images)} images have no lung mask (see prepare.mask_policy)"
+        ]
+    # masks share the image's file name; fall back to the same stem with another suffix
+    masks = {p.name: p for p in _image_files(mask_dir)}
+    masks_by_stem = {p.stem: p for p in masks.values()}
+    records = [
+        SourceRecord(image=p, label=label, mask=masks.get(p.name) or masks_by_stem.get(p.stem)) for p in images
+    ]
+    warnings = []
+    missing = sum(r.mask is None for r in records)
+    if missing:
+        warnings.append(f"{label}: {missing} of {len(images)} images have no lung mask (see prepare.mask_policy)")
+    orphans = len(masks) - (len(records) - missing)
+    if orphans > 0:
+        warnings.append(f"{label}: {orphans} masks have no matching image and are ignored")
+    return records, warnings
+
+
+def covid19_radiography_records(root: Path) -> tuple[list[SourceRecord], list[str]]:
+    """Records (sorted by label, then file name) and warnings for the COVID-19 Radiography Database."""
+    root = Path(root)
+    if not root.is_dir():
+        raise SourceError(
+            f"{root}: not a folder; set dataset.source to the extracted {KAGGLE_FOLDER} folder or its archive"
+        )
+    base = _find_kaggle_root(root)
+    classes = _class_folders(base)
+    missing = [label for label in KAGGLE_REQUIRED if label not in classes]
+    if missing:
+        found = sorted(child.name for child in base.iterdir()) or ["nothing"]
+        raise SourceError(
+            f"{root}: not a COVID-19 Radiography Database: class folders {missing} missing "
+            f"(looked in {base}, found: {', '.join(found)}); point dataset.source at the extracted "
+            f"{KAGGLE_FOLDER} folder (with COVID, Lung_Opacity, Normal, Viral Pneumonia)"
+        )
+    records: list[SourceRecord] = []
+    absent = sorted(set(KAGGLE_CLASSES.values()) - set(classes))
+    warnings = [f"{label}: class folder missing (older release?)" for label in absent]
+    for label, folder in sorted(classes.items()):
+        class_records, class_warnings = _class_records(label, folder)
+        records += class_records
+        warnings += class_warnings
+    return sorted(records, key=lambda r: (r.label, r.image.name)), warnings
+
+
+# ----------------------------------------------------------------------------- CSV manifests
+
+
+def _column_map(csv_path: Path, header: list[str]) -> dict[str, str]:
+    """Map canonical column names to the header's names (trimmed, case-insensitive, with aliases)."""
+    by_lower = {name.strip().lower(): name for name in header if name}
+    columns = {key: by_lower[key] for key in MANIFEST_REQUIRED + MANIFEST_OPTIONAL if key in by_lower}
+    for alias, key in MANIFEST_ALIASES.items():
+        if key not in columns and alias in by_lower:
+            columns[key] = by_lower[alias]
+    absent = [key for key in MANIFEST_REQUIRED if key not in columns]
+    if absent:
+        raise SourceError(
+            f"{csv_path}: missing required column {', '.join(absent)} (found: {', '.join(header) or 'no header'}); "
+            "the manifest needs columns image,label (optional mask,patient_id,view,report)"
+        )
+    return columns
+
+
+def _cell(row: dict[str, str | None], columns: dict[str, str], key: str) -> str | None:
+    """Trimmed value of a canonical column in a row, or None when absent or empty."""
+    value = row.get(columns[key]) if key in columns else None
+    value = (value or "").strip()
+    return value or None
+
+
+def _resolve(folder: Path, value: str) -> Path:
+    """A manifest path: absolute as given, relative to the manifest's folder otherwise."""
+    path = Path(value).expanduser()
+    return path if path.is_absolute() else folder / path
+
+
+def _manifest_row(
+    folder: Path, row: dict[str, str | None], columns: dict[str, str]
+) -> tuple[SourceRecord | None, str | None]:
+    """Turn one CSV row into a record, or return the problem with the fix."""
+    image, label = _cell(row, columns, "image"), _cell(row, columns, "label")
+    if image is None:
+        return None, "empty image path; fill it in or remove the row"
+    if label is None:
+        return None, "empty label; fill it in or remove the row"
+    image_path = _resolve(folder, image)
+    if not image_path.is_file():
+        return None, f"image file {image_path} not found; fix the path (relative to the CSV's folder) or remove the row"
+    mask = _cell(row, columns, "mask")
+    mask_path = _resolve(folder, mask) if mask else None
+    if mask_path is not None and not mask_path.is_file():
+        return None, f"mask file {mask_path} not found; fix the path, leave the mask cell empty, or remove the row"
+    record = SourceRecord(
+        image=image_path,
+        label=label,
+        mask=mask_path,
+        group=_cell(row, columns, "patient_id"),
+        view=_cell(row, columns, "view"),
+        report=_cell(row, columns, "report"),
+    )
+    return record, None
+
+
+def _raise_problems(csv_path: Path, problems: list[str]) -> None:
+    """Raise one SourceError listing the first problems of a manifest."""
+    if not problems:
+        return
+    shown = problems[:MAX_LISTED_PROBLEMS]
+    more = len(problems) - len(shown)
+    tail = f"\n  ... and {more} more" if more else ""
+    raise SourceError(f"{csv_path}: {len(problems)} bad rows:\n  " + "\n  ".join(shown) + tail)
+
+
+def manifest_records(csv_path: Path) -> list[SourceRecord]:
+    """Records from a CSV manifest with columns image,label[,mask,patient_id,view,report], in file order."""
+    csv_path = Path(csv_path)
+    if not csv_path.is_file():
+        raise SourceError(f"{csv_path}: manifest not found; set dataset.source to an existing CSV file")
+    folder = csv_path.parent
+    records: list[SourceRecord] = []
+    problems: list[str] = []
+    with csv_path.open(newline="", encoding="utf-8-sig") as handle:  # utf-8-sig: Excel writes a BOM
+        reader = csv.DictReader(handle)
+        columns = _column_map(csv_path, list(reader.fieldnames or []))
+        for row_number, row in enumerate(reader, start=1):
+            record, problem = _manifest_row(folder, row, columns)
+            if problem:
+                problems.append(f"row {row_number} (line {reader.line_num}): {problem}")
+            else:
+                records.append(record)
+    _raise_problems(csv_path, problems)
+    if not records:
+        raise SourceError(f"{csv_path}: the manifest has no rows; add one row per image")
+    return records
+
+
+# ----------------------------------------------------------------------------- record transforms
+
+
+def apply_label_map(records: Iterable[SourceRecord], label_map: dict[str, str]) -> list[SourceRecord]:
+    """Rename or merge labels; labels not in the map are kept."""
+    return [dataclasses.replace(r, label=label_map.get(r.label, r.label)) for r in records]
+
+
+def _view_keys(view: str | None) -> set[str]:
+    """Normalised forms a view matches: the whole value and its first word ('AP Supine' -> AP)."""
+    if not view or not view.strip():
+        return set()
+    words = view.strip().casefold().split()
+    return {" ".join(words), words[0]}
+
+
+def filter_views(records: Iterable[SourceRecord], views: list[str]) -> tuple[list[SourceRecord], int]:
+    """Keep records whose view is listed (case-insensitive, whole value or first word); empty list keeps all."""
+    records = list(records)
+    wanted = {" ".join(v.strip().casefold().split()) for v in views if v and v.strip()}
+    if not wanted:
+        return records, 0
+    kept = [r for r in records if _view_keys(r.view) & wanted]
+    return kept, len(records) - len(kept)
