@@ -62,16 +62,19 @@ def augment_batch(
     """Random resized crop (and optional horizontal flip) applied identically to images and masks.
 
     One affine grid per sample keeps image and mask aligned and works on any device.
-    Chest X-rays are never flipped vertically. `generator` lives on the CPU so draws are reproducible.
+    Chest X-rays are never flipped vertically. Draws come from `generator` on its own device: a CPU generator
+    gives the same augmentation on every device, a device generator avoids host syncs.
     """
     batch = images.shape[0]
+    # Draw where the generator lives: a device generator avoids a blocking host-to-device copy per batch.
+    draw_device = generator.device
     low, high = float(crop_scale[0]), float(crop_scale[1])
-    scale = torch.sqrt(low + (high - low) * torch.rand(batch, generator=generator))
-    shift = (1 - scale) * (2 * torch.rand(2, batch, generator=generator) - 1)
-    flip = torch.ones(batch)
+    scale = torch.sqrt(low + (high - low) * torch.rand(batch, generator=generator, device=draw_device))
+    shift = (1 - scale) * (2 * torch.rand(2, batch, generator=generator, device=draw_device) - 1)
+    flip = torch.ones(batch, device=draw_device)
     if hflip:
-        flip = torch.where(torch.rand(batch, generator=generator) < 0.5, -1.0, 1.0)
-    theta = torch.zeros(batch, 2, 3)
+        flip = torch.where(torch.rand(batch, generator=generator, device=draw_device) < 0.5, -1.0, 1.0)
+    theta = torch.zeros(batch, 2, 3, device=draw_device)
     theta[:, 0, 0] = scale * flip
     theta[:, 1, 1] = scale
     theta[:, 0, 2] = shift[0]

@@ -53,9 +53,12 @@ def load_checkpoint(path: str | Path) -> dict[str, Any] | None:
 
 def rng_state() -> dict[str, Any]:
     """Capture every RNG the training loop draws from, for exact resumption."""
+    _, numpy_keys, numpy_pos, numpy_has_gauss, numpy_gauss = np.random.get_state()
     state = {
         "torch": torch.get_rng_state(),
-        "numpy": torch.from_numpy(np.random.get_state()[1].astype(np.int64)),
+        "numpy": torch.from_numpy(numpy_keys.astype(np.int64)),
+        # The key alone is not the state: position and cached gaussian decide the next draws.
+        "numpy_extra": torch.tensor([float(numpy_pos), float(numpy_has_gauss), float(numpy_gauss)], dtype=torch.float64),
         "python": torch.tensor(random.getstate()[1], dtype=torch.int64),
     }
     if torch.cuda.is_available():
@@ -66,7 +69,8 @@ def rng_state() -> dict[str, Any]:
 def restore_rng(state: dict[str, Any]) -> None:
     """Inverse of `rng_state`."""
     torch.set_rng_state(state["torch"])
-    np.random.set_state(("MT19937", state["numpy"].numpy().astype(np.uint32), 624, 0, 0.0))
+    pos, has_gauss, gauss = state["numpy_extra"].tolist() if "numpy_extra" in state else (624, 0, 0.0)
+    np.random.set_state(("MT19937", state["numpy"].numpy().astype(np.uint32), int(pos), int(has_gauss), gauss))
     random.setstate((3, tuple(int(v) for v in state["python"].tolist()), None))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])

@@ -1,0 +1,193 @@
+"""Pretraining loop: outputs, exact kill-and-resume, and DDP with two CPU processes (gloo)."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import torch.multiprocessing as mp
+from safetensors.torch import load_file
+
+from cxrmim.data.patches import coverage_of_array
+from cxrmim.train.pretrain import HISTORY_COLUMNS, main, run_pretraining
+
+IMAGE_SIZE, PATCH_SIZE = 32, 8
+TINY_ENCODER = {"timm_name": "vit_tiny_patch16_224", "kwargs": {"embed_dim": 32, "depth": 1, "num_heads": 2, "mlp_ratio": 2.0}}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def single_thread():
+    """Tiny models gain nothing from intra-op threads, and on a shared CPU thread start-up dominates."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def tiny_settings(**overrides: object) -> dict:
+    """A `pretrain:` section for a model that trains in well under a second per epoch."""
+    settings = {
+        "decoder": {"embed_dim": 16, "depth": 1, "num_heads": 2},
+        "norm_pix_loss": False,
+        "epochs": 3,
+        "batch_size": 8,
+        "effective_batch_size": 16,
+        "base_lr": 1.5e-3,
+        "weight_decay": 0.05,
+        "betas": [0.9, 0.95],
+        "warmup_epochs": 1,
+        "augment": {"crop_scale": [0.8, 1.0], "hflip": True},
+        "seed": 0,
+        "device": "cpu",
+        "compile": False,
+        "num_workers": 0,
+    }
+    settings.update(overrides)
+    return settings
+
+
+def build_tiny_cache(root: Path, n_images: int = 40) -> dict[str, Path]:
+    """Prepared cache, split.csv and validity.npz with two elliptic 'lungs' per image; two images lack masks."""
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:IMAGE_SIZE, :IMAGE_SIZE]
+    masks = np.zeros((n_images, IMAGE_SIZE, IMAGE_SIZE), dtype=np.uint8)
+    for i in range(n_images):
+        radius = rng.uniform(4, 9)  # some images have fewer lung patches than the masked count
+        for centre_x in (IMAGE_SIZE * 0.3, IMAGE_SIZE * 0.7):
+            masks[i] |= (((xx - centre_x) / radius) ** 2 + ((yy - IMAGE_SIZE / 2) / (1.6 * radius)) ** 2 <= 1).astype(np.uint8)
+    images = np.clip(60 + 120 * masks + rng.normal(0, 20, masks.shape), 0, 255).astype(np.uint8)
+    has_mask = np.ones(n_images, dtype=int)
+    has_mask[:2] = 0
+    masks[:2] = 0
+    prepared = root / "prepared"
+    prepared.mkdir(parents=True)
+    np.save(prepared / "images.npy", images)
+    np.save(prepared / "masks.npy", masks)
+    ids = [f"img{i:03d}" for i in range(n_images)]
+    labels = ["Normal", "COVID-19"] * (n_images // 2)
+    pd.DataFrame(
+        {"index": range(n_images), "id": ids, "label": labels, "source": "tiny", "group": ids, "view": "PA",
+         "has_mask": has_mask, "report": ""}
+    ).to_csv(prepared / "manifest.csv", index=False)
+    parts = np.array(["train"] * n_images, dtype=object)
+    parts[-8:] = "test"
+    parts[-12:-8] = "val"
+    split = root / "split.csv"
+    pd.DataFrame({"index": range(n_images), "id": ids, "label": labels, "group": ids, "part": parts}).to_csv(split, index=False)
+    coverage = coverage_of_array(masks, PATCH_SIZE)
+    valid = coverage > 0.0
+    valid[has_mask == 0] = True  # the all_valid policy of the prepare stage
+    validity = root / "validity.npz"
+    np.savez(validity, coverage=coverage, valid=valid, patch_size=PATCH_SIZE, image_size=IMAGE_SIZE, threshold=0.0)
+    return {"prepared": prepared, "split": split, "validity": validity}
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """One tiny cache shared by the tests of this module."""
+    return build_tiny_cache(tmp_path_factory.mktemp("cache"))
+
+
+def run(cache: dict[str, Path], out: Path, method: str = "rgmim", **kwargs: object):
+    """Pretrain the tiny model in-process."""
+    settings = kwargs.pop("settings", tiny_settings())
+    return run_pretraining(
+        cache["prepared"], cache["split"], cache["validity"], method, 0.75, TINY_ENCODER, settings, out, **kwargs
+    )
+
+
+@pytest.fixture(scope="module")
+def cli_run(cache: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A finished 3-epoch RGMIM run through the command-line entry point."""
+    out = tmp_path_factory.mktemp("runs") / "rgmim_r0.75_vit"
+    code = main(
+        ["--prepared", str(cache["prepared"]), "--split", str(cache["split"]), "--validity", str(cache["validity"]),
+         "--method", "rgmim", "--mask-ratio", "0.75", "--encoder", json.dumps(TINY_ENCODER),
+         "--settings", json.dumps(tiny_settings()), "--out", str(out), "--log", str(out.parent / "log.txt")]
+    )  # fmt: skip
+    assert code == 0
+    return out
+
+
+def test_cli_run_writes_outputs_and_history(cli_run: Path) -> None:
+    out = cli_run
+    for name in ("encoder.safetensors", "autoencoder.safetensors", "history.csv"):
+        assert (out / name).exists(), name
+    assert not (out / "checkpoint.pt").exists()
+    history = pd.read_csv(out / "history.csv")
+    assert list(history.columns) == HISTORY_COLUMNS
+    assert history["epoch"].tolist() == [1, 2, 3]
+    assert np.isfinite(history["loss"]).all()
+    assert (history["fallback_count"] > 0).any()  # the small-lung images need the fallback
+    log_text = (out.parent / "log.txt").read_text()
+    assert "device cpu" in log_text and "effective batch 16" in log_text and "encoder" in log_text
+
+
+def test_random_masking_never_falls_back(cache: dict[str, Path], tmp_path: Path) -> None:
+    result = run(cache, tmp_path / "mae", method="mae", settings=tiny_settings(epochs=1, augment=None))
+    assert result.finished
+    assert result.history[0]["fallback_count"] == 0
+
+
+def test_kill_and_resume_gives_identical_weights(cache: dict[str, Path], tmp_path: Path) -> None:
+    straight = run(cache, tmp_path / "straight")
+    killed = run(cache, tmp_path / "resumed", stop_after_epochs=1)
+    assert not killed.finished and not (tmp_path / "resumed" / "encoder.safetensors").exists()
+    resumed = run(cache, tmp_path / "resumed")
+    assert resumed.finished and resumed.epochs_run == 2
+    expected = load_file(tmp_path / "straight" / "autoencoder.safetensors")
+    actual = load_file(tmp_path / "resumed" / "autoencoder.safetensors")
+    assert expected.keys() == actual.keys()
+    for key in expected:
+        assert torch.equal(expected[key], actual[key]), key
+    assert [row["loss"] for row in straight.history] == [row["loss"] for row in resumed.history]
+    # Finished runs drop their checkpoint, so a rerun (e.g. after the inputs changed) trains afresh.
+    assert not (tmp_path / "resumed" / "checkpoint.pt").exists()
+
+
+def free_port() -> int:
+    """An unused TCP port for the gloo rendezvous."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def ddp_worker(rank: int, world_size: int, port: int, cache: dict[str, Path], out: Path, dump: Path) -> None:
+    """One torchrun-like rank: pretrain, then dump this rank's final weights for comparison."""
+    torch.set_num_threads(1)
+    os.environ.update(
+        RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world_size), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)
+    )
+    result = run(cache, out, settings=tiny_settings(epochs=2))
+    torch.save(result.model.state_dict(), dump / f"rank{rank}.pt")
+
+
+def test_ddp_two_cpu_ranks_agree(cache: dict[str, Path], tmp_path: Path) -> None:
+    out = tmp_path / "ddp"
+    # fork skips re-importing torch in each child (seconds on a loaded machine); the children use one
+    # intra-op thread, the same pattern as DataLoader workers, which keeps forking after OpenMP use safe.
+    mp.start_processes(ddp_worker, args=(2, free_port(), cache, out, tmp_path), nprocs=2, join=True, start_method="fork")
+    rank0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
+    rank1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
+    for key in rank0:
+        assert torch.equal(rank0[key], rank1[key]), key
+    assert (out / "encoder.safetensors").exists()
+    history = pd.read_csv(out / "history.csv")
+    assert len(history) == 2
+
+
+def test_pretrain_figures(cache: dict[str, Path], cli_run: Path, tmp_path: Path) -> None:
+    from cxrmim.analysis.pretrain_figures import make_pretrain_figures
+
+    plots = {"dpi": 40, "style": "whitegrid", "n_examples": 2}
+    outputs = make_pretrain_figures(
+        cache["prepared"], cache["split"], cache["validity"], [cli_run], 0.75, tmp_path / "figures", plots
+    )
+    assert [p.name for p in outputs] == ["masking_illustration.png", "reconstructions.png", "pretrain_loss.png"]
+    assert all(p.stat().st_size > 1000 for p in outputs)
