@@ -1,0 +1,36 @@
+#!/usr/bin/env python
+"""CLI: draw the fine-tuning figures (PNG) from the runs' metrics.json, history.csv and predictions.csv."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+from cxrmim.analysis.figures import write_figures
+from cxrmim.cli import run_main, setup_logging
+from cxrmim.train.common import parse_json_arg
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Command-line arguments."""
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--metrics", nargs="+", required=True, help="metrics.json of every fine-tuning run")
+    parser.add_argument("--settings", "--plots", dest="settings", default="{}",
+                        help="JSON (inline or file) of the plots: section (dpi, style)")
+    parser.add_argument("--mask-ratio", type=float, default=None,
+                        help="pretrain.mask_ratio: other ratios stay out of the fraction plots (default: inferred)")
+    parser.add_argument("--out-dir", required=True)
+    parser.add_argument("--log", default=None, help="also log to this file")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Write all figures."""
+    args = parse_args(argv)
+    setup_logging(args.log)
+    for path in write_figures(args.metrics, parse_json_arg(args.settings), args.out_dir, args.mask_ratio):
+        logging.getLogger("cxrmim.figures").info("wrote %s", path)
+
+
+if __name__ == "__main__":
+    run_main(main)

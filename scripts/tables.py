@@ -1,0 +1,39 @@
+#!/usr/bin/env python
+"""CLI: write the label-fraction, masking-ratio, hyperparameter and significance tables (CSV + Markdown)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+from cxrmim.analysis.runs import load_config
+from cxrmim.analysis.tables import write_tables
+from cxrmim.cli import run_main, setup_logging
+from cxrmim.train.common import parse_json_arg
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Command-line arguments."""
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--metrics", nargs="+", required=True, help="metrics.json of every fine-tuning run")
+    parser.add_argument("--config", required=True,
+                        help="the config used (for Table 1 and pretrain.mask_ratio): YAML/JSON file or inline JSON")
+    parser.add_argument("--settings", default=None,
+                        help="JSON of the tables: section (bootstrap_samples, seed); default: the config's own")
+    parser.add_argument("--out-dir", required=True)
+    parser.add_argument("--log", default=None, help="also log to this file")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Write all tables."""
+    args = parse_args(argv)
+    setup_logging(args.log)
+    config = load_config(args.config)
+    settings = parse_json_arg(args.settings) if args.settings else config.get("tables", {})
+    for name, path in write_tables(args.metrics, config, args.out_dir, settings).items():
+        logging.getLogger("cxrmim.tables").info("%s: %s", name, path)
+
+
+if __name__ == "__main__":
+    run_main(main)

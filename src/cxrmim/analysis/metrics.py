@@ -1,0 +1,90 @@
+"""Classification metrics of one run and a paired bootstrap comparing two runs on the same test images."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from sklearn.metrics import accuracy_score, precision_recall_fscore_support, roc_auc_score
+
+PROB_FLOOR = 1e-12  # keeps the log-loss finite when a model is certain and wrong
+
+
+def macro_auc(labels: np.ndarray, probs: np.ndarray) -> float:
+    """Macro one-vs-rest ROC AUC; NaN when a class is missing from `labels` (AUC undefined).
+
+    With two classes the softmax scores satisfy p0 = 1 - p1, so the AUC of either class is the same
+    number: no "positive" class has to be chosen.
+    """
+    n_classes = probs.shape[1]
+    if len(np.unique(labels)) < n_classes or n_classes < 2:
+        return float("nan")
+    if n_classes == 2:
+        return float(roc_auc_score(labels, probs[:, 1]))
+    return float(roc_auc_score(labels, probs, multi_class="ovr", average="macro", labels=np.arange(n_classes)))
+
+
+def classification_metrics(labels: np.ndarray, probs: np.ndarray, classes: Sequence[str]) -> dict[str, float]:
+    """Accuracy, macro F1/precision/recall, macro AUC, cross-entropy and per-class recall from class probabilities.
+
+    `labels` are integer class indices into `classes`; `probs` is (N, n_classes).
+    """
+    labels = np.asarray(labels, dtype=int)
+    probs = np.asarray(probs, dtype=np.float64)
+    if len(labels) == 0:
+        return {"n": 0}
+    preds = probs.argmax(axis=1)
+    class_ids = np.arange(len(classes))
+    precision, recall, f1, _ = precision_recall_fscore_support(
+        labels, preds, labels=class_ids, average="macro", zero_division=0
+    )
+    _, per_class_recall, _, _ = precision_recall_fscore_support(
+        labels, preds, labels=class_ids, average=None, zero_division=0
+    )
+    true_prob = np.clip(probs[np.arange(len(labels)), labels], PROB_FLOOR, 1.0)
+    metrics = {
+        "n": int(len(labels)),
+        "accuracy": float(accuracy_score(labels, preds)),
+        "f1_macro": float(f1),
+        "precision_macro": float(precision),
+        "recall_macro": float(recall),
+        "auc_macro": macro_auc(labels, probs),
+        "loss": float(-np.log(true_prob).mean()),
+    }
+    metrics.update({f"recall_{name}": float(value) for name, value in zip(classes, per_class_recall)})
+    return metrics
+
+
+def paired_bootstrap(
+    correct_a: np.ndarray, correct_b: np.ndarray, n_samples: int = 1000, seed: int = 0, level: float = 0.95
+) -> dict[str, float]:
+    """Bootstrap the accuracy difference a - b by resampling test images, keeping the pairing of a and b.
+
+    Inputs are 0/1 correctness arrays of shape (n_images,) or (n_seeds, n_images): row s of a and b are
+    runs with the same seed. Rows share the test images, so the same image draw is used for every seed,
+    which keeps the correlation between seeds on one image. Returns the observed difference, the
+    percentile interval and a two-sided bootstrap p-value (how often the resampled sign flips, doubled).
+    """
+    a = np.atleast_2d(np.asarray(correct_a, dtype=np.float64))
+    b = np.atleast_2d(np.asarray(correct_b, dtype=np.float64))
+    if a.shape != b.shape:
+        raise ValueError(f"paired runs must cover the same test images; shapes {a.shape} and {b.shape}")
+    per_image = (a - b).mean(axis=0)  # seeds averaged first: the image is the resampling unit
+    n_images = len(per_image)
+    rng = np.random.default_rng(seed)
+    draws = rng.integers(0, n_images, size=(n_samples, n_images))
+    diffs = per_image[draws].mean(axis=1)
+    tail = (1.0 - level) / 2.0
+    low, high = np.quantile(diffs, [tail, 1.0 - tail])
+    p_value = min(1.0, 2.0 * min(np.mean(diffs <= 0), np.mean(diffs >= 0)))
+    return {
+        "accuracy_a": float(a.mean()),
+        "accuracy_b": float(b.mean()),
+        "difference": float(per_image.mean()),
+        "ci_low": float(low),
+        "ci_high": float(high),
+        "p_value": float(p_value),
+        "n_images": int(n_images),
+        "n_seeds": int(a.shape[0]),
+        "n_bootstrap": int(n_samples),
+    }

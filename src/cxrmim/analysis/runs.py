@@ -1,0 +1,115 @@
+"""Collect fine-tuning runs (metrics.json + history.csv + predictions.csv) into tables for analysis."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import yaml
+
+# Row order of the paper's Table 2: self-supervised methods first, then the baselines.
+METHOD_ORDER = ["RGMIM", "MAE", "Transfer", "From Scratch"]
+ARCHITECTURE_ORDER = ["ViT", "ResNet-50"]
+IDENTITY = ["method", "architecture", "init", "mask_ratio", "fraction", "seed"]
+
+
+def load_config(value: str | Path) -> dict:
+    """A config given as inline JSON or as a YAML/JSON file (JSON is valid YAML)."""
+    text = str(value)
+    if text.lstrip().startswith("{"):
+        return json.loads(text)
+    return yaml.safe_load(Path(value).read_text())
+
+
+def load_runs(metrics_paths: Iterable[str | Path]) -> pd.DataFrame:
+    """One row per run: identity columns, n_train, best_epoch, val_* and test_* metrics, run_dir."""
+    rows = []
+    for path in metrics_paths:
+        path = Path(path)
+        metrics = json.loads(path.read_text())
+        row = {key: metrics.get(key) for key in (*IDENTITY, "n_train", "best_epoch")}
+        for part in ("val", "test"):
+            row.update({f"{part}_{k}": v for k, v in (metrics.get(part) or {}).items()})
+        row["run_dir"] = str(path.parent)
+        rows.append(row)
+    if not rows:
+        raise ValueError("no metrics.json files given")
+    runs = pd.DataFrame(rows)
+    runs["mask_ratio"] = pd.to_numeric(runs["mask_ratio"], errors="coerce")
+    numeric = [c for c in runs.columns if c.startswith(("val_", "test_"))]
+    runs[numeric] = runs[numeric].apply(pd.to_numeric, errors="coerce")  # JSON null (undefined AUC) -> NaN
+    return sort_runs(runs)
+
+
+def rank(values: pd.Series, order: list[str]) -> pd.Series:
+    """Position in a preferred order; unknown values go last (alphabetically among themselves)."""
+    return values.map(lambda v: order.index(v) if v in order else len(order))
+
+
+def sort_runs(runs: pd.DataFrame) -> pd.DataFrame:
+    """Paper order: method, architecture, then init, fraction and seed."""
+    keyed = runs.assign(_m=rank(runs["method"], METHOD_ORDER), _a=rank(runs["architecture"], ARCHITECTURE_ORDER))
+    keyed = keyed.sort_values(["_m", "method", "_a", "architecture", "init", "fraction", "seed"])
+    return keyed.drop(columns=["_m", "_a"]).reset_index(drop=True)
+
+
+def main_runs(runs: pd.DataFrame, mask_ratio: float | None) -> pd.DataFrame:
+    """Runs of the label-fraction study: drop pretrained inits of other masking ratios (the ratio study).
+
+    `mask_ratio` is pretrain.mask_ratio; when None it is inferred from the runs.
+    """
+    if mask_ratio is None:
+        mask_ratio = infer_main_mask_ratio(runs)
+    if mask_ratio is None:
+        return runs
+    keep = runs["mask_ratio"].isna() | np.isclose(runs["mask_ratio"].fillna(-1.0), mask_ratio)
+    return runs[keep]
+
+
+def infer_main_mask_ratio(runs: pd.DataFrame) -> float | None:
+    """The masking ratio of the label-fraction study: the pretrained ratio fine-tuned at the most fractions.
+
+    The ratio study fine-tunes the other ratios at 100% labels only. None (keep every ratio) when it is a tie.
+    """
+    pretrained = runs[runs["mask_ratio"].notna()]
+    if pretrained.empty:
+        return None
+    counts = pretrained.groupby("mask_ratio")["fraction"].nunique().sort_values(ascending=False)
+    if len(counts) > 1 and counts.iloc[0] == counts.iloc[1]:
+        return None
+    return float(counts.index[0])
+
+
+def fraction_label(fraction: float) -> str:
+    """0.05 -> '5%'."""
+    return f"{fraction * 100:g}%"
+
+
+def init_label(runs: pd.DataFrame) -> pd.Series:
+    """'Method (Architecture)' per run, with the init name added where that pair is not unique."""
+    label = runs["method"] + " (" + runs["architecture"] + ")"
+    inits_per_label = runs.groupby(label)["init"].transform("nunique")
+    return label.where(inits_per_label <= 1, label + " [" + runs["init"] + "]")
+
+
+def load_history(runs: pd.DataFrame) -> pd.DataFrame:
+    """All runs' history.csv rows, each tagged with its run's identity."""
+    frames = []
+    for _, run in runs.iterrows():
+        history = pd.read_csv(Path(run["run_dir"]) / "history.csv")
+        frames.append(history.assign(**{key: run[key] for key in IDENTITY}))
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def load_predictions(run_dir: str | Path) -> pd.DataFrame:
+    """A run's test predictions, indexed by cache index."""
+    return pd.read_csv(Path(run_dir) / "predictions.csv", keep_default_na=False).set_index("index").sort_index()
+
+
+def correctness(run_dir: str | Path) -> pd.Series:
+    """1.0 where the selected checkpoint classified the test image correctly, indexed by cache index."""
+    predictions = load_predictions(run_dir)
+    return (predictions["pred"].astype(str) == predictions["label"].astype(str)).astype(float)

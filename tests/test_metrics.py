@@ -1,0 +1,66 @@
+"""Classification metrics against hand-computed values; the paired bootstrap on constructed cases."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from cxrmim.analysis.metrics import classification_metrics, macro_auc, paired_bootstrap
+
+
+def one_hot_probs(preds: list[int], n_classes: int, confidence: float = 0.8) -> np.ndarray:
+    """Probabilities that put `confidence` on the predicted class and share the rest."""
+    probs = np.full((len(preds), n_classes), (1 - confidence) / (n_classes - 1))
+    probs[np.arange(len(preds)), preds] = confidence
+    return probs
+
+
+def test_metrics_match_hand_computation() -> None:
+    labels = np.array([0, 0, 1, 1, 2, 2])
+    probs = one_hot_probs([0, 1, 1, 1, 2, 0], 3)
+    metrics = classification_metrics(labels, probs, ["a", "b", "c"])
+    assert metrics["accuracy"] == pytest.approx(4 / 6)
+    assert metrics["recall_a"] == pytest.approx(0.5)
+    assert metrics["recall_b"] == pytest.approx(1.0)
+    assert metrics["recall_c"] == pytest.approx(0.5)
+    assert metrics["recall_macro"] == pytest.approx(2 / 3)
+    assert metrics["precision_macro"] == pytest.approx((1 / 2 + 2 / 3 + 1) / 3)
+    assert metrics["f1_macro"] == pytest.approx((0.5 + 0.8 + 2 / 3) / 3)
+    # 4 correct images with p(true) = 0.8, 2 wrong with p(true) = 0.1
+    assert metrics["loss"] == pytest.approx(-(4 * np.log(0.8) + 2 * np.log(0.1)) / 6)
+    assert metrics["n"] == 6
+
+
+def test_binary_auc_is_the_same_for_either_class() -> None:
+    labels = np.array([0, 0, 1, 1])
+    p1 = np.array([0.1, 0.6, 0.4, 0.8])
+    probs = np.stack([1 - p1, p1], axis=1)
+    assert macro_auc(labels, probs) == pytest.approx(0.75)  # 3 of 4 positive/negative pairs ranked right
+    assert macro_auc(1 - labels, probs[:, ::-1]) == pytest.approx(0.75)
+
+
+def test_auc_is_nan_when_a_class_is_missing() -> None:
+    probs = one_hot_probs([0, 1, 1], 3)
+    assert np.isnan(classification_metrics(np.array([0, 1, 1]), probs, ["a", "b", "c"])["auc_macro"])
+
+
+def test_bootstrap_interval_contains_true_difference() -> None:
+    rng = np.random.default_rng(1)
+    n_images = 2000
+    correct_b = (rng.random(n_images) < 0.6).astype(float)
+    # a is right wherever b is, and on half of b's errors: population difference 0.5 * 0.4 = 0.2
+    correct_a = np.maximum(correct_b, (rng.random(n_images) < 0.5).astype(float))
+    result = paired_bootstrap(correct_a, correct_b, n_samples=500, seed=0)
+    assert result["ci_low"] < 0.2 < result["ci_high"]
+    assert result["ci_low"] < result["difference"] < result["ci_high"]
+    assert result["p_value"] < 0.01
+    assert paired_bootstrap(correct_a, correct_b, n_samples=500, seed=0) == result  # seeded
+
+
+def test_bootstrap_pairs_seeds_and_handles_no_difference() -> None:
+    correct = (np.random.default_rng(0).random((3, 50)) < 0.7).astype(float)
+    result = paired_bootstrap(correct, correct, n_samples=100, seed=0)
+    assert result["difference"] == 0 and result["ci_low"] == 0 and result["ci_high"] == 0
+    assert result["n_seeds"] == 3 and result["n_images"] == 50
+    with pytest.raises(ValueError, match="same test images"):
+        paired_bootstrap(correct, correct[:, :40])
