@@ -61,6 +61,25 @@ def read_encoder_metadata(path: str | Path) -> dict[str, Any]:
     return {"timm_name": meta["timm_name"], "timm_kwargs": json.loads(meta["timm_kwargs"])}
 
 
+def _fit_vit_grid(state: dict[str, torch.Tensor], model: nn.Module, path: Path) -> None:
+    """Resample ImageNet-style ViT weights (e.g. 224 px, patch 16) onto this model's image and patch size."""
+    from timm.layers import resample_abs_pos_embed, resample_patch_embed
+
+    own = model.state_dict()
+    key = "patch_embed.proj.weight"
+    if key in state and state[key].shape[0] != own[key].shape[0]:
+        raise ValueError(
+            f"{path}: width {state[key].shape[0]} does not match the encoder's {own[key].shape[0]}; "
+            "choose an `encoders` entry with the same timm_name/embed_dim as the weights"
+        )
+    if key in state and state[key].shape[-2:] != own[key].shape[-2:]:
+        state[key] = resample_patch_embed(state[key], list(own[key].shape[-2:]))
+    if "pos_embed" in state and state["pos_embed"].shape != own["pos_embed"].shape:
+        state["pos_embed"] = resample_abs_pos_embed(
+            state["pos_embed"], list(model.patch_embed.grid_size), num_prefix_tokens=model.num_prefix_tokens
+        )
+
+
 def load_encoder_weights(model: nn.Module, path: str | Path) -> None:
     """Load encoder weights into a classifier; only the classification head may be missing."""
     path = Path(path)
@@ -74,16 +93,15 @@ def load_encoder_weights(model: nn.Module, path: str | Path) -> None:
     own = model.state_dict()
     # Heads of other tasks (ImageNet's 1000 classes) are never carried over.
     state = {k: v for k, v in state.items() if k in own and not k.startswith(("head.", "fc."))}
-    if "pos_embed" in state and state["pos_embed"].shape != own["pos_embed"].shape:
-        raise ValueError(
-            f"{path}: position embedding {tuple(state['pos_embed'].shape)} does not fit the model "
-            f"{tuple(own['pos_embed'].shape)}; use the same image and patch size as the weights"
-        )
     for key in ("patch_embed.proj.weight", "conv1.weight"):
         if key in state and state[key].shape[1] != own[key].shape[1]:
             # RGB weights for grey input: sum over colour channels keeps the response to a grey image.
             state[key] = state[key].sum(dim=1, keepdim=True)
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    _fit_vit_grid(state, model, path)
+    try:
+        missing, _ = model.load_state_dict(state, strict=False)
+    except RuntimeError as err:
+        raise ValueError(f"{path}: weights do not fit the configured encoder ({err}); match `encoders` to them") from err
     missing = [k for k in missing if not k.startswith(("head", "fc.", "fc_norm"))]
     if missing:
         raise ValueError(f"{path}: weights lack {len(missing)} encoder tensors, e.g. {missing[:5]}")
