@@ -23,6 +23,7 @@ rule all:
 
 include: "rules/download.smk"
 include: "rules/prepare.smk"
+include: "rules/lung_masks.smk"
 include: "rules/split.smk"
 include: "rules/patch_validity.smk"
 include: "rules/pretrain.smk"

@@ -1,9 +1,9 @@
 rule patch_validity:
     """Lung coverage of each patch, the no-mask policy, a per-class summary and a figure."""
     input:
+        unpack(patch_validity_masks),
         script=script("patch_validity.py"),
         images=rules.prepare.output.images,
-        masks=rules.prepare.output.masks,
         manifest=rules.prepare.output.manifest,
     output:
         validity=f"{RESULTS}/patch_validity/validity.npz",
@@ -16,6 +16,8 @@ rule patch_validity:
     params:
         settings=as_json(config["patch_validity"]),
         prepared=f"{RESULTS}/prepared",
+        # Empty with lung_masks.mode: provided, so the command stays as before.
+        masks=patch_validity_mask_args,
     log:
         f"{LOGS}/patch_validity.log",
     benchmark:
@@ -24,4 +26,4 @@ rule patch_validity:
         "../envs/data.yaml"
     shell:
         "python {input.script} --prepared {params.prepared} --settings {params.settings} "
-        "--out {output.validity} --summary {output.summary} --figure {output.figure} --log {log}"
+        "--out {output.validity} --summary {output.summary} --figure {output.figure} {params.masks} --log {log}"

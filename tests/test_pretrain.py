@@ -14,7 +14,7 @@ import torch
 import torch.multiprocessing as mp
 from safetensors.torch import load_file
 
-from cxrmim.data.patches import coverage_of_array
+from cxrmim.data.validity import run_patch_validity
 from cxrmim.train.pretrain import HISTORY_COLUMNS, main, run_pretraining
 
 IMAGE_SIZE, PATCH_SIZE = 32, 8
@@ -80,11 +80,9 @@ def build_tiny_cache(root: Path, n_images: int = 40) -> dict[str, Path]:
     parts[-12:-8] = "val"
     split = root / "split.csv"
     pd.DataFrame({"index": range(n_images), "id": ids, "label": labels, "group": ids, "part": parts}).to_csv(split, index=False)
-    coverage = coverage_of_array(masks, PATCH_SIZE)
-    valid = coverage > 0.0
-    valid[has_mask == 0] = True  # the all_valid policy of the prepare stage
     validity = root / "validity.npz"
-    np.savez(validity, coverage=coverage, valid=valid, patch_size=PATCH_SIZE, image_size=IMAGE_SIZE, threshold=0.0)
+    run_patch_validity(prepared, {"patch_size": PATCH_SIZE, "threshold": 0.0, "no_mask_policy": "all_valid",
+                                  "n_figure_images": 1}, validity, root / "validity.csv", root / "validity.png")
     return {"prepared": prepared, "split": split, "validity": validity}
 
 

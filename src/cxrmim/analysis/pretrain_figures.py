@@ -51,9 +51,10 @@ def load_examples(prepared_dir: str | Path, split_csv: str | Path, validity_npz:
     picks = pd.concat([first, test.drop(first.index)]).head(n)
     indices = picks["index"].to_numpy(dtype=np.int64)
     with np.load(validity_npz) as validity:
-        valid, patch_size = validity["valid"][indices], int(validity["patch_size"])
+        valid, masks = validity["valid"][indices], validity["masks"][indices]
+        patch_size = int(validity["patch_size"])
     return Examples(
-        np.asarray(prepared.images[indices]), np.asarray(prepared.masks[indices]), valid,
+        np.asarray(prepared.images[indices]), masks, valid,
         picks["label"].astype(str).tolist(), patch_size,
     )  # fmt: skip
 

@@ -50,8 +50,8 @@ def _load_record(args: tuple[Any, int]) -> LoadedImage:
         return LoadedImage(None, None, str(err))
 
 
-def _records(kind: str, root: Path, dataset_cfg: dict[str, Any]) -> tuple[list[Any], list[str], Path]:
-    """Source records of a real dataset after label mapping and view filtering, plus warnings."""
+def source_records(kind: str, root: Path, dataset_cfg: dict[str, Any]) -> tuple[list[Any], list[str], Path]:
+    """Source records of a real dataset after label mapping and view filtering, warnings, and the path base."""
     from cxrmim.data.sources import apply_label_map, covid19_radiography_records, filter_views, manifest_records
 
     if kind == "covid19_radiography":
@@ -68,6 +68,15 @@ def _records(kind: str, root: Path, dataset_cfg: dict[str, Any]) -> tuple[list[A
     return records, warnings, base
 
 
+def load_records(records: list[Any], size: int, workers: int = 1) -> list[LoadedImage]:
+    """Read and resize every record's image and mask onto a size x size grid, in parallel when workers > 1."""
+    jobs = [(record, size) for record in records]
+    if workers > 1:
+        with ProcessPoolExecutor(max_workers=workers) as pool:
+            return list(pool.map(_load_record, jobs, chunksize=16))
+    return [_load_record(job) for job in jobs]
+
+
 def _relative(path: Path, base: Path) -> str:
     """Path relative to the dataset root when possible (keeps outputs free of local folder names)."""
     try:
@@ -78,15 +87,9 @@ def _relative(path: Path, base: Path) -> str:
 
 def _prepare_real(kind: str, root: Path, dataset_cfg: dict, prepare_cfg: dict) -> tuple[dict, list[str]]:
     """Read every record of a real dataset in parallel; skip or fail on bad images."""
-    records, warnings, base = _records(kind, root, dataset_cfg)
+    records, warnings, base = source_records(kind, root, dataset_cfg)
     size = int(prepare_cfg["image_size"])
-    workers = int(prepare_cfg.get("workers", 1))
-    jobs = [(record, size) for record in records]
-    if workers > 1:
-        with ProcessPoolExecutor(max_workers=workers) as pool:
-            loaded = list(pool.map(_load_record, jobs, chunksize=16))
-    else:
-        loaded = [_load_record(job) for job in jobs]
+    loaded = load_records(records, size, int(prepare_cfg.get("workers", 1)))
     bad = [item.error for item in loaded if item.error]
     if bad and prepare_cfg.get("on_bad_image", "skip") == "fail":
         raise ValueError(

@@ -16,11 +16,18 @@ log = logging.getLogger(__name__)
 
 
 def compute_validity(masks: np.ndarray, has_mask: np.ndarray, patch_size: int, threshold: float, policy: str,
-                     ids: list[str]) -> dict[str, np.ndarray]:
-    """Coverage and validity per (image, patch), applying the no-mask policy to mask-less images."""
+                     ids: list[str], fallback: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """Coverage and validity per (image, patch), applying the no-mask policy to mask-less images.
+
+    `fallback` marks images whose predicted mask failed QC and were set to all-valid on purpose
+    (lung_masks.qc_policy): they are all-valid whatever the no-mask policy says.
+    """
     coverage = coverage_of_array(masks, patch_size).astype(np.float32)
     valid = coverage > threshold
-    missing = np.flatnonzero(~has_mask.astype(bool))
+    decided = np.zeros(len(masks), dtype=bool) if fallback is None else np.asarray(fallback, dtype=bool)
+    valid[decided] = True
+    has_mask = has_mask.astype(bool) & ~decided
+    missing = np.flatnonzero(~has_mask & ~decided)
     if len(missing) and policy == "fail":
         examples = ", ".join(ids[i] for i in missing[:5])
         raise ValueError(
@@ -29,11 +36,11 @@ def compute_validity(masks: np.ndarray, has_mask: np.ndarray, patch_size: int, t
             "random masking)"
         )
     valid[missing] = True
-    empty = np.flatnonzero(has_mask.astype(bool) & ~valid.any(axis=1))
+    empty = np.flatnonzero(has_mask & ~valid.any(axis=1))
     if len(empty):
         log.warning("%d image(s) have a mask with no lung patch above the threshold; they fall back to "
                     "random masking", len(empty))
-    return {"coverage": coverage, "valid": valid, "has_mask": has_mask.astype(bool)}
+    return {"coverage": coverage, "valid": valid, "has_mask": has_mask}
 
 
 def validity_summary(valid: np.ndarray, has_mask: np.ndarray, labels: pd.Series) -> pd.DataFrame:
@@ -79,18 +86,47 @@ def plot_valid_patches(images: np.ndarray, valid: np.ndarray, labels: list[str],
     plt.close(fig)
 
 
+def read_mask_status(status_csv: Path, manifest: pd.DataFrame) -> pd.DataFrame:
+    """The lung_masks stage's per-image decision (mask | all_valid | skip), checked against the manifest."""
+    status = pd.read_csv(status_csv, keep_default_na=False)
+    if len(status) != len(manifest) or (status["id"].astype(str) != manifest["id"].astype(str)).any():
+        raise ValueError(f"{status_csv} does not match the prepared manifest; re-run the lung_masks rule")
+    return status
+
+
 def run_patch_validity(prepared_dir: Path, settings: dict[str, Any], out_npz: Path, summary_csv: Path,
-                       figure: Path) -> pd.DataFrame:
-    """Run the stage end to end and write its three outputs."""
+                       figure: Path, masks_npy: Path | None = None, mask_status_csv: Path | None = None
+                       ) -> pd.DataFrame:
+    """Run the stage end to end and write its three outputs.
+
+    With `masks_npy` and `mask_status_csv` (the lung_masks stage) the predicted masks replace the prepared ones:
+    'all_valid' images become all-valid, and 'skip' images get include=False in validity.npz.
+    """
     data = load_prepared(prepared_dir)
     patch_size = int(settings["patch_size"])
     threshold = float(settings.get("threshold", 0.0))
-    has_mask = data.manifest["has_mask"].to_numpy().astype(bool)
-    result = compute_validity(np.asarray(data.masks), has_mask, patch_size, threshold,
-                              settings.get("no_mask_policy", "fail"), data.manifest["id"].tolist())
+    masks, has_mask = np.asarray(data.masks), data.manifest["has_mask"].to_numpy().astype(bool)
+    fallback, include = None, np.ones(len(has_mask), dtype=bool)
+    if masks_npy is not None:
+        masks = np.load(masks_npy)
+        if masks.shape != data.masks.shape:
+            raise ValueError(f"{masks_npy} has shape {masks.shape}, the prepared cache {data.masks.shape}; "
+                             "re-run the lung_masks rule")
+        decision = read_mask_status(mask_status_csv, data.manifest)["decision"].to_numpy()
+        # Skipped images also get all-valid patches, so a consumer that ignores `include` treats them like MAE.
+        has_mask, fallback, include = decision == "mask", decision != "mask", decision != "skip"
+        if (~include).any():
+            log.info("%d image(s) with an implausible lung mask are excluded from pretraining (include=False)",
+                     int((~include).sum()))
+    result = compute_validity(masks, has_mask, patch_size, threshold,
+                              settings.get("no_mask_policy", "fail"), data.manifest["id"].tolist(), fallback)
+    has_mask = result["has_mask"]
     out_npz.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_npz.with_name(out_npz.stem + ".tmp.npz")
-    np.savez_compressed(tmp, **result, patch_size=patch_size, image_size=data.image_size, threshold=threshold)
+    # The masks travel with the validity so pretraining (which recomputes validity after augmentation) uses the
+    # same masks, provided or predicted, as this stage.
+    np.savez_compressed(tmp, **result, masks=masks.astype(np.uint8), include=include, patch_size=patch_size,
+                        image_size=data.image_size, threshold=threshold)
     tmp.replace(out_npz)
     summary = validity_summary(result["valid"], has_mask, data.manifest["label"])
     summary.to_csv(summary_csv, index=False)

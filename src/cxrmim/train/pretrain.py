@@ -100,24 +100,28 @@ def load_pretrain_data(prepared_dir: str | Path, split_csv: str | Path, validity
     chosen = split[split["part"].isin(PRETRAIN_PARTS)].sort_values("index")
     if chosen.empty:
         raise ValueError(f"{split_csv}: no images with part in {PRETRAIN_PARTS}; re-run the split rule")
-    indices = chosen["index"].to_numpy(dtype=np.int64)
     manifest = prepared.manifest.set_index("index", drop=False) if "index" in prepared.manifest else prepared.manifest
+    ids = chosen["index"].to_numpy(dtype=np.int64)
     if "id" in chosen and "id" in manifest:
-        stale = manifest.loc[indices, "id"].astype(str).to_numpy() != chosen["id"].astype(str).to_numpy()
+        stale = manifest.loc[ids, "id"].astype(str).to_numpy() != chosen["id"].astype(str).to_numpy()
         if stale.any():
             raise ValueError(f"{split_csv} does not match the prepared manifest (ids differ); re-run split")
     with np.load(validity_npz) as validity:
-        valid = validity["valid"]
+        valid, masks, has_mask = validity["valid"], validity["masks"], validity["has_mask"]
+        include = validity["include"] if "include" in validity else np.ones(len(valid), dtype=bool)
         image_size, patch_size = int(validity["image_size"]), int(validity["patch_size"])
         threshold = float(validity["threshold"])
     if image_size != prepared.image_size or len(valid) != len(prepared.images):
         raise ValueError(f"{validity_npz} does not match the prepared cache; re-run the patch_validity rule")
-    has_mask = manifest.loc[indices, "has_mask"].astype(int).to_numpy() > 0 if "has_mask" in manifest else None
+    # Images whose predicted lung mask failed QC under lung_masks.qc_policy: skip take no part in pretraining.
+    indices = ids[include[ids]]
+    if len(indices) < len(ids):
+        log.info("%d image(s) excluded by the lung-mask QC policy", len(ids) - len(indices))
     return PretrainData(
         images=torch.from_numpy(np.ascontiguousarray(prepared.images[indices])),
-        masks=torch.from_numpy(np.ascontiguousarray(prepared.masks[indices])),
+        masks=torch.from_numpy(np.ascontiguousarray(masks[indices])),
         valid=torch.from_numpy(np.ascontiguousarray(valid[indices])).bool(),
-        has_mask=torch.ones(len(indices), dtype=torch.bool) if has_mask is None else torch.from_numpy(has_mask),
+        has_mask=torch.from_numpy(np.ascontiguousarray(has_mask[indices])).bool(),
         image_size=image_size,
         patch_size=patch_size,
         threshold=threshold,

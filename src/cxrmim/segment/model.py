@@ -1,0 +1,132 @@
+"""A small U-Net: a timm `features_only` encoder (random init) with a light convolutional decoder."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import timm
+import torch
+import torch.nn.functional as F
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+FILE_FORMAT = "cxrmim-lung-segmenter"
+
+
+@dataclass(frozen=True)
+class SegmenterSpec:
+    """What rebuilds a segmenter: the timm encoder, decoder widths and the input resolution it was trained at."""
+
+    encoder: str
+    decoder_channels: tuple[int, ...]
+    image_size: int
+
+    @classmethod
+    def from_settings(cls, settings: dict[str, Any]) -> SegmenterSpec:
+        """The spec described by the `lung_masks` config section."""
+        return cls(str(settings["encoder"]), tuple(int(c) for c in settings["decoder_channels"]),
+                   int(settings["image_size"]))
+
+
+def _conv_block(in_channels: int, out_channels: int) -> nn.Sequential:
+    """Two 3x3 conv + BN + ReLU layers, the usual U-Net decoder unit."""
+    return nn.Sequential(
+        nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False),
+        nn.BatchNorm2d(out_channels),
+        nn.ReLU(inplace=True),
+        nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False),
+        nn.BatchNorm2d(out_channels),
+        nn.ReLU(inplace=True),
+    )
+
+
+class LungUNet(nn.Module):
+    """U-Net over the first len(decoder_channels) feature maps of a timm encoder; one grey channel in, one logit out."""
+
+    def __init__(self, encoder: str, decoder_channels: Sequence[int]) -> None:
+        super().__init__()
+        depth = len(decoder_channels)
+        self.encoder = timm.create_model(encoder, pretrained=False, features_only=True, in_chans=1,
+                                         out_indices=tuple(range(depth)))
+        skips = self.encoder.feature_info.channels()
+        # One block per skip connection, deepest first, then a last block at full resolution without a skip.
+        skip_channels = list(reversed(skips[:-1])) + [0]
+        blocks, in_channels = [], skips[-1]
+        for skip, out_channels in zip(skip_channels, decoder_channels):
+            blocks.append(_conv_block(in_channels + skip, int(out_channels)))
+            in_channels = int(out_channels)
+        self.decoder = nn.ModuleList(blocks)
+        self.head = nn.Conv2d(in_channels, 1, kernel_size=1)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, 1, H, W) normalised images -> (B, 1, H, W) lung logits."""
+        features = self.encoder(images)
+        x = features[-1]
+        targets = list(reversed(features[:-1])) + [None]
+        for block, skip in zip(self.decoder, targets):
+            # Upsampling to the skip's own size works for any stride pattern and odd input sizes.
+            size = skip.shape[-2:] if skip is not None else images.shape[-2:]
+            x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+            if skip is not None:
+                x = torch.cat([x, skip], dim=1)
+            x = block(x)
+        return self.head(x)
+
+
+def build_segmenter(spec: SegmenterSpec) -> LungUNet:
+    """A randomly initialised segmenter for `spec` (no pretrained weights are ever downloaded)."""
+    return LungUNet(spec.encoder, spec.decoder_channels)
+
+
+def save_segmenter(model: nn.Module, spec: SegmenterSpec, path: str | Path) -> None:
+    """Write the weights as safetensors with the spec as metadata, through a temporary file."""
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    metadata = {"format": FILE_FORMAT, "spec": json.dumps(asdict(spec))}
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(state, str(tmp), metadata=metadata)
+    tmp.replace(path)
+
+
+def _file_spec(path: Path) -> SegmenterSpec | None:
+    """The spec stored in a cxrmim segmenter file, or None for other files."""
+    if path.suffix != ".safetensors":
+        return None
+    with safe_open(str(path), framework="pt") as handle:
+        meta = handle.metadata() or {}
+    if meta.get("format") != FILE_FORMAT:
+        return None
+    stored = json.loads(meta["spec"])
+    return SegmenterSpec(stored["encoder"], tuple(stored["decoder_channels"]), int(stored["image_size"]))
+
+
+def _read_state(path: Path) -> dict[str, torch.Tensor]:
+    """Tensors of a safetensors or torch checkpoint (plain state dict, or under 'state_dict' / 'model')."""
+    if path.suffix == ".safetensors":
+        return load_file(str(path))
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    return state.get("state_dict", state.get("model", state))
+
+
+def load_segmenter(path: str | Path, fallback: SegmenterSpec) -> tuple[LungUNet, SegmenterSpec]:
+    """Load a segmenter; files without cxrmim metadata are read as a state dict of the `fallback` architecture."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"segmentation weights not found: {path}; fix lung_masks.weights")
+    spec = _file_spec(path) or fallback
+    model = build_segmenter(spec)
+    try:
+        model.load_state_dict(_read_state(path), strict=True)
+    except RuntimeError as err:
+        raise ValueError(
+            f"{path}: weights do not fit a LungUNet with encoder {spec.encoder!r} and decoder_channels "
+            f"{list(spec.decoder_channels)}; set lung_masks.encoder/decoder_channels to the checkpoint's "
+            f"architecture ({str(err).splitlines()[0]})"
+        ) from None
+    return model, spec

@@ -1,0 +1,99 @@
+"""Inference of lung masks on a stack of grey images, and the `lung_masks` stage end to end."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from cxrmim.data.tensors import load_prepared, normalise
+from cxrmim.device import DeviceSetup, select_device
+from cxrmim.segment.model import SegmenterSpec, load_segmenter
+from cxrmim.segment.postprocess import clean_masks
+from cxrmim.segment.qc import decide, plot_mask_grid, qc_table, qc_titles, worst_first
+
+log = logging.getLogger(__name__)
+
+
+def to_model_input(images: torch.Tensor, size: int) -> torch.Tensor:
+    """uint8 (B, H, W) on any grid -> normalised (B, 1, size, size) float at the segmentation resolution."""
+    x = normalise(images)
+    if x.shape[-1] != size or x.shape[-2] != size:
+        x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False,
+                          antialias=x.shape[-1] > size)
+    return x
+
+
+@torch.no_grad()
+def predict_probabilities(model: nn.Module, images: np.ndarray, image_size: int, setup: DeviceSetup,
+                          batch_size: int = 32) -> np.ndarray:
+    """Lung probability per pixel of each uint8 image, back on the images' own grid (float32 (N, H, W))."""
+    model.eval().to(setup.device)
+    out = np.empty(images.shape, dtype=np.float32)
+    for start in range(0, len(images), batch_size):
+        chunk = torch.from_numpy(np.ascontiguousarray(images[start : start + batch_size])).to(setup.device)
+        with setup.autocast():
+            logits = model(to_model_input(chunk, image_size))
+        logits = F.interpolate(logits.float(), size=images.shape[-2:], mode="bilinear", align_corners=False)
+        out[start : start + len(chunk)] = torch.sigmoid(logits)[:, 0].cpu().numpy()
+    return out
+
+
+def segment(model: nn.Module, images: np.ndarray, image_size: int, setup: DeviceSetup, dilation: int = 0,
+            batch_size: int = 32) -> tuple[np.ndarray, np.ndarray]:
+    """Post-processed uint8 masks and the raw probabilities for a stack of uint8 images."""
+    probabilities = predict_probabilities(model, images, image_size, setup, batch_size)
+    return clean_masks(probabilities > 0.5, dilation), probabilities
+
+
+def _write_atomic_npy(path: Path, array: np.ndarray) -> None:
+    """np.save through a temporary name so readers never see a partial file."""
+    tmp = path.with_name(path.stem + ".tmp.npy")
+    np.save(tmp, np.ascontiguousarray(array, dtype=np.uint8))
+    tmp.replace(path)
+
+
+def run_lung_masks(prepared_dir: Path, weights: Path, settings: dict[str, Any], out_dir: Path,
+                   figure: Path) -> pd.DataFrame:
+    """Predict, clean and check a mask for every prepared image; write masks.npy, qc.csv, summary.json and the figure."""
+    data = load_prepared(prepared_dir, mmap=False)
+    setup = select_device(settings.get("device", "auto"))
+    model, spec = load_segmenter(weights, SegmenterSpec.from_settings(settings))
+    log.info("segmenting %d images of %d px at %d px on %s (encoder %s)", len(data.images), data.image_size,
+             spec.image_size, setup.device, spec.encoder)
+    masks, probabilities = segment(model, data.images, spec.image_size, setup, int(settings.get("dilation", 0)),
+                                   int(settings.get("batch_size", 32)))
+    provided = data.manifest["has_mask"].to_numpy().astype(bool) & bool(settings.get("prefer_provided", True))
+    masks[provided] = data.masks[provided]
+    table = qc_table(data.images, masks, probabilities, settings.get("qc") or {})
+    table.insert(0, "id", data.manifest["id"].to_numpy())
+    table.insert(0, "index", data.manifest["index"].to_numpy())
+    table.insert(2, "mask_source", np.where(provided, "provided", "predicted"))
+    decision = decide(table["plausible"].to_numpy(), settings.get("qc_policy", "all_valid"))
+    # A dataset's own masks are used as given: QC describes them but never overrides them.
+    table["decision"] = np.where(provided, "mask", decision)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _write_atomic_npy(out_dir / "masks.npy", masks)
+    table.to_csv(out_dir / "qc.csv", index=False, float_format="%.4g")
+    summary = {
+        "n_images": len(table),
+        "n_predicted": int((~provided).sum()),
+        "n_flagged": int((table["plausible"] == 0).sum()),
+        "flags": table["flags"].str.split(";").explode().loc[lambda s: s != ""].value_counts().to_dict(),
+        "decisions": table["decision"].value_counts().to_dict(),
+        "qc_policy": settings.get("qc_policy", "all_valid"),
+        "mean_area_fraction": float(table["area_fraction"].mean()),
+        "segmenter": {"encoder": spec.encoder, "image_size": spec.image_size, "weights": str(weights)},
+    }
+    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    picks = worst_first(table, "confidence")[: int((settings.get("qc") or {}).get("n_figure_images", 24))]
+    plot_mask_grid(data.images[picks], masks[picks], qc_titles(table, picks), figure)
+    log.info("lung masks: %s", json.dumps({k: summary[k] for k in ("n_images", "n_flagged", "decisions")}))
+    return table
