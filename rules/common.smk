@@ -1,6 +1,7 @@
 # Paths, job lists and parameter helpers shared by all rules (no rules here).
 import json
 import shlex
+from pathlib import Path
 
 RESULTS = f"results/{config['dataset']['name']}"
 RESOURCES_DIR = f"resources/{config['dataset']['name']}"
@@ -12,6 +13,16 @@ PRETRAINED = ("rgmim", "mae")
 def script(name):
     """A stage script as an input, so editing it reruns the rule (shell-called scripts are not tracked otherwise)."""
     return workflow.source_path(f"../scripts/{name}")
+
+
+def package_code(*parts):
+    """Package modules a stage runs, as inputs, so editing them reruns that stage (imported code is not tracked)."""
+    root = Path(workflow.basedir) / "src" / "cxrmim"
+    files = []
+    for part in parts:
+        path = root / part
+        files += sorted(path.rglob("*.py")) if path.is_dir() else [path]
+    return [str(f) for f in files]
 
 
 def as_json(value):

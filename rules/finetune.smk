@@ -5,6 +5,7 @@ rule finetune:
     """Fine-tune one initialisation on one labelled subset; model selection on validation only."""
     input:
         script=script("finetune.py"),
+        code=package_code("train/finetune.py", "train/common.py", "models/encoders.py", "data/tensors.py", "device.py", "analysis/metrics.py"),
         images=rules.prepare.output.images,
         split=rules.split.output.split,
         subset=f"{RESULTS}/split/subsets/frac{{fraction}}_seed{{seed}}.csv",

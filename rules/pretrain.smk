@@ -5,6 +5,7 @@ rule pretrain:
     """Masked-autoencoder pretraining of one (method, masking ratio, encoder); resumes from its checkpoint."""
     input:
         script=script("pretrain.py"),
+        code=package_code("train/pretrain.py", "train/common.py", "models", "data/tensors.py", "data/patches.py", "device.py"),
         images=rules.prepare.output.images,
         split=rules.split.output.split,
         validity=rules.patch_validity.output.validity,

@@ -2,6 +2,7 @@ rule split:
     """Stratified, patient-grouped train / validation / test split."""
     input:
         script=script("split.py"),
+        code=package_code("data/splits.py"),
         manifest=rules.prepare.output.manifest,
     output:
         split=f"{RESULTS}/split/split.csv",
@@ -22,6 +23,7 @@ rule label_subset:
     """Nested, class-stratified labelled subset of the training part for one (fraction, seed)."""
     input:
         script=script("label_subset.py"),
+        code=package_code("data/splits.py"),
         split=rules.split.output.split,
     output:
         subset=f"{RESULTS}/split/subsets/frac{{fraction}}_seed{{seed}}.csv",
