@@ -29,7 +29,7 @@ def valid_patches(coverage: torch.Tensor, threshold: float = 0.0) -> torch.Tenso
 def coverage_of_array(masks: np.ndarray, patch_size: int, chunk: int = 1024) -> np.ndarray:
     """Numpy front end of `patch_coverage` for a whole cache, in chunks to bound memory."""
     out = [
-        patch_coverage(torch.from_numpy(np.ascontiguousarray(masks[i : i + chunk])), patch_size).numpy()
+        patch_coverage(torch.from_numpy(np.array(masks[i : i + chunk])), patch_size).numpy()
         for i in range(0, len(masks), chunk)
     ]
     return np.concatenate(out, axis=0) if out else np.zeros((0, 0), dtype=np.float32)
