@@ -39,15 +39,18 @@ def _load_record(args: tuple[Any, int]) -> LoadedImage:
     record, size = args
     try:
         grey = read_grey(record.image)
-        image = resize_to_grid(grey, size, is_mask=False)
-        mask = None
-        if record.mask is not None:
-            raw_mask = read_mask(record.mask)
-            check_mask_fits(grey.shape, raw_mask.shape, record.image, record.mask)
-            mask = resize_to_grid(raw_mask.astype(np.uint8), size, is_mask=True)
-        return LoadedImage(image, mask)
+        raw_mask = read_mask(record.mask) if record.mask is not None else None
     except BadImageError as err:
         return LoadedImage(None, None, str(err))
+    if raw_mask is not None:
+        try:
+            check_mask_fits(grey.shape, raw_mask.shape, record.image, record.mask)
+        except BadImageError as err:
+            # A mask drawn for another image is a dataset error, never a file to skip quietly.
+            raise ValueError(str(err)) from None
+    image = resize_to_grid(grey, size, is_mask=False)
+    mask = resize_to_grid(raw_mask.astype(np.uint8), size, is_mask=True) if raw_mask is not None else None
+    return LoadedImage(image, mask)
 
 
 def source_records(kind: str, root: Path, dataset_cfg: dict[str, Any]) -> tuple[list[Any], list[str], Path]:
