@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
 REALDATA = REPO.parent / "shared" / "realdata"
@@ -27,6 +28,15 @@ def snakemake(workdir: Path, *args: str, configs: tuple[Path, ...] = (TINY_CONFI
     if check and result.returncode != 0:
         raise AssertionError(f"snakemake failed ({result.returncode}):\n{result.stdout[-4000:]}\n{result.stderr[-8000:]}")
     return result
+
+
+@pytest.fixture(autouse=True, scope="session")
+def single_thread():
+    """Tiny test models gain nothing from intra-op threads; on a shared 2-core machine they are much slower."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
 
 
 @pytest.fixture

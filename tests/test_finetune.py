@@ -33,10 +33,6 @@ SETTINGS = {
 }
 REPO = Path(__file__).resolve().parents[1]
 
-# One thread: on a shared 2-core machine, torch's thread pool under contention is ~10x slower than one thread.
-torch.set_num_threads(1)
-
-
 def make_cache(root: Path, labels: list[str], per_part: dict[str, int]) -> dict[str, Path]:
     """Images whose class is a bright square at a class-specific place; split into train/val/test parts."""
     rng = np.random.default_rng(0)

@@ -18,15 +18,6 @@ ENCODER = {"timm_name": "vit_tiny_patch16_224", "kwargs": {"embed_dim": 32, "dep
 IMAGE_SIZE, PATCH_SIZE = 32, 8
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    """Tiny models gain nothing from intra-op threads, and on a shared CPU thread start-up dominates."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 @pytest.fixture(scope="module")
 def model() -> MaskedAutoencoder:
     """A tiny region-masking autoencoder."""

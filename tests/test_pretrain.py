@@ -21,15 +21,6 @@ IMAGE_SIZE, PATCH_SIZE = 32, 8
 TINY_ENCODER = {"timm_name": "vit_tiny_patch16_224", "kwargs": {"embed_dim": 32, "depth": 1, "num_heads": 2, "mlp_ratio": 2.0}}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    """Tiny models gain nothing from intra-op threads, and on a shared CPU thread start-up dominates."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def tiny_settings(**overrides: object) -> dict:
     """A `pretrain:` section for a model that trains in well under a second per epoch."""
     settings = {
