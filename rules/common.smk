@@ -3,6 +3,8 @@ import json
 import shlex
 from pathlib import Path
 
+from cxrmim.data.splits import fraction_tag as tag  # one spelling of numbers in file names, shared with the package
+
 RESULTS = f"results/{config['dataset']['name']}"
 RESOURCES_DIR = f"resources/{config['dataset']['name']}"
 LOGS = f"{RESULTS}/logs"
@@ -33,11 +35,6 @@ def as_json(value):
 def section(name, drop=()):
     """A config section without the keys that only choose which jobs exist (so adding jobs reruns nothing)."""
     return {k: v for k, v in config[name].items() if k not in drop}
-
-
-def tag(value):
-    """Canonical text of a number in file names (0.01 -> 0.01, 1.0 -> 1)."""
-    return f"{float(value):g}"
 
 
 def run_name(method, ratio, encoder=None):
