@@ -134,6 +134,13 @@ def test_pretrained_init_loads_encoder_weights(cache: dict[str, Path], tmp_path:
     assert result.metrics["fraction"] == 0.5
 
 
+def test_subset_smaller_than_batch_keeps_the_configured_lr(cache: dict[str, Path]) -> None:
+    """24 images with batch 64: one full batch of 24 per step, peak lr still base_lr x 64 / 256."""
+    metrics, _ = run(cache, "scratch_vit", TINY_VIT, epochs=1, batch_size=64, min_steps=0)
+    assert metrics["batch_size"] == 24 and metrics["steps"] == 1
+    assert metrics["peak_lr"] == pytest.approx(SETTINGS["base_lr"] * 64 / 256)
+
+
 def test_binary_task_has_auc(tmp_path: Path) -> None:
     binary = make_cache(tmp_path, ["Normal", "Pneumonia"], {"train": 16, "val": 6, "test": 6})
     metrics, _ = run(binary, "scratch_vit", TINY_VIT, epochs=2)

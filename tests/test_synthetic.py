@@ -59,6 +59,19 @@ def test_masks_match_anatomy(small_dataset: dict) -> None:
         assert image[lung].mean() < image[ring].mean() - 10
 
 
+def test_default_framing_matches_real_radiographs() -> None:
+    """Lungs fill about a third of the default frame (real CXRs here: 0.37); zoom 1 shows the whole body."""
+    settings = PhantomSettings(n_images=40, image_size=64, seed=2)
+    framed = generate_dataset(settings)["masks"].astype(bool)
+    assert 0.28 < framed.mean() < 0.42
+    # Patches of 8 px touching a lung: about 0.64 on the real images with masks in ../shared/realdata.
+    touched = framed.reshape(40, 8, 8, 8, 8).any(axis=(2, 4)).mean()
+    assert 0.55 < touched < 0.72
+    whole_body = generate_dataset(dataclasses.replace(settings, zoom=1.0))["masks"].astype(bool)
+    assert whole_body.mean() < 0.75 * framed.mean()
+    assert not whole_body[:, [0, -1], :].any() and not whole_body[:, :, [0, -1]].any()
+
+
 def test_lungs_are_on_both_sides(small_dataset: dict) -> None:
     """One lung field in each half of the image, the patient's right on the image's left."""
     for mask in small_dataset["masks"]:
@@ -151,11 +164,12 @@ def test_from_config_reads_the_workflow_section() -> None:
         "lesion_contrast": 0.3,
         "label_noise": 0.0,
         "nuisance_strength": 0.5,
+        "zoom": 1.2,
         "seed": 1,
     }
     settings = PhantomSettings.from_config(section)
     assert settings.class_balance == (1, 2, 1, 1)
-    assert settings.n_images == 10 and settings.seed == 1
+    assert settings.n_images == 10 and settings.seed == 1 and settings.zoom == 1.2
     assert PhantomSettings.from_config({"seed": 9}) == PhantomSettings(seed=9)
 
 
@@ -170,6 +184,7 @@ def test_from_config_reads_the_workflow_section() -> None:
         ({"label_noise": 1.5}, "label_noise"),
         ({"lesion_contrast": -0.1}, "lesion_contrast"),
         ({"nuisance_strength": "high"}, "nuisance_strength"),
+        ({"zoom": 3.0}, "zoom"),
         ({"seed": True}, "seed"),
     ],
 )

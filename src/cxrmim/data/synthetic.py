@@ -47,6 +47,7 @@ class PhantomSettings:
     lesion_contrast: float = 0.22
     label_noise: float = 0.03
     nuisance_strength: float = 1.0
+    zoom: float = 1.35  # thorax magnification: 1.35 fills the frame like real CXRs (lung area about 1/3)
     seed: int = 7
 
     def __post_init__(self) -> None:
@@ -108,7 +109,9 @@ def _check_value(name: str, value: object) -> None:
                 f"{where} must be {len(CLASSES)} non-negative weights (not all zero) for {list(CLASSES)}, "
                 f"got {value!r}"
             )
-    ranges = {"lesion_contrast": (0.0, 1.0), "label_noise": (0.0, 1.0), "nuisance_strength": (0.0, 5.0)}
+    ranges = {
+        "lesion_contrast": (0.0, 1.0), "label_noise": (0.0, 1.0), "nuisance_strength": (0.0, 5.0), "zoom": (0.5, 2.0),
+    }
     if name in ranges:
         low, high = ranges[name]
         if not (_is_real(value) and low <= value <= high):
@@ -270,11 +273,11 @@ def _draw_lung(
     return f, lateral, height, hilum
 
 
-def _draw_anatomy(rng: np.random.Generator, size: int) -> _Anatomy:
+def _draw_anatomy(rng: np.random.Generator, size: int, zoom: float) -> _Anatomy:
     """Body, lungs, heart, ribs, spine, clavicles and vessels of one patient (no class, no nuisance)."""
     u, v = _grid(size)
     tu, tv = 0.5 + rng.normal(0, 0.02), 0.5 + rng.normal(0, 0.025)
-    scale = float(rng.uniform(0.9, 1.07))
+    scale = float(rng.uniform(0.9, 1.07)) * zoom  # every anatomical length is a multiple of scale
     angle = float(np.deg2rad(rng.normal(0, 2.5)))
     x, y = _rotate(u - np.float32(tu), v - np.float32(tv), angle)
     frame = _Frame(x, y, (tu, tv), angle)
@@ -463,10 +466,10 @@ def _expose(rng: np.random.Generator, density: np.ndarray, strength: float) -> n
     return film + shading + np.float32(sigma) * noise
 
 
-def _glyph(pattern: tuple[str, ...], zoom: int) -> np.ndarray:
+def _glyph(pattern: tuple[str, ...], magnify: int) -> np.ndarray:
     """Bitmap of one glyph, upscaled by an integer factor."""
     bits = np.array([[c == "1" for c in row] for row in pattern], dtype=bool)
-    return np.kron(bits, np.ones((zoom, zoom), dtype=bool))
+    return np.kron(bits, np.ones((magnify, magnify), dtype=bool))
 
 
 def _stamp(canvas: np.ndarray, stamp: np.ndarray, top: int, left: int) -> None:
@@ -483,15 +486,15 @@ def _stamp(canvas: np.ndarray, stamp: np.ndarray, top: int, left: int) -> None:
 def _draw_annotations(rng: np.random.Generator, size: int, strength: float) -> tuple[np.ndarray, float]:
     """Burned-in side marker and text-like blocks in the corners: (bool overlay, brightness)."""
     overlay = np.zeros((size, size), dtype=bool)
-    zoom = max(1, round(size / 64))
-    margin = int(rng.integers(2, 6)) * zoom
+    magnify = max(1, round(size / 64))
+    margin = int(rng.integers(2, 6)) * magnify
     draws = rng.random(2)
     letter = "L" if rng.random() < 0.6 else "R"
     marker_right = rng.random() < 0.5
     if draws[0] < min(1.0, 0.8 * strength):
-        glyph = _glyph(_GLYPHS[letter], zoom)
+        glyph = _glyph(_GLYPHS[letter], magnify)
         left = size - margin - glyph.shape[1] if marker_right else margin
-        _stamp(overlay, glyph, margin + int(rng.integers(0, 4)) * zoom, left)
+        _stamp(overlay, glyph, margin + int(rng.integers(0, 4)) * magnify, left)
     n_lines = int(rng.integers(1, 4))
     n_chars = rng.integers(3, 9, size=n_lines)
     chars = rng.random((n_lines, 5, 4 * 9)) < 0.55
@@ -500,8 +503,8 @@ def _draw_annotations(rng: np.random.Generator, size: int, strength: float) -> t
         for line in range(n_lines):
             bits = chars[line, :, : 4 * n_chars[line]].copy()
             bits[:, 3::4] = False  # gaps between characters
-            row = np.kron(bits, np.ones((zoom, zoom), dtype=bool))
-            top = margin + line * 7 * zoom if text_at_top else size - margin - (n_lines - line) * 7 * zoom
+            row = np.kron(bits, np.ones((magnify, magnify), dtype=bool))
+            top = margin + line * 7 * magnify if text_at_top else size - margin - (n_lines - line) * 7 * magnify
             left = margin if marker_right else size - margin - row.shape[1]
             _stamp(overlay, row, top, left)
     return overlay, float(rng.uniform(0.85, 1.0))
@@ -570,7 +573,7 @@ def render_phantom(settings: PhantomSettings, index: int, label: str | None = No
     anchor = _anchor(settings, index)
     true_label = label if label is not None else class_of(settings, index)
 
-    anatomy = _draw_anatomy(_rng(settings, anchor, _ANATOMY), size)
+    anatomy = _draw_anatomy(_rng(settings, anchor, _ANATOMY), size, settings.zoom)
     lesion, findings = _draw_lesion(_rng(settings, index, _LESION), true_label, anatomy, settings)
     # Everything after the lesion is pointwise with class-independent draws, so pixels outside the
     # lungs (where the lesion is exactly 0) are identical for every label.
