@@ -1,0 +1,84 @@
+#!/usr/bin/env python
+"""Run the whole default DAG from scratch and print its wall time, time per stage and the lowest-fraction result.
+
+Writes to results/<name>/ (default `bench_default`, a fresh folder: an existing one is never overwritten):
+    python benchmarks/default_run.py --cores 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pandas as pd
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Command-line options."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cores", type=int, default=2)
+    parser.add_argument("--name", default="bench_default", help="dataset.name, i.e. the results/<name>/ folder")
+    parser.add_argument("--configfile", type=Path, default=REPO / "workflow_config.yaml")
+    return parser.parse_args(argv)
+
+
+def stage_times(benchmarks: Path) -> pd.DataFrame:
+    """Wall and CPU seconds per rule, summed over that rule's jobs, from Snakemake's benchmark files."""
+    rows = []
+    for tsv in sorted(benchmarks.rglob("*.tsv")):
+        stage = tsv.relative_to(benchmarks).parts[0].removesuffix(".tsv")
+        record = pd.read_csv(tsv, sep="\t").iloc[0]
+        rows.append({"stage": stage, "wall_s": float(record["s"]), "cpu_s": float(record["cpu_time"])})
+    table = pd.DataFrame(rows).groupby("stage").agg(jobs=("wall_s", "size"), wall_s=("wall_s", "sum"),
+                                                     cpu_s=("cpu_s", "sum"))
+    return table.sort_values("wall_s", ascending=False)
+
+
+def lowest_fraction(tables: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Accuracy per method at the lowest label fraction (mean over seeds) and its significance rows."""
+    runs = pd.read_csv(tables / "label_fractions.csv")
+    lowest = runs["fraction"].min()
+    accuracy = (runs[runs["fraction"] == lowest].groupby(["method", "architecture"])["test_accuracy"]
+                .agg(["mean", "count"]).sort_values("mean", ascending=False))
+    significance = pd.read_csv(tables / "significance.csv")
+    columns = ["comparison", "difference", "ci_low", "ci_high", "p_value"]
+    return accuracy, significance.loc[significance["fraction"] == lowest, columns]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run, time and summarise."""
+    args = parse_args(argv)
+    results = REPO / "results" / args.name
+    if results.exists():
+        sys.exit(f"{results} exists; remove it or pass another --name (the benchmark needs a fresh run)")
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as overlay:
+        yaml.safe_dump({"dataset": {"name": args.name}}, overlay)
+    command = ["snakemake", "--cores", str(args.cores), "--directory", str(REPO), "--quiet", "rules",
+               "--configfile", str(args.configfile), overlay.name]  # fmt: skip
+    start = time.perf_counter()
+    completed = subprocess.run(command, cwd=REPO, check=False)
+    wall = time.perf_counter() - start
+    Path(overlay.name).unlink()
+    if completed.returncode != 0:
+        print(f"snakemake failed (exit {completed.returncode}) after {wall:.0f} s", file=sys.stderr)
+        return completed.returncode
+    stages = stage_times(results / "benchmarks")
+    print(f"whole DAG: {wall:.0f} s wall on {args.cores} cores, {int(stages['jobs'].sum())} jobs, "
+          f"{stages['cpu_s'].sum():.0f} CPU s")
+    print(stages.round(1).to_string())
+    accuracy, significance = lowest_fraction(results / "tables")
+    print("\ntest accuracy at the lowest label fraction:")
+    print(accuracy.round(3).to_string())
+    print(significance.round(3).to_string(index=False))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
