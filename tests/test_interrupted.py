@@ -123,7 +123,9 @@ def test_killed_pretraining_resumes_with_rerun_incomplete(workdir: Path):
     epochs = 40  # long enough (about 10 s on CPU) to be killed in the middle
     configs = (TINY_CONFIG, write_override(tmp_path, method, epochs=epochs))
     # SIGKILL Snakemake and the job together, as a node failure or `kill -9` would.
-    proc = subprocess.Popen(snakemake_command(tmp_path, configs, encoder_target(method)), cwd=tmp_path,
+    # The venv's bin first on PATH, as conftest.snakemake does: the rules call `python` even without activation.
+    env = dict(os.environ, PATH=str(Path(sys.executable).parent) + os.pathsep + os.environ["PATH"])
+    proc = subprocess.Popen(snakemake_command(tmp_path, configs, encoder_target(method)), cwd=tmp_path, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         wait_for_checkpoint(proc, run_dir(tmp_path, method) / "checkpoint.pt", deadline_s=240)

@@ -252,6 +252,21 @@ def resolve_stop(stop_after_epochs: int | None) -> int | None:
     return int(value) if value else None
 
 
+@dataclass(frozen=True)
+class PretrainJob:
+    """One pretraining run: its inputs, method, masking ratio, architecture, `pretrain:` settings and output."""
+
+    prepared_dir: Path
+    split_csv: Path
+    validity_npz: Path
+    method: str
+    mask_ratio: float
+    encoder_cfg: dict[str, Any]
+    settings: dict[str, Any]
+    out_dir: Path
+    stop_after_epochs: int | None = None
+
+
 def run_pretraining(
     prepared_dir: str | Path,
     split_csv: str | Path,
@@ -266,39 +281,28 @@ def run_pretraining(
     """Pretrain, checkpointing every epoch to out_dir/checkpoint.pt and resuming from it when present."""
     if method not in METHOD_MASKING:
         raise ValueError(f"unknown pretraining method {method!r}; choose one of {sorted(METHOD_MASKING)}")
-    out_dir = Path(out_dir)
-    stop_after_epochs = resolve_stop(stop_after_epochs)
+    job = PretrainJob(
+        Path(prepared_dir), Path(split_csv), Path(validity_npz), method, mask_ratio, encoder_cfg, settings,
+        Path(out_dir), resolve_stop(stop_after_epochs),
+    )  # fmt: skip
     setup = select_device(str(settings.get("device", "auto")))
     ddp = init_distributed(setup.device.type)
     try:
-        return train(
-            prepared_dir, split_csv, validity_npz, method, mask_ratio, encoder_cfg, settings, out_dir,
-            stop_after_epochs, setup, ddp,
-        )  # fmt: skip
+        return train(job, setup, ddp)
     finally:
         if ddp.owns_group:
             dist.destroy_process_group()
 
 
-def train(
-    prepared_dir: str | Path,
-    split_csv: str | Path,
-    validity_npz: str | Path,
-    method: str,
-    mask_ratio: float,
-    encoder_cfg: dict[str, Any],
-    settings: dict[str, Any],
-    out_dir: Path,
-    stop_after_epochs: int | None,
-    setup: DeviceSetup,
-    ddp: Distributed,
-) -> PretrainResult:
+def train(job: PretrainJob, setup: DeviceSetup, ddp: Distributed) -> PretrainResult:
     """The training loop proper (see `run_pretraining`)."""
+    method, mask_ratio, encoder_cfg, settings = job.method, job.mask_ratio, job.encoder_cfg, job.settings
+    out_dir, stop_after_epochs = job.out_dir, job.stop_after_epochs
     seed = int(settings.get("seed", 0))
     epochs = int(settings["epochs"])
     batch_size = int(settings["batch_size"])
     augment = settings.get("augment") or None
-    data = load_pretrain_data(prepared_dir, split_csv, validity_npz)
+    data = load_pretrain_data(job.prepared_dir, job.split_csv, job.validity_npz)
 
     seed_everything(seed)  # identical initial weights on every rank and every resume
     model = build_mae(encoder_cfg, data.image_size, data.patch_size, METHOD_MASKING[method], mask_ratio, settings)
