@@ -8,7 +8,7 @@ import logging
 
 from cxrmim.analysis.figures import write_figures
 from cxrmim.cli import run_main, setup_logging
-from cxrmim.train.common import parse_json_arg
+from cxrmim.cli import parse_json_arg
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

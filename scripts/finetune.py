@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 
 from cxrmim.cli import run_main, setup_logging
-from cxrmim.train.common import parse_json_arg
+from cxrmim.cli import parse_json_arg
 from cxrmim.train.finetune import (
     FinetuneSettings,
     finetune,

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from cxrmim.cli import run_main, setup_logging
 from cxrmim.segment.predict import run_lung_masks
-from cxrmim.train.common import parse_json_arg
+from cxrmim.cli import parse_json_arg
 
 
 def main() -> None:

@@ -5,7 +5,7 @@ import argparse
 from pathlib import Path
 
 from cxrmim.cli import run_main, setup_logging
-from cxrmim.train.common import parse_json_arg
+from cxrmim.cli import parse_json_arg
 
 
 def main() -> None:

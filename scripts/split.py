@@ -9,7 +9,7 @@ import pandas as pd
 
 from cxrmim.cli import run_main, setup_logging
 from cxrmim.data.splits import split_dataset
-from cxrmim.train.common import parse_json_arg
+from cxrmim.cli import parse_json_arg
 
 
 def main() -> None:

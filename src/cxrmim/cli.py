@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 
 def setup_logging(log_file: str | Path | None = None, level: int = logging.INFO) -> None:
@@ -25,3 +27,12 @@ def run_main(main: Callable[[], object]) -> None:
     except (ValueError, FileNotFoundError) as err:
         logging.getLogger("cxrmim").error("%s", err)
         sys.exit(1)
+
+
+def parse_json_arg(value: str) -> dict[str, Any]:
+    """Read a settings argument given either as inline JSON or as a path to a JSON file."""
+    text = Path(value).read_text() if not value.lstrip().startswith("{") else value
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        raise SystemExit(f"invalid JSON settings ({err}); pass a JSON object or a .json file") from err

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import random
@@ -74,12 +73,3 @@ def restore_rng(state: dict[str, Any]) -> None:
     random.setstate((3, tuple(int(v) for v in state["python"].tolist()), None))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def parse_json_arg(value: str) -> dict[str, Any]:
-    """Read a settings argument given either as inline JSON or as a path to a JSON file."""
-    text = Path(value).read_text() if not value.lstrip().startswith("{") else value
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as err:
-        raise SystemExit(f"invalid JSON settings ({err}); pass a JSON object or a .json file") from err

@@ -27,7 +27,7 @@ from safetensors.torch import save_file
 from torch import nn
 from tqdm import tqdm
 
-from cxrmim.cli import setup_logging
+from cxrmim.cli import parse_json_arg, setup_logging
 from cxrmim.data.patches import patch_coverage, valid_patches
 from cxrmim.data.tensors import BatchLoader, augment_batch, load_prepared, normalise
 from cxrmim.device import DeviceSetup, select_device
@@ -39,7 +39,6 @@ from cxrmim.train.common import (
     atomic_save,
     cosine_lr,
     load_checkpoint,
-    parse_json_arg,
     restore_rng,
     rng_state,
     seed_everything,
