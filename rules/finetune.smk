@@ -5,7 +5,7 @@ rule finetune:
     """Fine-tune one initialisation on one labelled subset; model selection on validation only."""
     input:
         script=script("finetune.py"),
-        code=package_code("train/finetune.py", "train/common.py", "models/encoders.py", "data/tensors.py", "device.py", "analysis/metrics.py"),
+        code=package_code("train/finetune.py", "train/common.py", "models/encoders.py", "data/tensors.py", "device.py", "evaluation.py", "inits.py", "recipe.py"),
         images=rules.prepare.output.images,
         split=rules.split.output.split,
         subset=f"{RESULTS}/split/subsets/frac{{fraction}}_seed{{seed}}.csv",
@@ -22,7 +22,7 @@ rule finetune:
         prepared=f"{RESULTS}/prepared",
         out_dir=lambda wc: f"{RESULTS}/finetune/{wc.init}/frac{wc.fraction}_seed{wc.seed}",
     wildcard_constraints:
-        init=r"[A-Za-z0-9_.]+",
+        init=r"[A-Za-z0-9_.-]+",
         fraction=r"[0-9.]+",
         seed=r"\d+",
     threads: config["finetune"]["resources"]["cpus"]

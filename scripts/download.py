@@ -4,9 +4,8 @@
 import argparse
 from pathlib import Path
 
-from cxrmim.cli import run_main, setup_logging
+from cxrmim.cli import parse_json_arg, run_main, setup_logging
 from cxrmim.data.acquire import acquire
-from cxrmim.cli import parse_json_arg
 
 
 def main() -> None:

@@ -7,8 +7,7 @@ import argparse
 import logging
 
 from cxrmim.analysis.figures import write_figures
-from cxrmim.cli import run_main, setup_logging
-from cxrmim.cli import parse_json_arg
+from cxrmim.cli import parse_json_arg, run_main, setup_logging
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

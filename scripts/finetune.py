@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import argparse
 
-from cxrmim.cli import run_main, setup_logging
-from cxrmim.cli import parse_json_arg
+from cxrmim.cli import parse_json_arg, run_main, setup_logging
+from cxrmim.inits import parse_init
 from cxrmim.train.finetune import (
     FinetuneSettings,
     finetune,
     load_finetune_data,
-    parse_init,
     remove_outputs,
     write_result,
 )

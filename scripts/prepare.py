@@ -6,9 +6,8 @@ import json
 import logging
 from pathlib import Path
 
-from cxrmim.cli import run_main, setup_logging
+from cxrmim.cli import parse_json_arg, run_main, setup_logging
 from cxrmim.data.prepare import prepare
-from cxrmim.cli import parse_json_arg
 
 
 def main() -> None:

@@ -4,8 +4,7 @@
 import argparse
 from pathlib import Path
 
-from cxrmim.cli import run_main, setup_logging
-from cxrmim.cli import parse_json_arg
+from cxrmim.cli import parse_json_arg, run_main, setup_logging
 
 
 def main() -> None:

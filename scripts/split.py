@@ -7,9 +7,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from cxrmim.cli import run_main, setup_logging
+from cxrmim.cli import parse_json_arg, run_main, setup_logging
 from cxrmim.data.splits import split_dataset
-from cxrmim.cli import parse_json_arg
 
 
 def main() -> None:

@@ -8,8 +8,7 @@ import logging
 
 from cxrmim.analysis.runs import load_config
 from cxrmim.analysis.tables import write_tables
-from cxrmim.cli import run_main, setup_logging
-from cxrmim.cli import parse_json_arg
+from cxrmim.cli import parse_json_arg, run_main, setup_logging
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

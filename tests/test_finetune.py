@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 import torch
 
+from cxrmim.inits import parse_init
 from cxrmim.models.encoders import create_encoder, save_encoder, timm_kwargs
 from cxrmim.train.finetune import (
     FinetuneSettings,
@@ -18,7 +19,6 @@ from cxrmim.train.finetune import (
     finetune,
     load_finetune_data,
     param_groups,
-    parse_init,
     select_epoch,
     write_result,
 )
@@ -121,9 +121,9 @@ def test_scratch_resnet_runs(cache: dict[str, Path]) -> None:
 def test_pretrained_init_loads_encoder_weights(cache: dict[str, Path], tmp_path: Path) -> None:
     encoder = create_encoder(TINY_VIT, IMAGE, PATCH)
     torch.nn.init.constant_(encoder.blocks[0].mlp.fc1.weight, 0.123)
-    weights = tmp_path / "rgmim_r0.75_vit" / "encoder.safetensors"
+    weights = tmp_path / "rgmim_r0.75_vit_s0" / "encoder.safetensors"
     save_encoder(encoder, weights, TINY_VIT["timm_name"], timm_kwargs(TINY_VIT, IMAGE, PATCH, 0))
-    init = parse_init("rgmim_r0.75_vit")
+    init = parse_init("rgmim_r0.75_vit_s0")
     model = build_model(init, TINY_VIT, str(weights), IMAGE, PATCH, num_classes=3, drop_path=0.0)
     assert torch.all(model.blocks[0].mlp.fc1.weight == 0.123)
     # The patch size comes from the file's metadata, not from --patch-size.

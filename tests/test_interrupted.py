@@ -28,23 +28,23 @@ def write_override(folder: Path, method: str, epochs: int) -> Path:
     """Tiny config with one pretraining run (`method` at ratio 0.75) of `epochs` epochs."""
     path = folder / f"interrupt_{method}.yaml"
     path.write_text(yaml.safe_dump({"pretrain": {"methods": [method], "mask_ratios": [0.75], "epochs": epochs},
-                                    "finetune": {"inits": [method, "scratch_vit"]}}))
+                                    "finetune": {"inits": [method, "scratch_vit-tiny"]}}))
     return path
 
 
 def encoder_target(method: str) -> str:
     """The encoder file of one pretraining run, as a Snakemake target."""
-    return str(RESULTS / "pretrain" / f"{method}_r0.75_vit" / "encoder.safetensors")
+    return str(RESULTS / "pretrain" / f"{method}_r0.75_vit-tiny_s0" / "encoder.safetensors")
 
 
 def run_dir(workdir: Path, method: str) -> Path:
     """The pretraining run's folder (declared outputs plus the undeclared checkpoint)."""
-    return workdir / RESULTS / "pretrain" / f"{method}_r0.75_vit"
+    return workdir / RESULTS / "pretrain" / f"{method}_r0.75_vit-tiny_s0"
 
 
 def pretrain_log(workdir: Path, method: str) -> str:
     """The pretrain rule's log of the last attempt."""
-    return (workdir / RESULTS / "logs" / "pretrain" / f"{method}_r0.75_vit.log").read_text()
+    return (workdir / RESULTS / "logs" / "pretrain" / f"{method}_r0.75_vit-tiny_s0.log").read_text()
 
 
 @pytest.fixture(scope="module")

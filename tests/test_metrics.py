@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cxrmim.analysis.metrics import classification_metrics, macro_auc, paired_bootstrap
+from cxrmim.evaluation import classification_metrics, macro_auc, paired_bootstrap
 
 
 def one_hot_probs(preds: list[int], n_classes: int, confidence: float = 0.8) -> np.ndarray:

@@ -16,7 +16,7 @@ pytestmark = pytest.mark.slow
 # The tiny config with fewer jobs (one masking ratio, one scratch baseline): every stage is still there.
 SMALL = {
     "pretrain": {"methods": ["rgmim", "mae"], "mask_ratios": [0.75]},
-    "finetune": {"inits": ["rgmim", "mae", "scratch_vit"]},
+    "finetune": {"inits": ["rgmim", "mae", "scratch_vit-tiny"]},
     "label_fractions": {"fractions": [0.1, 1.0], "seeds": [0]},
 }
 PRETRAINED_INITS, ALL_INITS, FRACTIONS = 2, 3, 2

@@ -13,10 +13,10 @@ import pytest
 import yaml
 
 from cxrmim.analysis.figures import FIGURES, write_figures
-from cxrmim.analysis.metrics import classification_metrics
 from cxrmim.analysis.report import write_report
 from cxrmim.analysis.runs import infer_main_mask_ratio, load_runs, main_runs
 from cxrmim.analysis.tables import write_tables
+from cxrmim.evaluation import classification_metrics
 
 REPO = Path(__file__).resolve().parents[1]
 CLASSES = ["COVID-19", "Normal", "Viral_Pneumonia"]

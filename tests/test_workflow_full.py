@@ -32,15 +32,15 @@ def test_every_output_exists(tiny_run: Path):
             assert (results / "tables" / f"{table}.{ext}").stat().st_size > 50, table
     for figure in FIGURES:
         assert (results / "figures" / f"{figure}.png").stat().st_size > 2000, figure
-    for run in ("rgmim_r0.75_vit", "mae_r0.75_vit", "rgmim_r0.5_vit", "mae_r0.5_vit"):
+    for run in ("rgmim_r0.75_vit-tiny_s0", "mae_r0.75_vit-tiny_s0", "rgmim_r0.5_vit-tiny_s0", "mae_r0.5_vit-tiny_s0"):
         for name in ("encoder.safetensors", "autoencoder.safetensors", "history.csv"):
             assert (results / "pretrain" / run / name).exists()
         assert not (results / "pretrain" / run / "checkpoint.pt").exists()
     finetunes = sorted(p.parent.relative_to(results / "finetune").as_posix()
                        for p in (results / "finetune").glob("*/*/metrics.json"))
-    expected = {f"{i}/frac{f}_seed0" for i in ("rgmim_r0.75_vit", "mae_r0.75_vit", "scratch_vit", "scratch_resnet")
+    expected = {f"{i}/frac{f}_seed0" for i in ("rgmim_r0.75_vit-tiny_s0", "mae_r0.75_vit-tiny_s0", "scratch_vit-tiny", "scratch_resnet18")
                 for f in ("0.1", "1")}
-    expected |= {"rgmim_r0.5_vit/frac1_seed0", "mae_r0.5_vit/frac1_seed0"}
+    expected |= {"rgmim_r0.5_vit-tiny_s0/frac1_seed0", "mae_r0.5_vit-tiny_s0/frac1_seed0"}
     assert set(finetunes) == expected
 
 

@@ -36,7 +36,7 @@ pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 # A cut-down tiny config: one pretraining run, a pretrained and a scratch init, one fraction, one seed.
 REDUCED = {
     "pretrain": {"methods": ["rgmim"], "mask_ratios": [0.75]},
-    "finetune": {"inits": ["rgmim", "scratch_vit"]},
+    "finetune": {"inits": ["rgmim", "scratch_vit-tiny"]},
     "label_fractions": {"fractions": [1.0], "seeds": [0]},
 }
 RESULTS = Path("results") / "tiny"
@@ -195,7 +195,7 @@ def test_outputs_equal_a_local_run(runs):
         assert np.array_equal(np.load(slurm / rel), np.load(local / rel)), rel
     with np.load(slurm / "patch_validity/validity.npz") as a, np.load(local / "patch_validity/validity.npz") as b:
         assert a.files == b.files and all(np.array_equal(a[k], b[k]) for k in a.files)
-    left, right = (load_file(str(d / "pretrain/rgmim_r0.75_vit/encoder.safetensors")) for d in (slurm, local))
+    left, right = (load_file(str(d / "pretrain/rgmim_r0.75_vit-tiny_s0/encoder.safetensors")) for d in (slurm, local))
     assert left.keys() == right.keys() and all(torch.equal(left[k], right[k]) for k in left), "encoders differ"
     metrics = sorted(p.relative_to(slurm) for p in slurm.glob("finetune/*/*/metrics.json"))
     assert len(metrics) == 2, metrics
@@ -231,7 +231,7 @@ def test_requeued_pretraining_resumes(runs, cluster):
     workdir, epochs = runs["slurm"], 200  # long enough to requeue it midway (about 10 s of training on CPU)
     longer = workdir / "longer.yaml"
     longer.write_text(yaml.safe_dump({**REDUCED, "pretrain": {**REDUCED["pretrain"], "epochs": epochs}}))
-    run_dir = workdir / RESULTS / "pretrain" / "rgmim_r0.75_vit"
+    run_dir = workdir / RESULTS / "pretrain" / "rgmim_r0.75_vit-tiny_s0"
     out = workdir / "requeue.out"
     cmd = snakemake_cmd(workdir, (TINY_CONFIG, runs["reduced"]), str(run_dir.relative_to(workdir) / "encoder.safetensors"),
                         "--profile", str(runs["profile"]))
@@ -250,7 +250,7 @@ def test_requeued_pretraining_resumes(runs, cluster):
             proc.kill()
             proc.wait()
     assert proc.returncode == 0, out.read_text()[-4000:]
-    log = (workdir / RESULTS / "logs" / "pretrain" / "rgmim_r0.75_vit.log").read_text()
+    log = (workdir / RESULTS / "logs" / "pretrain" / "rgmim_r0.75_vit-tiny_s0.log").read_text()
     assert "resumed from" in log, log[-2000:]
     assert len((run_dir / "history.csv").read_text().splitlines()) == 1 + epochs
     steps = [line for line in (cluster.root / "task_env.log").read_text().splitlines() if f"job={job_id} " in line]

@@ -13,7 +13,7 @@ import yaml
 # Row order of the paper's Table 2: self-supervised methods first, then the baselines.
 METHOD_ORDER = ["RGMIM", "MAE", "Transfer", "From Scratch"]
 ARCHITECTURE_ORDER = ["ViT", "ResNet-50"]
-IDENTITY = ["method", "architecture", "init", "mask_ratio", "fraction", "seed"]
+IDENTITY = ["method", "architecture", "init", "mask_ratio", "fraction", "pretrain_seed", "seed"]
 
 
 def load_config(value: str | Path) -> dict:
@@ -31,6 +31,10 @@ def load_runs(metrics_paths: Iterable[str | Path]) -> pd.DataFrame:
         path = Path(path)
         metrics = json.loads(path.read_text())
         row = {key: metrics.get(key) for key in (*IDENTITY, "n_train", "best_epoch")}
+        # One row label per init family: the runs of every pretraining seed are replicates of one init.
+        row["run_init"] = row["init"]
+        if row["pretrain_seed"] is not None:
+            row["init"] = row["init"].rsplit("_s", 1)[0]
         for part in ("val", "test"):
             row.update({f"{part}_{k}": v for k, v in (metrics.get(part) or {}).items()})
         row["run_dir"] = str(path.parent)

@@ -9,9 +9,15 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from cxrmim.analysis.metrics import paired_bootstrap
-from cxrmim.analysis.runs import correctness, fraction_label, init_label, load_runs, main_runs
-from cxrmim.train.finetune import LR_REFERENCE_BATCH, FinetuneSettings
+from cxrmim.analysis.runs import (
+    correctness,
+    fraction_label,
+    init_label,
+    load_runs,
+    main_runs,
+)
+from cxrmim.evaluation import paired_bootstrap
+from cxrmim.recipe import LR_REFERENCE_BATCH, FinetuneSettings
 
 STD_NOTE = "Mean ± sample standard deviation over label-subset seeds (no ± when only one seed); n = seeds."
 SUMMARY_METRICS = {

@@ -6,7 +6,6 @@ import json
 import logging
 import math
 import os
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,91 +16,22 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cxrmim.analysis.metrics import classification_metrics
 from cxrmim.data.tensors import BatchLoader, augment_batch, load_prepared, normalise
 from cxrmim.device import DeviceSetup, select_device
-from cxrmim.models.encoders import create_encoder, is_vit, load_encoder_weights, read_encoder_metadata
+from cxrmim.evaluation import classification_metrics
+from cxrmim.inits import InitSpec
+from cxrmim.models.encoders import (
+    create_encoder,
+    is_vit,
+    load_encoder_weights,
+    read_encoder_metadata,
+)
+from cxrmim.recipe import LR_REFERENCE_BATCH, FinetuneSettings
 from cxrmim.train.common import apply_lr, cosine_lr, seed_everything
 
 log = logging.getLogger("cxrmim.finetune")
 
-LR_REFERENCE_BATCH = 256  # peak lr = base_lr * batch / 256, the linear scaling rule of MAE/BEiT fine-tuning
-DEFAULT_BETAS = (0.9, 0.999)  # AdamW betas of MAE fine-tuning; the config's finetune section has no betas
 EVAL_BATCH = 256
-PRETRAINED_INIT = re.compile(r"^(?P<method>rgmim|mae)_r(?P<ratio>[0-9.]+)_(?P<encoder>[A-Za-z0-9_]+)$")
-METHOD_LABELS = {"rgmim": "RGMIM", "mae": "MAE", "scratch": "From Scratch", "imagenet": "Transfer"}
-
-
-@dataclass(frozen=True)
-class FinetuneSettings:
-    """The `finetune:` config section, as far as one training run needs it."""
-
-    epochs: int
-    batch_size: int
-    base_lr: float
-    weight_decay: float = 0.05
-    layer_decay: float = 0.75
-    drop_path: float = 0.1
-    warmup_epochs: float = 0.0
-    min_steps: int = 0
-    crop_scale: tuple[float, float] = (1.0, 1.0)
-    hflip: bool = False
-    betas: tuple[float, float] = DEFAULT_BETAS
-    device: str = "auto"
-    seed_offset: int = 0
-
-    @classmethod
-    def from_config(cls, section: dict[str, Any]) -> FinetuneSettings:
-        """Pick the known keys; keys used only by the workflow (inits, resources, ...) are ignored."""
-        augment = section.get("augment") or {}
-        return cls(
-            epochs=int(section["epochs"]),
-            batch_size=int(section["batch_size"]),
-            base_lr=float(section["base_lr"]),
-            weight_decay=float(section.get("weight_decay", 0.05)),
-            layer_decay=float(section.get("layer_decay", 0.75)),
-            drop_path=float(section.get("drop_path", 0.1)),
-            warmup_epochs=float(section.get("warmup_epochs", 0.0)),
-            min_steps=int(section.get("min_steps", 0)),
-            crop_scale=tuple(augment.get("crop_scale", (1.0, 1.0))),
-            hflip=bool(augment.get("hflip", False)),
-            betas=tuple(section.get("betas", DEFAULT_BETAS)),
-            device=str(section.get("device", "auto")),
-            seed_offset=int(section.get("seed", 0)),
-        )
-
-
-@dataclass(frozen=True)
-class InitSpec:
-    """What an init name means: where the weights come from and how the run is labelled in tables."""
-
-    name: str
-    kind: str  # rgmim | mae | scratch | imagenet
-    encoder_key: str  # key of the `encoders:` entry the name refers to (vit, resnet50, ...)
-    mask_ratio: float | None = None
-
-    @property
-    def method(self) -> str:
-        """Method label as in the paper's Table 2."""
-        return METHOD_LABELS[self.kind]
-
-    @property
-    def needs_weights(self) -> bool:
-        """Everything except training from scratch starts from a weights file."""
-        return self.kind != "scratch"
-
-
-def parse_init(name: str) -> InitSpec:
-    """Parse `rgmim_r0.75_vit`, `mae_r0.9_vit`, `scratch_<encoder>` or `imagenet_<encoder>`."""
-    match = PRETRAINED_INIT.match(name)
-    if match:
-        return InitSpec(name, match["method"], match["encoder"], float(match["ratio"]))
-    kind, _, encoder_key = name.partition("_")
-    if kind in ("scratch", "imagenet") and encoder_key:
-        return InitSpec(name, kind, encoder_key)
-    raise ValueError(
-        f"unknown init {name!r}: expected <rgmim|mae>_r<ratio>_<encoder>, scratch_<encoder> or imagenet_<encoder>"
-    )
 
 
 def architecture_label(encoder_cfg: dict[str, Any]) -> str:
@@ -384,6 +314,7 @@ def finetune(
         "method": init.method,
         "architecture": architecture_label(encoder_cfg),
         "mask_ratio": init.mask_ratio,
+        "pretrain_seed": init.pretrain_seed,
         "fraction": float(fraction),
         "seed": int(seed),
         "n_train": int(len(data.train.labels)),

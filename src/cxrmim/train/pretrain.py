@@ -491,6 +491,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--mask-ratio", required=True, type=float, help="fraction of patches to mask, e.g. 0.75")
     parser.add_argument("--encoder", required=True, help="JSON (inline or file) of one `encoders:` config entry")
     parser.add_argument("--settings", required=True, help="JSON (inline or file) of the `pretrain:` config section")
+    parser.add_argument("--seed", type=int, default=None, help="pretraining seed (one of pretrain.seeds; default: settings' seed or 0)")
     parser.add_argument("--out", required=True, help="output directory")
     # --log-file: torchrun's own parser claims `--log` (ambiguous prefix of its --log-dir options).
     parser.add_argument("--log", "--log-file", dest="log", default=None, help="also write the log to this file")
@@ -506,9 +507,12 @@ def main(argv: list[str] | None = None) -> int:
     # Only rank 0 logs progress and owns the log file; the other ranks report warnings to stderr.
     is_main = int(os.environ.get("RANK", 0)) == 0
     setup_logging(args.log if is_main else None, logging.INFO if is_main else logging.WARNING)
+    settings = parse_json_arg(args.settings)
+    if args.seed is not None:
+        settings["seed"] = args.seed
     result = run_pretraining(
         args.prepared, args.split, args.validity, args.method, args.mask_ratio,
-        parse_json_arg(args.encoder), parse_json_arg(args.settings), args.out, args.stop_after_epochs,
+        parse_json_arg(args.encoder), settings, args.out, args.stop_after_epochs,
     )  # fmt: skip
     if not result.finished:
         log.warning("pretraining stopped early; rerun the same command to resume from the checkpoint")

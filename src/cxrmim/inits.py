@@ -1,0 +1,69 @@
+"""Names of pretraining runs and fine-tuning initialisations: one spelling shared by the DAG, training and tables.
+
+Torch-free on purpose: `rules/common.smk` imports it while Snakemake builds the DAG.
+
+- pretraining run / pretrained init: `<method>_r<ratio>_<encoder>_s<pretrain seed>`, e.g. `rgmim_r0.75_vit-cpu_s0`;
+- baselines: `scratch_<encoder>` and `imagenet_<encoder>`.
+Encoder keys (the `encoders:` entries) use letters, digits and hyphens; method names letters, digits and hyphens.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from cxrmim.data.splits import fraction_tag
+
+# Pretraining methods -> the method label of the paper's Table 2 (the row label in every table and figure).
+PRETRAIN_METHODS = {"rgmim": "RGMIM", "mae": "MAE"}
+BASELINES = {"scratch": "From Scratch", "imagenet": "Transfer"}
+METHOD_LABELS = PRETRAIN_METHODS | BASELINES
+NAME_PART = r"[A-Za-z0-9][A-Za-z0-9-]*"  # encoder keys and method names: no '_' (it separates the fields)
+PRETRAINED_INIT = re.compile(
+    rf"^(?P<method>{NAME_PART})_r(?P<ratio>[0-9.]+)_(?P<encoder>{NAME_PART})_s(?P<seed>\d+)$"
+)
+
+
+def pretrain_run_name(method: str, mask_ratio: float | str, encoder: str, seed: int | str) -> str:
+    """Folder name of one pretraining run, which is also the fine-tuning init that starts from it."""
+    return f"{method}_r{fraction_tag(float(mask_ratio))}_{encoder}_s{int(seed)}"
+
+
+@dataclass(frozen=True)
+class InitSpec:
+    """What an init name means: where the weights come from and how the run is labelled in tables."""
+
+    name: str
+    kind: str  # a PRETRAIN_METHODS key, scratch or imagenet
+    encoder_key: str  # key of the `encoders:` entry the name refers to
+    mask_ratio: float | None = None
+    pretrain_seed: int | None = None
+
+    @property
+    def method(self) -> str:
+        """Method label as in the paper's Table 2."""
+        return METHOD_LABELS[self.kind]
+
+    @property
+    def pretrained(self) -> bool:
+        """Starts from a pretraining run of this workflow."""
+        return self.kind in PRETRAIN_METHODS
+
+    @property
+    def needs_weights(self) -> bool:
+        """Everything except training from scratch starts from a weights file."""
+        return self.kind != "scratch"
+
+
+def parse_init(name: str) -> InitSpec:
+    """Parse `<method>_r<ratio>_<encoder>_s<seed>`, `scratch_<encoder>` or `imagenet_<encoder>`."""
+    match = PRETRAINED_INIT.match(name)
+    if match and match["method"] in PRETRAIN_METHODS:
+        return InitSpec(name, match["method"], match["encoder"], float(match["ratio"]), int(match["seed"]))
+    kind, _, encoder_key = name.partition("_")
+    if kind in BASELINES and re.fullmatch(NAME_PART, encoder_key):
+        return InitSpec(name, kind, encoder_key)
+    raise ValueError(
+        f"unknown init {name!r}: expected <{'|'.join(PRETRAIN_METHODS)}>_r<ratio>_<encoder>_s<seed>, "
+        "scratch_<encoder> or imagenet_<encoder> (encoder keys: letters, digits, hyphens)"
+    )

@@ -1,0 +1,51 @@
+"""Training recipes as read from config: the settings a fine-tuning run applies, with its defaults.
+
+Torch-free, so the tables stage reports exactly the values training used without importing training code.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+LR_REFERENCE_BATCH = 256  # peak lr = base_lr * batch / 256, the linear scaling rule of MAE/BEiT fine-tuning
+DEFAULT_BETAS = (0.9, 0.999)  # AdamW betas of MAE fine-tuning; the config's finetune section has no betas
+
+
+@dataclass(frozen=True)
+class FinetuneSettings:
+    """The `finetune:` config section, as far as one training run needs it."""
+
+    epochs: int
+    batch_size: int
+    base_lr: float
+    weight_decay: float = 0.05
+    layer_decay: float = 0.75
+    drop_path: float = 0.1
+    warmup_epochs: float = 0.0
+    min_steps: int = 0
+    crop_scale: tuple[float, float] = (1.0, 1.0)
+    hflip: bool = False
+    betas: tuple[float, float] = DEFAULT_BETAS
+    device: str = "auto"
+    seed_offset: int = 0
+
+    @classmethod
+    def from_config(cls, section: dict[str, Any]) -> FinetuneSettings:
+        """Pick the known keys; keys used only by the workflow (inits, resources, ...) are ignored."""
+        augment = section.get("augment") or {}
+        return cls(
+            epochs=int(section["epochs"]),
+            batch_size=int(section["batch_size"]),
+            base_lr=float(section["base_lr"]),
+            weight_decay=float(section.get("weight_decay", 0.05)),
+            layer_decay=float(section.get("layer_decay", 0.75)),
+            drop_path=float(section.get("drop_path", 0.1)),
+            warmup_epochs=float(section.get("warmup_epochs", 0.0)),
+            min_steps=int(section.get("min_steps", 0)),
+            crop_scale=tuple(augment.get("crop_scale", (1.0, 1.0))),
+            hflip=bool(augment.get("hflip", False)),
+            betas=tuple(section.get("betas", DEFAULT_BETAS)),
+            device=str(section.get("device", "auto")),
+            seed_offset=int(section.get("seed", 0)),
+        )
