@@ -7,13 +7,9 @@ import argparse
 
 from cxrmim.cli import parse_json_arg, run_main, setup_logging
 from cxrmim.inits import parse_init
-from cxrmim.train.finetune import (
-    FinetuneSettings,
-    finetune,
-    load_finetune_data,
-    remove_outputs,
-    write_result,
-)
+from cxrmim.recipe import FinetuneSettings
+from cxrmim.train.finetune import finetune
+from cxrmim.train.finetune_data import load_finetune_data, remove_outputs, write_result
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -22,9 +18,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--prepared", required=True, help="prepared cache directory")
     parser.add_argument("--split", required=True, help="split.csv (index,id,label,group,part)")
     parser.add_argument("--subset", required=True, help="label subset CSV (index,id,label)")
-    parser.add_argument("--init", required=True, help="rgmim_r0.75_vit, mae_r0.9_vit, scratch_vit, imagenet_resnet50, ...")
+    parser.add_argument("--init", required=True, help="rgmim_r0.75_vit-b16_s0, scratch_vit-b16, imagenet_resnet50, ...")
     parser.add_argument("--encoder", required=True, help="JSON (inline or file) of the encoders: entry")
-    parser.add_argument("--weights", default=None, help="encoder.safetensors, or local ImageNet weights")
+    parser.add_argument("--weights", default=None, help="encoder.safetensors, or a local ImageNet weights file for timm (.safetensors/.pth)")
     parser.add_argument("--patch-size", type=int, default=None, help="ViT patch size when the weights carry none")
     parser.add_argument("--settings", required=True, help="JSON (inline or file) of the finetune: section")
     parser.add_argument("--seed", type=int, required=True, help="label-fraction seed")

@@ -13,15 +13,9 @@ import torch
 
 from cxrmim.inits import parse_init
 from cxrmim.models.encoders import create_encoder, save_encoder, timm_kwargs
-from cxrmim.train.finetune import (
-    FinetuneSettings,
-    build_model,
-    finetune,
-    load_finetune_data,
-    param_groups,
-    select_epoch,
-    write_result,
-)
+from cxrmim.recipe import FinetuneSettings
+from cxrmim.train.finetune import build_model, finetune, param_groups, select_epoch
+from cxrmim.train.finetune_data import load_finetune_data, write_result
 
 IMAGE = 32
 PATCH = 8
@@ -124,7 +118,7 @@ def test_pretrained_init_loads_encoder_weights(cache: dict[str, Path], tmp_path:
     weights = tmp_path / "rgmim_r0.75_vit_s0" / "encoder.safetensors"
     save_encoder(encoder, weights, TINY_VIT["timm_name"], timm_kwargs(TINY_VIT, IMAGE, PATCH, 0))
     init = parse_init("rgmim_r0.75_vit_s0")
-    model = build_model(init, TINY_VIT, str(weights), IMAGE, PATCH, num_classes=3, drop_path=0.0)
+    model, _ = build_model(init, TINY_VIT, str(weights), IMAGE, PATCH, num_classes=3, drop_path=0.0)
     assert torch.all(model.blocks[0].mlp.fc1.weight == 0.123)
     # The patch size comes from the file's metadata, not from --patch-size.
     data = load_finetune_data(cache["prepared"], cache["split"], cache["subset"])

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 LR_REFERENCE_BATCH = 256  # peak lr = base_lr * batch / 256, the linear scaling rule of MAE/BEiT fine-tuning
-DEFAULT_BETAS = (0.9, 0.999)  # AdamW betas of MAE fine-tuning; the config's finetune section has no betas
+DEFAULT_BETAS = (0.9, 0.999)  # AdamW betas of MAE fine-tuning: fixed, the config's finetune section has no betas
 
 
 @dataclass(frozen=True)
@@ -26,9 +26,13 @@ class FinetuneSettings:
     min_steps: int = 0
     crop_scale: tuple[float, float] = (1.0, 1.0)
     hflip: bool = False
-    betas: tuple[float, float] = DEFAULT_BETAS
     device: str = "auto"
     seed_offset: int = 0
+
+    @property
+    def betas(self) -> tuple[float, float]:
+        """AdamW betas fine-tuning uses: fixed (DEFAULT_BETAS), not a setting; kept for readers of the recipe."""
+        return DEFAULT_BETAS
 
     @classmethod
     def from_config(cls, section: dict[str, Any]) -> FinetuneSettings:
@@ -45,7 +49,6 @@ class FinetuneSettings:
             min_steps=int(section.get("min_steps", 0)),
             crop_scale=tuple(augment.get("crop_scale", (1.0, 1.0))),
             hflip=bool(augment.get("hflip", False)),
-            betas=tuple(section.get("betas", DEFAULT_BETAS)),
             device=str(section.get("device", "auto")),
             seed_offset=int(section.get("seed", 0)),
         )

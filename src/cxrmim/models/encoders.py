@@ -1,17 +1,54 @@
-"""Encoders built through timm, shared by pretraining and fine-tuning, and their safetensors files."""
+"""Encoders built through timm, shared by pretraining and fine-tuning; their files and input normalisation."""
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import timm
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
+from timm.models import load_state_dict
+from timm.models._hub import save_config_for_hf
 from torch import nn
 
+from cxrmim.data.tensors import PIXEL_MEAN, PIXEL_STD
+from cxrmim.io import atomic_path
+
 IN_CHANS = 1  # chest X-rays are grey; one input channel throughout
+
+
+@dataclass(frozen=True)
+class InputNorm:
+    """Normalisation of the grey input an encoder's weights expect: x = (pixel / 255 - mean) / std."""
+
+    mean: float
+    std: float
+
+    def apply(self, images_uint8: torch.Tensor) -> torch.Tensor:
+        """(B, S, S) uint8 -> (B, 1, S, S) float on the same device."""
+        return (images_uint8.unsqueeze(1).float() / 255.0 - self.mean) / self.std
+
+    def as_dict(self) -> dict[str, list[float]]:
+        """Per-channel lists, as timm's data config and metrics.json write them."""
+        return {"mean": [self.mean], "std": [self.std]}
+
+    @classmethod
+    def from_rgb(cls, mean: Any, std: Any) -> InputNorm:
+        """Grey statistics matching RGB weights whose first conv timm summed over the colour channels.
+
+        With W' = sum_c W_c, a grey image g normalised by (g - m) / s gives sum_c W_c (g - m) / s, while the RGB
+        network saw sum_c W_c (g - m_c) / s_c for the same grey picture replicated. Both agree exactly when every
+        m_c = m and s_c = s; for unequal channels the channel means are the closest single pair (ImageNet's
+        0.485/0.456/0.406 differ by < 0.04, so the error is a small shift of the first activations).
+        """
+        return cls(sum(mean) / len(mean), sum(std) / len(std))
+
+
+GREY_NORM = InputNorm(PIXEL_MEAN, PIXEL_STD)  # the statistics scratch models and our pretraining use
 
 
 def is_vit(encoder_cfg: dict[str, Any]) -> bool:
@@ -39,69 +76,116 @@ def create_encoder(
     return timm.create_model(encoder_cfg["timm_name"], pretrained=False, **kwargs)
 
 
-def save_encoder(model: nn.Module, path: str | Path, timm_name: str, kwargs: dict[str, Any]) -> None:
+def imagenet_encoder(
+    encoder_cfg: dict[str, Any], image_size: int, patch_size: int, path: str | Path
+) -> tuple[nn.Module, InputNorm]:
+    """Headless encoder with local ImageNet weights loaded by timm, and the grey normalisation they expect.
+
+    timm reads the file (.safetensors or .pth), adapts the first conv of any stem (e.g. resnet10t's deep
+    `conv1.0`) to one channel and resamples ViT patch and position embeddings to this image and patch size.
+    The classifier is dropped first so timm loads strictly: weights of another architecture fail loudly.
+    """
+    kwargs = timm_kwargs(encoder_cfg, image_size, patch_size, num_classes=0)
+    name = encoder_cfg["timm_name"]
+    classifiers = timm.models.get_pretrained_cfg(name).classifier  # "head", "fc", ...
+    heads = tuple(f"{c}." for c in ((classifiers,) if isinstance(classifiers, str) else classifiers))
+    state = {k: v for k, v in load_state_dict(str(path)).items() if not k.startswith(heads)}
+    try:
+        model = timm.create_model(
+            name, pretrained=True, pretrained_cfg_overlay={"state_dict": state, "num_classes": 0}, **kwargs
+        )
+    except RuntimeError as err:  # timm's strict load: missing, unexpected or mis-sized tensors
+        raise ValueError(
+            f"{path}: ImageNet weights do not fit the configured encoder {name} {encoder_cfg.get('kwargs') or {}} "
+            f"({str(err)[:400]}); choose an `encoders` entry with the weights' architecture"
+        ) from err
+    cfg = model.pretrained_cfg
+    return model, InputNorm.from_rgb(cfg["mean"], cfg["std"])
+
+
+def save_encoder(
+    model: nn.Module, path: str | Path, timm_name: str, kwargs: dict[str, Any], norm: InputNorm = GREY_NORM
+) -> None:
     """Save encoder weights (without any classifier head) as safetensors with the timm recipe as metadata."""
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items() if not k.startswith("head.")}
-    metadata = {"timm_name": timm_name, "timm_kwargs": json.dumps({**kwargs, "num_classes": 0})}
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    save_file(state, str(tmp), metadata=metadata)
-    tmp.replace(path)
+    metadata = {
+        "timm_name": timm_name,
+        "timm_kwargs": json.dumps({**kwargs, "num_classes": 0}),
+        "input_norm": json.dumps(norm.as_dict()),
+    }
+    with atomic_path(path) as tmp:
+        save_file(state, str(tmp), metadata=metadata)
 
 
 def read_encoder_metadata(path: str | Path) -> dict[str, Any]:
-    """Return the timm name and kwargs stored in an encoder file."""
-    from safetensors import safe_open
-
+    """Return the timm name, kwargs and input normalisation stored in an encoder file."""
     with safe_open(str(path), framework="pt") as handle:
         meta = handle.metadata() or {}
     if "timm_name" not in meta:
         raise ValueError(f"{path}: not a cxrmim encoder file (no timm_name metadata); re-run the pretrain rule")
-    return {"timm_name": meta["timm_name"], "timm_kwargs": json.loads(meta["timm_kwargs"])}
+    # Files from before input_norm was stored were all pretrained on the grey statistics.
+    norm = json.loads(meta["input_norm"]) if "input_norm" in meta else GREY_NORM.as_dict()
+    return {
+        "timm_name": meta["timm_name"],
+        "timm_kwargs": json.loads(meta["timm_kwargs"]),
+        "input_norm": InputNorm(norm["mean"][0], norm["std"][0]),
+    }
 
 
-def _fit_vit_grid(state: dict[str, torch.Tensor], model: nn.Module, path: Path) -> None:
-    """Resample ImageNet-style ViT weights (e.g. 224 px, patch 16) onto this model's image and patch size."""
-    from timm.layers import resample_abs_pos_embed, resample_patch_embed
-
-    own = model.state_dict()
-    key = "patch_embed.proj.weight"
-    if key in state and state[key].shape[0] != own[key].shape[0]:
-        raise ValueError(
-            f"{path}: width {state[key].shape[0]} does not match the encoder's {own[key].shape[0]}; "
-            "choose an `encoders` entry with the same timm_name/embed_dim as the weights"
-        )
-    if key in state and state[key].shape[-2:] != own[key].shape[-2:]:
-        state[key] = resample_patch_embed(state[key], list(own[key].shape[-2:]))
-    if "pos_embed" in state and state["pos_embed"].shape != own["pos_embed"].shape:
-        state["pos_embed"] = resample_abs_pos_embed(
-            state["pos_embed"], list(model.patch_embed.grid_size), num_prefix_tokens=model.num_prefix_tokens
-        )
-
-
-def load_encoder_weights(model: nn.Module, path: str | Path) -> None:
-    """Load encoder weights into a classifier; only the classification head may be missing."""
+def load_encoder_weights(model: nn.Module, path: str | Path) -> InputNorm:
+    """Load a cxrmim encoder file into a classifier (only the head may be missing); return its input norm."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"encoder weights not found: {path}")
-    if path.suffix == ".safetensors":
-        state = load_file(str(path))
-    else:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        state = state.get("model", state.get("state_dict", state))
-    own = model.state_dict()
-    # Heads of other tasks (ImageNet's 1000 classes) are never carried over.
-    state = {k: v for k, v in state.items() if k in own and not k.startswith(("head.", "fc."))}
-    for key in ("patch_embed.proj.weight", "conv1.weight"):
-        if key in state and state[key].shape[1] != own[key].shape[1]:
-            # RGB weights for grey input: sum over colour channels keeps the response to a grey image.
-            state[key] = state[key].sum(dim=1, keepdim=True)
-    _fit_vit_grid(state, model, path)
+    transfer_encoder(load_file(str(path)), model, path)
+    return read_encoder_metadata(path)["input_norm"]
+
+
+def transfer_encoder(state: dict[str, torch.Tensor], model: nn.Module, source: str | Path) -> None:
+    """Copy a headless encoder's tensors into a classifier; anything but the new head missing is an error."""
     try:
-        missing, _ = model.load_state_dict(state, strict=False)
-    except RuntimeError as err:
-        raise ValueError(f"{path}: weights do not fit the configured encoder ({err}); match `encoders` to them") from err
-    missing = [k for k in missing if not k.startswith(("head", "fc.", "fc_norm"))]
-    if missing:
-        raise ValueError(f"{path}: weights lack {len(missing)} encoder tensors, e.g. {missing[:5]}")
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as err:  # torch's size-mismatch message does not say which config to change
+        raise ValueError(f"{source}: weights do not fit the configured encoder ({err}); match `encoders` to them") from err
+    missing = [k for k in missing if not k.startswith(("head.", "fc."))]
+    if missing or unexpected:
+        raise ValueError(
+            f"{source}: weights do not fit the configured encoder (missing {missing[:5]}, unexpected "
+            f"{unexpected[:5]}); match `encoders` to them"
+        )
+
+
+def model_summary(model: nn.Module, timm_name: str) -> dict[str, Any]:
+    """The model actually built: timm name, depth (ViT blocks, null for CNNs), width, encoder parameters."""
+    head = {id(p) for p in model.get_classifier().parameters()}
+    return {
+        "timm_name": timm_name,
+        "depth": len(model.blocks) if hasattr(model, "blocks") else None,
+        "width": int(model.num_features),
+        "n_parameters": sum(p.numel() for p in model.parameters() if id(p) not in head),
+    }
+
+
+def export_timm_folder(
+    model: nn.Module, encoder_cfg: dict[str, Any], image_size: int, patch_size: int, norm: InputNorm,
+    out_dir: str | Path,
+) -> None:
+    """Write `config.json` + `model.safetensors`, loadable with one line of timm (see README):
+
+    `timm.create_model("local-dir:<out_dir>", pretrained=True, num_classes=k)`; the folder's config also gives
+    `timm.data.resolve_data_config` the grey input size and normalisation.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    args = {k: v for k, v in timm_kwargs(encoder_cfg, image_size, patch_size, 0).items() if k != "drop_path_rate"}
+    data_config = {
+        "input_size": (IN_CHANS, image_size, image_size), "mean": (norm.mean,), "std": (norm.std,),
+        "crop_pct": 1.0, "interpolation": "bilinear",
+    }
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items() if not k.startswith("head.")}
+    with atomic_path(out_dir / "model.safetensors") as tmp:
+        save_file(state, str(tmp))
+    with atomic_path(out_dir / "config.json") as tmp:
+        # The tag and licence of the architecture's ImageNet weights do not describe these weights.
+        save_config_for_hf(model, str(tmp), model_config={"pretrained_cfg": {"tag": "cxrmim", "license": None}}, model_args=args,
+                           data_config=data_config)

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,20 +12,27 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
+from timm.optim import param_groups_layer_decay, param_groups_weight_decay
 from torch import nn
 
-from cxrmim.data.tensors import BatchLoader, augment_batch, load_prepared, normalise
+from cxrmim.data.tensors import BatchLoader, augment_batch
 from cxrmim.device import DeviceSetup, select_device
 from cxrmim.evaluation import classification_metrics
 from cxrmim.inits import InitSpec
 from cxrmim.models.encoders import (
+    GREY_NORM,
+    InputNorm,
     create_encoder,
+    imagenet_encoder,
     is_vit,
     load_encoder_weights,
+    model_summary,
     read_encoder_metadata,
+    transfer_encoder,
 )
-from cxrmim.recipe import LR_REFERENCE_BATCH, FinetuneSettings
+from cxrmim.recipe import DEFAULT_BETAS, LR_REFERENCE_BATCH, FinetuneSettings
 from cxrmim.train.common import apply_lr, cosine_lr, seed_everything
+from cxrmim.train.finetune_data import FinetuneData, FinetuneResult, prediction_table
 
 log = logging.getLogger("cxrmim.finetune")
 
@@ -80,104 +85,39 @@ def resolve_patch_size(init: InitSpec, weights: str | None, patch_size: int | No
 def build_model(
     init: InitSpec, encoder_cfg: dict[str, Any], weights: str | None, image_size: int, patch_size: int,
     num_classes: int, drop_path: float,
-) -> nn.Module:
-    """Encoder plus linear classification head (mean-pooled tokens for ViT, timm's own head for CNNs)."""
+) -> tuple[nn.Module, InputNorm]:
+    """Encoder plus linear classification head, and the input normalisation its initial weights expect.
+
+    Mean-pooled tokens for ViT, timm's own head for CNNs. Scratch models use our grey statistics, pretrained
+    encoders the statistics stored with them, ImageNet weights the grey equivalent of their RGB statistics.
+    """
     model = create_encoder(encoder_cfg, image_size, patch_size, num_classes=num_classes, drop_path=drop_path)
+    if init.kind == "imagenet":
+        encoder, norm = imagenet_encoder(encoder_cfg, image_size, patch_size, weights)
+        transfer_encoder(encoder.state_dict(), model, weights)
+        return model, norm
     if init.needs_weights:
-        try:
-            load_encoder_weights(model, weights)
-        except RuntimeError as err:  # torch's size-mismatch message does not say which config to change
-            raise ValueError(
-                f"{weights} does not fit encoders.{init.encoder_key} ({encoder_cfg['timm_name']}, "
-                f"image {image_size}, patch {patch_size}): {err}"
-            ) from err
-    return model
+        return model, load_encoder_weights(model, weights)
+    return model, GREY_NORM
 
 
-def vit_layer_id(name: str, depth: int) -> int:
-    """Depth of a ViT parameter for layer-wise lr decay: embeddings 0, block i -> i + 1, norm/head depth + 1."""
-    if name.startswith(("cls_token", "reg_token", "pos_embed", "patch_embed")):
-        return 0
-    if name.startswith("blocks."):
-        return int(name.split(".")[1]) + 1
-    return depth + 1
-
-
-def param_groups(model: nn.Module, weight_decay: float, layer_decay: float) -> list[dict[str, Any]]:
-    """AdamW groups: no decay on norms, biases and tokens; ViT layers get lr_scale = layer_decay^(distance to head)."""
-    skip_decay = set(model.no_weight_decay()) if hasattr(model, "no_weight_decay") else set()
-    depth = len(model.blocks) if hasattr(model, "blocks") else None
-    groups: dict[tuple[int, bool], dict[str, Any]] = {}
-    for name, param in model.named_parameters():
-        if not param.requires_grad:
-            continue
-        decay = param.ndim > 1 and name not in skip_decay
-        layer = vit_layer_id(name, depth) if depth is not None else 0
-        scale = layer_decay ** (depth + 1 - layer) if depth is not None else 1.0
-        group = groups.setdefault(
-            (layer, decay), {"params": [], "weight_decay": weight_decay if decay else 0.0, "lr_scale": scale}
-        )
-        group["params"].append(param)
-    return list(groups.values())
-
-
-@dataclass
-class Part:
-    """One part of the split as tensors: uint8 images, class indices, and the rows they came from."""
-
-    images: torch.Tensor
-    labels: torch.Tensor
-    rows: pd.DataFrame  # index, id, label
-
-
-@dataclass
-class FinetuneData:
-    """Training subset, validation and test parts, and the class order shared by every run."""
-
-    classes: list[str]
-    train: Part
-    val: Part
-    test: Part
-    image_size: int
-
-
-def load_finetune_data(prepared_dir: str | Path, split_csv: str | Path, subset_csv: str | Path) -> FinetuneData:
-    """Read the cache once and cut it into the labelled subset, validation and test parts."""
-    prepared = load_prepared(prepared_dir)
-    split = pd.read_csv(split_csv, keep_default_na=False)
-    subset = pd.read_csv(subset_csv, keep_default_na=False)
-    # Sorted labels of the whole split: the same class order (and prob_ columns) in every run.
-    classes = sorted(split["label"].astype(str).unique())
-    held_out = set(split.loc[split["part"] != "train", "index"])
-    leaked = held_out.intersection(subset["index"])
-    if leaked:
-        raise ValueError(f"{subset_csv}: {len(leaked)} labelled images belong to val/test (e.g. {sorted(leaked)[:3]})")
-    class_index = {name: i for i, name in enumerate(classes)}
-
-    def part(rows: pd.DataFrame) -> Part:
-        rows = rows[["index", "id", "label"]].reset_index(drop=True)
-        images = torch.from_numpy(np.asarray(prepared.images[rows["index"].to_numpy()]))
-        labels = torch.tensor([class_index[str(label)] for label in rows["label"]], dtype=torch.long)
-        return Part(images, labels, rows)
-
-    return FinetuneData(
-        classes=classes,
-        train=part(subset),
-        val=part(split[split["part"] == "val"]),
-        test=part(split[split["part"] == "test"]),
-        image_size=prepared.image_size,
-    )
+def param_groups(model: nn.Module, weight_decay: float, layer_decay: float | None) -> list[dict[str, Any]]:
+    """AdamW groups from timm: no decay on norms, biases and tokens; with layer_decay (ViTs) each layer gets
+    lr_scale = layer_decay^(distance to the head), embeddings being layer 0 and norm/head the last (BEiT/MAE)."""
+    no_decay = model.no_weight_decay() if hasattr(model, "no_weight_decay") else ()
+    if layer_decay is None:
+        return param_groups_weight_decay(model, weight_decay, no_decay)
+    return param_groups_layer_decay(model, weight_decay, no_decay, layer_decay=layer_decay)
 
 
 @torch.no_grad()
-def predict(model: nn.Module, images: torch.Tensor, setup: DeviceSetup) -> np.ndarray:
-    """Class probabilities (N, C) for uint8 images; results stay on the device until the single copy back."""
+def predict(model: nn.Module, images: torch.Tensor, norm: InputNorm, setup: DeviceSetup) -> np.ndarray:
+    """Class probabilities (N, C) for uint8 images already on the device; one copy back at the end."""
     model.eval()
     outputs = []
     for start in range(0, len(images), EVAL_BATCH):
-        batch = images[start : start + EVAL_BATCH].to(setup.device, non_blocking=setup.non_blocking)
         with setup.autocast():
-            logits = model(normalise(batch))
+            logits = model(norm.apply(images[start : start + EVAL_BATCH]))
         outputs.append(logits.float().softmax(dim=1))
     if not outputs:
         return np.zeros((0, 0), dtype=np.float32)
@@ -210,9 +150,13 @@ class Schedule:
 
 def train_epoch(
     model: nn.Module, loader: BatchLoader, optimizer: torch.optim.Optimizer, schedule: Schedule,
-    settings: FinetuneSettings, setup: DeviceSetup, generator: torch.Generator, epoch: int,
+    settings: FinetuneSettings, norm: InputNorm, setup: DeviceSetup, generator: torch.Generator, epoch: int,
 ) -> tuple[float, float]:
-    """One pass over the loader; returns the mean training loss and the last learning rate used."""
+    """One pass over the loader; returns the mean training loss and the last learning rate used.
+
+    Nothing in the step waits for the device: augmentation is drawn by a generator on the device and the loss
+    is summed there, read once per epoch.
+    """
     model.train()
     loss_sum = torch.zeros((), device=setup.device)  # summed on the device: no host sync per step
     steps = len(loader)  # the same every epoch (BatchLoader repeats data up to min_batches)
@@ -220,7 +164,7 @@ def train_epoch(
     for index, batch in enumerate(loader.epoch(epoch)):
         lr = schedule.lr(epoch * steps + index)
         apply_lr(optimizer, lr)
-        images, _ = augment_batch(normalise(batch["image"]), None, settings.crop_scale, settings.hflip, generator)
+        images, _ = augment_batch(norm.apply(batch["image"]), None, settings.crop_scale, settings.hflip, generator)
         with setup.autocast():
             logits = model(images)
         loss = F.cross_entropy(logits.float(), batch["label"])
@@ -229,15 +173,6 @@ def train_epoch(
         optimizer.step()
         loss_sum += loss.detach()
     return float(loss_sum) / steps, lr
-
-
-@dataclass
-class FinetuneResult:
-    """Everything a run writes: the summary, per-epoch history and the selected epoch's test predictions."""
-
-    metrics: dict[str, Any]
-    history: pd.DataFrame
-    predictions: pd.DataFrame
 
 
 def finetune(
@@ -259,7 +194,10 @@ def finetune(
     seed_everything(run_seed)
     vit = is_vit(encoder_cfg)
     patch = resolve_patch_size(init, weights, patch_size, data.image_size) if vit else int(patch_size or 16)
-    model = build_model(init, encoder_cfg, weights, data.image_size, patch, len(data.classes), settings.drop_path)
+    model, norm = build_model(
+        init, encoder_cfg, weights, data.image_size, patch, len(data.classes), settings.drop_path
+    )
+    built = model_summary(model, encoder_cfg["timm_name"])
     model.to(setup.device)
 
     # Never a batch larger than the subset, and only full batches: BatchNorm and the lr rule see one size.
@@ -275,23 +213,29 @@ def finetune(
     # The configured batch sets the lr even when the subset is smaller: a full-batch step is no noisier than a
     # configured one, and scaling by a 12-image subset left the head of 1% runs nearly untrained.
     peak_lr = settings.base_lr * settings.batch_size / LR_REFERENCE_BATCH
-    layer_decay = settings.layer_decay if vit else 1.0
+    layer_decay = settings.layer_decay if vit else None
     optimizer = torch.optim.AdamW(
-        param_groups(model, settings.weight_decay, layer_decay), lr=peak_lr, betas=settings.betas
+        param_groups(model, settings.weight_decay, layer_decay), lr=peak_lr, betas=DEFAULT_BETAS
     )
-    augment_generator = torch.Generator().manual_seed(run_seed)
+    # On the device: drawing there needs no host-to-device copy per step (same draws for a seed on one device).
+    augment_generator = torch.Generator(device=setup.device).manual_seed(run_seed)
+    val_images, test_images = data.val.images.to(setup.device), data.test.images.to(setup.device)
     log.info(
-        "init %s: %d train images, batch %d, %d steps/epoch, peak lr %.3g, device %s",
-        init.name, len(data.train.labels), batch_size, steps_per_epoch, peak_lr, setup.device,
+        "init %s: %s (%d blocks, width %d, %.2fM parameters), input norm %s, %d train images, batch %d, "
+        "%d steps/epoch, peak lr %.3g, device %s",
+        init.name, built["timm_name"], built["depth"] or 0, built["width"], built["n_parameters"] / 1e6,
+        norm.as_dict(), len(data.train.labels), batch_size, steps_per_epoch, peak_lr, setup.device,
     )
 
     history: list[dict[str, Any]] = []
     epoch_results: list[tuple[dict, dict, np.ndarray]] = []  # (val, test, test probs) per epoch, chosen later
     schedule = Schedule(total_steps, warmup_steps, peak_lr)
     for epoch in range(settings.epochs):
-        train_loss, lr = train_epoch(model, loader, optimizer, schedule, settings, setup, augment_generator, epoch)
-        val_probs = predict(model, data.val.images, setup)
-        test_probs = predict(model, data.test.images, setup)
+        train_loss, lr = train_epoch(
+            model, loader, optimizer, schedule, settings, norm, setup, augment_generator, epoch
+        )
+        val_probs = predict(model, val_images, norm, setup)
+        test_probs = predict(model, test_images, norm, setup)
         val = classification_metrics(data.val.labels.numpy(), val_probs, data.classes)
         test = classification_metrics(data.test.labels.numpy(), test_probs, data.classes)
         history.append(
@@ -313,6 +257,8 @@ def finetune(
         "init": init.name,
         "method": init.method,
         "architecture": architecture_label(encoder_cfg),
+        "model": built,
+        "input_norm": norm.as_dict(),
         "mask_ratio": init.mask_ratio,
         "pretrain_seed": init.pretrain_seed,
         "fraction": float(fraction),
@@ -329,48 +275,3 @@ def finetune(
         "test": best_test,
     }
     return FinetuneResult(metrics, history_table, prediction_table(data.test, best_probs, data.classes))
-
-
-def prediction_table(part: Part, probs: np.ndarray, classes: list[str]) -> pd.DataFrame:
-    """Per-image test predictions: index, id, label, pred, prob_<class>."""
-    table = part.rows.copy()
-    table["pred"] = [classes[i] for i in probs.argmax(axis=1)] if len(probs) else []
-    for i, name in enumerate(classes):
-        table[f"prob_{name}"] = probs[:, i] if len(probs) else []
-    return table
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Write through a temporary sibling and rename, so readers never see half a file."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-OUTPUT_FILES = ("history.csv", "predictions.csv", "metrics.json")
-
-
-def write_result(result: FinetuneResult, out_dir: str | Path) -> None:
-    """Write history and predictions first and metrics.json last: metrics.json marks a finished run."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    write_atomic(out_dir / "history.csv", result.history.to_csv(index=False))
-    write_atomic(out_dir / "predictions.csv", result.predictions.to_csv(index=False))
-    write_atomic(out_dir / "metrics.json", json.dumps(json_safe(result.metrics), indent=2) + "\n")
-
-
-def json_safe(value: Any) -> Any:
-    """NaN (e.g. AUC when a class is absent from a part) becomes null: strict JSON readers reject NaN."""
-    if isinstance(value, dict):
-        return {k: json_safe(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [json_safe(v) for v in value]
-    if isinstance(value, float) and math.isnan(value):
-        return None
-    return value
-
-
-def remove_outputs(out_dir: str | Path) -> None:
-    """Delete a previous run's files so a failure cannot leave old and new outputs mixed."""
-    for name in OUTPUT_FILES:
-        (Path(out_dir) / name).unlink(missing_ok=True)
