@@ -95,9 +95,10 @@ def imagenet_encoder(
             name, pretrained=True, pretrained_cfg_overlay={"state_dict": state, "num_classes": 0}, **kwargs
         )
     except RuntimeError as err:  # timm's strict load: missing, unexpected or mis-sized tensors
+        detail = " ".join(str(err).split())[:400]
         raise ValueError(
             f"{path}: ImageNet weights do not fit the configured encoder {name} {encoder_cfg.get('kwargs') or {}} "
-            f"({str(err)[:400]}); choose an `encoders` entry with the weights' architecture"
+            f"({detail}); choose an `encoders` entry with the weights' architecture"
         ) from err
     cfg = model.pretrained_cfg
     return model, InputNorm.from_rgb(cfg["mean"], cfg["std"])
