@@ -9,10 +9,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import timm
 import torch
 
 from cxrmim.inits import parse_init
-from cxrmim.models.encoders import create_encoder, save_encoder, timm_kwargs
+from cxrmim.models.encoders import InputNorm, create_encoder, save_encoder, timm_kwargs
 from cxrmim.recipe import FinetuneSettings
 from cxrmim.train.finetune import build_model, finetune, param_groups, select_epoch
 from cxrmim.train.finetune_data import load_finetune_data, write_result
@@ -116,7 +117,9 @@ def test_pretrained_init_loads_encoder_weights(cache: dict[str, Path], tmp_path:
     encoder = create_encoder(TINY_VIT, IMAGE, PATCH)
     torch.nn.init.constant_(encoder.blocks[0].mlp.fc1.weight, 0.123)
     weights = tmp_path / "rgmim_r0.75_vit_s0" / "encoder.safetensors"
-    save_encoder(encoder, weights, TINY_VIT["timm_name"], timm_kwargs(TINY_VIT, IMAGE, PATCH, 0))
+    # A pretraining run on other grey statistics: fine-tuning must normalise its input the same way.
+    save_encoder(encoder, weights, TINY_VIT["timm_name"], timm_kwargs(TINY_VIT, IMAGE, PATCH, 0),
+                 norm=InputNorm(0.4, 0.2))
     init = parse_init("rgmim_r0.75_vit_s0")
     model, _ = build_model(init, TINY_VIT, str(weights), IMAGE, PATCH, num_classes=3, drop_path=0.0)
     assert torch.all(model.blocks[0].mlp.fc1.weight == 0.123)
@@ -126,6 +129,7 @@ def test_pretrained_init_loads_encoder_weights(cache: dict[str, Path], tmp_path:
                       fraction=0.5, weights=str(weights), patch_size=None)
     assert result.metrics["method"] == "RGMIM" and result.metrics["mask_ratio"] == 0.75
     assert result.metrics["fraction"] == 0.5
+    assert result.metrics["input_norm"] == {"mean": [0.4], "std": [0.2]}
 
 
 def test_subset_smaller_than_batch_keeps_the_configured_lr(cache: dict[str, Path]) -> None:
@@ -195,3 +199,26 @@ def test_vit_param_groups_decay_by_layer() -> None:
     assert by_param[id(named["norm.weight"])]["weight_decay"] == 0.0
     assert by_param[id(named["blocks.0.attn.qkv.bias"])]["weight_decay"] == 0.0
     assert by_param[id(named["blocks.0.attn.qkv.weight"])]["weight_decay"] == 0.05
+
+
+def test_metrics_name_the_built_model_and_its_input_norm(cache: dict[str, Path]) -> None:
+    metrics, _ = run(cache, "scratch_vit-tiny", TINY_VIT, epochs=1)
+    encoder = create_encoder(TINY_VIT, IMAGE, PATCH)
+    assert metrics["model"] == {"timm_name": "vit_tiny_patch16_224", "depth": 1, "width": 32,
+                                "n_parameters": sum(p.numel() for p in encoder.parameters())}
+    assert metrics["input_norm"] == {"mean": [0.5], "std": [0.25]}  # scratch: the grey cache statistics
+
+
+def test_imagenet_init_uses_timm_weights_and_their_normalisation(cache: dict[str, Path], tmp_path: Path) -> None:
+    source = timm.create_model("resnet10t", pretrained=False, num_classes=1000)
+    weights = tmp_path / "resnet10t_in1k.pth"
+    torch.save(source.state_dict(), weights)
+    model, norm = build_model(parse_init("imagenet_resnet10t"), SMALL_RESNET, str(weights), IMAGE, PATCH,
+                              num_classes=3, drop_path=0.0)
+    assert torch.allclose(model.conv1[0].weight, source.conv1[0].weight.sum(dim=1, keepdim=True))
+    assert model.fc.out_features == 3
+    metrics, _ = run(cache, "imagenet_resnet10t", SMALL_RESNET, weights=str(weights), epochs=1)
+    assert metrics["input_norm"]["mean"] == pytest.approx([(0.485 + 0.456 + 0.406) / 3])
+    assert metrics["input_norm"]["std"] == pytest.approx([(0.229 + 0.224 + 0.225) / 3])
+    assert metrics["model"]["timm_name"] == "resnet10t" and metrics["model"]["depth"] is None
+    assert metrics["method"] == "Transfer"
