@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -34,10 +35,36 @@ def validate_config(config: dict[str, Any], source: str = "config") -> None:
         raise ValueError(f"{source}: invalid configuration (see {SCHEMA_PATH.name}):\n" + "\n".join(lines))
 
 
-def load_config(*paths: str | Path) -> dict[str, Any]:
-    """Load the default config merged with any override files, validated."""
+def read_config_source(source: str | Path) -> dict[str, Any]:
+    """One config source: inline JSON (as rules pass settings) or a YAML/JSON file (JSON is valid YAML)."""
+    text = str(source)
+    if text.lstrip().startswith("{"):
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"inline config is not valid JSON ({err}); pass a JSON object or a file") from err
+    path = Path(source)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file {path} does not exist; pass an existing YAML/JSON file")
+    try:
+        config = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ValueError(f"{path}: not valid YAML ({err}); fix the file") from err
+    if not isinstance(config, dict):
+        raise ValueError(f"{path}: a config file must be a mapping of sections, not {type(config).__name__}")
+    return config
+
+
+def load_config(*sources: str | Path, defaults: bool = True) -> dict[str, Any]:
+    """The config as a workflow run sees it: the default merged with each source (file or inline JSON), validated.
+
+    With defaults=False only the sources are merged and nothing is validated: for configs that are already
+    complete (the merged config a rule passes) or partial on purpose (a few sections for one stage).
+    """
+    chain = [DEFAULT_CONFIG, *sources] if defaults else list(sources)
     config: dict[str, Any] = {}
-    for path in (DEFAULT_CONFIG, *paths):
-        config = merge(config, yaml.safe_load(Path(path).read_text()) or {})
-    validate_config(config, source=", ".join(str(p) for p in (DEFAULT_CONFIG, *paths)))
+    for source in chain:
+        config = merge(config, read_config_source(source))
+    if defaults:
+        validate_config(config, source=", ".join(str(p) for p in chain))
     return config
