@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,23 +42,25 @@ class TrainedSegmenter:
     holdout: np.ndarray  # bool (N,)
 
 
-def jitter_appearance(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+def jitter_appearance(images: torch.Tensor, generator: torch.Generator, host_random: random.Random) -> torch.Tensor:
     """Random gamma, contrast and resolution per image (geometry unchanged, so masks need no change).
 
-    The resolution jitter mimics prediction on a prepared cache coarser than the segmentation grid.
+    The resolution jitter mimics prediction on a prepared cache coarser than the segmentation grid. Per-image
+    draws come from `generator` (on the images' device); the blur size is a tensor shape, known on the host, so
+    it is drawn from `host_random` and the step never waits for the device.
     """
     batch, device = images.shape[0], images.device
-    draws = torch.rand(4, batch, generator=generator, device=generator.device).to(device)
+    draws = torch.rand(3, batch, generator=generator, device=generator.device).to(device)
     unit = (images * PIXEL_STD + PIXEL_MEAN).clamp(0, 1)
     gamma = torch.exp((2 * draws[0] - 1) * GAMMA_RANGE).view(-1, 1, 1, 1)
     contrast = (1 + (2 * draws[1] - 1) * CONTRAST_RANGE).view(-1, 1, 1, 1)
     unit = ((unit.clamp_min(1e-6) ** gamma - 0.5) * contrast + 0.5).clamp(0, 1)
     # One blur size per batch (interpolate takes one size); whether an image is blurred is drawn per image.
     size = images.shape[-1]
-    low = max(8, int(size * (MIN_RESOLUTION + (1 - MIN_RESOLUTION) * float(draws[2, 0]))))
+    low = max(8, int(size * (MIN_RESOLUTION + (1 - MIN_RESOLUTION) * host_random.random())))
     blurred = F.interpolate(F.interpolate(unit, size=low, mode="bilinear", antialias=True, align_corners=False),
                             size=size, mode="bilinear", align_corners=False)
-    unit = torch.where((draws[3] < 0.5).view(-1, 1, 1, 1), blurred, unit)
+    unit = torch.where((draws[2] < 0.5).view(-1, 1, 1, 1), blurred, unit)
     return (unit - PIXEL_MEAN) / PIXEL_STD
 
 
@@ -100,23 +103,25 @@ def train_segmenter(data: MaskedImages, settings: dict[str, Any], setup: DeviceS
     history, step = [], 0
     for epoch in range(epochs):
         model.train()
-        # A CPU generator per epoch makes the augmentation identical on every device and on reruns.
-        generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-        start, losses = time.perf_counter(), []
+        # Seeded per epoch, drawing on the training device (no host-to-device copy per step): reruns on one
+        # device repeat the augmentation exactly.
+        generator = torch.Generator(device=setup.device).manual_seed(seed * 1_000_003 + epoch)
+        host_random = random.Random(seed * 1_000_003 + epoch)
+        start, loss_sum = time.perf_counter(), torch.zeros((), device=setup.device)
         for batch in loader.epoch(epoch):
             apply_lr(optimizer, cosine_lr(step, total, warmup, float(settings["lr"])))
             images, masks = augment_batch(normalise(batch["images"]), batch["masks"].unsqueeze(1),
                                           augment["crop_scale"], bool(augment.get("hflip")), generator)
-            images = jitter_appearance(images, generator)
+            images = jitter_appearance(images, generator, host_random)
             with setup.autocast():
                 logits = model(images)
             loss = dice_bce_loss(logits.float(), masks.float())
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            losses.append(float(loss.detach()))
+            loss_sum += loss.detach()  # summed on the device, read once per epoch
             step += 1
-        history.append({"epoch": epoch + 1, "loss": float(np.mean(losses)),
+        history.append({"epoch": epoch + 1, "loss": float(loss_sum) / len(loader),
                         "seconds": round(time.perf_counter() - start, 2)})
         log.info("segmenter epoch %d/%d loss %.4f (%.1fs)", epoch + 1, epochs, history[-1]["loss"],
                  history[-1]["seconds"])
