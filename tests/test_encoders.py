@@ -21,6 +21,7 @@ from cxrmim.models.encoders import (
     timm_kwargs,
 )
 
+REPO = Path(__file__).resolve().parents[1]
 VIT = {"timm_name": "vit_tiny_patch16_224", "kwargs": {"depth": 2}}
 DEEP_STEM = {"timm_name": "resnet10t", "kwargs": {}}  # stem conv1.0 / conv1.3 / conv1.6, not conv1
 IMAGENET_RGB = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
@@ -88,16 +89,22 @@ def test_exported_folder_loads_with_one_line_of_timm(tmp_path: Path, encoder_cfg
         for param in encoder.parameters():
             param.uniform_(-0.1, 0.1)
     export_timm_folder(encoder, encoder_cfg, 48, 8, InputNorm(0.45, 0.3), tmp_path / "timm")
-    # The line the README documents:
-    model = timm.create_model(f"local-dir:{tmp_path / 'timm'}", pretrained=True, num_classes=4)
-    data_config = resolve_data_config({}, model=model)
+    # The README's two lines, run as written there (with this folder).
+    readme = (REPO / "README.md").read_text()
+    lines = [line for line in readme.splitlines() if line.startswith(("model = timm.create_model(\"local-dir:",
+                                                                        "data_config = timm.data"))]
+    assert len(lines) == 2, "README lost its timm loading example"
+    namespace = {"timm": timm}
+    exec("\n".join(lines).replace("path/to/folder", str(tmp_path / "timm")), namespace)
+    model, data_config = namespace["model"], namespace["data_config"]
+    assert data_config == resolve_data_config({}, model=model)
     assert data_config["input_size"] == (1, 48, 48)
     assert data_config["mean"] == pytest.approx([0.45]) and data_config["std"] == pytest.approx([0.3])
     reference = encoder.state_dict()
     for key, value in model.state_dict().items():
         if not key.startswith(("head.", "fc.")):
             assert torch.equal(value, reference[key]), key
-    assert model(torch.zeros(2, 1, 48, 48)).shape == (2, 4)
+    assert model(torch.zeros(2, 1, 48, 48)).shape == (2, 4)  # num_classes=4 of the README line
     assert model_summary(model, encoder_cfg["timm_name"])["n_parameters"] == model_summary(
         encoder, encoder_cfg["timm_name"])["n_parameters"]  # same encoder; the new head is not counted
 
