@@ -84,6 +84,7 @@ def test_unknown_key_and_bad_value_are_named():
         validate_config(merge(config, {"split": {"test_fraction": 1.5}}))
     with pytest.raises(ValueError, match="finetune.inits"):
         validate_config(merge(config, {"finetune": {"inits": ["pretrained!"]}}))
+    validate_config(merge(config, {"finetune": {"inits": ["rgmim-lung", "imagenet_resnet10t"]}}))
 
 
 def test_merge_is_recursive():

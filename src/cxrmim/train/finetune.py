@@ -68,7 +68,7 @@ def check_weights(init: InitSpec, weights: str | None) -> None:
 
 def resolve_patch_size(init: InitSpec, weights: str | None, patch_size: int | None, image_size: int) -> int:
     """Patch size of a cxrmim encoder file's metadata, else the --patch-size given (ImageNet or scratch)."""
-    if weights and init.kind in ("rgmim", "mae"):
+    if weights and init.pretrained:
         stored = read_encoder_metadata(weights)["timm_kwargs"]
         if stored.get("img_size", image_size) != image_size:
             raise ValueError(
