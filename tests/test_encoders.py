@@ -64,6 +64,8 @@ def test_mismatched_imagenet_weights_are_clear_errors(tmp_path: Path):
     save_file(timm.create_model("vit_tiny_patch16_224", depth=1).state_dict(), str(shallow))
     with pytest.raises(ValueError, match="shallow.safetensors.*encoders"):  # blocks.1 missing: no partial load
         imagenet_encoder(VIT, image_size=64, patch_size=8, path=shallow)
+    with pytest.raises(ValueError, match="vit_tiny_patch16_224.nope"):
+        imagenet_encoder({"timm_name": "vit_tiny_patch16_224.nope"}, image_size=64, patch_size=8, path=shallow)
 
 
 def test_own_encoder_file_carries_its_normalisation(tmp_path: Path):

@@ -87,7 +87,14 @@ def imagenet_encoder(
     """
     kwargs = timm_kwargs(encoder_cfg, image_size, patch_size, num_classes=0)
     name = encoder_cfg["timm_name"]
-    classifiers = timm.models.get_pretrained_cfg(name).classifier  # "head", "fc", ...
+    try:
+        pretrained_cfg = timm.models.get_pretrained_cfg(name)
+    except RuntimeError:  # an unknown tag
+        pretrained_cfg = None
+    if pretrained_cfg is None:
+        raise ValueError(f"timm knows no pretrained weights for {name}; ImageNet transfer needs an architecture "
+                         "(optionally `name.tag`) that timm publishes weights for")
+    classifiers = pretrained_cfg.classifier  # "head", "fc", ...
     heads = tuple(f"{c}." for c in ((classifiers,) if isinstance(classifiers, str) else classifiers))
     state = {k: v for k, v in load_state_dict(str(path)).items() if not k.startswith(heads)}
     try:
