@@ -43,7 +43,8 @@ def architecture_label(encoder_cfg: dict[str, Any]) -> str:
     """Architecture as named in the paper's tables (ViT / ResNet-50), else the timm name."""
     if is_vit(encoder_cfg):
         return "ViT"
-    return {"resnet50": "ResNet-50"}.get(encoder_cfg["timm_name"], encoder_cfg["timm_name"])
+    name = encoder_cfg["timm_name"].split(".")[0]  # without a weights tag such as resnet50.tv_in1k
+    return {"resnet50": "ResNet-50"}.get(name, name)
 
 
 def check_weights(init: InitSpec, weights: str | None) -> None:
