@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -153,3 +155,29 @@ def test_rgmim_lung_is_registered_for_the_workflow() -> None:
     spec = parse_init("rgmim-lung_r0.75_vit-cpu_s1")
     assert (spec.kind, spec.encoder_key, spec.mask_ratio, spec.pretrain_seed) == ("rgmim-lung", "vit-cpu", 0.75, 1)
     assert spec.method == PRETRAIN_METHODS["rgmim-lung"] == "RGMIM-lung" and spec.pretrained
+
+
+def test_on_real_lung_masks_region_masking_hides_the_lung_and_lung_ratio_does_not(realdata: Path) -> None:
+    import numpy as np
+    import pandas as pd
+    from PIL import Image
+
+    from cxrmim.data.patches import patch_coverage, valid_patches
+    from cxrmim.models.masking import lung_batch_masked
+
+    folder = realdata / "cohen_covid_lungmasks"
+    manifest = pd.read_csv(next(folder.glob("*.csv")))
+    masks = np.stack([np.asarray(Image.open(folder / p).convert("L").resize((224, 224), Image.NEAREST)) > 0
+                      for p in manifest["mask"].dropna()])  # fmt: skip
+    valid = valid_patches(patch_coverage(torch.from_numpy(masks.astype(np.uint8)), 16), 0.0)  # ViT-B/16 grid
+    n = valid.shape[1]
+
+    def visible_lung(plan) -> float:
+        return (((plan.mask < 0.5) & valid).sum() / valid.sum()).item()
+
+    region = region_masking(len(valid), n, RATIO, valid, generator())
+    lung = lung_ratio_masking(len(valid), n, RATIO, valid, generator(), n_masked=lung_batch_masked(valid, RATIO))
+    # Real lungs cover fewer than 0.75 x 196 patches: region masking hides all of almost every lung.
+    assert region.fallback.float().mean() > 0.9 and visible_lung(region) < 0.02
+    assert 0.24 < visible_lung(lung) < 0.26
+    assert 0.2 < visible_lung(random_masking(len(valid), n, RATIO, valid, generator())) < 0.3
