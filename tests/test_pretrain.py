@@ -206,3 +206,29 @@ def test_pretrain_figures(cache: dict[str, Path], cli_run: Path, tmp_path: Path)
     )
     assert [p.name for p in outputs] == ["masking_illustration.png", "reconstructions.png", "pretrain_loss.png"]
     assert all(p.stat().st_size > 1000 for p in outputs)
+
+
+@pytest.mark.parametrize("method", ["rgmim", "rgmim-lung", "mae"])
+def test_no_host_reads_inside_training_steps(
+    cache: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, method: str
+) -> None:
+    reads = {"n": 0}
+    for name in ("item", "tolist", "cpu", "numpy", "__bool__", "__float__", "__int__", "__index__"):
+        original = getattr(torch.Tensor, name)
+
+        def counted(self, *args, _original=original, **kwargs):  # noqa: ANN001, ANN202
+            # AdamW reads its step counter, a CPU tensor on every device (no device sync): not counted.
+            if "torch/optim" not in sys._getframe(1).f_code.co_filename:
+                reads["n"] += 1
+            return _original(self, *args, **kwargs)
+
+        monkeypatch.setattr(torch.Tensor, name, counted)
+
+    def reads_for(batch_size: int) -> int:
+        reads["n"] = 0
+        settings = tiny_settings(epochs=1, batch_size=batch_size, effective_batch_size=batch_size)
+        run(cache, tmp_path / f"{method}_b{batch_size}", method=method, settings=settings)
+        return reads["n"]
+
+    # 8 steps or 2 steps per epoch: the same number of host reads, so none happens per step.
+    assert reads_for(4) == reads_for(16)
