@@ -216,7 +216,7 @@ def test_no_host_reads_inside_training_steps(
     for name in ("item", "tolist", "cpu", "numpy", "__bool__", "__float__", "__int__", "__index__"):
         original = getattr(torch.Tensor, name)
 
-        def counted(self, *args, _original=original, **kwargs):  # noqa: ANN001, ANN202
+        def counted(self: torch.Tensor, *args: object, _original: object = original, **kwargs: object) -> object:
             # AdamW reads its step counter, a CPU tensor on every device (no device sync): not counted.
             if "torch/optim" not in sys._getframe(1).f_code.co_filename:
                 reads["n"] += 1
