@@ -66,18 +66,18 @@ class Checkpointer:
     def __init__(self, path: Path, signature: str) -> None:
         self.path, self.signature = path, signature
 
-    def resume(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[int, int, list[dict[str, Any]]]:
-        """Load a matching checkpoint into model and optimizer -> (epochs done, optimizer steps done, history)."""
+    def resume(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[int, list[dict[str, Any]]]:
+        """Load a matching checkpoint into model and optimizer -> (epochs done, their history)."""
         checkpoint = load_checkpoint(self.path)
         if checkpoint is None:
-            return 0, 0, []
+            return 0, []
         if checkpoint.get("signature") != self.signature:
             log.warning("%s was written with other settings; starting from scratch", self.path)
-            return 0, 0, []
+            return 0, []
         model.load_state_dict(checkpoint["model"])
         optimizer.load_state_dict(checkpoint["optimizer"])
         restore_rng(checkpoint["rng"])
-        return int(checkpoint["epoch"]), int(checkpoint["step"]), list(checkpoint["history"])
+        return int(checkpoint["epoch"]), list(checkpoint["history"])
 
     def save(
         self, model: nn.Module, optimizer: torch.optim.Optimizer, epoch: int, step: int, history: list[dict[str, Any]]
@@ -87,7 +87,7 @@ class Checkpointer:
             "model": model.state_dict(),
             "optimizer": optimizer.state_dict(),
             "epoch": epoch,
-            "step": step,
+            "step": step,  # for the record; resumption derives the schedule position from the epoch
             "rng": rng_state(),
             "history": history,
             "signature": self.signature,

@@ -205,7 +205,10 @@ def run_training(
         weight_decay_groups(model, settings.weight_decay), lr=schedule.peak_lr, betas=settings.betas
     )
     checkpointer = Checkpointer(out_dir / "checkpoint.pt", run_signature(method, settings, model))
-    start_epoch, step, history = checkpointer.resume(model, optimizer)
+    start_epoch, history = checkpointer.resume(model, optimizer)
+    # The schedule position follows the epochs done, so a run resumed on another number of processes (other
+    # accumulation, other micro-batches per rank) continues its own lr curve.
+    step = start_epoch * schedule.steps_per_epoch
     if ddp.is_main:
         if start_epoch:
             log.info("resumed from %s after epoch %d/%d", checkpointer.path, start_epoch, settings.epochs)
