@@ -132,3 +132,37 @@ def test_epoch_random_streams_are_reproducible_and_distinct() -> None:
     assert torch.equal(torch.rand(4, generator=first.stream(0)), torch.rand(4, generator=again.stream(0)))
     other_rank = EpochRandom(0, 2, 0, cpu)
     assert not torch.equal(torch.rand(4, generator=first.stream(1)), torch.rand(4, generator=other_rank.stream(1)))
+
+
+class LossOnly(nn.Module):
+    """A model whose forward returns the bare loss (no statistics)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inner = NoisyRegression()
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The regression loss only."""
+        return self.inner(x, y)[0]
+
+
+class LossOnlyMethod(ToyMethod):
+    """The toy method without statistics or own history columns."""
+
+    stat_names = ()
+    history_columns = ()
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.model = LossOnly()
+
+    def epoch_columns(self, sums: dict[str, float], n_images: int) -> dict[str, float]:
+        return {}
+
+
+def test_a_model_may_return_the_bare_loss(tmp_path: Path) -> None:
+    seed_everything(3)
+    result = run_training(LossOnlyMethod(), LoopSettings.from_settings(SETTINGS), select_device("cpu"), Distributed(),
+                          tmp_path)
+    assert result.finished
+    assert list(pd.read_csv(tmp_path / "history.csv").columns) == ["epoch", "loss", "lr", "images_per_s", "seconds"]

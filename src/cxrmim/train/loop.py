@@ -1,7 +1,7 @@
 """The training loop every pretraining method shares (MAE/RGMIM today; MRM, MedIM, SimSiam, BYOL plug in).
 
-A method supplies a model whose forward returns `(loss, stats)` (stats: named 0-d tensors summed over the
-micro-batch, left on the device) and a way to build each micro-batch's forward inputs; see `TrainingMethod`.
+A method supplies a model whose forward returns the loss or `(loss, stats)` (stats: named 0-d tensors summed
+over the micro-batch, left on the device) and a way to build each micro-batch's forward inputs; see `TrainingMethod`.
 The loop owns the rest: AdamW with timm's weight-decay groups, the MAE lr rule and per-step cosine schedule,
 gradient accumulation, bf16 autocast, compile + DDP, epoch checkpoints with exact resume, and history.csv.
 Every random draw of a method comes from `EpochRandom` streams seeded by (seed, epoch, rank), so a resumed
@@ -65,7 +65,7 @@ class EpochRandom:
 class TrainingMethod(Protocol):
     """What a pretraining method gives the loop. Build it after `seed_everything(seed)` (same weights per rank)."""
 
-    model: nn.Module  # forward(**make_batch(...)) -> (loss, {stat name: 0-d device tensor summed over the batch})
+    model: nn.Module  # forward(**make_batch(...)) -> loss, or (loss, {stat name: 0-d device tensor, batch sum})
     stat_names: tuple[str, ...]  # the keys of those stats, in a fixed order
     history_columns: tuple[str, ...]  # the method's own history.csv columns, filled by `epoch_columns`
 
@@ -287,7 +287,8 @@ def run_epoch(
         inputs = method.make_batch(batch, rng)
         with gradient_sync(wrapped, is_group_end):
             with setup.autocast():
-                loss, stats = wrapped(**inputs)
+                output = wrapped(**inputs)
+            loss, stats = output if isinstance(output, tuple) else (output, {})
             (loss / group_size).backward()
         if is_group_end:
             optimizer.step()
