@@ -82,3 +82,25 @@ def test_augmentation_keeps_image_and_validity_aligned() -> None:
     assert (bright_coverage - mask_coverage).abs().max() < 0.2
     assert not torch.equal(aug_masks, masks)  # the warp really moved things
     assert valid_patches(mask_coverage).any()
+
+
+def test_initialisation_follows_mae() -> None:
+    torch.manual_seed(0)
+    wide = {"timm_name": "vit_tiny_patch16_224", "kwargs": {"embed_dim": 128, "depth": 2, "num_heads": 2}}
+    mae = MaskedAutoencoder(wide, IMAGE_SIZE, PATCH_SIZE, "random", 0.75, 64, 1, 2)
+
+    def xavier_std(weight: torch.Tensor) -> float:
+        fan_out, fan_in = weight.shape[0], weight[0].numel()
+        return (2.0 / (fan_in + fan_out)) ** 0.5
+
+    # The patch embedding is initialised as the linear layer it is (fan-in = p*p*channels), not as a conv.
+    proj = mae.encoder.patch_embed.proj.weight
+    assert proj.std().item() == pytest.approx(xavier_std(proj), rel=0.1)
+    for name, module in mae.named_modules():
+        if isinstance(module, torch.nn.Linear):
+            assert module.weight.std().item() == pytest.approx(xavier_std(module.weight), rel=0.15), name
+            assert module.bias is None or torch.all(module.bias == 0), name
+        elif isinstance(module, torch.nn.LayerNorm):
+            assert torch.all(module.weight == 1) and torch.all(module.bias == 0), name
+    for token in (mae.encoder.cls_token, mae.mask_token):
+        assert 0.01 < token.std().item() < 0.03 and token.abs().max().item() < 0.15

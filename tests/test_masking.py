@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
-from cxrmim.models.masking import MASKING, masked_count, masking_for, random_masking, region_masking
+from cxrmim.models.masking import (
+    MASKING,
+    lung_ratio_masking,
+    masked_count,
+    masking_for,
+    random_masking,
+    region_masking,
+)
 
 N_PATCHES, RATIO = 64, 0.75
 N_MASKED = 48
@@ -83,5 +92,92 @@ def test_random_masking_ignores_validity_and_region_requires_it() -> None:
 
 def test_method_names_map_to_strategies() -> None:
     assert masking_for("rgmim") is region_masking and masking_for("mae") is random_masking
+    assert masking_for("rgmim-lung") is lung_ratio_masking and masking_for("lung_ratio") is lung_ratio_masking
     with pytest.raises(ValueError):
         masking_for("block")
+
+
+def masked_lung(plan, valid: torch.Tensor) -> list[int]:
+    """Masked lung-valid patches per image."""
+    return (plan.mask.bool() & valid).sum(dim=1).tolist()
+
+
+def test_lung_ratio_masks_the_ratio_of_the_lung_and_leaves_the_rest_visible() -> None:
+    valid = lung_validity(3, [40, 40, 40])
+    plan = lung_ratio_masking(3, N_PATCHES, RATIO, valid, generator())
+    assert masked_lung(plan, valid) == [30, 30, 30]  # round(0.75 * 40)
+    assert torch.all(plan.mask.sum(dim=1) == 30) and plan.n_keep == N_PATCHES - 30
+    assert torch.all(plan.mask.bool() <= valid) and not plan.fallback.any()
+    assert torch.equal(((1 - plan.mask).bool() & valid).sum(dim=1), torch.tensor([10, 10, 10]))
+
+
+def test_lung_ratio_batch_shares_the_largest_count_and_pads_outside_the_lung() -> None:
+    counts = [64, 40, 20, 0]
+    valid = lung_validity(len(counts), counts)
+    plan = lung_ratio_masking(len(counts), N_PATCHES, RATIO, valid, generator(3))
+    assert torch.all(plan.mask.sum(dim=1) == 48)  # n_mask = max_i round(0.75 * v_i) = 48
+    assert masked_lung(plan, valid) == [48, 30, 15, 0]
+    assert ((plan.mask.bool() & ~valid).sum(dim=1)).tolist() == [0, 18, 33, 48]
+    assert plan.fallback.tolist() == [False, True, True, True]
+
+
+def test_lung_ratio_with_a_fixed_count_caps_and_then_masks_the_remaining_lung() -> None:
+    valid = lung_validity(3, [40, 8, 60])
+    plan = lung_ratio_masking(3, N_PATCHES, RATIO, valid, generator(4), n_masked=30)
+    assert torch.all(plan.mask.sum(dim=1) == 30)
+    assert masked_lung(plan, valid)[:2] == [30, 6]  # 40 -> 30 (its k is 30), 8 -> 6 plus 24 outside the lung
+    # 60 lung patches want 45 > 30: capped at 30 lung patches, nothing outside the lung.
+    assert masked_lung(plan, valid)[2] == 30 and plan.fallback.tolist() == [False, True, False]
+    crowded = lung_validity(1, [60])
+    plan = lung_ratio_masking(1, N_PATCHES, RATIO, crowded, generator(4), n_masked=62)
+    # k = 45 chosen lung patches, the 4 non-lung ones, then 13 more lung patches to reach 62.
+    assert masked_lung(plan, crowded) == [58] and plan.fallback.tolist() == [True]
+
+
+def test_lung_ratio_chooses_lung_patches_at_random() -> None:
+    valid = lung_validity(1, [40])
+    hits = sum(lung_ratio_masking(1, N_PATCHES, RATIO, valid, generator(seed)).mask[0] for seed in range(200))
+    lung_hits = hits[valid[0]] / 200
+    assert torch.all(hits[~valid[0]] == 0)
+    assert lung_hits.min() > 0.55 and lung_hits.max() < 0.95  # each lung patch is masked about 75% of the time
+
+
+def test_fixed_counts_override_random_and_region() -> None:
+    valid = lung_validity(2, [64, 20])
+    assert torch.all(random_masking(2, N_PATCHES, RATIO, valid, generator(), n_masked=10).mask.sum(dim=1) == 10)
+    region = region_masking(2, N_PATCHES, RATIO, valid, generator(), n_masked=30)
+    assert region.fallback.tolist() == [False, True]
+
+
+def test_rgmim_lung_is_registered_for_the_workflow() -> None:
+    from cxrmim.inits import PRETRAIN_METHODS, parse_init
+
+    spec = parse_init("rgmim-lung_r0.75_vit-cpu_s1")
+    assert (spec.kind, spec.encoder_key, spec.mask_ratio, spec.pretrain_seed) == ("rgmim-lung", "vit-cpu", 0.75, 1)
+    assert spec.method == PRETRAIN_METHODS["rgmim-lung"] == "RGMIM-lung" and spec.pretrained
+
+
+def test_on_real_lung_masks_region_masking_hides_the_lung_and_lung_ratio_does_not(realdata: Path) -> None:
+    import numpy as np
+    import pandas as pd
+    from PIL import Image
+
+    from cxrmim.data.patches import patch_coverage, valid_patches
+    from cxrmim.models.masking import lung_batch_masked
+
+    folder = realdata / "cohen_covid_lungmasks"
+    manifest = pd.read_csv(next(folder.glob("*.csv")))
+    masks = np.stack([np.asarray(Image.open(folder / p).convert("L").resize((224, 224), Image.NEAREST)) > 0
+                      for p in manifest["mask"].dropna()])  # fmt: skip
+    valid = valid_patches(patch_coverage(torch.from_numpy(masks.astype(np.uint8)), 16), 0.0)  # ViT-B/16 grid
+    n = valid.shape[1]
+
+    def visible_lung(plan) -> float:
+        return (((plan.mask < 0.5) & valid).sum() / valid.sum()).item()
+
+    region = region_masking(len(valid), n, RATIO, valid, generator())
+    lung = lung_ratio_masking(len(valid), n, RATIO, valid, generator(), n_masked=lung_batch_masked(valid, RATIO))
+    # Real lungs cover fewer than 0.75 x 196 patches: region masking hides all of almost every lung.
+    assert region.fallback.float().mean() > 0.9 and visible_lung(region) < 0.02
+    assert 0.24 < visible_lung(lung) < 0.26
+    assert 0.2 < visible_lung(random_masking(len(valid), n, RATIO, valid, generator())) < 0.3

@@ -1,20 +1,22 @@
-"""Pretraining loop: outputs, exact kill-and-resume, and DDP with two CPU processes (gloo)."""
+"""Masked image modeling pretraining: outputs, masking statistics, exact kill-and-resume, and torchrun DDP (gloo)."""
 
 from __future__ import annotations
 
 import json
 import os
-import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
-import torch.multiprocessing as mp
+from conftest import REPO
 from safetensors.torch import load_file
 
 from cxrmim.data.validity import run_patch_validity
+from cxrmim.train.loop import STOP_ENV
 from cxrmim.train.pretrain import HISTORY_COLUMNS, main, run_pretraining
 
 IMAGE_SIZE, PATCH_SIZE = 32, 8
@@ -43,7 +45,7 @@ def tiny_settings(**overrides: object) -> dict:
     return settings
 
 
-def build_tiny_cache(root: Path, n_images: int = 40) -> dict[str, Path]:
+def build_tiny_cache(root: Path, n_images: int = 40, threshold: float = 0.0) -> dict[str, Path]:
     """Prepared cache, split.csv and validity.npz with two elliptic 'lungs' per image; two images lack masks."""
     rng = np.random.default_rng(0)
     yy, xx = np.mgrid[:IMAGE_SIZE, :IMAGE_SIZE]
@@ -72,7 +74,7 @@ def build_tiny_cache(root: Path, n_images: int = 40) -> dict[str, Path]:
     split = root / "split.csv"
     pd.DataFrame({"index": range(n_images), "id": ids, "label": labels, "group": ids, "part": parts}).to_csv(split, index=False)
     validity = root / "validity.npz"
-    run_patch_validity(prepared, {"patch_size": PATCH_SIZE, "threshold": 0.0, "no_mask_policy": "all_valid",
+    run_patch_validity(prepared, {"patch_size": PATCH_SIZE, "threshold": threshold, "no_mask_policy": "all_valid",
                                   "n_figure_images": 1}, validity, root / "validity.csv", root / "validity.png")
     return {"prepared": prepared, "split": split, "validity": validity}
 
@@ -114,6 +116,7 @@ def test_cli_run_writes_outputs_and_history(cli_run: Path) -> None:
     assert history["epoch"].tolist() == [1, 2, 3]
     assert np.isfinite(history["loss"]).all()
     assert (history["fallback_count"] > 0).any()  # the small-lung images need the fallback
+    assert history["fallback_fraction"].between(0, 1).all() and history["visible_lung_fraction"].between(0, 1).all()
     log_text = (out.parent / "log.txt").read_text()
     assert "device cpu" in log_text and "effective batch 16" in log_text and "encoder" in log_text
 
@@ -122,6 +125,20 @@ def test_random_masking_never_falls_back(cache: dict[str, Path], tmp_path: Path)
     result = run(cache, tmp_path / "mae", method="mae", settings=tiny_settings(epochs=1, augment=None))
     assert result.finished
     assert result.history[0]["fallback_count"] == 0
+    assert 0.1 < result.history[0]["visible_lung_fraction"] < 0.4  # random masking: about 1 - 0.75 of the lung
+
+
+def test_the_two_readings_of_rgmim_differ_in_the_lung_they_show(tmp_path: Path) -> None:
+    # A patch counts as lung when half of it is lung: 1 to 12 of 16 patches, fewer than the 12 masked ones.
+    cache = build_tiny_cache(tmp_path / "cache", threshold=0.5)
+    settings = tiny_settings(epochs=1, augment=None)
+    region = run(cache, tmp_path / "rgmim", method="rgmim", settings=settings).history[0]
+    lung = run(cache, tmp_path / "rgmim-lung", method="rgmim-lung", settings=settings).history[0]
+    # Region masking hides every lung patch of most images; lung-ratio masking keeps about 1 - 0.75 visible.
+    assert region["fallback_fraction"] > 0.5 and region["visible_lung_fraction"] < 0.1
+    assert 0.2 < lung["visible_lung_fraction"] < 0.3
+    # Two images without masks are all valid (12 masked), so the others pad their masks outside the lung.
+    assert lung["fallback_fraction"] > 0.5
 
 
 def test_kill_and_resume_gives_identical_weights(cache: dict[str, Path], tmp_path: Path) -> None:
@@ -140,35 +157,44 @@ def test_kill_and_resume_gives_identical_weights(cache: dict[str, Path], tmp_pat
     assert not (tmp_path / "resumed" / "checkpoint.pt").exists()
 
 
-def free_port() -> int:
-    """An unused TCP port for the gloo rendezvous."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+def cli_args(cache: dict[str, Path], out: Path, log: Path, **overrides: object) -> list[str]:
+    """scripts/pretrain.py arguments for the tiny RGMIM run."""
+    return ["--prepared", str(cache["prepared"]), "--split", str(cache["split"]), "--validity", str(cache["validity"]),
+            "--method", "rgmim", "--mask-ratio", "0.75", "--encoder", json.dumps(TINY_ENCODER),
+            "--settings", json.dumps(tiny_settings(**overrides)), "--out", str(out), "--log-file", str(log)]
 
 
-def ddp_worker(rank: int, world_size: int, port: int, cache: dict[str, Path], out: Path, dump: Path) -> None:
-    """One torchrun-like rank: pretrain, then dump this rank's final weights for comparison."""
-    torch.set_num_threads(1)
-    os.environ.update(
-        RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world_size), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)
-    )
-    result = run(cache, out, settings=tiny_settings(epochs=2))
-    torch.save(result.model.state_dict(), dump / f"rank{rank}.pt")
+def launch(args: list[str], processes: int) -> str:
+    """Run scripts/pretrain.py as the workflow does: plain python, or torchrun with 2 CPU ranks (gloo)."""
+    script = str(REPO / "scripts" / "pretrain.py")
+    if processes == 1:
+        command = [sys.executable, script, *args]
+    else:
+        torchrun = str(Path(sys.executable).parent / "torchrun")
+        command = [torchrun, "--standalone", "--nnodes", "1", "--nproc_per_node", str(processes), script, *args]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PATH=str(Path(sys.executable).parent) + os.pathsep + os.environ["PATH"])
+    env.pop(STOP_ENV, None)
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600, check=False)
+    assert result.returncode == 0, f"{command[:6]} failed:\n{result.stdout[-3000:]}\n{result.stderr[-6000:]}"
+    return result.stdout + result.stderr
 
 
-def test_ddp_two_cpu_ranks_agree(cache: dict[str, Path], tmp_path: Path) -> None:
-    out = tmp_path / "ddp"
-    # fork skips re-importing torch in each child (seconds on a loaded machine); the children use one
-    # intra-op thread, the same pattern as DataLoader workers, which keeps forking after OpenMP use safe.
-    mp.start_processes(ddp_worker, args=(2, free_port(), cache, out, tmp_path), nprocs=2, join=True, start_method="fork")
-    rank0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
-    rank1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
-    for key in rank0:
-        assert torch.equal(rank0[key], rank1[key]), key
-    assert (out / "encoder.safetensors").exists()
+@pytest.mark.parametrize(("first", "then"), [(2, 1), (1, 2)])
+def test_torchrun_ddp_resumes_with_another_number_of_processes(
+    cache: dict[str, Path], tmp_path: Path, first: int, then: int
+) -> None:
+    out = tmp_path / "run"
+    launch([*cli_args(cache, out, tmp_path / "first.log", epochs=2), "--stop-after-epochs", "1"], first)
+    assert (out / "checkpoint.pt").exists() and not (out / "encoder.safetensors").exists()
+    assert f"{first} rank(s)" in (tmp_path / "first.log").read_text()
+    launch(cli_args(cache, out, tmp_path / "then.log", epochs=2), then)
+    log_text = (tmp_path / "then.log").read_text()
+    assert f"{then} rank(s)" in log_text and "resumed from" in log_text and "after epoch 1/2" in log_text
+    if then == 2:
+        assert "weights agree across 2 ranks" in log_text  # checked on every rank; a mismatch fails the run
     history = pd.read_csv(out / "history.csv")
-    assert len(history) == 2
+    assert history["epoch"].tolist() == [1, 2] and np.isfinite(history["loss"]).all()
+    assert (out / "encoder.safetensors").exists() and not (out / "checkpoint.pt").exists()
 
 
 def test_pretrain_figures(cache: dict[str, Path], cli_run: Path, tmp_path: Path) -> None:
@@ -180,3 +206,29 @@ def test_pretrain_figures(cache: dict[str, Path], cli_run: Path, tmp_path: Path)
     )
     assert [p.name for p in outputs] == ["masking_illustration.png", "reconstructions.png", "pretrain_loss.png"]
     assert all(p.stat().st_size > 1000 for p in outputs)
+
+
+@pytest.mark.parametrize("method", ["rgmim", "rgmim-lung", "mae"])
+def test_no_host_reads_inside_training_steps(
+    cache: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, method: str
+) -> None:
+    reads = {"n": 0}
+    for name in ("item", "tolist", "cpu", "numpy", "__bool__", "__float__", "__int__", "__index__"):
+        original = getattr(torch.Tensor, name)
+
+        def counted(self: torch.Tensor, *args: object, _original: object = original, **kwargs: object) -> object:
+            # AdamW reads its step counter, a CPU tensor on every device (no device sync): not counted.
+            if "torch/optim" not in sys._getframe(1).f_code.co_filename:
+                reads["n"] += 1
+            return _original(self, *args, **kwargs)
+
+        monkeypatch.setattr(torch.Tensor, name, counted)
+
+    def reads_for(batch_size: int) -> int:
+        reads["n"] = 0
+        settings = tiny_settings(epochs=1, batch_size=batch_size, effective_batch_size=batch_size)
+        run(cache, tmp_path / f"{method}_b{batch_size}", method=method, settings=settings)
+        return reads["n"]
+
+    # 8 steps or 2 steps per epoch: the same number of host reads, so none happens per step.
+    assert reads_for(4) == reads_for(16)

@@ -87,13 +87,17 @@ class MaskedAutoencoder(nn.Module):
         )
         self.decoder_norm = nn.LayerNorm(decoder_embed_dim)
         self.decoder_pred = nn.Linear(decoder_embed_dim, patch_size**2 * IN_CHANS)
-        self.init_decoder_weights()
+        self.init_weights()
 
-    def init_decoder_weights(self) -> None:
-        """MAE initialisation for the decoder: xavier linears, small normal mask token, unit layer norms."""
-        nn.init.normal_(self.mask_token, std=0.02)
-        decoder_modules = [self.decoder_embed, self.decoder_blocks, self.decoder_norm, self.decoder_pred]
-        for module in nn.ModuleList(decoder_modules).modules():
+    def init_weights(self) -> None:
+        """MAE initialisation: patch embedding as a xavier linear, 0.02-normal tokens, xavier linears, unit norms."""
+        proj = self.encoder.patch_embed.proj.weight
+        with torch.no_grad():
+            nn.init.xavier_uniform_(proj.view(proj.shape[0], -1))
+        for token in (self.encoder.cls_token, self.encoder.reg_token, self.mask_token):
+            if token is not None:
+                nn.init.normal_(token, std=0.02)
+        for module in self.modules():
             if isinstance(module, nn.Linear):
                 nn.init.xavier_uniform_(module.weight)
                 if module.bias is not None:
@@ -120,10 +124,15 @@ class MaskedAutoencoder(nn.Module):
         return x.reshape(batch, channels, g * p, g * p)
 
     def plan_masking(
-        self, batch_size: int, valid: torch.Tensor | None, generator: torch.Generator | None, device: torch.device
+        self,
+        batch_size: int,
+        valid: torch.Tensor | None,
+        generator: torch.Generator | None,
+        device: torch.device,
+        n_masked: int | None = None,
     ) -> MaskPlan:
-        """Draw this batch's mask with the configured strategy and ratio."""
-        return self.masking(batch_size, self.n_patches, self.mask_ratio, valid, generator, device=device)
+        """Draw this batch's mask with the configured strategy and ratio (`n_masked`: see the strategy)."""
+        return self.masking(batch_size, self.n_patches, self.mask_ratio, valid, generator, device, n_masked)
 
     def prefix_tokens(self, batch_size: int) -> torch.Tensor | None:
         """Class (and register) tokens with their position embedding, or None for pool-only ViTs."""
