@@ -1,5 +1,6 @@
 # Paths, job lists and parameter helpers shared by all rules (no rules here).
 import json
+import os
 import shlex
 from pathlib import Path
 
@@ -12,19 +13,64 @@ LOGS = f"{RESULTS}/logs"
 BENCH = f"{RESULTS}/benchmarks"
 
 
+WORKFLOW_DIR = Path(workflow.basedir)
+
+
+def workflow_file(path):
+    """A file of this workflow as a path relative to the working directory.
+
+    Relative, not absolute: Snakemake records each job's input paths, so absolute ones would make a moved or
+    copied project (a renamed checkout, a results tree brought to scratch) rerun every job. Relative paths also
+    keep a failed job's printed command pasteable from the working directory.
+    """
+    return os.path.relpath(WORKFLOW_DIR / path)
+
+
 def script(name):
-    """A stage script as an input, so editing it reruns the rule (shell-called scripts are not tracked otherwise)."""
-    return workflow.source_path(f"../scripts/{name}")
+    """A stage script as an input (editing it reruns the rule), at its place in the workflow, not a cache copy."""
+    return workflow_file(f"scripts/{name}")
 
 
 def package_code(*parts):
     """Package modules a stage runs, as inputs, so editing them reruns that stage (imported code is not tracked)."""
-    root = Path(workflow.basedir) / "src" / "cxrmim"
+    root = WORKFLOW_DIR / "src" / "cxrmim"
     files = []
     for part in parts:
         path = root / part
         files += sorted(path.rglob("*.py")) if path.is_dir() else [path]
-    return [str(f) for f in files]
+    return [workflow_file(f.relative_to(WORKFLOW_DIR)) for f in files]
+
+
+def folder_of(name, io="input"):
+    """A param with the folder of the named input (or output) file, derived so it follows that file's path."""
+
+    def folder(files):
+        value = getattr(files, name)
+        return str(Path(value if isinstance(value, str) else value[0]).parent)
+
+    if io == "input":
+        return lambda wildcards, input: folder(input)
+    return lambda wildcards, output: folder(output)
+
+
+def grows(value):
+    """A mem_mb/runtime that grows with the retry attempt, so a job killed for memory or time gets more next time."""
+    return lambda wildcards, attempt: int(value) * attempt
+
+
+def launcher(wildcards, resources):
+    """`python`, or torchrun with one process per GPU on one node when the job has more than one GPU.
+
+    Derived from the job's resources, so Snakemake does not count it as a changed param.
+    """
+    gpus = int(resources.get("gpu", 0) or 0)
+    return "python" if gpus <= 1 else f"torchrun --standalone --nnodes 1 --nproc_per_node {gpus}"
+
+
+def job_resource(rule_name, key):
+    """mem_mb or runtime for rules without their own config section, from `resources.<rule>` or `resources.default`."""
+    section = config["resources"]
+    return grows(section.get(rule_name, {}).get(key, section["default"][key]))
 
 
 def as_json(value):
@@ -61,23 +107,31 @@ def check_inits():
             continue
         spec = parse_init(init)
         if spec.encoder_key not in encoders:
-            raise ValueError(f"finetune.inits has {init!r} but encoders has no {spec.encoder_key!r}; "
-                             f"known encoders: {sorted(encoders)}")
+            raise ValueError(
+                f"finetune.inits has {init!r} but encoders has no {spec.encoder_key!r}; "
+                f"known encoders: {sorted(encoders)}"
+            )
         if spec.kind == "imagenet" and not (config["finetune"].get("imagenet_weights") or {}).get(spec.encoder_key):
-            raise ValueError(f"finetune.inits has {init!r}: set finetune.imagenet_weights.{spec.encoder_key} to a "
-                             "local weights file (no downloads at run time), or remove it from finetune.inits")
+            raise ValueError(
+                f"finetune.inits has {init!r}: set finetune.imagenet_weights.{spec.encoder_key} to a "
+                "local weights file (no downloads at run time), or remove it from finetune.inits"
+            )
     if config["pretrain"]["encoder"] not in encoders:
-        raise ValueError(f"pretrain.encoder {config['pretrain']['encoder']!r} is not in encoders "
-                         f"(known: {sorted(encoders)})")
+        raise ValueError(
+            f"pretrain.encoder {config['pretrain']['encoder']!r} is not in encoders " f"(known: {sorted(encoders)})"
+        )
 
 
 check_inits()
 FRACTIONS = [tag(f) for f in config["label_fractions"]["fractions"]]
 SEEDS = [int(s) for s in config["label_fractions"]["seeds"]]
 MAIN_INITS = [name for i in config["finetune"]["inits"] for name in init_names(i)]
-RATIO_RUNS = [name for m in config["pretrain"]["methods"]
-              for r in sorted(set(config["pretrain"].get("mask_ratios", [])) | {config["pretrain"]["mask_ratio"]})
-              for name in run_names(m, r)]
+RATIO_RUNS = [
+    name
+    for m in config["pretrain"]["methods"]
+    for r in sorted(set(config["pretrain"].get("mask_ratios", [])) | {config["pretrain"]["mask_ratio"]})
+    for name in run_names(m, r)
+]
 PRETRAIN_RUNS = sorted(set(RATIO_RUNS) | {i for i in MAIN_INITS if parse_init(i).pretrained})
 
 
@@ -97,8 +151,13 @@ def finetune_metrics():
 
 
 TABLES = ["label_fractions", "mask_ratio", "hyperparameters", "significance"]
-RESULT_FIGURES = ["accuracy_vs_fraction", "auc_vs_fraction", "accuracy_vs_epoch", "accuracy_vs_mask_ratio",
-                  "confusion_matrices"]
+RESULT_FIGURES = [
+    "accuracy_vs_fraction",
+    "auc_vs_fraction",
+    "accuracy_vs_epoch",
+    "accuracy_vs_mask_ratio",
+    "confusion_matrices",
+]
 PRETRAIN_FIGURES = ["masking_illustration", "reconstructions", "pretrain_loss"]
 
 
@@ -120,3 +179,61 @@ def finetune_weights(wildcards):
 def encoder_of(init):
     """The `encoders` entry a fine-tuning init uses."""
     return parse_init(init).encoder_key
+
+
+# Lung masks for datasets without them (rules/lung_masks.smk).
+
+LUNG_MASKS = config["lung_masks"]
+LUNG_MASK_DIR = f"{RESULTS}/lung_masks"
+# Keys that only shape prediction, QC or the job: changing them must not retrain the segmenter.
+NOT_TRAINING_KEYS = ("mode", "weights", "dilation", "qc_policy", "prefer_provided", "resources")
+# Keys prediction depends on (architecture keys matter only for weights without cxrmim metadata).
+PREDICT_KEYS = (
+    "image_size",
+    "encoder",
+    "decoder_channels",
+    "batch_size",
+    "dilation",
+    "qc",
+    "qc_policy",
+    "prefer_provided",
+    "device",
+)
+
+
+def segmenter_weights(wildcards=None):
+    """The segmentation weights lung_masks uses: trained in this run, or the file lung_masks.weights names."""
+    if LUNG_MASKS["mode"] == "train_and_predict":
+        return f"{LUNG_MASK_DIR}/segmenter.safetensors"
+    if not LUNG_MASKS.get("weights"):
+        raise ValueError(
+            "lung_masks.mode is 'predict' but lung_masks.weights is empty; set it to a segmenter "
+            ".safetensors (e.g. results/<other>/lung_masks/segmenter.safetensors), or use "
+            "mode: train_and_predict"
+        )
+    return LUNG_MASKS["weights"]
+
+
+def segmenter_source_files(wildcards):
+    """Manifest CSVs among the train sources, so editing one retrains the segmenter."""
+    return [
+        s["source"] for s in LUNG_MASKS.get("train_sources") or [] if s.get("source") and Path(s["source"]).is_file()
+    ]
+
+
+def patch_validity_masks(wildcards):
+    """Masks patch_validity reads: the prepared ones (mode provided) or the predicted ones and their QC decisions."""
+    if LUNG_MASKS["mode"] == "provided":
+        return {"masks": rules.prepare.output.masks}
+    return {"masks": rules.lung_masks.output.masks, "mask_status": rules.lung_masks.output.qc}
+
+
+def patch_validity_mask_args(wildcards, input):
+    """The optional --masks/--mask-status arguments of scripts/patch_validity.py."""
+    if "mask_status" not in input.keys():
+        return ""
+    return f"--masks {input.masks} --mask-status {input.mask_status}"
+
+
+if LUNG_MASKS["mode"] == "predict":
+    segmenter_weights()  # fail at DAG construction, not inside a job, when the weights are not configured

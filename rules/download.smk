@@ -5,16 +5,19 @@ rule download:
         code=package_code("data/acquire.py", "data/synthetic.py", "data/archive.py"),
     output:
         marker=f"{RESULTS}/download/source.json",
-    params:
-        dataset=as_json(config["dataset"]),
-        raw_dir=f"{RESOURCES_DIR}/raw",
-    threads: config["prepare"].get("workers", 1)
     log:
         f"{LOGS}/download.log",
     benchmark:
         f"{BENCH}/download.tsv"
     conda:
         "../envs/data.yaml"
+    threads: config["prepare"].get("workers", 1)
+    resources:
+        mem_mb=job_resource("download", "mem_mb"),
+        runtime=job_resource("download", "runtime"),
+    params:
+        dataset=as_json(config["dataset"]),
+        raw_dir=f"{RESOURCES_DIR}/raw",
     shell:
         "python {input.script} --dataset {params.dataset} --raw-dir {params.raw_dir} "
         "--marker {output.marker} --workers {threads} --log {log}"

@@ -5,19 +5,22 @@ rule figures:
         code=package_code("analysis/figures.py", "analysis/runs.py"),
         metrics=finetune_metrics(),
     output:
-        [
+        figures=[
             report(f"{RESULTS}/figures/{name}.png", caption=f"../docs/captions/{name}.rst", category="Fine-tuning")
             for name in RESULT_FIGURES
         ],
-    params:
-        settings=as_json(config["plots"]),
-        out_dir=f"{RESULTS}/figures",
     log:
         f"{LOGS}/figures.log",
     benchmark:
         f"{BENCH}/figures.tsv"
     conda:
         "../envs/torch.yaml"
+    resources:
+        mem_mb=job_resource("figures", "mem_mb"),
+        runtime=job_resource("figures", "runtime"),
+    params:
+        settings=as_json(config["plots"]),
+        out_dir=folder_of("figures", "output"),
     shell:
         "python {input.script} --metrics {input.metrics} --settings {params.settings} "
         "--out-dir {params.out_dir} --log {log}"
@@ -33,22 +36,25 @@ rule pretrain_figures:
         validity=rules.patch_validity.output.validity,
         autoencoders=expand(f"{RESULTS}/pretrain/{{run}}/autoencoder.safetensors", run=PRETRAIN_RUNS),
     output:
-        [
+        figures=[
             report(f"{RESULTS}/figures/{name}.png", caption=f"../docs/captions/{name}.rst", category="Pretraining")
             for name in PRETRAIN_FIGURES
         ],
-    params:
-        settings=as_json(config["plots"]),
-        mask_ratio=config["pretrain"]["mask_ratio"],
-        runs=expand(f"{RESULTS}/pretrain/{{run}}", run=PRETRAIN_RUNS),
-        prepared=f"{RESULTS}/prepared",
-        out_dir=f"{RESULTS}/figures",
     log:
         f"{LOGS}/pretrain_figures.log",
     benchmark:
         f"{BENCH}/pretrain_figures.tsv"
     conda:
         "../envs/torch.yaml"
+    resources:
+        mem_mb=job_resource("pretrain_figures", "mem_mb"),
+        runtime=job_resource("pretrain_figures", "runtime"),
+    params:
+        settings=as_json(config["plots"]),
+        mask_ratio=config["pretrain"]["mask_ratio"],
+        runs=lambda wildcards, input: [str(Path(path).parent) for path in input.autoencoders],
+        prepared=folder_of("images"),
+        out_dir=folder_of("figures", "output"),
     shell:
         "python {input.script} --prepared {params.prepared} --split {input.split} --validity {input.validity} "
         "--runs {params.runs} --mask-ratio {params.mask_ratio} --settings {params.settings} "

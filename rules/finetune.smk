@@ -5,7 +5,16 @@ rule finetune:
     """Fine-tune one initialisation on one labelled subset; model selection on validation only."""
     input:
         script=script("finetune.py"),
-        code=package_code("train/finetune.py", "train/common.py", "models/encoders.py", "data/tensors.py", "device.py", "evaluation.py", "inits.py", "recipe.py"),
+        code=package_code(
+            "train/finetune.py",
+            "train/common.py",
+            "models/encoders.py",
+            "data/tensors.py",
+            "device.py",
+            "evaluation.py",
+            "inits.py",
+            "recipe.py",
+        ),
         images=rules.prepare.output.images,
         split=rules.split.output.split,
         subset=f"{RESULTS}/split/subsets/frac{{fraction}}_seed{{seed}}.csv",
@@ -14,28 +23,28 @@ rule finetune:
         metrics=f"{RESULTS}/finetune/{{init}}/frac{{fraction}}_seed{{seed}}/metrics.json",
         history=f"{RESULTS}/finetune/{{init}}/frac{{fraction}}_seed{{seed}}/history.csv",
         predictions=f"{RESULTS}/finetune/{{init}}/frac{{fraction}}_seed{{seed}}/predictions.csv",
+    log:
+        f"{LOGS}/finetune/{{init}}/frac{{fraction}}_seed{{seed}}.log",
+    benchmark:
+        f"{BENCH}/finetune/{{init}}/frac{{fraction}}_seed{{seed}}.tsv"
+    wildcard_constraints:
+        init=r"[A-Za-z0-9_.-]+",
+        fraction=r"[0-9.]+",
+        seed=r"\d+",
+    conda:
+        "../envs/torch.yaml"
+    threads: config["finetune"]["resources"]["cpus"]
+    resources:
+        gpu=config["finetune"]["resources"]["gpu"],
+        mem_mb=grows(config["finetune"]["resources"]["mem_mb"]),
+        runtime=grows(config["finetune"]["resources"]["runtime"]),
     params:
         settings=as_json(section("finetune", drop=FINETUNE_CHOICE_KEYS)),
         encoder=lambda wc: as_json(config["encoders"][encoder_of(wc.init)]),
         patch_size=config["patch_validity"]["patch_size"],
         weights=lambda wc, input: f"--weights {input.weights}" if input.weights else "",
-        prepared=f"{RESULTS}/prepared",
-        out_dir=lambda wc: f"{RESULTS}/finetune/{wc.init}/frac{wc.fraction}_seed{wc.seed}",
-    wildcard_constraints:
-        init=r"[A-Za-z0-9_.-]+",
-        fraction=r"[0-9.]+",
-        seed=r"\d+",
-    threads: config["finetune"]["resources"]["cpus"]
-    resources:
-        gpu=config["finetune"]["resources"]["gpu"],
-        mem_mb=config["finetune"]["resources"]["mem_mb"],
-        runtime=config["finetune"]["resources"]["runtime"],
-    log:
-        f"{LOGS}/finetune/{{init}}/frac{{fraction}}_seed{{seed}}.log",
-    benchmark:
-        f"{BENCH}/finetune/{{init}}/frac{{fraction}}_seed{{seed}}.tsv"
-    conda:
-        "../envs/torch.yaml"
+        prepared=folder_of("images"),
+        out_dir=folder_of("metrics", "output"),
     shell:
         "OMP_NUM_THREADS={threads} python {input.script} --prepared {params.prepared} --split {input.split} "
         "--subset {input.subset} --init {wildcards.init} --encoder {params.encoder} {params.weights} "

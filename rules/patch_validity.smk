@@ -14,17 +14,20 @@ rule patch_validity:
             caption="../docs/captions/valid_patches.rst",
             category="Data",
         ),
-    params:
-        settings=as_json(config["patch_validity"]),
-        prepared=f"{RESULTS}/prepared",
-        # Empty with lung_masks.mode: provided, so the command stays as before.
-        masks=patch_validity_mask_args,
     log:
         f"{LOGS}/patch_validity.log",
     benchmark:
         f"{BENCH}/patch_validity.tsv"
     conda:
         "../envs/data.yaml"
+    resources:
+        mem_mb=job_resource("patch_validity", "mem_mb"),
+        runtime=job_resource("patch_validity", "runtime"),
+    params:
+        settings=as_json(config["patch_validity"]),
+        prepared=folder_of("images"),
+        # Empty with lung_masks.mode: provided, so the command stays as before.
+        masks=patch_validity_mask_args,
     shell:
         "python {input.script} --prepared {params.prepared} --settings {params.settings} "
         "--out {output.validity} --summary {output.summary} --figure {output.figure} {params.masks} --log {log}"

@@ -9,18 +9,21 @@ rule prepare:
         masks=f"{RESULTS}/prepared/masks.npy",
         manifest=f"{RESULTS}/prepared/manifest.csv",
         summary=f"{RESULTS}/prepared/summary.json",
-    params:
-        settings=as_json(config["prepare"]),
-        # The reading side of the dataset section (name, labels, views) decides the cache's content too.
-        dataset=as_json(config["dataset"]),
-        out_dir=f"{RESULTS}/prepared",
-    threads: config["prepare"].get("workers", 1)
     log:
         f"{LOGS}/prepare.log",
     benchmark:
         f"{BENCH}/prepare.tsv"
     conda:
         "../envs/data.yaml"
+    threads: config["prepare"].get("workers", 1)
+    resources:
+        mem_mb=job_resource("prepare", "mem_mb"),
+        runtime=job_resource("prepare", "runtime"),
+    params:
+        settings=as_json(config["prepare"]),
+        # The reading side of the dataset section (name, labels, views) decides the cache's content too.
+        dataset=as_json(config["dataset"]),
+        out_dir=folder_of("images", "output"),
     shell:
         "python {input.script} --marker {input.marker} --dataset {params.dataset} "
         "--settings {params.settings} --out-dir {params.out_dir} --log {log}"

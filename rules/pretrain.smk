@@ -5,7 +5,9 @@ rule pretrain:
     """Masked-autoencoder pretraining of one (method, masking ratio, encoder); resumes from its checkpoint."""
     input:
         script=script("pretrain.py"),
-        code=package_code("train/pretrain.py", "train/common.py", "models", "data/tensors.py", "data/patches.py", "device.py"),
+        code=package_code(
+            "train/pretrain.py", "train/common.py", "models", "data/tensors.py", "data/patches.py", "device.py"
+        ),
         images=rules.prepare.output.images,
         split=rules.split.output.split,
         validity=rules.patch_validity.output.validity,
@@ -13,28 +15,29 @@ rule pretrain:
         encoder=f"{RESULTS}/pretrain/{{method}}_r{{ratio}}_{{encoder}}_s{{pseed}}/encoder.safetensors",
         autoencoder=f"{RESULTS}/pretrain/{{method}}_r{{ratio}}_{{encoder}}_s{{pseed}}/autoencoder.safetensors",
         history=f"{RESULTS}/pretrain/{{method}}_r{{ratio}}_{{encoder}}_s{{pseed}}/history.csv",
-    params:
-        settings=as_json(section("pretrain", drop=PRETRAIN_CHOICE_KEYS)),
-        encoder=lambda wc: as_json(config["encoders"][wc.encoder]),
-        prepared=f"{RESULTS}/prepared",
-        out_dir=lambda wc: f"{RESULTS}/pretrain/{wc.method}_r{wc.ratio}_{wc.encoder}_s{wc.pseed}",
+    log:
+        f"{LOGS}/pretrain/{{method}}_r{{ratio}}_{{encoder}}_s{{pseed}}.log",
+    benchmark:
+        f"{BENCH}/pretrain/{{method}}_r{{ratio}}_{{encoder}}_s{{pseed}}.tsv"
     wildcard_constraints:
         method="|".join(PRETRAIN_METHODS),
         ratio=r"[0-9.]+",
         encoder=r"[A-Za-z0-9][A-Za-z0-9-]*",
         pseed=r"\d+",
+    conda:
+        "../envs/torch.yaml"
     threads: config["pretrain"]["resources"]["cpus"]
     resources:
         gpu=config["pretrain"]["resources"]["gpu"],
-        mem_mb=config["pretrain"]["resources"]["mem_mb"],
-        runtime=config["pretrain"]["resources"]["runtime"],
-    log:
-        f"{LOGS}/pretrain/{{method}}_r{{ratio}}_{{encoder}}_s{{pseed}}.log",
-    benchmark:
-        f"{BENCH}/pretrain/{{method}}_r{{ratio}}_{{encoder}}_s{{pseed}}.tsv"
-    conda:
-        "../envs/torch.yaml"
+        mem_mb=grows(config["pretrain"]["resources"]["mem_mb"]),
+        runtime=grows(config["pretrain"]["resources"]["runtime"]),
+    params:
+        settings=as_json(section("pretrain", drop=PRETRAIN_CHOICE_KEYS)),
+        encoder=lambda wc: as_json(config["encoders"][wc.encoder]),
+        prepared=folder_of("images"),
+        launch=launcher,
+        out_dir=folder_of("encoder", "output"),
     shell:
-        "OMP_NUM_THREADS={threads} python {input.script} --prepared {params.prepared} --split {input.split} "
+        "OMP_NUM_THREADS={threads} {params.launch} {input.script} --prepared {params.prepared} --split {input.split} "
         "--validity {input.validity} --method {wildcards.method} --mask-ratio {wildcards.ratio} --seed {wildcards.pseed} "
         "--encoder {params.encoder} --settings {params.settings} --out {params.out_dir} --log {log}"

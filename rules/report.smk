@@ -9,15 +9,18 @@ rule report:
         valid_patches=rules.patch_validity.output.figure,
     output:
         html=f"{RESULTS}/report.html",
-    params:
-        config=as_json(config),
-        tables_dir=f"{RESULTS}/tables",
     log:
         f"{LOGS}/report.log",
     benchmark:
         f"{BENCH}/report.tsv"
     conda:
         "../envs/torch.yaml"
+    resources:
+        mem_mb=job_resource("report", "mem_mb"),
+        runtime=job_resource("report", "runtime"),
+    params:
+        config=as_json(config),
+        tables_dir=folder_of("tables"),
     shell:
         "python {input.script} --tables-dir {params.tables_dir} --figures {input.valid_patches} "
         "{input.pretrain_figures} {input.figures} --config {params.config} --out {output.html} --log {log}"

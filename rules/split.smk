@@ -6,14 +6,17 @@ rule split:
         manifest=rules.prepare.output.manifest,
     output:
         split=f"{RESULTS}/split/split.csv",
-    params:
-        settings=as_json(config["split"]),
     log:
         f"{LOGS}/split.log",
     benchmark:
         f"{BENCH}/split.tsv"
     conda:
         "../envs/data.yaml"
+    resources:
+        mem_mb=job_resource("split", "mem_mb"),
+        runtime=job_resource("split", "runtime"),
+    params:
+        settings=as_json(config["split"]),
     shell:
         "python {input.script} --manifest {input.manifest} --settings {params.settings} "
         "--out {output.split} --log {log}"
@@ -27,17 +30,20 @@ rule label_subset:
         split=rules.split.output.split,
     output:
         subset=f"{RESULTS}/split/subsets/frac{{fraction}}_seed{{seed}}.csv",
-    params:
-        split_seed=config["split"]["seed"],
-    wildcard_constraints:
-        fraction=r"[0-9.]+",
-        seed=r"\d+",
     log:
         f"{LOGS}/label_subset/frac{{fraction}}_seed{{seed}}.log",
     benchmark:
         f"{BENCH}/label_subset/frac{{fraction}}_seed{{seed}}.tsv"
+    wildcard_constraints:
+        fraction=r"[0-9.]+",
+        seed=r"\d+",
     conda:
         "../envs/data.yaml"
+    resources:
+        mem_mb=job_resource("label_subset", "mem_mb"),
+        runtime=job_resource("label_subset", "runtime"),
+    params:
+        split_seed=config["split"]["seed"],
     shell:
         "python {input.script} --split {input.split} --fraction {wildcards.fraction} --seed {wildcards.seed} "
         "--split-seed {params.split_seed} --out {output.subset} --log {log}"

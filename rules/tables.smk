@@ -5,18 +5,25 @@ rule tables:
         code=package_code("analysis/tables.py", "analysis/runs.py", "evaluation.py", "recipe.py"),
         metrics=finetune_metrics(),
     output:
-        expand(f"{RESULTS}/tables/{{table}}.{{ext}}", table=TABLES, ext=["csv", "md"]),
-    params:
-        settings=as_json(config["tables"]),
-        # Table 1 reports the hyper-parameters actually used.
-        used=as_json({k: config[k] for k in ("encoders", "pretrain", "finetune", "patch_validity", "prepare")}),
-        out_dir=f"{RESULTS}/tables",
+        csv=[
+            report(f"{RESULTS}/tables/{name}.csv", caption=f"../docs/captions/{name}.rst", category="Tables")
+            for name in TABLES
+        ],
+        markdown=expand(f"{RESULTS}/tables/{{table}}.md", table=TABLES),
     log:
         f"{LOGS}/tables.log",
     benchmark:
         f"{BENCH}/tables.tsv"
     conda:
         "../envs/torch.yaml"
+    resources:
+        mem_mb=job_resource("tables", "mem_mb"),
+        runtime=job_resource("tables", "runtime"),
+    params:
+        settings=as_json(config["tables"]),
+        # Table 1 reports the hyper-parameters actually used.
+        used=as_json({k: config[k] for k in ("encoders", "pretrain", "finetune", "patch_validity", "prepare")}),
+        out_dir=folder_of("csv", "output"),
     shell:
         "python {input.script} --metrics {input.metrics} --settings {params.settings} --config {params.used} "
         "--out-dir {params.out_dir} --log {log}"

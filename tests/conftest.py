@@ -16,14 +16,14 @@ REALDATA = REPO.parent / "shared" / "realdata"
 TINY_CONFIG = REPO / "tests" / "configs" / "tiny.yaml"
 
 
-def snakemake(workdir: Path, *args: str, configs: tuple[Path, ...] = (TINY_CONFIG,), check: bool = True
-              ) -> subprocess.CompletedProcess:
-    """Run this repository's workflow in `workdir` with the default config plus `configs`."""
+def snakemake(workdir: Path, *args: str, configs: tuple[Path, ...] = (TINY_CONFIG,), check: bool = True,
+              project: Path = REPO) -> subprocess.CompletedProcess:
+    """Run the workflow of `project` (this repository, or a copy) in `workdir` with its default config + `configs`."""
     exe = shutil.which("snakemake", path=str(Path(sys.executable).parent) + os.pathsep + os.environ["PATH"])
     env = dict(os.environ, PATH=str(Path(sys.executable).parent) + os.pathsep + os.environ["PATH"])
     # Targets go first: --configfile takes every following word as a file.
-    cmd = [exe, *args, "--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir), "--cores", "2",
-           "--configfile", str(REPO / "workflow_config.yaml"), *map(str, configs)]
+    cmd = [exe, *args, "--snakefile", str(project / "Snakefile"), "--directory", str(workdir), "--cores", "2",
+           "--configfile", str(project / "workflow_config.yaml"), *map(str, configs)]
     result = subprocess.run(cmd, cwd=workdir, env=env, capture_output=True, text=True)
     if check and result.returncode != 0:
         raise AssertionError(f"snakemake failed ({result.returncode}):\n{result.stdout[-4000:]}\n{result.stderr[-8000:]}")

@@ -1,15 +1,22 @@
-"""Partial reruns: after a completed run, a changed setting plans exactly the stages it affects (`snakemake -n`)."""
+"""Partial reruns: after a completed run, a changed setting plans exactly the stages it affects (`snakemake -n`).
+
+The run happens in a copy of the project (workflow files, src/ and results in one folder, as a user's checkout),
+so a test can edit code there, and move the whole folder, without touching this repository.
+"""
 
 from __future__ import annotations
 
+import json
+import os
 import re
+import shutil
 from collections import Counter
 from pathlib import Path
 
 import pytest
 import yaml
 
-from conftest import TINY_CONFIG, snakemake
+from conftest import REPO, TINY_CONFIG, snakemake
 
 pytestmark = pytest.mark.slow
 
@@ -21,6 +28,19 @@ SMALL = {
 }
 PRETRAINED_INITS, ALL_INITS, FRACTIONS = 2, 3, 2
 UPSTREAM = {"download", "prepare", "split", "label_subset", "patch_validity"}
+PROJECT_FILES = ("Snakefile", "workflow_config.yaml", "rules", "scripts", "src", "schemas", "envs", "docs/captions")
+
+
+def copy_project(target: Path) -> Path:
+    """A copy of this repository's workflow files and package at `target`: a user's checkout, without its history."""
+    for name in PROJECT_FILES:
+        source = REPO / name
+        if source.is_dir():
+            shutil.copytree(source, target / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+        else:
+            (target / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, target / name)
+    return target
 
 
 def write_yaml(path: Path, data: dict) -> Path:
@@ -65,9 +85,9 @@ def reasons(output: str) -> dict[str, set[str]]:
 @pytest.fixture(scope="module")
 def completed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """A folder where the small tiny-config workflow ran to completion, and its config override."""
-    workdir = tmp_path_factory.mktemp("reruns")
+    workdir = copy_project(tmp_path_factory.mktemp("reruns") / "project")
     small = write_yaml(workdir / "small.yaml", SMALL)
-    snakemake(workdir, configs=(TINY_CONFIG, small))
+    snakemake(workdir, configs=(TINY_CONFIG, small), project=workdir)
     return workdir, small
 
 
@@ -77,7 +97,7 @@ def dry_run(completed: tuple[Path, Path], change: dict | None = None) -> tuple[C
     configs = (TINY_CONFIG, small)
     if change is not None:
         configs += (write_yaml(workdir / "change.yaml", change),)
-    out = snakemake(workdir, "-n", configs=configs).stdout
+    out = snakemake(workdir, "-n", configs=configs, project=workdir).stdout
     return planned_jobs(out), reasons(out), out
 
 
@@ -122,3 +142,46 @@ def test_new_seed_runs_only_new_jobs(completed):
     # New seed: every main init at every fraction.
     assert counts["finetune"] == ALL_INITS * FRACTIONS
     assert all("Missing output files" in r for r in why["finetune"]), why["finetune"]
+
+
+def test_new_pretraining_seed_runs_only_its_pretraining_and_finetunes(completed):
+    counts, why, out = dry_run(completed, {"pretrain": {"seeds": [0, 1]}})
+    assert set(counts) == {"pretrain", "finetune", "tables", "figures", "pretrain_figures", "report", "all"}, (
+        counts, out[-3000:])
+    # One new pretraining per method (a single masking ratio here), and each new encoder fine-tuned at every
+    # fraction and subset seed; seed-0 runs and scratch baselines keep their results.
+    assert counts["pretrain"] == PRETRAINED_INITS
+    assert counts["finetune"] == PRETRAINED_INITS * FRACTIONS
+    assert all("Missing output files" in r and "_s1/" in r for r in why["pretrain"] | why["finetune"]), why
+
+
+def test_edited_script_reruns_its_rule(completed):
+    workdir, _ = completed
+    script = workdir / "scripts" / "tables.py"
+    text, stat = script.read_text(), script.stat()
+    try:
+        # A real edit: Snakemake compares checksums of small inputs, so a bare `touch` reruns nothing.
+        script.write_text(text + "\n# edited\n")
+        os.utime(script, (stat.st_atime, stat.st_mtime + 3600))
+        counts, why, out = dry_run(completed)
+    finally:
+        script.write_text(text)
+        os.utime(script, (stat.st_atime, stat.st_mtime))
+    assert set(counts) == {"tables", "report", "all"}, (counts, out[-3000:])
+    assert any("scripts/tables.py" in r for r in why["tables"]), why["tables"]
+
+
+def test_recorded_inputs_are_relative(completed):
+    workdir, _ = completed
+    records = [json.loads(p.read_text()) for p in (workdir / ".snakemake" / "metadata").iterdir()]
+    inputs = [path for record in records for path in record.get("input", [])]
+    assert inputs and not [p for p in inputs if Path(p).is_absolute()], [p for p in inputs if Path(p).is_absolute()][:5]
+
+
+def test_moved_project_has_nothing_to_do(completed, tmp_path_factory: pytest.TempPathFactory):
+    workdir, small = completed
+    # Another parent at another depth, another folder name: a renamed checkout, or results brought to scratch.
+    moved = tmp_path_factory.mktemp("elsewhere") / "deeper" / "renamed"
+    shutil.copytree(workdir, moved, symlinks=True)  # copy2 keeps modification times, as `mv` or `rsync -a` do
+    out = snakemake(moved, "-n", configs=(TINY_CONFIG, moved / small.name), project=moved).stdout
+    assert "Nothing to be done" in out and not planned_jobs(out), out[-3000:]

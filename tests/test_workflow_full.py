@@ -78,7 +78,11 @@ def test_snakemake_report_with_captions(tiny_run: Path):
     snakemake(tiny_run, "--report", "report.zip")
     with zipfile.ZipFile(tiny_run / "report.zip") as archive:
         names = archive.namelist()
+        html = archive.read("report/report.html").decode()
     assert any(name.endswith("accuracy_vs_fraction.png") for name in names)
+    for table in TABLES:
+        assert any(name.endswith(f"{table}.csv") for name in names), f"{table}.csv missing from the report"
+    assert "pretrains a ViT encoder on chest X-rays" in html  # the workflow description (docs/captions/workflow.rst)
 
 
 def test_rerun_has_nothing_to_do(tiny_run: Path):

@@ -21,12 +21,30 @@ def setup_logging(log_file: str | Path | None = None, level: int = logging.INFO)
 
 
 def run_main(main: Callable[[], object]) -> None:
-    """Run a stage; user errors (bad files, bad config) end with one clear message and exit code 1."""
+    """Run a stage: user errors end with one clear message, anything else with its traceback, both in the log.
+
+    Either way the process exits with code 1, so Snakemake marks the job failed and prints the log.
+    """
     try:
         main()
     except (ValueError, FileNotFoundError) as err:
+        _log_to_argv_file()
         logging.getLogger("cxrmim").error("%s", err)
         sys.exit(1)
+    except Exception:  # noqa: BLE001 - the point is that nothing escapes without landing in the log
+        _log_to_argv_file()
+        logging.getLogger("cxrmim").exception("unexpected error; traceback follows (please report it)")
+        sys.exit(1)
+
+
+def _log_to_argv_file() -> None:
+    """Set up logging from the command's own `--log FILE` when the stage failed before doing so itself."""
+    if any(isinstance(h, logging.FileHandler) for h in logging.getLogger().handlers):
+        return
+    argv = sys.argv[1:]
+    log_file = next((argv[i + 1] for i, arg in enumerate(argv[:-1]) if arg == "--log"), None)
+    log_file = log_file or next((arg.split("=", 1)[1] for arg in argv if arg.startswith("--log=")), None)
+    setup_logging(log_file)
 
 
 def parse_json_arg(value: str) -> dict[str, Any]:
@@ -35,4 +53,4 @@ def parse_json_arg(value: str) -> dict[str, Any]:
     try:
         return json.loads(text)
     except json.JSONDecodeError as err:
-        raise SystemExit(f"invalid JSON settings ({err}); pass a JSON object or a .json file") from err
+        raise ValueError(f"invalid JSON settings ({err}); pass a JSON object or a .json file") from err

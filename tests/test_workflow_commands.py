@@ -1,0 +1,113 @@
+"""What the rules ask Snakemake to run, from dry runs: launch commands, paths, and the resources of every job."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import yaml
+
+from conftest import REPO, TINY_CONFIG, snakemake
+
+ENCODER = "results/tiny/pretrain/rgmim_r0.75_vit-tiny_s0/encoder.safetensors"
+
+
+def override(tmp_path: Path, name: str, data: dict) -> Path:
+    """A config override file."""
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def shell_commands(output: str, rule: str) -> list[str]:
+    """Shell commands of one rule's jobs in a `snakemake -n -p` output."""
+    commands, current = [], None
+    for line in output.splitlines():
+        header = re.match(r"^(?:local)?rule (\w+):", line.strip())
+        if header:
+            current = header.group(1)
+        elif line.startswith("Shell command:") and current == rule:
+            commands.append(line.removeprefix("Shell command:").strip())
+    return commands
+
+
+def job_resources(output: str) -> dict[str, list[str]]:
+    """The `resources:` lines of a dry run, by rule."""
+    found: dict[str, list[str]] = {}
+    rule = None
+    for line in output.splitlines():
+        header = re.match(r"^(?:local)?rule (\w+):", line.strip())
+        if header:
+            rule = header.group(1)
+        elif line.strip().startswith("resources:") and rule:
+            found.setdefault(rule, []).append(line.strip())
+    return found
+
+
+def pretrain_command(tmp_path: Path, gpus: int) -> str:
+    """The pretraining command planned for one encoder with `gpus` GPUs per job."""
+    gpu = override(tmp_path, f"gpu{gpus}", {"pretrain": {"resources": {"gpu": gpus, "mem_mb": 1000, "runtime": 10,
+                                                                          "cpus": 1}}})
+    out = snakemake(tmp_path, ENCODER, "-n", "-p", configs=(TINY_CONFIG, gpu)).stdout
+    (command,) = shell_commands(out, "pretrain")
+    return command
+
+
+def test_more_than_one_gpu_launches_torchrun(tmp_path: Path):
+    single = pretrain_command(tmp_path, 1)
+    double = pretrain_command(tmp_path, 2)
+    script = Path(re.search(r"python (\S+/scripts/pretrain\.py) ", single).group(1))
+    assert double == single.replace(f"python {script} ",
+                                    f"torchrun --standalone --nnodes 1 --nproc_per_node 2 {script} ")
+    assert "torchrun" not in single
+
+
+def test_commands_and_inputs_use_workflow_paths_relative_to_the_workdir(tmp_path: Path):
+    out = snakemake(tmp_path, "-n", "-p").stdout
+    for rule in ("download", "prepare", "split", "pretrain", "finetune", "tables", "report"):
+        for command in shell_commands(out, rule):
+            script = re.search(r"(?:python|nproc_per_node \d+) (\S+\.py) ", command).group(1)
+            assert not Path(script).is_absolute(), command
+            # Pasted into a shell in the working directory, the command finds the workflow's own script.
+            assert (tmp_path / script).resolve() == REPO / "scripts" / Path(script).name, command
+    inputs = [line for line in out.splitlines() if line.strip().startswith("input:")]
+    assert inputs and not [line for line in inputs if re.search(r"(^|[ ,])/", line.split(":", 1)[1])], inputs[:3]
+
+
+def test_every_job_declares_memory_and_time(tmp_path: Path):
+    out = snakemake(tmp_path, "-n").stdout
+    resources = job_resources(out)
+    assert {"download", "prepare", "split", "label_subset", "patch_validity", "pretrain", "finetune", "tables",
+            "figures", "pretrain_figures", "report"} <= set(resources)
+    for rule, lines in resources.items():
+        if rule == "all":  # runs nothing
+            continue
+        for line in lines:
+            assert re.search(r"\bmem_mb=\d+", line) and re.search(r"\bruntime=\d+", line), (rule, line)
+
+
+def test_a_retried_job_asks_for_more_memory_and_time(tmp_path: Path):
+    missing = tmp_path / "no_such_manifest.csv"
+    bad = override(tmp_path, "bad", {"dataset": {"name": "bad", "kind": "manifest", "source": str(missing)},
+                                     "resources": {"default": {"mem_mb": 1000, "runtime": 7},
+                                                   "download": {"mem_mb": 1500, "runtime": 11}}})
+    result = snakemake(tmp_path, "results/bad/download/source.json", "--retries", "1", configs=(TINY_CONFIG, bad),
+                       check=False)
+    assert result.returncode != 0
+    lines = job_resources(result.stdout + result.stderr)["download"]
+    assert any("mem_mb=1500" in line and "runtime=11" in line for line in lines), lines
+    assert any("mem_mb=3000" in line and "runtime=22" in line for line in lines), lines
+
+
+def test_sub_second_stages_are_local(tmp_path: Path):
+    # Dry runs print every job as a plain `rule` outside a cluster, so ask the parsed workflow.
+    from snakemake.api import SnakemakeApi
+    from snakemake.settings.types import ConfigSettings, OutputSettings, ResourceSettings
+
+    configs = [REPO / "workflow_config.yaml", TINY_CONFIG]
+    with SnakemakeApi(OutputSettings()) as api:
+        workflow = api.workflow(resource_settings=ResourceSettings(cores=1), snakefile=REPO / "Snakefile",
+                                config_settings=ConfigSettings(configfiles=configs), workdir=tmp_path)._workflow
+        local = set(workflow._localrules)
+    assert {"all", "split", "label_subset", "tables", "report"} <= local
+    assert not {"download", "prepare", "pretrain", "finetune", "figures", "pretrain_figures"} & local
