@@ -4,6 +4,7 @@ import os
 import shlex
 from pathlib import Path
 
+from cxrmim.codebase import module_closure  # the package modules a script imports (torch-free)
 from cxrmim.data.splits import fraction_tag as tag  # one spelling of numbers in file names, shared with the package
 from cxrmim.inits import PRETRAIN_METHODS, parse_init, pretrain_run_name  # one spelling of run names (torch-free)
 
@@ -31,14 +32,9 @@ def script(name):
     return workflow_file(f"scripts/{name}")
 
 
-def package_code(*parts):
-    """Package modules a stage runs, as inputs, so editing them reruns that stage (imported code is not tracked)."""
-    root = WORKFLOW_DIR / "src" / "cxrmim"
-    files = []
-    for part in parts:
-        path = root / part
-        files += sorted(path.rglob("*.py")) if path.is_dir() else [path]
-    return [workflow_file(f.relative_to(WORKFLOW_DIR)) for f in files]
+def script_code(name):
+    """Every package module a stage script reaches through its imports, as inputs: editing one reruns the stage."""
+    return [workflow_file(f.relative_to(WORKFLOW_DIR)) for f in module_closure(WORKFLOW_DIR / "scripts" / name)]
 
 
 def folder_of(name, io="input"):

@@ -2,7 +2,7 @@ rule download:
     """Generate the phantoms, or fetch / extract / locate the configured real dataset."""
     input:
         script=script("download.py"),
-        code=package_code("data/acquire.py", "data/synthetic.py", "data/archive.py"),
+        code=script_code("download.py"),
     output:
         marker=f"{RESULTS}/download/source.json",
     log:

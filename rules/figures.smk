@@ -2,7 +2,7 @@ rule figures:
     """Accuracy/AUC vs label fraction, accuracy vs epoch (Fig. 3), vs masking ratio, confusion matrices."""
     input:
         script=script("figures.py"),
-        code=package_code("analysis/figures.py", "analysis/runs.py"),
+        code=script_code("figures.py"),
         metrics=finetune_metrics(),
     output:
         figures=[
@@ -30,7 +30,7 @@ rule pretrain_figures:
     """Fig. 1 (random vs region-guided masking), reconstructions, and pretraining loss curves."""
     input:
         script=script("pretrain_figures.py"),
-        code=package_code("analysis/pretrain_figures.py", "models"),
+        code=script_code("pretrain_figures.py"),
         images=rules.prepare.output.images,
         split=rules.split.output.split,
         validity=rules.patch_validity.output.validity,

@@ -5,16 +5,7 @@ rule finetune:
     """Fine-tune one initialisation on one labelled subset; model selection on validation only."""
     input:
         script=script("finetune.py"),
-        code=package_code(
-            "train/finetune.py",
-            "train/common.py",
-            "models/encoders.py",
-            "data/tensors.py",
-            "device.py",
-            "evaluation.py",
-            "inits.py",
-            "recipe.py",
-        ),
+        code=script_code("finetune.py"),
         images=rules.prepare.output.images,
         split=rules.split.output.split,
         subset=f"{RESULTS}/split/subsets/frac{{fraction}}_seed{{seed}}.csv",

@@ -7,7 +7,7 @@ rule train_segmenter:
     """Train the lung segmenter on the mask-bearing train sources; Dice and IoU on a held-out part."""
     input:
         script=script("train_segmenter.py"),
-        code=package_code("segment"),
+        code=script_code("train_segmenter.py"),
         sources=segmenter_source_files,
     output:
         weights=f"{LUNG_MASK_DIR}/segmenter.safetensors",
@@ -39,7 +39,7 @@ rule lung_masks:
     """Predict a lung mask for every prepared image, keep two components, fill holes, flag implausible masks."""
     input:
         script=script("lung_masks.py"),
-        code=package_code("segment"),
+        code=script_code("lung_masks.py"),
         images=rules.prepare.output.images,
         manifest=rules.prepare.output.manifest,
         weights=segmenter_weights,

@@ -5,9 +5,7 @@ rule pretrain:
     """Masked-autoencoder pretraining of one (method, masking ratio, encoder); resumes from its checkpoint."""
     input:
         script=script("pretrain.py"),
-        code=package_code(
-            "train/pretrain.py", "train/common.py", "models", "data/tensors.py", "data/patches.py", "device.py"
-        ),
+        code=script_code("pretrain.py"),
         images=rules.prepare.output.images,
         split=rules.split.output.split,
         validity=rules.patch_validity.output.validity,
@@ -40,4 +38,4 @@ rule pretrain:
     shell:
         "OMP_NUM_THREADS={threads} {params.launch} {input.script} --prepared {params.prepared} --split {input.split} "
         "--validity {input.validity} --method {wildcards.method} --mask-ratio {wildcards.ratio} --seed {wildcards.pseed} "
-        "--encoder {params.encoder} --settings {params.settings} --out {params.out_dir} --log {log}"
+        "--encoder {params.encoder} --settings {params.settings} --out {params.out_dir} --log-file {log}"

@@ -2,7 +2,7 @@ rule report:
     """One self-contained HTML page with every table, figure and the exact config used."""
     input:
         script=script("report.py"),
-        code=package_code("analysis/report.py"),
+        code=script_code("report.py"),
         tables=rules.tables.output,
         figures=rules.figures.output,
         pretrain_figures=rules.pretrain_figures.output,

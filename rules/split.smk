@@ -2,7 +2,7 @@ rule split:
     """Stratified, patient-grouped train / validation / test split."""
     input:
         script=script("split.py"),
-        code=package_code("data/splits.py"),
+        code=script_code("split.py"),
         manifest=rules.prepare.output.manifest,
     output:
         split=f"{RESULTS}/split/split.csv",
@@ -26,7 +26,7 @@ rule label_subset:
     """Nested, class-stratified labelled subset of the training part for one (fraction, seed)."""
     input:
         script=script("label_subset.py"),
-        code=package_code("data/splits.py"),
+        code=script_code("label_subset.py"),
         split=rules.split.output.split,
     output:
         subset=f"{RESULTS}/split/subsets/frac{{fraction}}_seed{{seed}}.csv",

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import ast
 import re
 import shutil
 import subprocess
 import sys
-
 from functools import cache
 from importlib.metadata import packages_distributions
 from pathlib import Path
@@ -17,10 +15,11 @@ import yaml
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
+from cxrmim.codebase import imported_modules, package_file
+
 tomllib = pytest.importorskip("tomllib", reason="Python 3.11+ reads pyproject.toml with the standard library")
 
 REPO = Path(__file__).resolve().parents[1]
-PACKAGE = REPO / "src" / "cxrmim"
 # Declared but never imported by our code, each for a reason.
 RUNTIME_ONLY = {
     "pylibjpeg": "pydicom's decoder for compressed DICOM pixel data (a plugin pydicom finds)",
@@ -47,19 +46,6 @@ def declared() -> dict[str, Requirement]:
     return {canonicalize_name(Requirement(s).name): Requirement(s) for s in specs}
 
 
-def imported_modules(path: Path) -> set[str]:
-    """Dotted names of every module a Python file imports (lazy imports inside functions included)."""
-    names: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
-        if isinstance(node, ast.Import):
-            names |= {alias.name for alias in node.names}
-        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-            names.add(node.module)
-            # `from cxrmim.data import splits` imports the module cxrmim.data.splits.
-            names |= {f"{node.module}.{alias.name}" for alias in node.names}
-    return names
-
-
 @cache
 def installed_distributions() -> dict[str, list[str]]:
     """Top-level module -> distributions providing it, for what is installed (slow to compute: once)."""
@@ -81,15 +67,6 @@ def is_third_party(module: str) -> bool:
     """Neither the standard library, nor this package, nor a test helper."""
     top = module.split(".")[0]
     return top not in sys.stdlib_module_names and top != "cxrmim" and top not in LOCAL_MODULES
-
-
-def package_file(module: str) -> Path | None:
-    """The source file of a cxrmim module, or None for a name that is not one (e.g. an imported function)."""
-    parts = module.split(".")[1:]
-    for candidate in (PACKAGE.joinpath(*parts).with_suffix(".py"), PACKAGE.joinpath(*parts, "__init__.py")):
-        if parts and candidate.is_file():
-            return candidate
-    return PACKAGE / "__init__.py" if not parts else None
 
 
 @cache
