@@ -3,7 +3,10 @@ import json
 import shlex
 from pathlib import Path
 
+from cxrmim.config import check_consistency
 from cxrmim.data.splits import fraction_tag as tag  # one spelling of numbers in file names, shared with the package
+
+check_consistency(config)  # what the schema cannot check (patch size vs image size), before any job runs
 
 RESULTS = f"results/{config['dataset']['name']}"
 RESOURCES_DIR = f"resources/{config['dataset']['name']}"

@@ -1,13 +1,19 @@
+from cxrmim.data.fingerprint import dataset_fingerprint, dataset_input_files
+
+
 rule download:
     """Generate the phantoms, or fetch / extract / locate the configured real dataset."""
     input:
         script=script("download.py"),
-        code=package_code("data/acquire.py", "data/synthetic.py", "data/archive.py"),
+        code=package_code("data/acquire.py", "data/synthetic.py", "data/archive.py", "data/fingerprint.py"),
+        data=lambda wildcards: dataset_input_files(config["dataset"]),
     output:
         marker=f"{RESULTS}/download/source.json",
     params:
         dataset=as_json(config["dataset"]),
         raw_dir=f"{RESOURCES_DIR}/raw",
+        # Size and mtime of every listed image and mask: a fixed image or mask reruns download, then prepare.
+        fingerprint=lambda wildcards: dataset_fingerprint(config["dataset"]),
     threads: config["prepare"].get("workers", 1)
     log:
         f"{LOGS}/download.log",

@@ -13,9 +13,12 @@ from cxrmim.data.prepare import prepare
 DATASET = {"name": "mini", "kind": "manifest", "label_map": {}, "views": []}
 
 
-def write_png(path: Path, shape: tuple[int, int], value: int = 128) -> str:
-    """A grey PNG with a bright square in it."""
+def write_png(path: Path, shape: tuple[int, int], value: int = 128, seed: int | None = None) -> str:
+    """A grey PNG with a bright square in it (on smooth random texture when seeded, so images differ)."""
     array = np.full(shape, value, np.uint8)
+    if seed is not None:
+        coarse = np.random.default_rng(seed).integers(0, 200, (4, 4)).astype(np.uint8)
+        array = np.array(Image.fromarray(coarse).resize(shape[::-1], Image.Resampling.BILINEAR))
     array[shape[0] // 4 : shape[0] // 2, shape[1] // 4 : shape[1] // 2] = 255
     Image.fromarray(array).save(path)
     return path.name
@@ -25,7 +28,7 @@ def make_dataset(tmp_path: Path, mask_shape: tuple[int, int] = (40, 40), corrupt
     """Four images with masks (optionally one corrupt image), a manifest, and the download marker."""
     rows = []
     for i in range(4):
-        image = write_png(tmp_path / f"img{i}.png", (40, 40))
+        image = write_png(tmp_path / f"img{i}.png", (40, 40), seed=i)
         mask = write_png(tmp_path / f"mask{i}.png", mask_shape if i == 3 else (40, 40), value=0)
         rows.append({"image": image, "label": "A" if i % 2 else "B", "mask": mask, "patient_id": f"PAT-{i}"})
     if corrupt:

@@ -15,11 +15,16 @@ __all__ = [
     "dicom_view",
     "read_mask",
     "check_mask_fits",
+    "check_min_side",
+    "binarise_mask",
     "resize_to_grid",
 ]
 
 DICOM_SUFFIXES = {".dcm", ".dicom"}
 SKIP_HINT = "remove it or set prepare.on_bad_image: skip"
+BOMB_HINT = "if the image is genuine, raise prepare.max_image_pixels (0 = no limit)"
+# Little-endian (group, element) of the tags a DICOM file without its 128-byte preamble usually starts with.
+BARE_DICOM_STARTS = (b"\x02\x00", b"\x08\x00")
 
 # Only these elements are ever parsed from a DICOM file: patient identifiers, dates and
 # free text are never read, so they cannot leak into arrays, logs or error messages.
@@ -65,12 +70,25 @@ def _bad(path: Path | str, problem: str, fix: str = SKIP_HINT) -> BadImageError:
 
 
 def _is_dicom(path: Path) -> bool:
-    """True for a .dcm/.dicom suffix or the 'DICM' magic after the 128-byte preamble."""
+    """True for a .dcm/.dicom suffix, the 'DICM' magic after the preamble, or a bare DICOM data set by content."""
     if path.suffix.lower() in DICOM_SUFFIXES:
         return True
     with path.open("rb") as handle:
         head = handle.read(132)
-    return head[128:132] == b"DICM"
+    if head[128:132] == b"DICM" or head[:4] == b"DICM":
+        return True
+    return head[:2] in BARE_DICOM_STARTS and _parses_as_dicom(path)
+
+
+def _parses_as_dicom(path: Path) -> bool:
+    """Whether pydicom, forced, finds image elements in a file that has no preamble (and possibly no suffix)."""
+    import pydicom
+
+    try:
+        ds = pydicom.dcmread(path, specific_tags=["Rows", "Columns"], stop_before_pixels=True, force=True)
+    except Exception:  # noqa: BLE001 - anything pydicom cannot parse is not treated as DICOM
+        return False
+    return "Rows" in ds and "Columns" in ds
 
 
 def _check_file(path: Path) -> None:
@@ -104,8 +122,26 @@ def _minmax(array: np.ndarray) -> np.ndarray:
 # ----------------------------------------------------------------------------- PIL formats
 
 
+def set_max_image_pixels(limit: int | None) -> None:
+    """Set PIL's decompression-bomb limit (prepare.max_image_pixels; 0 or None = no limit)."""
+    Image.MAX_IMAGE_PIXELS = int(limit) if limit else None
+
+
 def _decode_pil(path: Path) -> np.ndarray:
     """Decode a PNG/JPEG/BMP/TIFF file (first frame) to a native grey array (uint8, bool, int or float)."""
+    try:
+        with warnings.catch_warnings():
+            # PIL only warns between the limit and twice the limit; treat both as too large
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            return _decode_pil_checked(path)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        limit = Image.MAX_IMAGE_PIXELS
+        problem = f"image larger than the decompression-bomb guard of {limit:,} pixels (not corrupt)"
+        raise _bad(path, problem, BOMB_HINT) from None
+
+
+def _decode_pil_checked(path: Path) -> np.ndarray:
+    """Decode with PIL; decode errors become BadImageError, decompression-bomb signals pass through."""
     try:
         with Image.open(path) as image:
             image.load()  # decode now so truncated files fail here, not later
@@ -113,7 +149,7 @@ def _decode_pil(path: Path) -> np.ndarray:
                 # ITU-R 601 luminance for colour and palette images; alpha is dropped
                 image = image.convert("L") if image.mode != "L" else image
             array = np.asarray(image)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         problem = f"cannot decode ({type(exc).__name__}): the file is corrupt, truncated or not an image"
         raise _bad(path, problem) from None
     if array.ndim == 3:  # e.g. 16-bit multi-channel TIFF that PIL cannot convert to L
@@ -235,16 +271,36 @@ def read_grey(path: Path | str) -> np.ndarray:
     return _pil_unit(_decode_pil(path))
 
 
+def check_min_side(path: Path | str, shape: tuple[int, ...], min_side: int) -> None:
+    """Raise BadImageError when an image is smaller than prepare.min_image_side on either side."""
+    if min(shape) < min_side:
+        raise _bad(path, f"image of {shape[0]}x{shape[1]} px is below prepare.min_image_side ({min_side} px): "
+                   "too small to be a radiograph (a thumbnail or a placeholder?)",
+                   f"replace it with the full image, {SKIP_HINT}")
+
+
+def binarise_mask(values: np.ndarray) -> np.ndarray:
+    """Lung where a stored value is above half the mask's range, so grey, JPEG or noisy masks stay binary."""
+    values = np.asarray(values)
+    if values.dtype == np.bool_:
+        return values
+    values = values.astype(np.float64)
+    low, high = float(values.min()), float(values.max())
+    if high <= low:  # constant: all lung when non-zero (QC flags it as too large), else empty
+        return np.full(values.shape, high > 0)
+    return values > (low + high) / 2
+
+
 def read_mask(path: Path | str) -> np.ndarray:
-    """Read a lung mask as bool 2-D: any nonzero stored value is lung."""
+    """Read a lung mask as bool 2-D, thresholded at half its value range (see binarise_mask)."""
     path = Path(path)
     _check_file(path)
     if _is_dicom(path):
         ds = _read_dataset(path)
         frame = _dicom_frame(path, ds)
         raw = frame if frame.ndim == 2 else frame.max(axis=-1)  # stored values, before any LUT
-        return _check_shape(path, raw) != 0
-    return _decode_pil(path) != 0
+        return binarise_mask(_check_shape(path, raw))
+    return binarise_mask(_decode_pil(path))
 
 
 def check_mask_fits(
