@@ -319,7 +319,7 @@ def check_mask_fits(
             f"{image_path} and mask {mask_path}: the mask does not fit the image "
             f"(image {image_shape[0]}x{image_shape[1]}, mask {mask_shape[0]}x{mask_shape[1]}, "
             f"aspect ratios differ by more than {tolerance:.0%}); "
-            "fix the mask file name or path, or set prepare.on_bad_image: skip"
+            "fix the mask file name or path so it names this image's mask"
         )
 
 
