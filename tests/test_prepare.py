@@ -64,3 +64,18 @@ def test_corrupt_image_skipped_or_fatal_by_config(tmp_path: Path):
     assert summary["n_images"] == 4 and summary["n_skipped_bad"] == 1
     with pytest.raises(ValueError, match="broken.png.*on_bad_image"):
         prepare(marker, DATASET, {"image_size": 16, "on_bad_image": "fail", "workers": 1}, tmp_path / "fail")
+
+
+@pytest.mark.parametrize("method", ["percentile", "clahe"])
+def test_contrast_option_spreads_a_washed_out_dicom(realdata: Path, method: str):
+    """A CR with a wide header window (15000/30000) comes out washed out; prepare.contrast spreads it."""
+    from cxrmim.data.loading import LoadOptions, load_record
+    from cxrmim.data.sources import SourceRecord
+
+    record = SourceRecord(image=realdata / "dicom_samples" / "pydicom_data_RG1_UNCI.dcm", label="x")
+    spread = {}
+    for contrast in ("none", method):
+        image = load_record(record, LoadOptions(size=128, contrast=contrast)).image / 255.0
+        low, high = np.percentile(image, [5, 95])
+        spread[contrast] = high - low
+    assert spread["none"] < 0.55 and spread[method] > spread["none"] + 0.1
