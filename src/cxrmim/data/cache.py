@@ -29,10 +29,6 @@ class CacheWriter:
         self.arrays["images"][row] = image
         self.arrays["masks"][row] = 0 if mask is None else mask
 
-    def row(self, name: str, row: int) -> np.ndarray:
-        """One stored row, read back from the map."""
-        return np.asarray(self.arrays[name][row])
-
     def commit(self, keep: np.ndarray, manifest: pd.DataFrame, summary: dict) -> None:
         """Keep the rows marked in `keep` (compacting when some are dropped) and move every file into place."""
         keep = np.asarray(keep, dtype=bool)

@@ -121,11 +121,12 @@ def _synthetic_rows(raw_file: Path, options: LoadOptions) -> Rows:
 
 def _stream(rows: Rows, writer: Any) -> dict[str, Any]:
     """Write every readable row into the cache; collect errors, mask problems, hashes and mask flags."""
-    from cxrmim.data.duplicates import perceptual_hash
+    from cxrmim.data.duplicates import HASH_GRID, perceptual_hash, thumbnail
 
     n = len(rows.labels)
     ok, has_mask = np.zeros(n, dtype=bool), np.zeros(n, dtype=bool)
     phashes, digests = np.zeros(n, dtype=np.uint64), [None] * n
+    thumbs = np.zeros((n, HASH_GRID, HASH_GRID), dtype=np.uint8)
     bad, mask_problems = [], []
     for i, item in enumerate(rows.items):
         if item.error or item.mask_problem:
@@ -133,8 +134,9 @@ def _stream(rows: Rows, writer: Any) -> dict[str, Any]:
             continue
         writer.write(i, item.image, item.mask)
         ok[i], has_mask[i], digests[i] = True, item.mask is not None, item.digest
-        phashes[i] = perceptual_hash(item.image)
-    return {"ok": ok, "has_mask": has_mask, "phashes": phashes, "digests": digests, "bad": bad,
+        thumbs[i] = thumbnail(item.image)
+        phashes[i] = perceptual_hash(thumbs[i])
+    return {"ok": ok, "has_mask": has_mask, "phashes": phashes, "thumbs": thumbs, "digests": digests, "bad": bad,
             "mask_problems": mask_problems}
 
 
@@ -184,9 +186,8 @@ def prepare(marker: Path, dataset_cfg: dict[str, Any], prepare_cfg: dict[str, An
         index = np.flatnonzero(ok)
         dup = resolve_duplicates([rows.labels[i] for i in index], [groups[i] for i in index],
                                  [rows.sources[i] for i in index], [rows.paths[i] for i in index],
-                                 [seen["digests"][i] for i in index], seen["phashes"][index],
-                                 prepare_cfg.get("duplicates") or {},
-                                 grid=lambda position: writer.row("images", index[position]))
+                                 [seen["digests"][i] for i in index], seen["phashes"][index], seen["thumbs"][index],
+                                 prepare_cfg.get("duplicates") or {})
         keep = np.zeros(len(ok), dtype=bool)
         keep[index[dup.keep]] = True
         for position, row in enumerate(index):
