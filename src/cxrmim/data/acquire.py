@@ -38,6 +38,7 @@ def _generate_phantoms(section: dict[str, Any], raw_dir: Path, workers: int) -> 
     from cxrmim.data.synthetic import PhantomSettings, generate_dataset
 
     settings = PhantomSettings.from_config(section)
+    log.info("generating %d phantoms of %d px with %d worker(s)", settings.n_images, settings.image_size, workers)
     data = generate_dataset(settings, workers=workers)
     target = raw_dir / PHANTOM_FILE
     tmp = raw_dir / (PHANTOM_FILE + ".tmp.npz")

@@ -238,6 +238,7 @@ def safe_extract(archive: Path, dest: Path, sha256: str | None = None) -> Path:
         )
     dest.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".extracting-", dir=dest))
+    log.info("extracting %s (%d entries) to %s", archive, len(entries), target)
     try:
         _extract_into(archive, kind, staging)
         (staging / MARKER).write_text(json.dumps({"archive": archive.name, "sha256": digest}) + "\n")
@@ -260,12 +261,17 @@ def _download_name(url: str) -> str:
 
 
 def _download(url: str, part: Path) -> str:
-    """Stream `url` into `part` and return the SHA-256 of what was written."""
+    """Stream `url` into `part` (logging progress in MiB) and return the SHA-256 of what was written."""
+    from cxrmim.data.progress import Progress
+
     digest = hashlib.sha256()
     with urllib.request.urlopen(url, timeout=60) as response, part.open("wb") as out:  # noqa: S310 - scheme checked
+        size = int(response.headers.get("Content-Length") or 0)
+        meter = Progress(f"download {_download_name(url)} (MiB)", size // CHUNK)
         for chunk in iter(lambda: response.read(CHUNK), b""):
             digest.update(chunk)
             out.write(chunk)
+            meter.step()
     return digest.hexdigest()
 
 

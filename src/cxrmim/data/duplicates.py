@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Hashable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,6 +16,7 @@ log = logging.getLogger(__name__)
 HASH_GRID = 32
 HASH_BITS = 8  # the 8 x 8 lowest DCT frequencies: a 64-bit pHash
 BLOCK_ROWS = 2048
+HASH_BLOCK_ROWS = 256  # rows of the pairwise XOR at a time: 256 x 21,165 x 8 bytes = 43 MB
 # Chest X-rays share their anatomy, so distinct images often have close pHashes (phantoms: 0.3% of pairs within
 # 6 bits); a candidate is confirmed only when the thumbnails also agree pixel by pixel. Measured on 1,600 phantoms
 # at 64 and 224 px: distinct pairs differ by >= 9 grey levels on average, resized JPEG copies (quality 50-90) by <= 3.
@@ -39,8 +41,8 @@ def near_pairs(hashes: np.ndarray, max_distance: int) -> np.ndarray:
     """(i, j, distance) rows for every pair of hashes at most `max_distance` bits apart, i < j (blockwise, exact)."""
     hashes = np.asarray(hashes, dtype=np.uint64)
     found = [np.zeros((0, 3), dtype=np.int64)]
-    for start in range(0, len(hashes), BLOCK_ROWS):
-        block = hashes[start : start + BLOCK_ROWS]
+    for start in range(0, len(hashes), HASH_BLOCK_ROWS):
+        block = hashes[start : start + HASH_BLOCK_ROWS]
         distance = np.bitwise_count(block[:, None] ^ hashes[None, start:])
         rows, cols = np.nonzero(distance <= max_distance)
         upper = cols > rows  # columns start at this block's first row
@@ -58,22 +60,21 @@ class DuplicateResult:
     clusters: list[dict[str, Any]]
 
 
-def _clusters(n: int, pairs: list[tuple[int, int, str]]) -> list[list[int]]:
-    """Connected components (size >= 2) of the duplicate pairs, each sorted, in order of first member."""
-    parent = list(range(n))
+def _roots(links: Iterable[tuple[Hashable, Hashable]]) -> dict[Any, Any]:
+    """Union-find: every linked item's representative, the smallest item of its connected component."""
+    parent: dict[Any, Any] = {}
 
-    def root(i: int) -> int:
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
+    def root(item: Any) -> Any:
+        while parent.setdefault(item, item) != item:
+            parent[item] = parent[parent[item]]
+            item = parent[item]
+        return item
 
-    for i, j, _ in pairs:
-        parent[root(j)] = root(i)
-    members: dict[int, list[int]] = {}
-    for i in sorted({k for pair in pairs for k in pair[:2]}):
-        members.setdefault(root(i), []).append(i)
-    return sorted((sorted(m) for m in members.values() if len(m) > 1), key=lambda m: m[0])
+    for a, b in links:
+        root_a, root_b = root(a), root(b)
+        if root_a != root_b:
+            parent[max(root_a, root_b)] = min(root_a, root_b)
+    return {item: root(item) for item in list(parent)}
 
 
 def mean_differences(thumbs: np.ndarray, pairs: np.ndarray) -> np.ndarray:
@@ -87,8 +88,8 @@ def mean_differences(thumbs: np.ndarray, pairs: np.ndarray) -> np.ndarray:
 
 
 def find_duplicates(digests: list[str | None], phashes: np.ndarray, thumbs: np.ndarray, near_distance: int,
-                    max_difference: float) -> tuple[list[list[int]], dict[tuple[int, int], str]]:
-    """Clusters of duplicate rows, and how each linked pair was found ('exact' or 'near:<bits>').
+                    max_difference: float) -> list[tuple[list[int], list[str]]]:
+    """Clusters of duplicate rows (sorted), each with how its pairs were found ('exact', 'near:<bits>').
 
     Near pairs (pHash within `near_distance` bits; negative turns them off) count only when their thumbnails
     also differ by at most `max_difference` grey levels on average.
@@ -107,8 +108,14 @@ def find_duplicates(digests: list[str | None], phashes: np.ndarray, thumbs: np.n
         near = near[mean_differences(thumbs, near[:, :2]) <= max_difference]
         exact = {(i, j) for i, j, _ in pairs}
         pairs += [(i, j, f"near:{d}") for i, j, d in near.tolist() if (i, j) not in exact]
-    how = {(i, j): kind for i, j, kind in pairs}
-    return _clusters(len(digests), pairs), how
+    roots = _roots((i, j) for i, j, _ in pairs)
+    members: dict[int, list[int]] = {}
+    for item in sorted(roots):
+        members.setdefault(roots[item], []).append(item)
+    found: dict[int, set[str]] = {}
+    for i, _, kind in pairs:
+        found.setdefault(roots[i], set()).add(kind)
+    return [(m, sorted(found[root])) for root, m in sorted(members.items())]
 
 
 def resolve_duplicates(labels: list[str], groups: list[str], sources: list[str], paths: list[str],
@@ -116,12 +123,11 @@ def resolve_duplicates(labels: list[str], groups: list[str], sources: list[str],
                        settings: dict[str, Any]) -> DuplicateResult:
     """Group or drop duplicates by prepare.duplicates; conflicting labels fail unless `conflicts` resolves them."""
     settings = {**DEFAULTS, **(settings or {})}
-    clusters, how = find_duplicates(digests, phashes, thumbs, int(settings["near_distance"]),
+    clusters = find_duplicates(digests, phashes, thumbs, int(settings["near_distance"]),
                                     float(settings["max_mean_difference"]))
     keep = np.ones(len(labels), dtype=bool)
     report, conflicts, links = [], [], []
-    for members in clusters:
-        found = sorted({kind for (i, j), kind in how.items() if i in members and j in members})
+    for members, found in clusters:
         cluster_labels = sorted({labels[i] for i in members})
         entry = {"sources": [sources[i] for i in members], "labels": cluster_labels,
                  "found_by": found}
@@ -151,15 +157,5 @@ def resolve_duplicates(labels: list[str], groups: list[str], sources: list[str],
 
 def merge_groups(groups: list[str], links: list[tuple[str, str]]) -> list[str]:
     """Split groups after joining linked ones (a patient's other images follow the duplicate into its group)."""
-    parent: dict[str, str] = {}
-
-    def root(g: str) -> str:
-        while parent.get(g, g) != g:
-            g = parent[g]
-        return g
-
-    for a, b in links:
-        ra, rb = root(a), root(b)
-        if ra != rb:
-            parent[max(ra, rb)] = min(ra, rb)
-    return [root(g) for g in groups]
+    roots = _roots(links)
+    return [roots.get(group, group) for group in groups]
