@@ -91,3 +91,12 @@ def test_fingerprint_follows_files_of_every_kind(tmp_path: Path):
     archive.write_bytes(archive.read_bytes() + b"\0")
     assert dataset_fingerprint(folder) != before["folder"] and dataset_fingerprint(manifest) != before["manifest"]
     assert dataset_fingerprint(zipped) != before["zip"]
+
+
+@pytest.mark.slow
+def test_workflow_rejects_patch_size_not_dividing_image_size(tmp_path: Path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({"prepare": {"image_size": 36}, "patch_validity": {"patch_size": 8}}))
+    result = snakemake(tmp_path, "-n", configs=(bad,), check=False)
+    assert result.returncode != 0
+    assert "patch_validity.patch_size 8 does not divide prepare.image_size 36" in result.stdout + result.stderr
