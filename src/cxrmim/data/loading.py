@@ -16,6 +16,9 @@ from typing import Any
 
 import numpy as np
 
+from cxrmim.data.progress import Progress
+from cxrmim.data.readers import DEFAULT_MAX_PIXELS, set_max_image_pixels
+
 log = logging.getLogger(__name__)
 
 PARENT_POLL_S = 1.0
@@ -29,14 +32,14 @@ class LoadOptions:
     size: int
     min_side: int = 1
     contrast: str = "none"
-    max_pixels: int | None = None
+    max_pixels: int | None = DEFAULT_MAX_PIXELS
 
     @classmethod
     def from_config(cls, prepare_cfg: dict[str, Any]) -> LoadOptions:
         """Options from the `prepare` config section (defaults for absent keys)."""
         return cls(size=int(prepare_cfg["image_size"]), min_side=int(prepare_cfg.get("min_image_side", 1)),
                    contrast=str(prepare_cfg.get("contrast", "none")),
-                   max_pixels=prepare_cfg.get("max_image_pixels", 89_478_485))
+                   max_pixels=prepare_cfg.get("max_image_pixels", DEFAULT_MAX_PIXELS))
 
 
 @dataclass
@@ -85,8 +88,6 @@ def _load_job(job: tuple[Any, LoadOptions]) -> LoadedImage:
 
 def _die_with_parent(parent: int, max_pixels: int | None) -> None:
     """Worker initialiser: end this worker when the parent dies, even by SIGKILL, so no orphan holds memory."""
-    from cxrmim.data.readers import set_max_image_pixels
-
     set_max_image_pixels(max_pixels)
     if sys.platform.startswith("linux"):
         import ctypes
@@ -105,25 +106,21 @@ def _watch_parent(parent: int) -> None:
 
 
 def iter_loaded(records: list[Any], options: LoadOptions, workers: int = 1,
-                progress: str | None = None) -> Iterator[LoadedImage]:
-    """Yield each record's LoadedImage in order, reading in `workers` processes; log progress when named."""
-    from cxrmim.data.readers import set_max_image_pixels
-    from cxrmim.data.progress import Progress
-
+                progress: str = "images read") -> Iterator[LoadedImage]:
+    """Yield each record's LoadedImage in order, reading in `workers` processes, with progress lines."""
     set_max_image_pixels(options.max_pixels)
-    meter = Progress(progress, len(records)) if progress else None
+    meter = Progress(progress, len(records))
     jobs = ((record, options) for record in records)
     if workers > 1:
         with ProcessPoolExecutor(max_workers=workers, initializer=_die_with_parent,
                                  initargs=(os.getpid(), options.max_pixels)) as pool:
-            results = pool.map(_load_job, jobs, chunksize=16)
-            for item in results:
+            for item in pool.map(_load_job, jobs, chunksize=16):
                 yield item
-                meter and meter.step()
+                meter.step()
     else:
         for job in jobs:
             yield _load_job(job)
-            meter and meter.step()
+            meter.step()
 
 
 def raise_mask_problems(problems: list[str]) -> None:

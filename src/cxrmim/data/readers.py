@@ -23,6 +23,7 @@ __all__ = [
 DICOM_SUFFIXES = {".dcm", ".dicom"}
 SKIP_HINT = "remove it or set prepare.on_bad_image: skip"
 BOMB_HINT = "if the image is genuine, raise prepare.max_image_pixels (0 = no limit)"
+DEFAULT_MAX_PIXELS = 89_478_485  # PIL's own default decompression-bomb limit
 # Little-endian (group, element) of the tags a DICOM file without its 128-byte preamble usually starts with.
 BARE_DICOM_STARTS = (b"\x02\x00", b"\x08\x00")
 
