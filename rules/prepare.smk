@@ -2,8 +2,8 @@ rule prepare:
     """Normalise every image and mask onto one grid in a memory-mappable uint8 cache."""
     input:
         script=script("prepare.py"),
-        code=package_code("data/prepare.py", "data/readers.py", "data/sources.py", "data/loading.py", "data/cache.py",
-                          "data/contrast.py", "data/duplicates.py", "data/progress.py"),
+        code=package_code("data/prepare.py", "data/readers.py", "data/grid.py", "data/sources.py", "data/loading.py",
+                          "data/cache.py", "data/contrast.py", "data/duplicates.py", "data/progress.py"),
         marker=rules.download.output.marker,
     output:
         images=f"{RESULTS}/prepared/images.npy",
