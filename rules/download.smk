@@ -5,7 +5,8 @@ rule download:
     """Generate the phantoms, or fetch / extract / locate the configured real dataset."""
     input:
         script=script("download.py"),
-        code=package_code("data/acquire.py", "data/synthetic.py", "data/archive.py", "data/fingerprint.py"),
+        code=package_code("data/acquire.py", "data/synthetic.py", "data/archive.py", "data/fingerprint.py",
+                          "data/progress.py"),
         data=lambda wildcards: dataset_input_files(config["dataset"]),
     output:
         marker=f"{RESULTS}/download/source.json",

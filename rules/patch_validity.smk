@@ -3,7 +3,7 @@ rule patch_validity:
     input:
         unpack(patch_validity_masks),
         script=script("patch_validity.py"),
-        code=package_code("data/validity.py", "data/patches.py"),
+        code=package_code("data/validity.py", "data/patches.py", "segment/qc.py"),
         images=rules.prepare.output.images,
         manifest=rules.prepare.output.manifest,
     output:
