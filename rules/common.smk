@@ -5,8 +5,11 @@ import shlex
 from pathlib import Path
 
 from cxrmim.codebase import module_closure  # the package modules a script imports (torch-free)
+from cxrmim.config import check_consistency
 from cxrmim.data.splits import fraction_tag as tag  # one spelling of numbers in file names, shared with the package
 from cxrmim.inits import PRETRAIN_METHODS, parse_init, pretrain_run_name  # one spelling of run names (torch-free)
+
+check_consistency(config)  # what the schema cannot check (patch size vs image size), before any job runs
 
 RESULTS = f"results/{config['dataset']['name']}"
 RESOURCES_DIR = f"resources/{config['dataset']['name']}"

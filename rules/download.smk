@@ -1,8 +1,12 @@
+from cxrmim.data.fingerprint import dataset_fingerprint, dataset_input_files
+
+
 rule download:
     """Generate the phantoms, or fetch / extract / locate the configured real dataset."""
     input:
         script=script("download.py"),
         code=script_code("download.py"),
+        data=lambda wildcards: dataset_input_files(config["dataset"]),
     output:
         marker=f"{RESULTS}/download/source.json",
     log:
@@ -18,6 +22,8 @@ rule download:
     params:
         dataset=as_json(config["dataset"]),
         raw_dir=f"{RESOURCES_DIR}/raw",
+        # Size and mtime of every listed image and mask: a fixed image or mask reruns download, then prepare.
+        fingerprint=lambda wildcards: dataset_fingerprint(config["dataset"]),
     shell:
         "python {input.script} --dataset {params.dataset} --raw-dir {params.raw_dir} "
         "--marker {output.marker} --workers {threads} --log {log}"

@@ -28,6 +28,9 @@ rule patch_validity:
         prepared=folder_of("images"),
         # Empty with lung_masks.mode: provided, so the command stays as before.
         masks=patch_validity_mask_args,
+        # Provided masks get the lung-mask QC and its policy too.
+        mask_qc=as_json({k: config["lung_masks"][k] for k in ("qc", "qc_policy") if k in config["lung_masks"]}),
     shell:
         "python {input.script} --prepared {params.prepared} --settings {params.settings} "
-        "--out {output.validity} --summary {output.summary} --figure {output.figure} {params.masks} --log {log}"
+        "--out {output.validity} --summary {output.summary} --figure {output.figure} {params.masks} "
+        "--mask-qc {params.mask_qc} --log {log}"

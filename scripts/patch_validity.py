@@ -18,13 +18,14 @@ def main() -> None:
     parser.add_argument("--figure", required=True, type=Path, help="PNG with valid patches outlined")
     parser.add_argument("--masks", type=Path, help="lung masks replacing the prepared ones (lung_masks stage)")
     parser.add_argument("--mask-status", type=Path, help="the lung_masks stage's qc.csv (needed with --masks)")
+    parser.add_argument("--mask-qc", help="lung_masks `qc` and `qc_policy` (JSON): check the provided masks too")
     parser.add_argument("--log")
     args = parser.parse_args()
     if (args.masks is None) != (args.mask_status is None):
         parser.error("--masks and --mask-status go together")
     setup_logging(args.log)
     run_patch_validity(args.prepared, parse_json_arg(args.settings), args.out, args.summary, args.figure,
-                       args.masks, args.mask_status)
+                       args.masks, args.mask_status, parse_json_arg(args.mask_qc) if args.mask_qc else None)
 
 
 if __name__ == "__main__":

@@ -13,9 +13,12 @@ from cxrmim.data.prepare import prepare
 DATASET = {"name": "mini", "kind": "manifest", "label_map": {}, "views": []}
 
 
-def write_png(path: Path, shape: tuple[int, int], value: int = 128) -> str:
-    """A grey PNG with a bright square in it."""
+def write_png(path: Path, shape: tuple[int, int], value: int = 128, seed: int | None = None) -> str:
+    """A grey PNG with a bright square in it (on smooth random texture when seeded, so images differ)."""
     array = np.full(shape, value, np.uint8)
+    if seed is not None:
+        coarse = np.random.default_rng(seed).integers(0, 200, (4, 4)).astype(np.uint8)
+        array = np.array(Image.fromarray(coarse).resize(shape[::-1], Image.Resampling.BILINEAR))
     array[shape[0] // 4 : shape[0] // 2, shape[1] // 4 : shape[1] // 2] = 255
     Image.fromarray(array).save(path)
     return path.name
@@ -25,7 +28,7 @@ def make_dataset(tmp_path: Path, mask_shape: tuple[int, int] = (40, 40), corrupt
     """Four images with masks (optionally one corrupt image), a manifest, and the download marker."""
     rows = []
     for i in range(4):
-        image = write_png(tmp_path / f"img{i}.png", (40, 40))
+        image = write_png(tmp_path / f"img{i}.png", (40, 40), seed=i)
         mask = write_png(tmp_path / f"mask{i}.png", mask_shape if i == 3 else (40, 40), value=0)
         rows.append({"image": image, "label": "A" if i % 2 else "B", "mask": mask, "patient_id": f"PAT-{i}"})
     if corrupt:
@@ -61,3 +64,18 @@ def test_corrupt_image_skipped_or_fatal_by_config(tmp_path: Path):
     assert summary["n_images"] == 4 and summary["n_skipped_bad"] == 1
     with pytest.raises(ValueError, match="broken.png.*on_bad_image"):
         prepare(marker, DATASET, {"image_size": 16, "on_bad_image": "fail", "workers": 1}, tmp_path / "fail")
+
+
+@pytest.mark.parametrize("method", ["percentile", "clahe"])
+def test_contrast_option_spreads_a_washed_out_dicom(realdata: Path, method: str):
+    """A CR with a wide header window (15000/30000) comes out washed out; prepare.contrast spreads it."""
+    from cxrmim.data.loading import LoadOptions, load_record
+    from cxrmim.data.sources import SourceRecord
+
+    record = SourceRecord(image=realdata / "dicom_samples" / "pydicom_data_RG1_UNCI.dcm", label="x")
+    spread = {}
+    for contrast in ("none", method):
+        image = load_record(record, LoadOptions(size=128, contrast=contrast)).image / 255.0
+        low, high = np.percentile(image, [5, 95])
+        spread[contrast] = high - low
+    assert spread["none"] < 0.55 and spread[method] > spread["none"] + 0.1

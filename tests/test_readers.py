@@ -243,9 +243,11 @@ def test_dicom_identifiers_never_leak(tmp_path, caplog):
 # ----------------------------------------------------------------------------- masks, fit, resize
 
 
-def test_read_mask_any_nonzero_is_lung(tmp_path):
+def test_read_mask_thresholds_at_half_its_range(tmp_path):
     array = np.array([[0, 1], [255, 0]], dtype=np.uint8)
-    np.testing.assert_array_equal(read_mask(_save(tmp_path / "m.png", array)), array != 0)
+    np.testing.assert_array_equal(read_mask(_save(tmp_path / "m.png", array)), array > 127)
+    binary = np.array([[0, 1], [1, 0]], dtype=np.uint8)
+    np.testing.assert_array_equal(read_mask(_save(tmp_path / "b.png", binary)), binary == 1)
     rgb = np.zeros((2, 2, 3), dtype=np.uint8)
     rgb[0, 0] = (0, 0, 200)
     assert read_mask(_save(tmp_path / "rgb.png", rgb)).tolist() == [[True, False], [False, False]]

@@ -33,6 +33,20 @@ def validate_config(config: dict[str, Any], source: str = "config") -> None:
             where = ".".join(str(p) for p in err.absolute_path) or "<top level>"
             lines.append(f"  {where}: {err.message}")
         raise ValueError(f"{source}: invalid configuration (see {SCHEMA_PATH.name}):\n" + "\n".join(lines))
+    check_consistency(config, source)
+
+
+def check_consistency(config: dict[str, Any], source: str = "config") -> None:
+    """Rules across sections that a JSON schema cannot express (also called by the Snakefile before any job)."""
+    image_size = (config.get("prepare") or {}).get("image_size")
+    patch_size = (config.get("patch_validity") or {}).get("patch_size")
+    if isinstance(image_size, int) and isinstance(patch_size, int) and patch_size > 0 and image_size % patch_size:
+        fits = [p for p in range(patch_size - 4, patch_size + 5) if p > 0 and image_size % p == 0]
+        raise ValueError(
+            f"{source}: patch_validity.patch_size {patch_size} does not divide prepare.image_size {image_size}; "
+            f"the ViT needs a whole number of patches per side: use a patch size such as {fits or [1]} or an "
+            f"image size that is a multiple of {patch_size} (e.g. {image_size - image_size % patch_size})"
+        )
 
 
 def read_config_source(source: str | Path) -> dict[str, Any]:

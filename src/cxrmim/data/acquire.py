@@ -9,6 +9,9 @@ from typing import Any
 
 import numpy as np
 
+from cxrmim.data.fingerprint import dataset_fingerprint
+from cxrmim.io import write_text_atomic
+
 log = logging.getLogger(__name__)
 
 PHANTOM_FILE = "phantoms.npz"
@@ -23,10 +26,10 @@ def acquire(dataset_cfg: dict[str, Any], raw_dir: Path, marker: Path, workers: i
     else:
         info = _fetch_real(dataset_cfg, raw_dir)
     info["kind"] = kind
-    marker.parent.mkdir(parents=True, exist_ok=True)
-    tmp = marker.with_name(marker.name + ".tmp")
-    tmp.write_text(json.dumps(info, indent=2))
-    tmp.replace(marker)
+    # The dataset's files as they are now: a changed fingerprint rewrites this marker, which reruns prepare.
+    info["fingerprint"] = dataset_fingerprint(dataset_cfg)
+    write_text_atomic(marker, json.dumps(info, indent=2))
+    log.info("download done: %s", info["root"])
     return info
 
 
@@ -35,6 +38,7 @@ def _generate_phantoms(section: dict[str, Any], raw_dir: Path, workers: int) -> 
     from cxrmim.data.synthetic import PhantomSettings, generate_dataset
 
     settings = PhantomSettings.from_config(section)
+    log.info("generating %d phantoms of %d px with %d worker(s)", settings.n_images, settings.image_size, workers)
     data = generate_dataset(settings, workers=workers)
     target = raw_dir / PHANTOM_FILE
     tmp = raw_dir / (PHANTOM_FILE + ".tmp.npz")

@@ -145,17 +145,33 @@ def _entry_problem(entry: _Entry, links: set[tuple[str, ...]]) -> str | None:
     return None
 
 
-def _check_entries(archive: Path, entries: list[_Entry]) -> None:
-    """Raise ValueError naming the archive and the first unsafe entry, before anything is written."""
+LINK_FIX = ("links are refused because extracting them would let the archive read or overwrite files outside "
+            "the dataset folder; re-create the archive with the linked files copied in (`tar -h`, or `zip` without "
+            "--symlinks)")
+ZIP_LINK_FIX = ("symbolic links in zip files are refused: Python's zip extraction writes them as small text files "
+                "holding the target path, not as links, so images would silently be wrong; re-create the archive "
+                "with the linked files copied in (`zip` without --symlinks)")
+UNSAFE_FIX = "the archive is unsafe or damaged; get it again from the original source"
+
+
+def _check_entries(archive: Path, entries: list[_Entry], kind: str = "tar") -> None:
+    """Raise ValueError naming the archive, the first unsafe entry and why, before anything is written."""
     link_parts = (_parts(e.name) for e in entries if e.kind in ("symlink", "hardlink"))
     links = {tuple(parts) for parts in link_parts if parts is not None}  # absolute ones are refused anyway
     for entry in entries:
+        if kind == "zip" and entry.kind == "symlink":
+            raise ValueError(f"{archive}: refusing to extract: entry {entry.name!r} is a symbolic link; {ZIP_LINK_FIX}")
         problem = _entry_problem(entry, links)
         if problem:
-            raise ValueError(
-                f"{archive}: refusing to extract: entry {entry.name!r} {problem}; "
-                "the archive is unsafe or corrupt, get it from the original source"
-            )
+            fix = LINK_FIX if entry.kind in ("symlink", "hardlink") else UNSAFE_FIX
+            raise ValueError(f"{archive}: refusing to extract: entry {entry.name!r} {problem}; {fix}")
+
+
+def _owner_only(folder: Path) -> None:
+    """Restrict an extracted tree to its owner (folders 0700, files 0600): patient images are not for every user."""
+    for path in [folder, *folder.rglob("*")]:
+        if not path.is_symlink():
+            path.chmod(0o700 if path.is_dir() else 0o600)
 
 
 def _archive_format(archive: Path) -> str:
@@ -209,7 +225,7 @@ def safe_extract(archive: Path, dest: Path, sha256: str | None = None) -> Path:
     archive, dest = Path(archive), Path(dest)
     kind = _archive_format(archive)
     entries = _zip_entries(archive) if kind == "zip" else _tar_entries(archive)
-    _check_entries(archive, entries)
+    _check_entries(archive, entries, kind)
     digest = _normalise_sha256(sha256) or sha256_file(archive)
     target = dest / _extracted_name(archive)
     if target.exists() or target.is_symlink():
@@ -222,9 +238,11 @@ def safe_extract(archive: Path, dest: Path, sha256: str | None = None) -> Path:
         )
     dest.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".extracting-", dir=dest))
+    log.info("extracting %s (%d entries) to %s", archive, len(entries), target)
     try:
         _extract_into(archive, kind, staging)
         (staging / MARKER).write_text(json.dumps({"archive": archive.name, "sha256": digest}) + "\n")
+        _owner_only(staging)
         staging.rename(target)  # same filesystem: atomic, so readers never see a partial tree
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -243,12 +261,17 @@ def _download_name(url: str) -> str:
 
 
 def _download(url: str, part: Path) -> str:
-    """Stream `url` into `part` and return the SHA-256 of what was written."""
+    """Stream `url` into `part` (logging progress in MiB) and return the SHA-256 of what was written."""
+    from cxrmim.data.progress import Progress
+
     digest = hashlib.sha256()
     with urllib.request.urlopen(url, timeout=60) as response, part.open("wb") as out:  # noqa: S310 - scheme checked
+        size = int(response.headers.get("Content-Length") or 0)
+        meter = Progress(f"download {_download_name(url)} (MiB)", size // CHUNK)
         for chunk in iter(lambda: response.read(CHUNK), b""):
             digest.update(chunk)
             out.write(chunk)
+            meter.step()
     return digest.hexdigest()
 
 

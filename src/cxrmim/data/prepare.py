@@ -5,26 +5,23 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
+import zipfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from cxrmim.data.loading import LoadedImage, LoadOptions, iter_loaded, load_records, pixel_digest, raise_mask_problems
+
+__all__ = ["prepare", "pseudonym", "source_records", "load_records", "LoadedImage", "MANIFEST_COLUMNS"]
+
 log = logging.getLogger(__name__)
 
 MANIFEST_COLUMNS = ["index", "id", "label", "source", "group", "view", "has_mask", "report"]
-
-
-@dataclass
-class LoadedImage:
-    """One record after reading and resizing, or the reason it could not be read."""
-
-    image: np.ndarray | None
-    mask: np.ndarray | None
-    error: str | None = None
+NPZ_BLOCK_ROWS = 256
 
 
 def pseudonym(value: str) -> str:
@@ -32,25 +29,18 @@ def pseudonym(value: str) -> str:
     return hashlib.sha256(value.encode("utf-8")).hexdigest()[:16]
 
 
-def _load_record(args: tuple[Any, int]) -> LoadedImage:
-    """Read, check and resize one record's image and mask (runs in a worker process)."""
-    from cxrmim.data.readers import BadImageError, check_mask_fits, read_grey, read_mask, resize_to_grid
+@dataclass
+class Rows:
+    """A source as the stage streams it: per-row metadata up front, images read lazily in order."""
 
-    record, size = args
-    try:
-        grey = read_grey(record.image)
-        raw_mask = read_mask(record.mask) if record.mask is not None else None
-    except BadImageError as err:
-        return LoadedImage(None, None, str(err))
-    if raw_mask is not None:
-        try:
-            check_mask_fits(grey.shape, raw_mask.shape, record.image, record.mask)
-        except BadImageError as err:
-            # A mask drawn for another image is a dataset error, never a file to skip quietly.
-            raise ValueError(str(err)) from None
-    image = resize_to_grid(grey, size, is_mask=False)
-    mask = resize_to_grid(raw_mask.astype(np.uint8), size, is_mask=True) if raw_mask is not None else None
-    return LoadedImage(image, mask)
+    items: Iterator[LoadedImage]
+    labels: list[str]
+    groups: list[str | None]
+    views: list[str]
+    reports: list[str]
+    sources: list[str]
+    paths: list[str]  # for messages and the duplicate report only, never written to the cache
+    warnings: list[str] = field(default_factory=list)
 
 
 def source_records(kind: str, root: Path, dataset_cfg: dict[str, Any]) -> tuple[list[Any], list[str], Path]:
@@ -71,123 +61,149 @@ def source_records(kind: str, root: Path, dataset_cfg: dict[str, Any]) -> tuple[
     return records, warnings, base
 
 
-def load_records(records: list[Any], size: int, workers: int = 1) -> list[LoadedImage]:
-    """Read and resize every record's image and mask onto a size x size grid, in parallel when workers > 1."""
-    jobs = [(record, size) for record in records]
-    if workers > 1:
-        with ProcessPoolExecutor(max_workers=workers) as pool:
-            return list(pool.map(_load_record, jobs, chunksize=16))
-    return [_load_record(job) for job in jobs]
-
-
-def _relative(path: Path, base: Path) -> str:
-    """Path relative to the dataset root when possible (keeps outputs free of local folder names)."""
+def source_value(path: Path, base: Path, mode: str) -> str:
+    """The manifest's `source`: the path relative to the dataset root (prepare.source_paths: relative) or its hash."""
     try:
-        return str(Path(path).resolve().relative_to(base.resolve()))
+        relative = str(Path(path).resolve().relative_to(Path(base).resolve()))
     except ValueError:
-        return Path(path).name
+        relative = Path(path).name
+    # File names often carry patient ids or accession numbers, so only an explicit opt-in keeps them.
+    return relative if mode == "relative" else pseudonym(relative)
 
 
-def _prepare_real(kind: str, root: Path, dataset_cfg: dict, prepare_cfg: dict) -> tuple[dict, list[str]]:
-    """Read every record of a real dataset in parallel; skip or fail on bad images."""
+def _real_rows(kind: str, root: Path, dataset_cfg: dict, prepare_cfg: dict, options: LoadOptions) -> Rows:
+    """Rows of a COVID-19 Radiography Database folder or manifest, read in worker processes."""
     records, warnings, base = source_records(kind, root, dataset_cfg)
-    size = int(prepare_cfg["image_size"])
-    loaded = load_records(records, size, int(prepare_cfg.get("workers", 1)))
-    bad = [item.error for item in loaded if item.error]
-    if bad and prepare_cfg.get("on_bad_image", "skip") == "fail":
-        raise ValueError(
-            f"{len(bad)} unreadable image(s):\n  " + "\n  ".join(bad[:10])
-            + "\nfix or remove them, or set prepare.on_bad_image: skip"
-        )
-    for message in bad:
-        log.warning("skipped: %s", message)
-    keep = [(rec, item) for rec, item in zip(records, loaded) if item.error is None]
-    if not keep:
-        raise ValueError(f"{root}: every image failed to load; see the log for the files")
-    empty = np.zeros((size, size), np.uint8)
-    columns = {
-        "images": np.stack([item.image for _, item in keep]),
-        "masks": np.stack([item.mask if item.mask is not None else empty for _, item in keep]),
-        "label": [rec.label for rec, _ in keep],
-        "source": [_relative(rec.image, base) for rec, _ in keep],
-        "group": [pseudonym(rec.group) if rec.group else None for rec, _ in keep],
-        "view": [rec.view or "" for rec, _ in keep],
-        "has_mask": [item.mask is not None for _, item in keep],
-        "report": [rec.report or "" for rec, _ in keep],
-        "n_bad": len(bad),
-    }
-    return columns, warnings
+    mode = prepare_cfg.get("source_paths", "hash")
+    items = iter_loaded(records, options, int(prepare_cfg.get("workers", 1)), progress="prepare: images read")
+    return Rows(items=items, labels=[r.label for r in records], groups=[r.group for r in records],
+                views=[r.view or "" for r in records], reports=[r.report or "" for r in records],
+                sources=[source_value(r.image, base, mode) for r in records],
+                paths=[str(r.image) for r in records], warnings=warnings)
 
 
-def _prepare_synthetic(raw_file: Path, prepare_cfg: dict) -> tuple[dict, list[str]]:
-    """Resize the generated phantoms onto the configured grid."""
+def _npz_rows(path: Path, key: str) -> Iterator[np.ndarray]:
+    """Rows of one array of an uncompressed .npz, read a block at a time (never the whole array)."""
+    with zipfile.ZipFile(path) as archive, archive.open(f"{key}.npy") as handle:
+        version = np.lib.format.read_magic(handle)
+        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, fortran, dtype = read_header(handle)
+        if fortran:
+            raise ValueError(f"{path}: {key} is stored in Fortran order; re-run the download rule")
+        row_bytes = int(np.prod(shape[1:])) * dtype.itemsize
+        for start in range(0, shape[0], NPZ_BLOCK_ROWS):
+            count = min(NPZ_BLOCK_ROWS, shape[0] - start)
+            block = np.frombuffer(handle.read(row_bytes * count), dtype=dtype).reshape(count, *shape[1:])
+            yield from block
+
+
+def _synthetic_items(raw_file: Path, options: LoadOptions, total: int) -> Iterator[LoadedImage]:
+    """Each phantom resized onto the grid (its exact mask too), streamed from the download's npz."""
+    from cxrmim.data.contrast import normalise_contrast
+    from cxrmim.data.progress import Progress
     from cxrmim.data.readers import resize_to_grid
 
-    size = int(prepare_cfg["image_size"])
+    meter = Progress("prepare: phantoms resized", total)
+    for image, mask in zip(_npz_rows(raw_file, "images"), _npz_rows(raw_file, "masks")):
+        grid = normalise_contrast(resize_to_grid(image, options.size, is_mask=False), options.contrast)
+        yield LoadedImage(grid, resize_to_grid(mask, options.size, is_mask=True), digest=pixel_digest(image))
+        meter.step()
+
+
+def _synthetic_rows(raw_file: Path, options: LoadOptions) -> Rows:
+    """Rows of the generated phantoms (their ids are not file names, so `source` is kept readable)."""
     with np.load(raw_file) as raw:
-        images, masks = raw["images"], raw["masks"]
         labels, reports, patients = raw["labels"].tolist(), raw["reports"].tolist(), raw["patient_ids"].tolist()
-    columns = {
-        "images": np.stack([resize_to_grid(img, size, is_mask=False) for img in images]),
-        "masks": np.stack([resize_to_grid(msk, size, is_mask=True) for msk in masks]),
-        "label": labels,
-        "source": [f"phantom/{i:06d}" for i in range(len(labels))],
-        "group": [pseudonym(p) for p in patients],
-        "view": ["PA"] * len(labels),
-        "has_mask": [True] * len(labels),
-        "report": reports,
-        "n_bad": 0,
-    }
-    return columns, []
+    sources = [f"phantom/{i:06d}" for i in range(len(labels))]
+    return Rows(items=_synthetic_items(raw_file, options, len(labels)), labels=labels, groups=patients,
+                views=["PA"] * len(labels), reports=reports, sources=sources, paths=sources)
+
+
+def _stream(rows: Rows, writer: Any) -> dict[str, Any]:
+    """Write every readable row into the cache; collect errors, mask problems, hashes and mask flags."""
+    from cxrmim.data.duplicates import HASH_GRID, perceptual_hash, thumbnail
+
+    n = len(rows.labels)
+    ok, has_mask = np.zeros(n, dtype=bool), np.zeros(n, dtype=bool)
+    phashes, digests = np.zeros(n, dtype=np.uint64), [None] * n
+    thumbs = np.zeros((n, HASH_GRID, HASH_GRID), dtype=np.uint8)
+    bad, mask_problems = [], []
+    for i, item in enumerate(rows.items):
+        if item.error or item.mask_problem:
+            (bad if item.error else mask_problems).append(item.error or item.mask_problem)
+            continue
+        writer.write(i, item.image, item.mask)
+        ok[i], has_mask[i], digests[i] = True, item.mask is not None, item.digest
+        thumbs[i] = thumbnail(item.image)
+        phashes[i] = perceptual_hash(thumbs[i])
+    return {"ok": ok, "has_mask": has_mask, "phashes": phashes, "thumbs": thumbs, "digests": digests, "bad": bad,
+            "mask_problems": mask_problems}
+
+
+def _check_bad(bad: list[str], on_bad_image: str) -> None:
+    """Fail on unreadable images by policy, else log each one."""
+    if bad and on_bad_image == "fail":
+        raise ValueError(f"{len(bad)} unreadable image(s):\n  " + "\n  ".join(bad[:10])
+                         + "\nfix or remove them, or set prepare.on_bad_image: skip")
+    for message in bad:
+        log.warning("skipped: %s", message)
+
+
+def _manifest(rows: Rows, keep: np.ndarray, groups: list[str], has_mask: np.ndarray, name: str) -> pd.DataFrame:
+    """The prepared manifest of the kept rows, renumbered."""
+    kept = np.flatnonzero(keep)
+    ids = [f"{name}-{i:06d}" for i in range(len(kept))]
+    return pd.DataFrame({
+        "index": np.arange(len(kept)), "id": ids, "label": [rows.labels[i] for i in kept],
+        "source": [rows.sources[i] for i in kept], "group": [groups[i] for i in kept],
+        "view": [rows.views[i] for i in kept], "has_mask": has_mask[kept].astype(int),
+        "report": [rows.reports[i] for i in kept],
+    }, columns=MANIFEST_COLUMNS)
 
 
 def prepare(marker: Path, dataset_cfg: dict[str, Any], prepare_cfg: dict[str, Any], out_dir: Path) -> dict[str, Any]:
-    """Run the stage: read the download marker, build the cache, write it atomically, return a summary."""
+    """Run the stage: stream every image into a temporary memory-mapped cache, check it, then move it into place."""
+    from cxrmim.data.cache import CacheWriter
+    from cxrmim.data.duplicates import resolve_duplicates
+
     info = json.loads(Path(marker).read_text())
     kind, root = dataset_cfg["kind"], Path(info["root"])
-    if kind == "synthetic":
-        columns, warnings = _prepare_synthetic(root, prepare_cfg)
-    else:
-        columns, warnings = _prepare_real(kind, root, dataset_cfg, prepare_cfg)
-    for message in warnings:
+    options = LoadOptions.from_config(prepare_cfg)
+    rows = _synthetic_rows(root, options) if kind == "synthetic" else _real_rows(
+        kind, root, dataset_cfg, prepare_cfg, options)
+    for message in rows.warnings:
         log.warning("%s", message)
-    n = len(columns["label"])
-    ids = [f"{dataset_cfg['name']}-{i:06d}" for i in range(n)]
-    manifest = pd.DataFrame(
-        {
-            "index": np.arange(n),
-            "id": ids,
-            "label": columns["label"],
-            "source": columns["source"],
-            # Without a patient id every image is its own group.
-            "group": [g if g else pseudonym(i) for g, i in zip(columns["group"], ids)],
-            "view": columns["view"],
-            "has_mask": np.asarray(columns["has_mask"], dtype=int),
-            "report": columns["report"],
-        },
-        columns=MANIFEST_COLUMNS,
-    )
-    summary = {
-        "dataset": dataset_cfg["name"],
-        "kind": kind,
-        "n_images": n,
-        "n_skipped_bad": columns["n_bad"],
-        "n_without_mask": int(n - manifest["has_mask"].sum()),
-        "image_size": int(prepare_cfg["image_size"]),
-        "labels": manifest["label"].value_counts().sort_index().to_dict(),
-        "warnings": warnings,
-    }
-    write_cache(out_dir, columns["images"], columns["masks"], manifest, summary)
+    writer = CacheWriter(Path(out_dir), len(rows.labels), options.size)
+    try:
+        seen = _stream(rows, writer)
+        raise_mask_problems(seen["mask_problems"])
+        _check_bad(seen["bad"], prepare_cfg.get("on_bad_image", "skip"))
+        ok = seen["ok"]
+        if not ok.any():
+            raise ValueError(f"{root}: every image failed to load; see the log for the files")
+        # Without a patient id every image is its own group.
+        groups = [pseudonym(g) if g else pseudonym(f"row-{i}") for i, g in enumerate(rows.groups)]
+        index = np.flatnonzero(ok)
+        dup = resolve_duplicates([rows.labels[i] for i in index], [groups[i] for i in index],
+                                 [rows.sources[i] for i in index], [rows.paths[i] for i in index],
+                                 [seen["digests"][i] for i in index], seen["phashes"][index], seen["thumbs"][index],
+                                 prepare_cfg.get("duplicates") or {})
+        keep = np.zeros(len(ok), dtype=bool)
+        keep[index[dup.keep]] = True
+        for position, row in enumerate(index):
+            groups[row] = dup.groups[position]
+        manifest = _manifest(rows, keep, groups, seen["has_mask"], dataset_cfg["name"])
+        summary = {
+            "dataset": dataset_cfg["name"], "kind": kind, "n_images": len(manifest),
+            "n_skipped_bad": len(seen["bad"]), "n_dropped_duplicates": int(ok.sum() - keep.sum()),
+            "n_without_mask": int(len(manifest) - manifest["has_mask"].sum()), "image_size": options.size,
+            "labels": manifest["label"].value_counts().sort_index().to_dict(), "warnings": rows.warnings,
+            "duplicates": dup.clusters,
+        }
+        writer.commit(keep, manifest, summary)
+    except BaseException:
+        writer.discard()
+        raise
+    log.info("prepared %d images (%d skipped, %d duplicate sets)", len(manifest), len(seen["bad"]),
+             len(dup.clusters))
     return summary
-
-
-def write_cache(out_dir: Path, images: np.ndarray, masks: np.ndarray, manifest: pd.DataFrame, summary: dict) -> None:
-    """Write the cache files, each through a temporary name so readers never see a partial file."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for name, array in (("images", images), ("masks", masks)):
-        tmp = out_dir / f"{name}.tmp.npy"
-        np.save(tmp, np.ascontiguousarray(array, dtype=np.uint8))
-        tmp.replace(out_dir / f"{name}.npy")
-    manifest.to_csv(out_dir / "manifest.csv.tmp", index=False)
-    (out_dir / "manifest.csv.tmp").replace(out_dir / "manifest.csv")
-    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))

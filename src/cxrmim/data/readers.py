@@ -8,6 +8,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from cxrmim.data.grid import binarise_mask, resize_to_grid
+
 __all__ = [
     "BadImageError",
     "read_grey",
@@ -15,11 +17,17 @@ __all__ = [
     "dicom_view",
     "read_mask",
     "check_mask_fits",
+    "check_min_side",
+    "binarise_mask",
     "resize_to_grid",
 ]
 
 DICOM_SUFFIXES = {".dcm", ".dicom"}
 SKIP_HINT = "remove it or set prepare.on_bad_image: skip"
+BOMB_HINT = "if the image is genuine, raise prepare.max_image_pixels (0 = no limit)"
+DEFAULT_MAX_PIXELS = 89_478_485  # PIL's own default decompression-bomb limit
+# Little-endian (group, element) of the tags a DICOM file without its 128-byte preamble usually starts with.
+BARE_DICOM_STARTS = (b"\x02\x00", b"\x08\x00")
 
 # Only these elements are ever parsed from a DICOM file: patient identifiers, dates and
 # free text are never read, so they cannot leak into arrays, logs or error messages.
@@ -65,12 +73,25 @@ def _bad(path: Path | str, problem: str, fix: str = SKIP_HINT) -> BadImageError:
 
 
 def _is_dicom(path: Path) -> bool:
-    """True for a .dcm/.dicom suffix or the 'DICM' magic after the 128-byte preamble."""
+    """True for a .dcm/.dicom suffix, the 'DICM' magic after the preamble, or a bare DICOM data set by content."""
     if path.suffix.lower() in DICOM_SUFFIXES:
         return True
     with path.open("rb") as handle:
         head = handle.read(132)
-    return head[128:132] == b"DICM"
+    if head[128:132] == b"DICM" or head[:4] == b"DICM":
+        return True
+    return head[:2] in BARE_DICOM_STARTS and _parses_as_dicom(path)
+
+
+def _parses_as_dicom(path: Path) -> bool:
+    """Whether pydicom, forced, finds image elements in a file that has no preamble (and possibly no suffix)."""
+    import pydicom
+
+    try:
+        ds = pydicom.dcmread(path, specific_tags=["Rows", "Columns"], stop_before_pixels=True, force=True)
+    except Exception:  # noqa: BLE001 - anything pydicom cannot parse is not treated as DICOM
+        return False
+    return "Rows" in ds and "Columns" in ds
 
 
 def _check_file(path: Path) -> None:
@@ -104,8 +125,26 @@ def _minmax(array: np.ndarray) -> np.ndarray:
 # ----------------------------------------------------------------------------- PIL formats
 
 
+def set_max_image_pixels(limit: int | None) -> None:
+    """Set PIL's decompression-bomb limit (prepare.max_image_pixels; 0 or None = no limit)."""
+    Image.MAX_IMAGE_PIXELS = int(limit) if limit else None
+
+
 def _decode_pil(path: Path) -> np.ndarray:
     """Decode a PNG/JPEG/BMP/TIFF file (first frame) to a native grey array (uint8, bool, int or float)."""
+    try:
+        with warnings.catch_warnings():
+            # PIL only warns between the limit and twice the limit; treat both as too large
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            return _decode_pil_checked(path)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        limit = Image.MAX_IMAGE_PIXELS
+        problem = f"image larger than the decompression-bomb guard of {limit:,} pixels (not corrupt)"
+        raise _bad(path, problem, BOMB_HINT) from None
+
+
+def _decode_pil_checked(path: Path) -> np.ndarray:
+    """Decode with PIL; decode errors become BadImageError, decompression-bomb signals pass through."""
     try:
         with Image.open(path) as image:
             image.load()  # decode now so truncated files fail here, not later
@@ -113,7 +152,7 @@ def _decode_pil(path: Path) -> np.ndarray:
                 # ITU-R 601 luminance for colour and palette images; alpha is dropped
                 image = image.convert("L") if image.mode != "L" else image
             array = np.asarray(image)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         problem = f"cannot decode ({type(exc).__name__}): the file is corrupt, truncated or not an image"
         raise _bad(path, problem) from None
     if array.ndim == 3:  # e.g. 16-bit multi-channel TIFF that PIL cannot convert to L
@@ -235,16 +274,24 @@ def read_grey(path: Path | str) -> np.ndarray:
     return _pil_unit(_decode_pil(path))
 
 
+def check_min_side(path: Path | str, shape: tuple[int, ...], min_side: int) -> None:
+    """Raise BadImageError when an image is smaller than prepare.min_image_side on either side."""
+    if min(shape) < min_side:
+        raise _bad(path, f"image of {shape[0]}x{shape[1]} px is below prepare.min_image_side ({min_side} px): "
+                   "too small to be a radiograph (a thumbnail or a placeholder?)",
+                   f"replace it with the full image, {SKIP_HINT}")
+
+
 def read_mask(path: Path | str) -> np.ndarray:
-    """Read a lung mask as bool 2-D: any nonzero stored value is lung."""
+    """Read a lung mask as bool 2-D, thresholded at half its value range (see binarise_mask)."""
     path = Path(path)
     _check_file(path)
     if _is_dicom(path):
         ds = _read_dataset(path)
         frame = _dicom_frame(path, ds)
         raw = frame if frame.ndim == 2 else frame.max(axis=-1)  # stored values, before any LUT
-        return _check_shape(path, raw) != 0
-    return _decode_pil(path) != 0
+        return binarise_mask(_check_shape(path, raw))
+    return binarise_mask(_decode_pil(path))
 
 
 def check_mask_fits(
@@ -263,29 +310,5 @@ def check_mask_fits(
             f"{image_path} and mask {mask_path}: the mask does not fit the image "
             f"(image {image_shape[0]}x{image_shape[1]}, mask {mask_shape[0]}x{mask_shape[1]}, "
             f"aspect ratios differ by more than {tolerance:.0%}); "
-            "fix the mask file name or path, or set prepare.on_bad_image: skip"
+            "fix the mask file name or path so it names this image's mask"
         )
-
-
-def _resize_float(array: np.ndarray, size: int, upsample: Image.Resampling) -> np.ndarray:
-    """Resize a float array to size x size: area averaging when shrinking, `upsample` when enlarging."""
-    image = Image.fromarray(np.ascontiguousarray(array, dtype=np.float32), mode="F")
-    shrinking = size <= min(array.shape)
-    resample = Image.Resampling.BOX if shrinking else upsample
-    return np.asarray(image.resize((size, size), resample=resample), dtype=np.float32)
-
-
-def resize_to_grid(array: np.ndarray, size: int, is_mask: bool) -> np.ndarray:
-    """Resize a 2-D image ([0, 1] float or uint8) or mask to a size x size uint8 grid (aspect not kept)."""
-    array = np.asarray(array)
-    if array.ndim != 2 or 0 in array.shape:
-        raise ValueError(f"resize_to_grid needs a non-empty 2-D array, got shape {array.shape}")
-    if size < 1:
-        raise ValueError(f"resize_to_grid needs size >= 1, got {size}")
-    if is_mask:
-        # area fraction of lung in each output pixel, kept where at least half is lung
-        coverage = _resize_float((array != 0).astype(np.float32), size, Image.Resampling.BOX)
-        return (coverage >= 0.5).astype(np.uint8)
-    unit = array.astype(np.float32) / 255.0 if array.dtype == np.uint8 else array.astype(np.float32)
-    resized = _resize_float(unit, size, Image.Resampling.BILINEAR)
-    return np.clip(np.rint(resized * 255.0), 0, 255).astype(np.uint8)

@@ -103,7 +103,7 @@ def _class_records(label: str, folder: Path) -> tuple[list[SourceRecord], list[s
     mask_dir = folder / "masks"
     if not mask_dir.is_dir():
         return [SourceRecord(image=p, label=label) for p in images], [
-            f"{label}: no masks folder; {len(images)} images have no lung mask (see prepare.mask_policy)"
+            f"{label}: no masks folder; {len(images)} images have no lung mask (see patch_validity.no_mask_policy)"
         ]
     # masks share the image's file name; fall back to the same stem with another suffix
     masks = {p.name: p for p in _image_files(mask_dir)}
@@ -114,7 +114,7 @@ def _class_records(label: str, folder: Path) -> tuple[list[SourceRecord], list[s
     warnings = []
     missing = sum(r.mask is None for r in records)
     if missing:
-        warnings.append(f"{label}: {missing} of {len(images)} images have no lung mask (see prepare.mask_policy)")
+        warnings.append(f"{label}: {missing} of {len(images)} images have no lung mask (see patch_validity.no_mask_policy)")
     orphans = len(masks) - (len(records) - missing)
     if orphans > 0:
         warnings.append(f"{label}: {orphans} masks have no matching image and are ignored")
@@ -225,15 +225,21 @@ def manifest_records(csv_path: Path) -> list[SourceRecord]:
     folder = csv_path.parent
     records: list[SourceRecord] = []
     problems: list[str] = []
-    with csv_path.open(newline="", encoding="utf-8-sig") as handle:  # utf-8-sig: Excel writes a BOM
-        reader = csv.DictReader(handle)
-        columns = _column_map(csv_path, list(reader.fieldnames or []))
-        for row_number, row in enumerate(reader, start=1):
-            record, problem = _manifest_row(folder, row, columns)
-            if problem:
-                problems.append(f"row {row_number} (line {reader.line_num}): {problem}")
-            else:
-                records.append(record)
+    try:
+        with csv_path.open(newline="", encoding="utf-8-sig") as handle:  # utf-8-sig: Excel writes a BOM
+            reader = csv.DictReader(handle)
+            columns = _column_map(csv_path, list(reader.fieldnames or []))
+            for row_number, row in enumerate(reader, start=1):
+                record, problem = _manifest_row(folder, row, columns)
+                if problem:
+                    problems.append(f"row {row_number} (line {reader.line_num}): {problem}")
+                else:
+                    records.append(record)
+    except UnicodeDecodeError as err:
+        raise SourceError(
+            f"{csv_path}: not UTF-8 text (byte {err.object[err.start]:#04x} at offset {err.start}); save the manifest "
+            f"as UTF-8 (e.g. `iconv -f latin1 -t utf-8 {csv_path.name} > fixed.csv`, or 'CSV UTF-8' in Excel)"
+        ) from None
     _raise_problems(csv_path, problems)
     if not records:
         raise SourceError(f"{csv_path}: the manifest has no rows; add one row per image")

@@ -43,6 +43,16 @@ def split_dataset(manifest: pd.DataFrame, test_fraction: float, val_fraction: fl
     return out
 
 
+def _split_hint(split: pd.DataFrame, part: str, missing: list[str]) -> str:
+    """The setting to change: test is held out first, then validation is taken from what remains."""
+    if part == "test":
+        return "raise split.test_fraction"
+    in_val = set(split.loc[split["part"] == "val", "label"]) & set(missing)
+    if in_val:
+        return f"lower split.val_fraction (validation took every training image of {sorted(in_val)})"
+    return "lower split.test_fraction"
+
+
 def _check_split(split: pd.DataFrame) -> None:
     """Every class must be present in train and test, or models and metrics are meaningless."""
     for part in ("train", "test"):
@@ -50,7 +60,7 @@ def _check_split(split: pd.DataFrame) -> None:
         if missing:
             raise ValueError(
                 f"no {part} image for label(s) {missing}: too few images or patients for these classes; "
-                "add data, merge labels with dataset.label_map, or change split.test_fraction"
+                f"add data, merge labels with dataset.label_map, or {_split_hint(split, part, missing)}"
             )
 
 

@@ -94,13 +94,31 @@ def read_mask_status(status_csv: Path, manifest: pd.DataFrame) -> pd.DataFrame:
     return status
 
 
+def provided_mask_decisions(images: np.ndarray, masks: np.ndarray, has_mask: np.ndarray,
+                            mask_qc: dict[str, Any]) -> np.ndarray:
+    """Per image 'mask' | 'all_valid' | 'skip' | 'none': the dataset's own masks checked like predicted ones."""
+    from cxrmim.segment.qc import decide, qc_table
+
+    decision = np.full(len(masks), "none", dtype=object)
+    rows = np.flatnonzero(has_mask)
+    if len(rows):
+        table = qc_table(images[rows], masks[rows].astype(bool), None, mask_qc.get("qc") or {})
+        decision[rows] = decide(table["plausible"].to_numpy(), mask_qc.get("qc_policy", "all_valid"))
+        failed = table["flags"].to_numpy() != ""
+        for flag, count in table["flags"][failed].str.split(";").explode().value_counts().items():
+            log.warning("%d provided lung mask(s) fail QC (%s): lung_masks.qc_policy=%s applies", count, flag,
+                        mask_qc.get("qc_policy", "all_valid"))
+    return decision
+
+
 def run_patch_validity(prepared_dir: Path, settings: dict[str, Any], out_npz: Path, summary_csv: Path,
-                       figure: Path, masks_npy: Path | None = None, mask_status_csv: Path | None = None
-                       ) -> pd.DataFrame:
+                       figure: Path, masks_npy: Path | None = None, mask_status_csv: Path | None = None,
+                       mask_qc: dict[str, Any] | None = None) -> pd.DataFrame:
     """Run the stage end to end and write its three outputs.
 
     With `masks_npy` and `mask_status_csv` (the lung_masks stage) the predicted masks replace the prepared ones:
-    'all_valid' images become all-valid, and 'skip' images get include=False in validity.npz.
+    'all_valid' images become all-valid, and 'skip' images get include=False in validity.npz. Otherwise, with
+    `mask_qc` (lung_masks `qc` and `qc_policy`), the provided masks get the same checks and policy.
     """
     data = load_prepared(prepared_dir)
     patch_size = int(settings["patch_size"])
@@ -115,9 +133,13 @@ def run_patch_validity(prepared_dir: Path, settings: dict[str, Any], out_npz: Pa
         decision = read_mask_status(mask_status_csv, data.manifest)["decision"].to_numpy()
         # Skipped images also get all-valid patches, so a consumer that ignores `include` treats them like MAE.
         has_mask, fallback, include = decision == "mask", decision != "mask", decision != "skip"
-        if (~include).any():
-            log.info("%d image(s) with an implausible lung mask are excluded from pretraining (include=False)",
-                     int((~include).sum()))
+    elif mask_qc is not None:
+        decision = provided_mask_decisions(np.asarray(data.images), masks, has_mask, mask_qc)
+        fallback, include = np.isin(decision, ["all_valid", "skip"]), decision != "skip"
+        has_mask = decision == "mask"
+    if (~include).any():
+        log.info("%d image(s) with an implausible lung mask are excluded from pretraining (include=False)",
+                 int((~include).sum()))
     result = compute_validity(masks, has_mask, patch_size, threshold,
                               settings.get("no_mask_policy", "fail"), data.manifest["id"].tolist(), fallback)
     has_mask = result["has_mask"]

@@ -1,0 +1,80 @@
+"""The prepared cache on disk: images and masks streamed into memory-mapped .npy files, renamed when complete."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import BinaryIO
+
+import numpy as np
+import pandas as pd
+
+from cxrmim.io import atomic_path, write_text_atomic
+
+class CacheWriter:
+    """Rows written one at a time into temporary images/masks .npy files; nothing final until commit().
+
+    Rows go through ordinary file writes rather than a writable memory map, so the process never holds the
+    cache: its peak memory is one row (the page cache the kernel keeps is not the process's and is reclaimable).
+    """
+
+    def __init__(self, out_dir: Path, n_rows: int, size: int) -> None:
+        self.out_dir = Path(out_dir)
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.n_rows, self.row_bytes = n_rows, size * size
+        self.tmp = {name: self.out_dir / f"{name}.tmp.npy" for name in ("images", "masks")}
+        self.handles = {name: _open_npy(path, (n_rows, size, size)) for name, path in self.tmp.items()}
+        self.offsets = {name: handle.tell() for name, handle in self.handles.items()}
+
+    def write(self, row: int, image: np.ndarray, mask: np.ndarray | None) -> None:
+        """Store one row (an absent mask is stored as zeros)."""
+        empty = np.zeros(self.row_bytes, np.uint8)
+        for name, array in (("images", image), ("masks", empty if mask is None else mask)):
+            handle = self.handles[name]
+            handle.seek(self.offsets[name] + row * self.row_bytes)
+            handle.write(np.ascontiguousarray(array, dtype=np.uint8).tobytes())
+
+    def commit(self, keep: np.ndarray, manifest: pd.DataFrame, summary: dict) -> None:
+        """Keep the rows marked in `keep` (compacting when some are dropped) and move every file into place."""
+        keep = np.asarray(keep, dtype=bool)
+        for name, path in self.tmp.items():
+            self.handles.pop(name).close()
+            if not keep.all():
+                kept = self.out_dir / f"{name}.kept.tmp.npy"
+                _compact(path, keep, kept)
+                path.unlink()
+                path = kept
+            path.replace(self.out_dir / f"{name}.npy")
+        with atomic_path(self.out_dir / "manifest.csv") as tmp_csv:
+            manifest.to_csv(tmp_csv, index=False)
+        write_text_atomic(self.out_dir / "summary.json", json.dumps(summary, indent=2))
+
+    def discard(self) -> None:
+        """Remove the temporary files (the stage failed); earlier final files stay untouched."""
+        for handle in self.handles.values():
+            handle.close()
+        self.handles.clear()
+        for path in list(self.tmp.values()) + list(self.out_dir.glob("*.kept.tmp.npy")):
+            path.unlink(missing_ok=True)
+
+
+def _open_npy(path: Path, shape: tuple[int, ...]) -> BinaryIO:
+    """A new uint8 .npy file of `shape` (zero-filled, sparse) open for writing after its header."""
+    handle = path.open("w+b")
+    np.lib.format.write_array_header_1_0(handle, {"descr": "|u1", "fortran_order": False, "shape": shape})
+    start = handle.tell()
+    handle.truncate(start + int(np.prod(shape)))
+    return handle
+
+
+def _compact(source: Path, keep: np.ndarray, target: Path) -> None:
+    """Copy the kept rows into a new .npy file, one row at a time."""
+    with source.open("rb") as handle:
+        version = np.lib.format.read_magic(handle)
+        shape, _, _ = np.lib.format.read_array_header_1_0(handle) if version == (1, 0) else (
+            np.lib.format.read_array_header_2_0(handle))
+        start, row_bytes = handle.tell(), int(np.prod(shape[1:]))
+    with source.open("rb") as handle, _open_npy(target, (int(keep.sum()), *shape[1:])) as out:
+        for row in np.flatnonzero(keep):
+            handle.seek(start + int(row) * row_bytes)
+            out.write(handle.read(row_bytes))

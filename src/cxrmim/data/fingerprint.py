@@ -1,0 +1,69 @@
+"""A cheap fingerprint of a dataset's files (path, size, mtime), so edits to the data rerun prepare and what follows."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import os
+from pathlib import Path
+from typing import Any
+
+from cxrmim.data.sources import IMAGE_SUFFIXES, MANIFEST_ALIASES
+
+PATH_COLUMNS = {"image", "mask"} | {alias for alias, key in MANIFEST_ALIASES.items() if key in ("image", "mask")}
+
+
+def _stat_line(path: Path) -> str:
+    """'path size mtime_ns' of one file, or 'path missing' (the reader reports missing files itself)."""
+    try:
+        info = path.stat()
+    except OSError:
+        return f"{path} missing"
+    return f"{path} {info.st_size} {info.st_mtime_ns}"
+
+
+def manifest_files(csv_path: Path) -> list[Path]:
+    """Every image and mask path a manifest lists (resolved like the reader does); [] when unreadable."""
+    folder = csv_path.parent
+    try:
+        with csv_path.open(newline="", encoding="utf-8-sig") as handle:
+            reader = csv.DictReader(handle)
+            columns = [c for c in reader.fieldnames or [] if c and c.strip().lower() in PATH_COLUMNS]
+            values = [(row.get(c) or "").strip() for row in reader for c in columns]
+    except (OSError, UnicodeDecodeError, csv.Error):
+        return []  # prepare reports the unreadable manifest with its fix
+    return [p if p.is_absolute() else folder / p for p in (Path(v).expanduser() for v in values if v)]
+
+
+def folder_files(root: Path) -> list[Path]:
+    """Image files anywhere under a dataset folder (hidden entries skipped), sorted."""
+    found = []
+    for folder, dirs, files in os.walk(root):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        found += [Path(folder) / f for f in files if Path(f).suffix.lower() in IMAGE_SUFFIXES and f[0] != "."]
+    return sorted(found)
+
+
+def dataset_fingerprint(dataset_cfg: dict[str, Any]) -> str:
+    """SHA-256 over the source's files: a manifest's bytes plus every listed file's size and mtime, a folder's
+    image files, or a local archive's size and mtime. Synthetic data (and URLs, checked by sha256) give ''."""
+    source = dataset_cfg.get("source")
+    if dataset_cfg.get("kind") == "synthetic" or not source or "://" in str(source):
+        return ""
+    path = Path(str(source)).expanduser()
+    digest = hashlib.sha256()
+    if path.is_file() and dataset_cfg.get("kind") == "manifest":
+        digest.update(path.read_bytes())
+        lines = [_stat_line(p) for p in manifest_files(path)]
+    elif path.is_dir():
+        lines = [_stat_line(p) for p in folder_files(path)]
+    else:
+        lines = [_stat_line(path)]
+    digest.update("\n".join(lines).encode("utf-8", "surrogateescape"))
+    return digest.hexdigest()
+
+
+def dataset_input_files(dataset_cfg: dict[str, Any]) -> list[str]:
+    """A local manifest CSV or archive as a download input, so editing or replacing it reruns the data stages."""
+    source = Path(str(dataset_cfg.get("source") or "")).expanduser()
+    return [str(source)] if dataset_cfg.get("kind") != "synthetic" and source.is_file() else []
