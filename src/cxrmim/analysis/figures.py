@@ -31,6 +31,7 @@ from cxrmim.analysis.tables import mask_ratio_runs  # noqa: E402
 # The single place that assigns colours: every figure (and the pretraining ones, if they import it) agrees.
 PALETTE = {
     "RGMIM": "#d62728",
+    "RGMIM-lung": "#ff7f0e",
     "MAE": "#1f77b4",
     "Transfer": "#2ca02c",
     "From Scratch": "#7f7f7f",
