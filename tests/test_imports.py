@@ -45,7 +45,8 @@ def forbidden_imports(root: Path) -> list[str]:
         importer = module_name(path, root)
         for source, target in FORBIDDEN.items():
             if within(importer, source):
-                found += [f"{importer} -> {name}" for name in sorted(imported_modules(path, root)) if within(name, target)]
+                imported = sorted(imported_modules(path, root))
+                found += [f"{importer} -> {name}" for name in imported if within(name, target)]
     return found
 
 
