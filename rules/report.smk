@@ -1,3 +1,6 @@
+CAPTIONS_DIR = Path(workflow.basedir) / "docs" / "captions"
+
+
 def report_lung_masks(wildcards):
     """The lung_masks summary when masks are predicted (mode predict / train_and_predict), else nothing."""
     return {} if LUNG_MASKS["mode"] == "provided" else {"lung_masks_summary": rules.lung_masks.output.summary}
@@ -22,6 +25,7 @@ rule report:
         significance=f"{RESULTS}/tables/significance.csv",
         metrics=finetune_metrics(),
         histories=expand(f"{RESULTS}/pretrain/{{run}}/history.csv", run=PRETRAIN_RUNS),
+        captions=sorted(str(p) for p in CAPTIONS_DIR.glob("*.rst")),
     output:
         html=f"{RESULTS}/report.html",
     params:
@@ -32,6 +36,9 @@ rule report:
         # Wall times are a record of how the outputs were made, read when the report runs (every job it
         # summarises has finished by then), not inputs: a lost benchmark file must not rerun a pretraining.
         benchmarks=BENCH,
+        # Snakemake runs a cached copy of the script: the repository and captions are named here.
+        repo=workflow.basedir,
+        captions_dir=str(CAPTIONS_DIR),
     log:
         f"{LOGS}/report.log",
     benchmark:
@@ -44,4 +51,4 @@ rule report:
         "--prepared-summary {input.prepared_summary} --manifest {input.manifest} --split {input.split} "
         "--validity-summary {input.validity_summary} {params.lung_masks} --significance {input.significance} "
         "--metrics {input.metrics} --pretrain-histories {input.histories} --benchmarks-dir {params.benchmarks} "
-        "--out {output.html} --log {log}"
+        "--repo {params.repo} --captions-dir {params.captions_dir} --out {output.html} --log {log}"

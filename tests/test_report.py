@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from cxrmim.analysis.report import write_report
+from cxrmim.analysis.report import fill_config, write_report
 from cxrmim.analysis.summary import RunFiles, config_digest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -119,6 +119,15 @@ def test_report_opens_with_what_the_run_shows(report: Path) -> None:
     assert "cpu (2 fine-tuning runs), cuda (1 fine-tuning runs)" in text
     assert "<td>finetune</td><td>2</td><td>2 min 30 s</td><td>1 min 40 s</td>" in page
     assert "<td>prepare</td><td>1</td><td>12 s</td>" in page or "<td>prepare</td><td>1</td><td>13 s</td>" in page
+
+
+def test_captions_are_read_and_their_config_references_filled(report: Path) -> None:
+    page = report.read_text(encoding="utf-8")
+    caption = (REPO / "docs" / "captions" / "accuracy_vs_fraction.rst").read_text().split()[:6]
+    assert " ".join(caption) in page
+    assert fill_config('ratio ({{ snakemake.config["pretrain"]["mask_ratio"] }})', {"pretrain": {"mask_ratio": 0.9}}) \
+        == "ratio (0.9)"
+    assert fill_config("{{ snakemake.config['x']['y'] }}", {}) == "?"
 
 
 def test_provenance_without_git_and_digest_is_canonical(run_files: RunFiles, tmp_path: Path) -> None:

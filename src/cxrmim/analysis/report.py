@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import html
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -109,17 +110,31 @@ def summary_html(files: RunFiles, config: dict, repo: Path) -> str:
     return "\n".join(parts) + "</section>"
 
 
-def caption_text(captions_dir: Path | None, name: str) -> str:
+CONFIG_REFERENCE = re.compile(r"\{\{\s*snakemake\.config((?:\[[\"'][^\"']+[\"']\])+)\s*\}\}")
+
+
+def fill_config(text: str, config: dict) -> str:
+    """Replace the captions' Jinja references {{ snakemake.config["a"]["b"] }} with the config's value."""
+    def value(match: re.Match) -> str:
+        found: object = config
+        for key in re.findall(r"[\"']([^\"']+)[\"']", match.group(1)):
+            found = found.get(key, "?") if isinstance(found, dict) else "?"
+        return str(found)
+
+    return CONFIG_REFERENCE.sub(value, text)
+
+
+def caption_text(captions_dir: Path | None, name: str, config: dict | None = None) -> str:
     """The figure's RST caption as plain text (markup characters are harmless here), else its name."""
     if captions_dir is not None and (captions_dir / f"{name}.rst").exists():
-        return " ".join((captions_dir / f"{name}.rst").read_text().split())
+        return fill_config(" ".join((captions_dir / f"{name}.rst").read_text().split()), config or {})
     return name.replace("_", " ")
 
 
-def figure_html(path: Path, captions_dir: Path | None) -> str:
+def figure_html(path: Path, captions_dir: Path | None, config: dict | None = None) -> str:
     """A PNG embedded as a data URI with its caption."""
     data = base64.b64encode(path.read_bytes()).decode("ascii")
-    caption = html.escape(caption_text(captions_dir, path.stem))
+    caption = html.escape(caption_text(captions_dir, path.stem, config))
     image = f'<img alt="{html.escape(path.stem)}" src="data:image/png;base64,{data}">'
     return f"<figure>{image}<figcaption>{caption}</figcaption></figure>"
 
@@ -144,7 +159,7 @@ def build_report(
             "<h2>Tables</h2>"]
     body += [f"<section>{markdown_html(Path(path).read_text())}</section>" for path in tables]
     body.append("<h2>Figures</h2>")
-    body += [figure_html(Path(path), captions) for path in figures]
+    body += [figure_html(Path(path), captions, config) for path in figures]
     body += ["<h2>Configuration</h2>", f"<pre>{html.escape(config_yaml(config_source))}</pre>"]
     return (
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
