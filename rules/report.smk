@@ -12,8 +12,9 @@ rule report:
     input:
         unpack(report_lung_masks),
         script=script("report.py"),
-        code=package_code("analysis/report.py", "analysis/summary.py", "analysis/runs.py",
-                          "analysis/significance.py", "io.py"),
+        code=package_code("analysis/report.py", "analysis/summary.py", "analysis/runs.py", "analysis/tables.py",
+                          "analysis/significance.py", "analysis/hyperparameters.py", "evaluation.py", "recipe.py",
+                          "io.py", "config.py"),
         tables=rules.tables.output,
         figures=rules.figures.output,
         pretrain_figures=rules.pretrain_figures.output,

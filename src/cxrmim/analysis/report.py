@@ -21,6 +21,7 @@ from cxrmim.analysis.summary import (
     provenance,
     wall_times,
 )
+from cxrmim.config import REPO_ROOT
 from cxrmim.io import atomic_path
 
 STYLE = """
@@ -155,7 +156,7 @@ def build_report(
     captions = Path(captions_dir) if captions_dir else None
     config = load_config(config_source)
     body = [f"<h1>{html.escape(title)}</h1>",
-            summary_html(files or RunFiles(), config, Path(repo) if repo else Path(__file__).resolve().parents[3]),
+            summary_html(files or RunFiles(), config, Path(repo) if repo else REPO_ROOT),
             "<h2>Tables</h2>"]
     body += [f"<section>{markdown_html(Path(path).read_text())}</section>" for path in tables]
     body.append("<h2>Figures</h2>")

@@ -15,6 +15,7 @@ import pandas as pd
 
 from cxrmim.analysis.runs import fraction_label, load_pretrain_histories
 from cxrmim.analysis.significance import interval_text, p_text
+from cxrmim.analysis.tables import percent
 
 PARTS = ["train", "val", "test"]
 MASKING_MEANING = (
@@ -132,14 +133,9 @@ def pretraining_sentences(history_paths: Iterable[Path]) -> list[str]:
     if measured.empty:
         return []
     shares = measured.groupby("init", sort=False)[["fallback_fraction", "visible_lung_fraction"]].mean()
-    parts = [f"{init}: {share(row['fallback_fraction'])} fallback images, {share(row['visible_lung_fraction'])} "
+    parts = [f"{init}: {percent(row['fallback_fraction'])} fallback images, {percent(row['visible_lung_fraction'])} "
              "of lung patches visible" for init, row in shares.iterrows()]
     return ["Last pretraining epoch (mean over pretraining seeds) — " + "; ".join(parts) + ".", MASKING_MEANING]
-
-
-def share(value: float) -> str:
-    """0.123 -> '12.3%', NaN -> '–'."""
-    return "–" if pd.isna(value) else f"{100 * value:.1f}%"
 
 
 def config_digest(config: dict[str, Any]) -> str:
