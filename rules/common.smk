@@ -236,3 +236,8 @@ def patch_validity_mask_args(wildcards, input):
 
 if LUNG_MASKS["mode"] == "predict":
     segmenter_weights()  # fail at DAG construction, not inside a job, when the weights are not configured
+
+
+def report_lung_masks(wildcards):
+    """The lung_masks summary when masks are predicted (mode predict / train_and_predict), else nothing."""
+    return {} if config["lung_masks"]["mode"] == "provided" else {"lung_masks_summary": rules.lung_masks.output.summary}

@@ -1,12 +1,24 @@
 rule report:
-    """One self-contained HTML page with every table, figure and the exact config used."""
+    """One self-contained HTML page: what the run shows (dataset, key comparisons, provenance), every table,
+    figure and the exact config used."""
     input:
+        unpack(report_lung_masks),
         script=script("report.py"),
         code=script_code("report.py"),
         tables=rules.tables.output,
         figures=rules.figures.output,
         pretrain_figures=rules.pretrain_figures.output,
         valid_patches=rules.patch_validity.output.figure,
+        prepared_summary=rules.prepare.output.summary,
+        manifest=rules.prepare.output.manifest,
+        split=rules.split.output.split,
+        validity_summary=rules.patch_validity.output.summary,
+        significance=f"{RESULTS}/tables/significance.csv",
+        metrics=finetune_metrics(),
+        histories=expand(f"{RESULTS}/pretrain/{{run}}/history.csv", run=PRETRAIN_RUNS),
+        captions=sorted(
+            workflow_file(f"docs/captions/{p.name}") for p in (WORKFLOW_DIR / "docs/captions").glob("*.rst")
+        ),
     output:
         html=f"{RESULTS}/report.html",
     log:
@@ -20,7 +32,20 @@ rule report:
         runtime=job_resource("report", "runtime"),
     params:
         config=as_json(config),
-        tables_dir=folder_of("tables"),
+        tables_dir=folder_of("significance"),
+        lung_masks=lambda wc, input: (
+            f"--lung-masks-summary {input.lung_masks_summary}" if "lung_masks_summary" in input.keys() else ""
+        ),
+        # Wall times are a record of how the outputs were made, read when the report runs (every job it
+        # summarises has finished by then), not inputs: a lost benchmark file must not rerun a pretraining.
+        benchmarks=BENCH,
+        # Relative to the working directory (like every path here), so a moved project does not rerun the report.
+        repo=workflow_file("."),
+        captions_dir=folder_of("captions"),
     shell:
         "python {input.script} --tables-dir {params.tables_dir} --figures {input.valid_patches} "
-        "{input.pretrain_figures} {input.figures} --config {params.config} --out {output.html} --log {log}"
+        "{input.pretrain_figures} {input.figures} --config {params.config} "
+        "--prepared-summary {input.prepared_summary} --manifest {input.manifest} --split {input.split} "
+        "--validity-summary {input.validity_summary} {params.lung_masks} --significance {input.significance} "
+        "--metrics {input.metrics} --pretrain-histories {input.histories} --benchmarks-dir {params.benchmarks} "
+        "--repo {params.repo} --captions-dir {params.captions_dir} --out {output.html} --log {log}"

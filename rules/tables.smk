@@ -1,9 +1,10 @@
 rule tables:
-    """The paper's Tables 1-3 and the paired-bootstrap significance table, as CSV and Markdown."""
+    """The paper's Tables 1-3 and the significance table (hierarchical bootstrap), as CSV and Markdown."""
     input:
         script=script("tables.py"),
         code=script_code("tables.py"),
         metrics=finetune_metrics(),
+        histories=expand(f"{RESULTS}/pretrain/{{run}}/history.csv", run=PRETRAIN_RUNS),
     output:
         csv=[
             report(f"{RESULTS}/tables/{name}.csv", caption=f"../docs/captions/{name}.rst", category="Tables")
@@ -22,8 +23,14 @@ rule tables:
     params:
         settings=as_json(config["tables"]),
         # Table 1 reports the hyper-parameters actually used.
-        used=as_json({k: config[k] for k in ("encoders", "pretrain", "finetune", "patch_validity", "prepare")}),
+        used=as_json(
+            {
+                k: config[k]
+                for k in ("encoders", "pretrain", "finetune", "patch_validity", "prepare", "label_fractions", "split")
+            }
+        ),
         out_dir=folder_of("csv", "output"),
     shell:
-        "python {input.script} --metrics {input.metrics} --settings {params.settings} --config {params.used} "
+        "python {input.script} --metrics {input.metrics} --pretrain-histories {input.histories} "
+        "--settings {params.settings} --config {params.used} "
         "--out-dir {params.out_dir} --log {log}"

@@ -19,6 +19,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="the config used (for Table 1 and pretrain.mask_ratio): YAML/JSON file or inline JSON")
     parser.add_argument("--settings", default=None,
                         help="JSON of the tables: section (bootstrap_samples, seed); default: the config's own")
+    parser.add_argument("--pretrain-histories", nargs="*", default=[],
+                        help="history.csv of every pretraining run (Table 3: fallback and visible-lung shares)")
     parser.add_argument("--out-dir", required=True)
     parser.add_argument("--log", default=None, help="also log to this file")
     return parser.parse_args(argv)
@@ -30,7 +32,7 @@ def main(argv: list[str] | None = None) -> None:
     setup_logging(args.log)
     config = load_config(args.config)
     settings = parse_json_arg(args.settings) if args.settings else config.get("tables", {})
-    for name, path in write_tables(args.metrics, config, args.out_dir, settings).items():
+    for name, path in write_tables(args.metrics, config, args.out_dir, settings, args.pretrain_histories).items():
         logging.getLogger("cxrmim.tables").info("%s: %s", name, path)
 
 

@@ -1,11 +1,11 @@
-"""Classification metrics against hand-computed values; the paired bootstrap on constructed cases."""
+"""Classification metrics against hand-computed values; the hierarchical bootstrap on constructed cases."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from cxrmim.evaluation import classification_metrics, macro_auc, paired_bootstrap
+from cxrmim.evaluation import classification_metrics, hierarchical_bootstrap, macro_auc
 
 
 def one_hot_probs(preds: list[int], n_classes: int, confidence: float = 0.8) -> np.ndarray:
@@ -50,17 +50,37 @@ def test_bootstrap_interval_contains_true_difference() -> None:
     correct_b = (rng.random(n_images) < 0.6).astype(float)
     # a is right wherever b is, and on half of b's errors: population difference 0.5 * 0.4 = 0.2
     correct_a = np.maximum(correct_b, (rng.random(n_images) < 0.5).astype(float))
-    result = paired_bootstrap(correct_a, correct_b, n_samples=500, seed=0)
+    result = hierarchical_bootstrap(correct_a, correct_b, n_samples=500, seed=0)
     assert result["ci_low"] < 0.2 < result["ci_high"]
     assert result["ci_low"] < result["difference"] < result["ci_high"]
     assert result["p_value"] < 0.01
-    assert paired_bootstrap(correct_a, correct_b, n_samples=500, seed=0) == result  # seeded
+    assert hierarchical_bootstrap(correct_a, correct_b, n_samples=500, seed=0) == result  # seeded
 
 
-def test_bootstrap_pairs_seeds_and_handles_no_difference() -> None:
-    correct = (np.random.default_rng(0).random((3, 50)) < 0.7).astype(float)
-    result = paired_bootstrap(correct, correct, n_samples=100, seed=0)
+def test_bootstrap_of_identical_single_runs_is_zero() -> None:
+    correct = (np.random.default_rng(0).random(50) < 0.7).astype(float)
+    result = hierarchical_bootstrap(correct, correct, n_samples=100, seed=0)
     assert result["difference"] == 0 and result["ci_low"] == 0 and result["ci_high"] == 0
-    assert result["n_seeds"] == 3 and result["n_images"] == 50
+    assert result["p_value"] == 1.0
+
+
+def test_bootstrap_resamples_runs_as_well_as_images() -> None:
+    """Two runs of a that disagree (seed noise) must widen the interval beyond what the images alone give."""
+    n_images = 400
+    images = np.arange(n_images)
+    good, bad = (images % 10 < 9).astype(float), (images % 10 < 5).astype(float)  # accuracies 0.9 and 0.5
+    b = (images % 10 < 7).astype(float)  # 0.7: the mean of a's two runs
+    runs = hierarchical_bootstrap(np.stack([good, bad]), b, n_samples=2000, seed=0)
+    images_only = hierarchical_bootstrap(np.stack([good, bad]).mean(axis=0), b, n_samples=2000, seed=0)
+    assert runs["difference"] == pytest.approx(0.0) and images_only["difference"] == pytest.approx(0.0)
+    assert runs["n_runs_a"] == 2 and runs["n_runs_b"] == 1 and runs["n_images"] == n_images
+    # With two runs, a replicate draws {good, good} or {bad, bad} half the time: differences near +-0.2.
+    assert runs["ci_low"] < -0.15 and runs["ci_high"] > 0.15
+    assert images_only["ci_high"] - images_only["ci_low"] < 0.1
+    assert runs["p_value"] > 0.5
+
+
+def test_bootstrap_needs_the_same_test_images() -> None:
+    correct = np.ones((3, 50))
     with pytest.raises(ValueError, match="same test images"):
-        paired_bootstrap(correct, correct[:, :40])
+        hierarchical_bootstrap(correct, correct[:, :40])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 import json
 import re
@@ -13,6 +14,7 @@ import pytest
 import yaml
 
 from cxrmim.analysis.figures import FIGURES, write_figures
+from cxrmim.analysis.hyperparameters import NOT_IN_TABLE_1, hyperparameter_table
 from cxrmim.analysis.report import write_report
 from cxrmim.analysis.runs import infer_main_mask_ratio, load_runs, main_runs
 from cxrmim.analysis.tables import write_tables
@@ -21,19 +23,34 @@ from cxrmim.evaluation import classification_metrics
 REPO = Path(__file__).resolve().parents[1]
 CLASSES = ["COVID-19", "Normal", "Viral_Pneumonia"]
 N_TEST = 20
-# (init, method, architecture, mask ratio) -> test accuracy per (fraction, seed)
+# (init family, method, architecture, mask ratio) -> test accuracy per (fraction, pretraining seed, subset seed)
 RUNS = {
-    ("rgmim_r0.75_vit", "RGMIM", "ViT", 0.75): {(0.01, 0): 0.60, (0.01, 1): 0.70, (1.0, 0): 0.90, (1.0, 1): 0.95},
-    ("mae_r0.75_vit", "MAE", "ViT", 0.75): {(0.01, 0): 0.50, (0.01, 1): 0.55, (1.0, 0): 0.85, (1.0, 1): 0.90},
-    ("scratch_vit", "From Scratch", "ViT", None): {(0.01, 0): 0.35, (0.01, 1): 0.40, (1.0, 0): 0.60, (1.0, 1): 0.65},
-    ("scratch_resnet50", "From Scratch", "ResNet-50", None): {(0.01, 0): 0.30, (1.0, 0): 0.55},
-    ("rgmim_r0.5_vit", "RGMIM", "ViT", 0.5): {(1.0, 0): 0.80, (1.0, 1): 0.85},
+    ("rgmim_r0.75_vit-t", "RGMIM", "ViT", 0.75): {
+        (0.01, 0, 0): 0.60, (0.01, 0, 1): 0.70, (0.01, 1, 0): 0.65, (0.01, 1, 1): 0.75,
+        (1.0, 0, 0): 0.90, (1.0, 0, 1): 0.95, (1.0, 1, 0): 0.90, (1.0, 1, 1): 0.95,
+    },
+    ("rgmim-lung_r0.75_vit-t", "RGMIM-lung", "ViT", 0.75): {(0.01, 0, 0): 0.55, (1.0, 0, 0): 0.90},
+    ("mae_r0.75_vit-t", "MAE", "ViT", 0.75): {(0.01, 0, 0): 0.50, (0.01, 0, 1): 0.55, (1.0, 0, 0): 0.85,
+                                              (1.0, 0, 1): 0.90},
+    ("scratch_vit-t", "From Scratch", "ViT", None): {(0.01, None, 0): 0.35, (0.01, None, 1): 0.40,
+                                                     (1.0, None, 0): 0.60, (1.0, None, 1): 0.65},
+    ("scratch_resnet50", "From Scratch", "ResNet-50", None): {(0.01, None, 0): 0.30, (1.0, None, 0): 0.55},
+    ("rgmim_r0.5_vit-t", "RGMIM", "ViT", 0.5): {(1.0, 0, 0): 0.80, (1.0, 0, 1): 0.85},
+}
+VIT_MODEL = {"timm_name": "vit_tiny_patch16_224", "depth": 12, "width": 192, "n_parameters": 5_524_416}
+# Pretraining history columns of the last epoch per run; mae's history predates them.
+PRETRAIN_LAST_EPOCH = {
+    "rgmim_r0.75_vit-t_s0": {"fallback_fraction": 0.10, "visible_lung_fraction": 0.25},
+    "rgmim_r0.75_vit-t_s1": {"fallback_fraction": 0.20, "visible_lung_fraction": 0.35},
+    "mae_r0.75_vit-t_s0": {},
+    "rgmim_r0.5_vit-t_s0": {"fallback_fraction": 0.0, "visible_lung_fraction": 0.5},
 }
 
 
-def fake_run(root: Path, init: str, method: str, architecture: str, ratio: float | None, fraction: float,
-             seed: int, accuracy: float) -> Path:
+def fake_run(root: Path, family: str, method: str, architecture: str, ratio: float | None, fraction: float,
+             pretrain_seed: int | None, seed: int, accuracy: float) -> Path:
     """A run directory whose predictions have exactly `accuracy` and whose metrics agree with them."""
+    init = family if pretrain_seed is None else f"{family}_s{pretrain_seed}"
     run_dir = root / init / f"frac{fraction}_seed{seed}"
     run_dir.mkdir(parents=True)
     labels = np.arange(N_TEST) % len(CLASSES)
@@ -51,17 +68,35 @@ def fake_run(root: Path, init: str, method: str, architecture: str, ratio: float
                   "val_accuracy": [0.5, accuracy, accuracy], "test_accuracy": [0.4, accuracy, accuracy - 0.05]}
                  ).to_csv(run_dir / "history.csv", index=False)
     metrics = {"init": init, "method": method, "architecture": architecture, "mask_ratio": ratio,
-               "fraction": fraction, "seed": seed, "n_train": int(fraction * 1000), "classes": CLASSES,
-               "best_epoch": 2, "val": {**test, "auc_macro": None}, "test": test}
+               "pretrain_seed": pretrain_seed, "fraction": fraction, "seed": seed, "n_train": int(fraction * 1000),
+               "classes": CLASSES, "best_epoch": 2, "device": "cpu", "val": {**test, "auc_macro": None}, "test": test}
+    if architecture == "ViT":  # the ResNet runs stand for metrics.json written before the `model` entry existed
+        metrics |= {"model": VIT_MODEL, "input_norm": {"mean": [0.5], "std": [0.25]}}
     (run_dir / "metrics.json").write_text(json.dumps(metrics))
     return run_dir / "metrics.json"
+
+
+def fake_history(root: Path, run: str, last_epoch: dict[str, float]) -> Path:
+    """A pretraining history.csv of two epochs whose last row carries `last_epoch`."""
+    path = root / run / "history.csv"
+    path.parent.mkdir(parents=True)
+    first = {key: 0.9 for key in last_epoch}  # earlier epochs must not leak into the table
+    history = pd.DataFrame([{"epoch": 1, "loss": 1.0, **first}, {"epoch": 2, "loss": 0.5, **last_epoch}])
+    history.to_csv(path, index=False)
+    return path
 
 
 @pytest.fixture(scope="module")
 def metrics_paths(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
     root = tmp_path_factory.mktemp("finetune")
-    return [fake_run(root, *identity, fraction, seed, accuracy)
-            for identity, cells in RUNS.items() for (fraction, seed), accuracy in cells.items()]
+    return [fake_run(root, *identity, *key, accuracy) for identity, cells in RUNS.items()
+            for key, accuracy in cells.items()]
+
+
+@pytest.fixture(scope="module")
+def history_paths(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    root = tmp_path_factory.mktemp("pretrain")
+    return [fake_history(root, run, last) for run, last in PRETRAIN_LAST_EPOCH.items()]
 
 
 @pytest.fixture(scope="module")
@@ -69,12 +104,23 @@ def config() -> dict:
     return yaml.safe_load((REPO / "workflow_config.yaml").read_text())
 
 
+def used_sections(config: dict) -> dict:
+    """The config sections the tables rule passes."""
+    return {k: config[k] for k in ("encoders", "pretrain", "finetune", "patch_validity", "prepare",
+                                   "label_fractions", "split")}
+
+
 @pytest.fixture(scope="module")
-def tables_dir(metrics_paths: list[Path], config: dict, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def tables_dir(metrics_paths: list[Path], history_paths: list[Path], config: dict,
+               tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("tables")
-    used = {k: config[k] for k in ("encoders", "pretrain", "finetune", "patch_validity", "prepare")}  # as the rule passes
-    write_tables(metrics_paths, used, out, {"bootstrap_samples": 200, "seed": 0})
+    write_tables(metrics_paths, used_sections(config), out, {"bootstrap_samples": 200, "seed": 0}, history_paths)
     return out
+
+
+def read_table_1(tables_dir: Path) -> pd.DataFrame:
+    """hyperparameters.csv as strings, indexed by hyperparameter."""
+    return pd.read_csv(tables_dir / "hyperparameters.csv", dtype=str, keep_default_na=False).set_index("Hyperparameter")
 
 
 def markdown_rows(text: str, heading: str) -> list[list[str]]:
@@ -94,46 +140,107 @@ def test_label_fraction_table_has_fractions_as_columns(tables_dir: Path) -> None
     rows = markdown_rows(text, "Test accuracy by label fraction")
     assert rows[0] == ["Method", "Architecture", "1%", "100%", "n"]
     body = {(row[0], row[1]): row for row in rows[2:]}
-    assert list(body) == [("RGMIM", "ViT"), ("MAE", "ViT"), ("From Scratch", "ViT"), ("From Scratch", "ResNet-50")]
-    assert body[("RGMIM", "ViT")][2] == f"0.650 ± {np.std([0.6, 0.7], ddof=1):.3f}"  # sample std over seeds
-    assert body[("From Scratch", "ResNet-50")][2] == "0.300"  # one seed: no ±
-    assert "Test macro F1 by label fraction" in text and "Test macro AUC by label fraction" in text
+    assert list(body) == [("RGMIM", "ViT"), ("RGMIM-lung", "ViT"), ("MAE", "ViT"), ("From Scratch", "ViT"),
+                          ("From Scratch", "ResNet-50")]
+    # One row per init family: its 2 pretraining seeds x 2 subset seeds are 4 runs in one cell.
+    rgmim_1pct = [0.60, 0.70, 0.65, 0.75]
+    assert body[("RGMIM", "ViT")][2] == f"{np.mean(rgmim_1pct):.3f} ± {np.std(rgmim_1pct, ddof=1):.3f}"
+    assert body[("RGMIM", "ViT")][4] == "4"
+    assert body[("From Scratch", "ViT")][4] == "2"
+    assert body[("From Scratch", "ResNet-50")][2] == "0.300"  # one run: no ±
+    assert "pretraining seed" in text and "Test macro AUC by label fraction" in text
     long = pd.read_csv(tables_dir / "label_fractions.csv")
     assert len(long) == sum(len(cells) for cells in RUNS.values())
-    assert {"method", "architecture", "init", "fraction", "seed", "test_accuracy", "test_f1_macro",
-            "test_auc_macro", "val_accuracy"} <= set(long.columns)
+    assert {"method", "architecture", "init", "run_init", "fraction", "pretrain_seed", "seed", "test_accuracy",
+            "test_f1_macro", "test_auc_macro", "val_accuracy"} <= set(long.columns)
 
 
-def test_mask_ratio_table(tables_dir: Path) -> None:
-    table = pd.read_csv(tables_dir / "mask_ratio.csv")
-    rgmim = table[table["Method"] == "RGMIM"].set_index("Masking ratio")["Accuracy"]
-    assert rgmim[0.5] == f"0.825 ± {np.std([0.8, 0.85], ddof=1):.3f}"
+def test_mask_ratio_table_has_pretraining_shares(tables_dir: Path) -> None:
+    table = pd.read_csv(tables_dir / "mask_ratio.csv", dtype=str)
+    rgmim = table[table["Method"] == "RGMIM"].set_index("Masking ratio")
+    assert rgmim.loc["0.50", "Accuracy"] == f"0.825 ± {np.std([0.8, 0.85], ddof=1):.3f}"
+    assert rgmim.loc["0.75", "n"] == "4"
+    assert rgmim.loc["0.75", "Fallback images"] == "15.0%"  # mean of the two seeds' last epochs
+    assert rgmim.loc["0.75", "Visible lung patches"] == "30.0%"
+    assert rgmim.loc["0.50", "Fallback images"] == "0.0%"
+    mae = table[table["Method"] == "MAE"].iloc[0]
+    assert mae["Fallback images"] == "–" and mae["Visible lung patches"] == "–"  # history without the columns
+    lung = table[table["Method"] == "RGMIM-lung"].iloc[0]
+    assert lung["Fallback images"] == "–"  # no history given for it
+    assert list(table["Method"]) == ["RGMIM", "RGMIM", "RGMIM-lung", "MAE"]
     assert set(table["Label fraction"]) == {"100%"}
-    assert "| Method | Architecture | Masking ratio |" in (tables_dir / "mask_ratio.md").read_text()
+    text = (tables_dir / "mask_ratio.md").read_text()
+    assert "| Method | Architecture | Masking ratio |" in text and "outside the lung" in text
 
 
 def test_hyperparameters_come_from_config(tables_dir: Path, config: dict) -> None:
-    table = pd.read_csv(tables_dir / "hyperparameters.csv", dtype=str).set_index("Hyperparameter")
+    table = read_table_1(tables_dir)
     assert table.loc["Epochs", "Pretraining"] == str(config["pretrain"]["epochs"])
     assert table.loc["Epochs", "Fine-tuning"] == str(config["finetune"]["epochs"])
     assert table.loc["Masking ratio σ", "Pretraining"] == str(config["pretrain"]["mask_ratio"])
     assert table.loc["Patch size T", "Pretraining"] == str(config["patch_validity"]["patch_size"])
+    assert table.loc["Minimum optimiser steps", "Fine-tuning"] == str(config["finetune"]["min_steps"])
+    norm_pix = table.loc["Per-patch normalised target (norm_pix_loss)", "Pretraining"]
+    assert norm_pix == str(config["pretrain"]["norm_pix_loss"])
 
 
-def test_significance_pairs_rgmim_with_mae_and_scratch(tables_dir: Path) -> None:
+def test_table_1_shows_the_models_built(tables_dir: Path) -> None:
+    table = read_table_1(tables_dir)
+    vit = "vit_tiny_patch16_224: depth 12, width 192, 5.52 M parameters"
+    assert table.loc["Model built (ViT)", "Fine-tuning"] == vit
+    assert table.loc["Model built (ViT)", "Pretraining"] == vit  # the ViT was pretrained too
+    assert table.loc["Model built (ResNet-50)", "Fine-tuning"] == "–"  # its metrics.json has no `model` entry
+    assert table.loc["Model built (ResNet-50)", "Pretraining"] == "–"
+    assert table.loc["Input normalisation (grey)", "Fine-tuning"] == "mean 0.5, std 0.25"
+
+
+def perturbed(value):
+    """Another value of the same kind, for every leaf of a config entry."""
+    if isinstance(value, bool):
+        return not value
+    if isinstance(value, (int, float)):
+        return value * 3 + 1
+    if isinstance(value, str):
+        return value + "x"
+    if isinstance(value, list):
+        return [perturbed(v) for v in value] or [1]
+    if isinstance(value, dict):
+        return {k: perturbed(v) for k, v in value.items()}
+    return 1  # None: unset
+
+
+@pytest.mark.parametrize("section", ["pretrain", "finetune"])
+def test_every_recipe_key_that_shapes_results_is_in_table_1(config: dict, section: str) -> None:
+    """Changing any key of the schema's pretrain/finetune sections changes Table 1, unless it is declared as
+    not shaping results (NOT_IN_TABLE_1): a new recipe key cannot be left out silently."""
+    schema = yaml.safe_load((REPO / "schemas" / "config.schema.yaml").read_text())
+    keys = set(schema["properties"][section]["properties"]) - NOT_IN_TABLE_1[section]
+    reference = hyperparameter_table(used_sections(config))
+    for key in sorted(keys):
+        changed = copy.deepcopy(used_sections(config))
+        changed[section][key] = perturbed(changed[section].get(key))
+        assert not hyperparameter_table(changed).equals(reference), f"{section}.{key} is not in Table 1"
+
+
+def test_significance_is_a_hierarchical_bootstrap(tables_dir: Path) -> None:
     table = pd.read_csv(tables_dir / "significance.csv")
-    assert len(table) == 4  # 2 fractions x 2 comparisons
-    row = table[(table["fraction"] == 0.01) & (table["init_b"] == "scratch_vit")].iloc[0]
-    assert row["difference"] == pytest.approx(0.65 - 0.375)
+    # Per fraction: RGMIM vs RGMIM-lung, MAE, scratch; RGMIM-lung vs MAE, scratch; MAE vs scratch (all ViT).
+    assert len(table) == 2 * 6
+    assert set(table["init_b"]) == {"rgmim-lung_r0.75_vit-t", "mae_r0.75_vit-t", "scratch_vit-t"}
+    row = table[(table["fraction"] == 0.01) & (table["init_a"] == "rgmim_r0.75_vit-t")
+                & (table["init_b"] == "scratch_vit-t")].iloc[0]
+    assert row["difference"] == pytest.approx(np.mean([0.60, 0.70, 0.65, 0.75]) - np.mean([0.35, 0.40]))
     assert row["ci_low"] <= row["difference"] <= row["ci_high"]
-    assert row["n_seeds"] == 2 and row["n_images"] == N_TEST
-    assert "Difference (95% CI)" in (tables_dir / "significance.md").read_text()
+    assert row["n_runs_a"] == 4 and row["n_runs_b"] == 2 and row["n_images"] == N_TEST
+    text = (tables_dir / "significance.md").read_text()
+    assert "hierarchical bootstrap" in text and "resamples the runs" in text and "Difference (95% CI)" in text
 
 
 def test_main_mask_ratio_is_inferred(metrics_paths: list[Path]) -> None:
     runs = load_runs(metrics_paths)
     assert infer_main_mask_ratio(runs) == 0.75
-    assert "rgmim_r0.5_vit" not in set(main_runs(runs, None)["init"])
+    assert "rgmim_r0.5_vit-t" not in set(main_runs(runs, None)["init"])
+    assert set(runs.loc[runs["init"] == "rgmim_r0.75_vit-t", "pretrain_seed"]) == {0, 1}
 
 
 def test_figures_and_self_contained_report(metrics_paths: list[Path], tables_dir: Path, tmp_path: Path) -> None:
@@ -152,7 +259,7 @@ def test_figures_and_self_contained_report(metrics_paths: list[Path], tables_dir
     assert "bootstrap_samples: 1000" in page  # the config file verbatim
 
 
-def test_scripts_run(metrics_paths: list[Path], tmp_path: Path) -> None:
+def test_scripts_run(metrics_paths: list[Path], history_paths: list[Path], tmp_path: Path) -> None:
     def script(name: str):
         spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")
         module = importlib.util.module_from_spec(spec)
@@ -163,6 +270,7 @@ def test_scripts_run(metrics_paths: list[Path], tmp_path: Path) -> None:
     config = (REPO / "workflow_config.yaml").read_text()
     as_json = json.dumps(yaml.safe_load(config))  # the rules pass the config as inline JSON
     script("tables").main(["--metrics", *paths, "--config", as_json, "--settings", '{"bootstrap_samples": 50}',
+                           "--pretrain-histories", *map(str, history_paths),
                            "--out-dir", str(tmp_path / "tables"), "--log", str(tmp_path / "tables.log")])
     # No --mask-ratio: the ratio fine-tuned at every fraction (0.75) is inferred.
     script("figures").main(["--metrics", *paths, "--settings", '{"dpi": 30}', "--out-dir", str(tmp_path / "figures")])

@@ -1,4 +1,4 @@
-"""Classification metrics of one run and a paired bootstrap comparing two runs on the same test images."""
+"""Classification metrics of one run and a bootstrap comparing two inits' runs on the same test images."""
 
 from __future__ import annotations
 
@@ -59,36 +59,47 @@ def classification_metrics(labels: np.ndarray, probs: np.ndarray, classes: Seque
     return metrics
 
 
-def paired_bootstrap(
+def hierarchical_bootstrap(
     correct_a: np.ndarray, correct_b: np.ndarray, n_samples: int = 1000, seed: int = 0, level: float = 0.95
 ) -> dict[str, float]:
-    """Bootstrap the accuracy difference a - b by resampling test images, keeping the pairing of a and b.
+    """Bootstrap the mean-accuracy difference a - b over runs and test images together.
 
-    Inputs are 0/1 correctness arrays of shape (n_images,) or (n_seeds, n_images): row s of a and b are
-    runs with the same seed. Rows share the test images, so the same image draw is used for every seed,
-    which keeps the correlation between seeds on one image. Returns the observed difference, the
+    Inputs are 0/1 correctness arrays of shape (n_images,) or (n_runs, n_images), one row per run (e.g. every
+    pretraining seed x label-subset seed); a and b may have different numbers of runs but share the test
+    images, column for column. Each replicate resamples the runs of a and of b (with replacement, each side
+    on its own) and the test images (one draw shared by both sides, so the comparison stays paired on the
+    images), and takes the difference of the mean accuracies. Returns the observed difference, the
     percentile interval and a two-sided bootstrap p-value (how often the resampled sign flips, doubled).
+    With one run per side this is the paired bootstrap over test images.
     """
     a = np.atleast_2d(np.asarray(correct_a, dtype=np.float64))
     b = np.atleast_2d(np.asarray(correct_b, dtype=np.float64))
-    if a.shape != b.shape:
-        raise ValueError(f"paired runs must cover the same test images; shapes {a.shape} and {b.shape}")
-    per_image = (a - b).mean(axis=0)  # seeds averaged first: the image is the resampling unit
-    n_images = len(per_image)
+    if a.shape[1] != b.shape[1]:
+        raise ValueError(f"the runs must cover the same test images; {a.shape[1]} and {b.shape[1]} images")
+    if a.shape[0] == 0 or b.shape[0] == 0:
+        raise ValueError("each side needs at least one run")
+    n_images = a.shape[1]
     rng = np.random.default_rng(seed)
-    draws = rng.integers(0, n_images, size=(n_samples, n_images))
-    diffs = per_image[draws].mean(axis=1)
+    # Counts of each image / run in a replicate: a weighted mean equals the mean over the resampled items.
+    image_weights = rng.multinomial(n_images, np.full(n_images, 1.0 / n_images), size=n_samples) / n_images
+    weights_a = rng.multinomial(a.shape[0], np.full(a.shape[0], 1.0 / a.shape[0]), size=n_samples) / a.shape[0]
+    weights_b = rng.multinomial(b.shape[0], np.full(b.shape[0], 1.0 / b.shape[0]), size=n_samples) / b.shape[0]
+    # (replicate, run) accuracy on the resampled images, then averaged over the resampled runs.
+    accuracy_a = np.sum(weights_a * (image_weights @ a.T), axis=1)
+    accuracy_b = np.sum(weights_b * (image_weights @ b.T), axis=1)
+    diffs = accuracy_a - accuracy_b
     tail = (1.0 - level) / 2.0
     low, high = np.quantile(diffs, [tail, 1.0 - tail])
     p_value = min(1.0, 2.0 * min(np.mean(diffs <= 0), np.mean(diffs >= 0)))
     return {
         "accuracy_a": float(a.mean()),
         "accuracy_b": float(b.mean()),
-        "difference": float(per_image.mean()),
+        "difference": float(a.mean() - b.mean()),
         "ci_low": float(low),
         "ci_high": float(high),
         "p_value": float(p_value),
         "n_images": int(n_images),
-        "n_seeds": int(a.shape[0]),
+        "n_runs_a": int(a.shape[0]),
+        "n_runs_b": int(b.shape[0]),
         "n_bootstrap": int(n_samples),
     }

@@ -31,6 +31,7 @@ from cxrmim.analysis.tables import mask_ratio_runs  # noqa: E402
 # The single place that assigns colours: every figure (and the pretraining ones, if they import it) agrees.
 PALETTE = {
     "RGMIM": "#d62728",
+    "RGMIM-lung": "#ff7f0e",
     "MAE": "#1f77b4",
     "Transfer": "#2ca02c",
     "From Scratch": "#7f7f7f",
@@ -115,10 +116,17 @@ def accuracy_vs_mask_ratio(runs: pd.DataFrame) -> plt.Figure:
 
 
 def best_seed_run(group: pd.DataFrame) -> pd.Series:
-    """The seed with the best validation accuracy (the test set does not pick the example)."""
+    """The run (pretraining seed, subset seed) with the best validation accuracy: the test set does not pick it."""
+    seeds = ["pretrain_seed", "seed"]
     if "val_accuracy" not in group or group["val_accuracy"].isna().all():  # runs without a validation part
-        return group.sort_values("seed").iloc[0]
-    return group.sort_values(["val_accuracy", "seed"], ascending=[False, True]).iloc[0]
+        return group.sort_values(seeds).iloc[0]
+    return group.sort_values(["val_accuracy", *seeds], ascending=[False, True, True]).iloc[0]
+
+
+def seed_text(run: pd.Series) -> str:
+    """'seed 1' or, for a pretrained init, 'pretraining seed 0, seed 1'."""
+    pretrain = "" if pd.isna(run["pretrain_seed"]) else f"pretraining seed {int(run['pretrain_seed'])}, "
+    return f"{pretrain}seed {int(run['seed'])}"
 
 
 def draw_matrix(ax: plt.Axes, matrix: np.ndarray, classes: list[str], show_rows: bool) -> None:
@@ -153,7 +161,7 @@ def confusion_matrices(runs: pd.DataFrame) -> plt.Figure:
             matrix = confusion_matrix(predictions["label"].astype(str), predictions["pred"].astype(str), labels=classes)
             matrix = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)
             draw_matrix(ax, matrix, classes, show_rows=col == 0)
-            ax.set_title(f"{run['label']}\n{fraction_label(fraction)}, seed {run['seed']}", fontsize="small",
+            ax.set_title(f"{run['label']}\n{fraction_label(fraction)}, {seed_text(run)}", fontsize="small",
                          color=method_colour(run["method"]))
             ax.set_xlabel("predicted")
             ax.set_ylabel("true" if col == 0 else "")

@@ -21,7 +21,8 @@ from safetensors.torch import load_file  # noqa: E402
 
 from cxrmim.data.tensors import PIXEL_MEAN, PIXEL_STD, load_prepared, normalise  # noqa: E402
 from cxrmim.models.mae import MaskedAutoencoder  # noqa: E402
-from cxrmim.models.masking import MASKING, MaskPlan  # noqa: E402
+from cxrmim.inits import PRETRAIN_METHODS  # noqa: E402
+from cxrmim.models.masking import MASKING, METHOD_MASKING, MaskPlan  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -82,18 +83,24 @@ def draw_masks(valid: np.ndarray, mask_ratio: float, seed: int = FIGURE_SEED) ->
     }
 
 
+def masking_title(name: str) -> str:
+    """'region masking (RGMIM)': a MASKING strategy and the method label(s) that pretrain with it."""
+    methods = [PRETRAIN_METHODS.get(m, m) for m, masking in METHOD_MASKING.items() if masking == name]
+    return f"{name.replace('_', ' ')} masking" + (f" ({', '.join(methods)})" if methods else "")
+
+
 def plot_masking_illustration(examples: Examples, mask_ratio: float, path: Path, dpi: int) -> None:
-    """Rows of: original, lung mask, random masking, region-guided masking (masked patches grey)."""
+    """Rows of: original, lung mask, then every masking strategy at the same ratio (masked patches grey)."""
     plans = draw_masks(examples.valid, mask_ratio)
-    columns = ["original", "lung mask", "random masking (MAE)", "region-guided masking (RGMIM)"]
+    columns = ["original", "lung mask", *(masking_title(name) for name in plans)]
     n = len(examples.images)
-    fig, axes = plt.subplots(n, 4, figsize=(9.6, 2.5 * n), squeeze=False)
+    fig, axes = plt.subplots(n, len(columns), figsize=(2.4 * len(columns), 2.5 * n), squeeze=False)
     for row in range(n):
         image, valid = examples.images[row], examples.valid[row]
         panels = [image / 255.0, examples.masks[row] > 0]
         titles = [examples.labels[row], f"{int(valid.sum())}/{valid.size} lung patches"]
-        for name in ("random", "region"):
-            mask = plans[name].mask[row].numpy()
+        for plan in plans.values():
+            mask = plan.mask[row].numpy()
             panels.append(grey_out(image, mask, examples.patch_size))
             titles.append(f"{int((mask.astype(bool) & valid).sum())}/{int(mask.sum())} masked in lung")
         for col, (panel, title) in enumerate(zip(panels, titles)):
@@ -159,17 +166,29 @@ def plot_reconstructions(examples: Examples, run_dirs: list[Path], path: Path, d
     plt.close(fig)
 
 
+SHARE_COLUMNS = {"fallback_fraction": "fallback images", "visible_lung_fraction": "lung patches visible"}
+
+
 def plot_loss_curves(run_dirs: list[Path], path: Path, dpi: int) -> None:
-    """Pretraining loss per epoch of every run in one axes."""
+    """Pretraining loss per epoch of every run and, where the histories have them, the share of fallback
+    images and of visible lung patches per epoch."""
     frames = []
     for run_dir in run_dirs:
         history = pd.read_csv(run_dir / "history.csv")
         frames.append(history.assign(run=run_dir.name))
     data = pd.concat(frames, ignore_index=True)
-    fig, ax = plt.subplots(figsize=(6.4, 4.0))
-    sns.lineplot(data=data, x="epoch", y="loss", hue="run", marker="o", ax=ax)
-    ax.set_ylabel("reconstruction loss (masked patches)")
-    ax.set_title("Pretraining loss")
+    shares = [c for c in SHARE_COLUMNS if c in data and data[c].notna().any()]
+    fig, axes = plt.subplots(1, 2 if shares else 1, figsize=(12.0 if shares else 6.4, 4.0), squeeze=False)
+    sns.lineplot(data=data, x="epoch", y="loss", hue="run", marker="o", ax=axes[0, 0])
+    axes[0, 0].set_ylabel("reconstruction loss (masked patches)")
+    axes[0, 0].set_title("Pretraining loss")
+    if shares:
+        long = data.melt(id_vars=["run", "epoch"], value_vars=shares, var_name="share", value_name="value")
+        long["share"] = long["share"].map(SHARE_COLUMNS)
+        sns.lineplot(data=long, x="epoch", y="value", hue="run", style="share", marker="o", ax=axes[0, 1])
+        axes[0, 1].set_ylabel("share")
+        axes[0, 1].set_ylim(-0.02, 1.02)
+        axes[0, 1].set_title("Masking: fallback images, visible lung patches")
     fig.tight_layout()
     fig.savefig(path, dpi=dpi)
     plt.close(fig)

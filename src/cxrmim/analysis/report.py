@@ -1,14 +1,28 @@
-"""One self-contained HTML page: the Markdown tables, every figure embedded as base64 PNG, and the config."""
+"""One self-contained HTML page: what the run shows (dataset, key comparisons, provenance) first, then the
+Markdown tables, every figure embedded as base64 PNG, and the config."""
 
 from __future__ import annotations
 
 import base64
 import html
+import re
 from pathlib import Path
 
+import pandas as pd
 import yaml
 
 from cxrmim.analysis.runs import load_config
+from cxrmim.analysis.summary import (
+    RunFiles,
+    comparison_sentences,
+    dataset_sentences,
+    images_per_class_and_split,
+    pretraining_sentences,
+    provenance,
+    wall_times,
+)
+from cxrmim.config import REPO_ROOT
+from cxrmim.io import atomic_path
 
 STYLE = """
 body { font-family: system-ui, sans-serif; max-width: 1100px; margin: 2em auto; padding: 0 1em; color: #222; }
@@ -18,6 +32,7 @@ th { background: #f2f2f2; }
 figure { margin: 1.5em 0; }
 figure img { max-width: 100%; }
 figcaption { font-size: 0.9em; color: #555; }
+.summary { background: #f6f8fb; border-left: 4px solid #4a78b5; padding: 0.2em 1em 0.5em; }
 pre { background: #f7f7f7; padding: 1em; overflow-x: auto; font-size: 0.85em; }
 """
 
@@ -60,18 +75,69 @@ def markdown_html(text: str) -> str:
     return "\n".join(parts)
 
 
-def caption_text(captions_dir: Path | None, name: str) -> str:
+def frame_html(frame: pd.DataFrame) -> str:
+    """A DataFrame as an HTML table, every cell escaped."""
+    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in frame.columns)
+    cells = "".join("<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in row) + "</tr>"
+                    for row in frame.itertuples(index=False))
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{cells}</tbody></table>"
+
+
+def paragraphs(sentences: list[str], empty: str) -> str:
+    """Sentences as paragraphs, or one saying what is missing."""
+    return "".join(f"<p>{html.escape(s)}</p>" for s in sentences) or f"<p><em>{html.escape(empty)}</em></p>"
+
+
+def summary_html(files: RunFiles, config: dict, repo: Path) -> str:
+    """The report's opening: dataset, key comparisons, pretraining masking and provenance."""
+    parts = ['<section class="summary"><h2>What this run shows</h2>', "<h3>Dataset</h3>",
+             paragraphs(dataset_sentences(files), "no dataset summary given")]
+    if files.split:
+        parts.append(frame_html(images_per_class_and_split(files.split)))
+    comparisons = comparison_sentences(files.significance)
+    parts += ["<h3>Key comparisons</h3>",
+              "<ul>" + "".join(f"<li>{html.escape(s)}</li>" for s in comparisons) + "</ul>" if comparisons
+              else "<p><em>no significance table given</em></p>",
+              "<p>Intervals: hierarchical bootstrap over runs and test images (see the significance table).</p>"]
+    masking = pretraining_sentences(files.pretrain_histories)
+    if masking:
+        parts += ["<h3>Pretraining masking</h3>", paragraphs(masking, "")]
+    rows = pd.DataFrame(provenance(files, config, repo), columns=["Record", "Value"])
+    parts += ["<h3>Provenance</h3>", frame_html(rows)]
+    times = wall_times(files.benchmarks_dir)
+    if not times.empty:
+        parts += ["<p>Wall time per stage (Snakemake benchmarks; jobs may have run in parallel):</p>",
+                  frame_html(times)]
+    return "\n".join(parts) + "</section>"
+
+
+CONFIG_REFERENCE = re.compile(r"\{\{\s*snakemake\.config((?:\[[\"'][^\"']+[\"']\])+)\s*\}\}")
+
+
+def fill_config(text: str, config: dict) -> str:
+    """Replace the captions' Jinja references {{ snakemake.config["a"]["b"] }} with the config's value."""
+    def value(match: re.Match) -> str:
+        found: object = config
+        for key in re.findall(r"[\"']([^\"']+)[\"']", match.group(1)):
+            found = found.get(key, "?") if isinstance(found, dict) else "?"
+        return str(found)
+
+    return CONFIG_REFERENCE.sub(value, text)
+
+
+def caption_text(captions_dir: Path | None, name: str, config: dict | None = None) -> str:
     """The figure's RST caption as plain text (markup characters are harmless here), else its name."""
     if captions_dir is not None and (captions_dir / f"{name}.rst").exists():
-        return " ".join((captions_dir / f"{name}.rst").read_text().split())
+        return fill_config(" ".join((captions_dir / f"{name}.rst").read_text().split()), config or {})
     return name.replace("_", " ")
 
 
-def figure_html(path: Path, captions_dir: Path | None) -> str:
+def figure_html(path: Path, captions_dir: Path | None, config: dict | None = None) -> str:
     """A PNG embedded as a data URI with its caption."""
     data = base64.b64encode(path.read_bytes()).decode("ascii")
-    caption = html.escape(caption_text(captions_dir, path.stem))
-    return f'<figure><img alt="{html.escape(path.stem)}" src="data:image/png;base64,{data}"><figcaption>{caption}</figcaption></figure>'
+    caption = html.escape(caption_text(captions_dir, path.stem, config))
+    image = f'<img alt="{html.escape(path.stem)}" src="data:image/png;base64,{data}">'
+    return f"<figure>{image}<figcaption>{caption}</figcaption></figure>"
 
 
 def config_yaml(config_source: str | Path) -> str:
@@ -84,14 +150,17 @@ def config_yaml(config_source: str | Path) -> str:
 
 def build_report(
     tables: list[str | Path], figures: list[str | Path], config_source: str | Path, title: str,
-    captions_dir: str | Path | None = None,
+    captions_dir: str | Path | None = None, files: RunFiles | None = None, repo: str | Path | None = None,
 ) -> str:
-    """The whole page as a string."""
+    """The whole page as a string; `files` feed the opening summary, `repo` is where the commit is read."""
     captions = Path(captions_dir) if captions_dir else None
-    body = [f"<h1>{html.escape(title)}</h1>", "<h2>Tables</h2>"]
+    config = load_config(config_source)
+    body = [f"<h1>{html.escape(title)}</h1>",
+            summary_html(files or RunFiles(), config, Path(repo) if repo else REPO_ROOT),
+            "<h2>Tables</h2>"]
     body += [f"<section>{markdown_html(Path(path).read_text())}</section>" for path in tables]
     body.append("<h2>Figures</h2>")
-    body += [figure_html(Path(path), captions) for path in figures]
+    body += [figure_html(Path(path), captions, config) for path in figures]
     body += ["<h2>Configuration</h2>", f"<pre>{html.escape(config_yaml(config_source))}</pre>"]
     return (
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
@@ -104,8 +173,7 @@ def build_report(
 def write_report(out: str | Path, **kwargs) -> Path:
     """Write the page atomically."""
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(build_report(**kwargs), encoding="utf-8")
-    tmp.replace(out)
+    page = build_report(**kwargs)
+    with atomic_path(out) as tmp:
+        tmp.write_text(page, encoding="utf-8")
     return out

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -10,10 +11,13 @@ import numpy as np
 import pandas as pd
 import yaml
 
-# Row order of the paper's Table 2: self-supervised methods first, then the baselines.
-METHOD_ORDER = ["RGMIM", "MAE", "Transfer", "From Scratch"]
+# Row order of the paper's Table 2: self-supervised methods first, then the baselines; others go last.
+METHOD_ORDER = ["RGMIM", "RGMIM-lung", "MAE", "Transfer", "From Scratch"]
 ARCHITECTURE_ORDER = ["ViT", "ResNet-50"]
 IDENTITY = ["method", "architecture", "init", "mask_ratio", "fraction", "pretrain_seed", "seed"]
+PRETRAIN_SEED_SUFFIX = re.compile(r"_s\d+$")  # `<method>_r<ratio>_<encoder>_s<seed>` (cxrmim.inits)
+# Last-epoch pretraining measures shown in Table 3 and the report (older histories lack them).
+PRETRAIN_MEASURES = ["fallback_fraction", "visible_lung_fraction"]
 
 
 def load_config(value: str | Path) -> dict:
@@ -34,7 +38,8 @@ def load_runs(metrics_paths: Iterable[str | Path]) -> pd.DataFrame:
         # One row label per init family: the runs of every pretraining seed are replicates of one init.
         row["run_init"] = row["init"]
         if row["pretrain_seed"] is not None:
-            row["init"] = row["init"].rsplit("_s", 1)[0]
+            row["init"] = init_family(row["init"])
+        row.update(built_model(metrics))
         for part in ("val", "test"):
             row.update({f"{part}_{k}": v for k, v in (metrics.get(part) or {}).items()})
         row["run_dir"] = str(path.parent)
@@ -48,15 +53,57 @@ def load_runs(metrics_paths: Iterable[str | Path]) -> pd.DataFrame:
     return sort_runs(runs)
 
 
+def init_family(name: str) -> str:
+    """A pretrained init without its pretraining seed: rgmim_r0.75_vit-cpu_s1 -> rgmim_r0.75_vit-cpu."""
+    return PRETRAIN_SEED_SUFFIX.sub("", name)
+
+
+def numbers(values: Iterable[float]) -> str:
+    """[0.5] -> '0.5'; [0.485, 0.456] -> '0.485/0.456'."""
+    return "/".join(f"{float(v):g}" for v in values)
+
+
+def built_model(metrics: dict) -> dict:
+    """The encoder a run actually built and its input normalisation (None where metrics.json predates them)."""
+    model = metrics.get("model") or {}
+    norm = metrics.get("input_norm") or {}
+    return {
+        "model_timm_name": model.get("timm_name"),
+        "model_depth": model.get("depth"),
+        "model_width": model.get("width"),
+        "model_n_parameters": model.get("n_parameters"),
+        "input_norm": f"mean {numbers(norm['mean'])}, std {numbers(norm['std'])}" if norm.get("mean") else None,
+        "device": metrics.get("device"),
+    }
+
+
+def load_pretrain_histories(history_paths: Iterable[str | Path]) -> pd.DataFrame:
+    """One row per pretraining run: name, init family, epochs and the last epoch's PRETRAIN_MEASURES (NaN if absent)."""
+    rows = []
+    for path in history_paths:
+        path = Path(path)
+        history = pd.read_csv(path)
+        if history.empty:
+            raise ValueError(f"{path}: pretraining history has no epochs; re-run its pretrain job")
+        last = history.iloc[-1]
+        rows.append({
+            "run": path.parent.name,
+            "init": init_family(path.parent.name),
+            "epochs": int(last["epoch"]) if "epoch" in history else len(history),
+            **{m: float(last[m]) if m in history else float("nan") for m in PRETRAIN_MEASURES},
+        })
+    return pd.DataFrame(rows, columns=["run", "init", "epochs", *PRETRAIN_MEASURES])
+
+
 def rank(values: pd.Series, order: list[str]) -> pd.Series:
     """Position in a preferred order; unknown values go last (alphabetically among themselves)."""
     return values.map(lambda v: order.index(v) if v in order else len(order))
 
 
 def sort_runs(runs: pd.DataFrame) -> pd.DataFrame:
-    """Paper order: method, architecture, then init, fraction and seed."""
+    """Paper order: method, architecture, then init, fraction, pretraining seed and subset seed."""
     keyed = runs.assign(_m=rank(runs["method"], METHOD_ORDER), _a=rank(runs["architecture"], ARCHITECTURE_ORDER))
-    keyed = keyed.sort_values(["_m", "method", "_a", "architecture", "init", "fraction", "seed"])
+    keyed = keyed.sort_values(["_m", "method", "_a", "architecture", "init", "fraction", "pretrain_seed", "seed"])
     return keyed.drop(columns=["_m", "_a"]).reset_index(drop=True)
 
 

@@ -1,0 +1,105 @@
+"""The paper's Table 1: every recipe setting that shapes the results, and the models the runs actually built."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pandas as pd
+
+from cxrmim.recipe import LR_REFERENCE_BATCH, FinetuneSettings
+
+# Config keys that do not change a result (where or how fast a job runs, which jobs exist): not in Table 1.
+# Every other key of these sections has a row; tests/test_tables.py checks the schema against this list.
+NOT_IN_TABLE_1 = {
+    "pretrain": {"device", "compile", "num_workers", "resources"},
+    "finetune": {"imagenet_weights", "device", "num_workers", "resources"},
+}
+NONE = "–"
+
+
+def encoder_text(config: dict[str, Any], key: str) -> str:
+    """timm name and kwargs of an `encoders:` entry."""
+    entry = config.get("encoders", {}).get(key, {})
+    kwargs = ", ".join(f"{k}={v}" for k, v in (entry.get("kwargs") or {}).items())
+    return f"{key}: {entry.get('timm_name', key)}({kwargs})"
+
+
+def model_text(runs: pd.DataFrame) -> str:
+    """'vit_tiny_patch16_224: depth 4, width 128, 0.81 M parameters' for the distinct models the runs built."""
+    built = runs.dropna(subset=["model_timm_name"]).drop_duplicates(
+        ["model_timm_name", "model_depth", "model_width", "model_n_parameters"])
+    texts = []
+    for _, model in built.iterrows():
+        depth = NONE if pd.isna(model["model_depth"]) else int(model["model_depth"])
+        texts.append(f"{model['model_timm_name']}: depth {depth}, width {int(model['model_width'])}, "
+                     f"{int(model['model_n_parameters']) / 1e6:.2f} M parameters")
+    return "; ".join(texts) or NONE
+
+
+def built_model_rows(runs: pd.DataFrame | None) -> list[tuple[str, Any, Any]]:
+    """One row per architecture with the encoder the fine-tuning runs built (without the head), and the input
+    normalisation they applied; the pretraining column repeats it where that architecture was pretrained."""
+    if runs is None or runs.empty:
+        return []
+    rows = []
+    for architecture, group in runs.groupby("architecture", sort=False):
+        text = model_text(group)
+        pretrained = group["mask_ratio"].notna().any()
+        rows.append((f"Model built ({architecture})", text if pretrained else NONE, text))
+    norms = "; ".join(runs["input_norm"].dropna().unique()) or NONE
+    rows.append(("Input normalisation (grey)", norms if runs["mask_ratio"].notna().any() else NONE, norms))
+    return rows
+
+
+def listed(values: Any) -> str | None:
+    """[0.8, 1.0] -> '0.8, 1.0'; None stays None."""
+    if values is None:
+        return None
+    return ", ".join(map(str, values)) if isinstance(values, (list, tuple)) else str(values)
+
+
+def hyperparameter_table(config: dict[str, Any], runs: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Table 1 from the config actually used, pretraining and fine-tuning side by side, then the built models."""
+    pre = config.get("pretrain", {})
+    fine = FinetuneSettings.from_config(config["finetune"])  # same defaults the training runs applied
+    fine_raw = config["finetune"]
+    decoder = pre.get("decoder", {})
+    pre_augment = pre.get("augment") or {}
+    fractions = config.get("label_fractions") or {}
+    split = config.get("split") or {}
+    validity = config.get("patch_validity") or {}
+    rows = [
+        ("Methods", listed(pre.get("methods")), listed(fine_raw.get("inits"))),
+        ("Epochs", pre.get("epochs"), fine.epochs),
+        ("Batch size (effective)", pre.get("effective_batch_size", pre.get("batch_size")), fine.batch_size),
+        ("Batch per step (accumulation)", pre.get("batch_size"), fine.batch_size),
+        ("Base learning rate", pre.get("base_lr"), fine.base_lr),
+        ("Peak learning rate", f"base × batch / {LR_REFERENCE_BATCH}", f"base × batch / {LR_REFERENCE_BATCH}"),
+        ("Weight decay", pre.get("weight_decay"), fine.weight_decay),
+        ("Momentum β1, β2", listed(pre.get("betas")), listed(fine.betas)),
+        ("Warmup epochs", pre.get("warmup_epochs"), fine.warmup_epochs),
+        ("Layer-wise lr decay", NONE, fine.layer_decay),
+        ("Drop path", NONE, fine.drop_path),
+        ("Minimum optimiser steps", NONE, fine.min_steps),
+        ("Augmentation: crop scale", listed(pre_augment.get("crop_scale")), listed(fine.crop_scale)),
+        ("Augmentation: horizontal flip", pre_augment.get("hflip", False), fine.hflip),
+        ("Per-patch normalised target (norm_pix_loss)", pre.get("norm_pix_loss"), NONE),
+        ("Patch size T", validity.get("patch_size"), "same"),
+        ("Lung-valid patch: coverage above", validity.get("threshold"), NONE),
+        ("Image without lung mask", validity.get("no_mask_policy", "fail"), NONE),
+        ("Masking ratio σ", pre.get("mask_ratio"), NONE),
+        ("Masking ratios studied", listed(pre.get("mask_ratios")), NONE),
+        ("Image size", config.get("prepare", {}).get("image_size"), "same"),
+        ("Encoder", encoder_text(config, pre.get("encoder", "vit")), "per init (see encoders)"),
+        ("Decoder (dim, depth, heads)", ", ".join(str(decoder.get(k)) for k in ("embed_dim", "depth", "num_heads")),
+         NONE),
+        ("Seeds", listed(pre.get("seeds")), listed(fractions.get("seeds"))),
+        ("Label fractions", NONE, listed(fractions.get("fractions"))),
+        ("Split: test, validation fraction (seed)",
+         f"{split.get('test_fraction')}, {split.get('val_fraction')} ({split.get('seed')})" if split else None, "same"),
+        *built_model_rows(runs),
+    ]
+    return pd.DataFrame(
+        [(name, NONE if a is None else str(a), NONE if b is None else str(b)) for name, a, b in rows],
+        columns=["Hyperparameter", "Pretraining", "Fine-tuning"],
+    )
