@@ -13,6 +13,9 @@ rule pretrain:
         encoder=f"{RESULTS}/pretrain/{{method}}_r{{ratio}}_{{encoder}}_s{{pseed}}/encoder.safetensors",
         autoencoder=f"{RESULTS}/pretrain/{{method}}_r{{ratio}}_{{encoder}}_s{{pseed}}/autoencoder.safetensors",
         history=f"{RESULTS}/pretrain/{{method}}_r{{ratio}}_{{encoder}}_s{{pseed}}/history.csv",
+        # The same encoder as a timm folder: timm.create_model("local-dir:<run>/timm", pretrained=True).
+        timm_config=f"{RESULTS}/pretrain/{{method}}_r{{ratio}}_{{encoder}}_s{{pseed}}/timm/config.json",
+        timm_weights=f"{RESULTS}/pretrain/{{method}}_r{{ratio}}_{{encoder}}_s{{pseed}}/timm/model.safetensors",
     log:
         f"{LOGS}/pretrain/{{method}}_r{{ratio}}_{{encoder}}_s{{pseed}}.log",
     benchmark:

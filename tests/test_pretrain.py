@@ -121,6 +121,17 @@ def test_cli_run_writes_outputs_and_history(cli_run: Path) -> None:
     assert "device cpu" in log_text and "effective batch 16" in log_text and "encoder" in log_text
 
 
+def test_run_encoder_loads_with_one_line_of_timm(cli_run: Path) -> None:
+    import timm
+
+    model = timm.create_model(f"local-dir:{cli_run / 'timm'}", pretrained=True, num_classes=3)
+    encoder = load_file(cli_run / "encoder.safetensors")
+    state = model.state_dict()
+    assert set(encoder) == {k for k in state if not k.startswith("head.")}
+    assert all(torch.equal(state[k], v) for k, v in encoder.items())
+    assert timm.data.resolve_data_config({}, model=model)["input_size"][0] == 1
+
+
 def test_random_masking_never_falls_back(cache: dict[str, Path], tmp_path: Path) -> None:
     result = run(cache, tmp_path / "mae", method="mae", settings=tiny_settings(epochs=1, augment=None))
     assert result.finished

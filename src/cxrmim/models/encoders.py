@@ -197,3 +197,14 @@ def export_timm_folder(
         # The tag and licence of the architecture's ImageNet weights do not describe these weights.
         save_config_for_hf(model, str(tmp), model_config={"pretrained_cfg": {"tag": "cxrmim", "license": None}}, model_args=args,
                            data_config=data_config)
+
+
+def write_encoder_files(
+    model: nn.Module, encoder_cfg: dict[str, Any], image_size: int, patch_size: int, out_dir: str | Path,
+    norm: InputNorm = GREY_NORM,
+) -> None:
+    """A pretraining run's encoder: `encoder.safetensors` (what fine-tuning loads) and `timm/` (one line of timm)."""
+    out_dir = Path(out_dir)
+    kwargs = timm_kwargs(encoder_cfg, image_size, patch_size, num_classes=0)
+    save_encoder(model, out_dir / "encoder.safetensors", encoder_cfg["timm_name"], kwargs, norm)
+    export_timm_folder(model, encoder_cfg, image_size, patch_size, norm, out_dir / "timm")

@@ -22,7 +22,7 @@ from torch import nn
 from cxrmim.cli import parse_json_arg, setup_logging
 from cxrmim.device import select_device
 from cxrmim.io import atomic_path
-from cxrmim.models.encoders import save_encoder, timm_kwargs
+from cxrmim.models.encoders import write_encoder_files
 from cxrmim.models.mae import MaskedAutoencoder, build_mae
 from cxrmim.models.masking import METHOD_MASKING, MaskPlan, lung_batch_masked
 from cxrmim.train.common import seed_everything
@@ -114,11 +114,10 @@ class MaskedImageModeling:
         ]
 
     def write_outputs(self, out_dir: Path) -> None:
-        """encoder.safetensors (timm-loadable) and autoencoder.safetensors (full MAE, for figures)."""
-        kwargs = timm_kwargs(self.encoder_cfg, self.mae.image_size, self.mae.patch_size, num_classes=0)
+        """The encoder files (`write_encoder_files`) and autoencoder.safetensors (full MAE, for figures)."""
         out_dir.mkdir(parents=True, exist_ok=True)
         save_autoencoder(self.mae, self.encoder_cfg, out_dir / "autoencoder.safetensors")
-        save_encoder(self.mae.encoder, out_dir / "encoder.safetensors", self.encoder_cfg["timm_name"], kwargs)
+        write_encoder_files(self.mae.encoder, self.encoder_cfg, self.mae.image_size, self.mae.patch_size, out_dir)
 
 
 def save_autoencoder(model: MaskedAutoencoder, encoder_cfg: dict[str, Any], path: Path) -> None:
