@@ -19,7 +19,7 @@ rule pretrain:
         prepared=f"{RESULTS}/prepared",
         out_dir=lambda wc: f"{RESULTS}/pretrain/{wc.method}_r{wc.ratio}_{wc.encoder}_s{wc.pseed}",
     wildcard_constraints:
-        method="|".join(PRETRAIN_METHODS),
+        method="|".join(MASKED_METHODS),
         ratio=r"[0-9.]+",
         encoder=r"[A-Za-z0-9][A-Za-z0-9-]*",
         pseed=r"\d+",

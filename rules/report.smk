@@ -7,6 +7,7 @@ rule report:
         figures=rules.figures.output,
         pretrain_figures=rules.pretrain_figures.output,
         valid_patches=rules.patch_validity.output.figure,
+        contrastive_figures=expand(f"{RESULTS}/figures/{{name}}.png", name=CONTRASTIVE_FIGURES),
     output:
         html=f"{RESULTS}/report.html",
     params:
@@ -20,4 +21,4 @@ rule report:
         "../envs/torch.yaml"
     shell:
         "python {input.script} --tables-dir {params.tables_dir} --figures {input.valid_patches} "
-        "{input.pretrain_figures} {input.figures} --config {params.config} --out {output.html} --log {log}"
+        "{input.pretrain_figures} {input.contrastive_figures} {input.figures} --config {params.config} --out {output.html} --log {log}"

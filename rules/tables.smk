@@ -2,7 +2,7 @@ rule tables:
     """The paper's Tables 1-3 and the paired-bootstrap significance table, as CSV and Markdown."""
     input:
         script=script("tables.py"),
-        code=package_code("analysis/tables.py", "analysis/runs.py", "evaluation.py", "recipe.py"),
+        code=package_code("analysis/tables.py", "analysis/runs.py", "evaluation.py", "recipe.py", "inits.py"),
         metrics=finetune_metrics(),
     output:
         expand(f"{RESULTS}/tables/{{table}}.{{ext}}", table=TABLES, ext=["csv", "md"]),

@@ -32,6 +32,8 @@ from cxrmim.analysis.tables import mask_ratio_runs  # noqa: E402
 PALETTE = {
     "RGMIM": "#d62728",
     "MAE": "#1f77b4",
+    "BYOL": "#9467bd",
+    "SimSiam": "#ff7f0e",
     "Transfer": "#2ca02c",
     "From Scratch": "#7f7f7f",
 }

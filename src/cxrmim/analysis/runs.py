@@ -11,7 +11,7 @@ import pandas as pd
 import yaml
 
 # Row order of the paper's Table 2: self-supervised methods first, then the baselines.
-METHOD_ORDER = ["RGMIM", "MAE", "Transfer", "From Scratch"]
+METHOD_ORDER = ["RGMIM", "MAE", "BYOL", "SimSiam", "Transfer", "From Scratch"]
 ARCHITECTURE_ORDER = ["ViT", "ResNet-50"]
 IDENTITY = ["method", "architecture", "init", "mask_ratio", "fraction", "pretrain_seed", "seed"]
 

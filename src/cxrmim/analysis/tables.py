@@ -17,6 +17,7 @@ from cxrmim.analysis.runs import (
     main_runs,
 )
 from cxrmim.evaluation import paired_bootstrap
+from cxrmim.inits import CONTRASTIVE_METHODS, PRETRAIN_METHODS
 from cxrmim.recipe import LR_REFERENCE_BATCH, FinetuneSettings
 
 STD_NOTE = "Mean ± sample standard deviation over label-subset seeds (no ± when only one seed); n = seeds."
@@ -143,13 +144,20 @@ def find_init(runs: pd.DataFrame, method: str, architecture: str) -> pd.DataFram
 
 
 COMPARISONS = [(("RGMIM", "ViT"), ("MAE", "ViT")), (("RGMIM", "ViT"), ("From Scratch", "ViT"))]
+CONTRASTIVE_LABELS = [PRETRAIN_METHODS[m] for m in CONTRASTIVE_METHODS]
+
+
+def comparisons(runs: pd.DataFrame) -> list[tuple[tuple[str, str], tuple[str, str]]]:
+    """The fixed comparisons plus RGMIM (ViT) against each contrastive baseline present (any backbone)."""
+    present = runs.loc[runs["method"].isin(CONTRASTIVE_LABELS), ["method", "architecture"]].drop_duplicates()
+    return COMPARISONS + [(("RGMIM", "ViT"), (method, arch)) for method, arch in present.itertuples(index=False)]
 
 
 def significance_table(runs: pd.DataFrame, n_samples: int, seed: int) -> pd.DataFrame:
     """Per fraction, paired bootstrap of the accuracy difference for each comparison with both sides present."""
     rows = []
     for fraction, at_fraction in runs.groupby("fraction"):
-        for (method_a, arch_a), (method_b, arch_b) in COMPARISONS:
+        for (method_a, arch_a), (method_b, arch_b) in comparisons(runs):
             run_a, run_b = find_init(at_fraction, method_a, arch_a), find_init(at_fraction, method_b, arch_b)
             if run_a.empty or run_b.empty or not set(run_a["seed"]) & set(run_b["seed"]):
                 continue
