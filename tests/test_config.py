@@ -5,7 +5,7 @@ import pytest
 from cxrmim.config import REPO_ROOT, load_config, merge, validate_config
 
 
-@pytest.mark.parametrize("override", ["configs/paper.yaml", "tests/configs/tiny.yaml"])
+@pytest.mark.parametrize("override", ["configs/paper.yaml", "tests/configs/tiny.yaml", "tests/configs/contrastive.yaml"])
 def test_shipped_configs_validate(override):
     config = load_config(REPO_ROOT / override)
     assert config["dataset"]["name"]

@@ -12,6 +12,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +43,9 @@ def plot_contrastive_pretraining(history_paths: list[str | Path], out: str | Pat
     loss_ax.set_title("Pretraining loss")
     sns.lineplot(data=data, x="epoch", y="embedding_std_ratio", hue="run", marker="o", ax=std_ax, legend=False)
     std_ax.axhline(1.0, color="grey", linestyle="--", linewidth=1)
-    std_ax.set_ylim(bottom=0)
+    std_ax.set_ylim(0, max(1.2, 1.1 * float(data["embedding_std_ratio"].max())))
+    for ax in (loss_ax, std_ax):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     std_ax.set_ylabel("std of normalised embedding × √d")
     std_ax.set_title("Collapse check (0 = collapsed, ~1 = spread)")
     figure.tight_layout()
