@@ -203,6 +203,11 @@ def test_views_stay_grey_change_intensity_and_blur() -> None:
     assert (blurred.std(dim=(1, 2, 3)) < 0.2 * checker.std(dim=(1, 2, 3))).all()
 
 
+def test_view_size_resizes_the_crop() -> None:
+    views = random_view(gradient_images(4, 32), ViewAugment.from_config({"view_size": 16}), torch.Generator())
+    assert views.shape == (4, 1, 16, 16)
+
+
 def test_unknown_augment_key_is_named() -> None:
     with pytest.raises(ValueError, match="vflip"):
         ViewAugment.from_config({"vflip": True})

@@ -28,6 +28,7 @@ class ViewAugment:
     contrast: float = 0.2  # multiplicative factor drawn in [1 - c, 1 + c] around the image mean
     blur_probability: float = 0.5
     blur_sigma: tuple[float, float] = (0.1, 1.5)  # pixels
+    view_size: int | None = None  # side of the resized crop; None = the image size (smaller = cheaper steps)
 
     @classmethod
     def from_config(cls, values: dict[str, Any] | None) -> ViewAugment:
@@ -86,10 +87,10 @@ def gaussian_blur(images: torch.Tensor, sigma: torch.Tensor, radius: int) -> tor
 
 
 def random_view(images: torch.Tensor, augment: ViewAugment, generator: torch.Generator) -> torch.Tensor:
-    """One augmented view of a batch of normalised grey images (B, 1, S, S)."""
-    n = images.shape[0]
+    """One augmented view of a batch of normalised grey images (B, 1, S, S) -> (B, 1, V, V), V = view_size or S."""
+    n, channels, size = images.shape[0], images.shape[1], augment.view_size or images.shape[-1]
     theta = crop_rotate_theta(n, augment, generator).to(images.device, images.dtype)
-    grid = F.affine_grid(theta, list(images.shape), align_corners=False)
+    grid = F.affine_grid(theta, [n, channels, size, size], align_corners=False)
     views = F.grid_sample(images, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
     contrast = uniform(1 - augment.contrast, 1 + augment.contrast, n, generator).to(images.device, images.dtype)
     brightness = uniform(-augment.brightness, augment.brightness, n, generator).to(images.device, images.dtype)
