@@ -7,7 +7,13 @@ from pathlib import Path
 from cxrmim.codebase import module_closure  # the package modules a script imports (torch-free)
 from cxrmim.config import check_consistency
 from cxrmim.data.splits import fraction_tag as tag  # one spelling of numbers in file names, shared with the package
-from cxrmim.inits import PRETRAIN_METHODS, parse_init, pretrain_run_name  # one spelling of run names (torch-free)
+from cxrmim.inits import (
+    CONTRASTIVE_METHODS,
+    MASKED_METHODS,
+    PRETRAIN_METHODS,
+    parse_init,
+    pretrain_run_name,
+)  # one spelling of run names (torch-free)
 
 check_consistency(config)  # what the schema cannot check (patch size vs image size), before any job runs
 
@@ -83,6 +89,9 @@ def section(name, drop=()):
 
 
 PRETRAIN_SEEDS = [int(s) for s in config["pretrain"]["seeds"]]
+# SimSiam / BYOL: an optional section; without it (or with no methods) it adds no jobs.
+CONTRASTIVE = config.get("contrastive") or {}
+CONTRASTIVE_METHODS_USED = list(CONTRASTIVE.get("methods") or [])
 
 
 def run_names(method, ratio, encoder=None):
@@ -91,15 +100,44 @@ def run_names(method, ratio, encoder=None):
     return [pretrain_run_name(method, ratio, encoder, seed) for seed in PRETRAIN_SEEDS]
 
 
+def contrastive_run_names(method):
+    """Folder names of one contrastive method's runs: one per (contrastive encoder, pretraining seed)."""
+    return [
+        pretrain_run_name(method, None, encoder, seed)
+        for encoder in CONTRASTIVE.get("encoders") or []
+        for seed in PRETRAIN_SEEDS
+    ]
+
+
 def init_names(init):
-    """Concrete fine-tuning inits for a config entry: one per pretraining seed for rgmim/mae (main ratio)."""
+    """Concrete fine-tuning inits for a config entry: one per pretraining seed for rgmim/mae (main ratio),
+    one per (encoder, pretraining seed) for simsiam/byol."""
+    if init in CONTRASTIVE_METHODS:
+        return contrastive_run_names(init)
     return run_names(init, config["pretrain"]["mask_ratio"]) if init in PRETRAIN_METHODS else [init]
+
+
+def check_contrastive():
+    """Every contrastive method has its settings block and every contrastive encoder is an `encoders` key."""
+    for method in CONTRASTIVE_METHODS_USED:
+        if not CONTRASTIVE.get(method):
+            raise ValueError(f"contrastive.methods has {method!r} but contrastive.{method} (its settings) is missing")
+    for encoder in CONTRASTIVE.get("encoders") or []:
+        if encoder not in config["encoders"]:
+            raise ValueError(
+                f"contrastive.encoders has {encoder!r} but encoders has no such key; "
+                f"known encoders: {sorted(config['encoders'])}"
+            )
 
 
 def check_inits():
     """Fail at DAG construction with a clear message when an init cannot be built."""
     encoders = config["encoders"]
     for init in config["finetune"]["inits"]:
+        if init in CONTRASTIVE_METHODS:
+            if init not in CONTRASTIVE_METHODS_USED:
+                raise ValueError(f"finetune.inits has {init!r} but contrastive.methods does not; add it there")
+            continue
         if init in PRETRAIN_METHODS:
             if init not in config["pretrain"]["methods"]:
                 raise ValueError(f"finetune.inits has {init!r} but pretrain.methods does not; add it there")
@@ -122,16 +160,19 @@ def check_inits():
 
 
 check_inits()
+check_contrastive()
 FRACTIONS = [tag(f) for f in config["label_fractions"]["fractions"]]
 SEEDS = [int(s) for s in config["label_fractions"]["seeds"]]
 MAIN_INITS = [name for i in config["finetune"]["inits"] for name in init_names(i)]
 RATIO_RUNS = [
     name
     for m in config["pretrain"]["methods"]
+    if m in MASKED_METHODS
     for r in sorted(set(config["pretrain"].get("mask_ratios", [])) | {config["pretrain"]["mask_ratio"]})
     for name in run_names(m, r)
 ]
-PRETRAIN_RUNS = sorted(set(RATIO_RUNS) | {i for i in MAIN_INITS if parse_init(i).pretrained})
+PRETRAIN_RUNS = sorted(set(RATIO_RUNS) | {i for i in MAIN_INITS if parse_init(i).kind in MASKED_METHODS})
+CONTRASTIVE_RUNS = [name for m in CONTRASTIVE_METHODS_USED for name in contrastive_run_names(m)]
 
 
 def finetune_dirs():
@@ -158,6 +199,7 @@ RESULT_FIGURES = [
     "confusion_matrices",
 ]
 PRETRAIN_FIGURES = ["masking_illustration", "reconstructions", "pretrain_loss"]
+CONTRASTIVE_FIGURES = ["contrastive_pretraining"] if CONTRASTIVE_RUNS else []
 
 
 def all_targets():

@@ -21,7 +21,7 @@ rule pretrain:
     benchmark:
         f"{BENCH}/pretrain/{{method}}_r{{ratio}}_{{encoder}}_s{{pseed}}.tsv"
     wildcard_constraints:
-        method="|".join(PRETRAIN_METHODS),
+        method="|".join(MASKED_METHODS),
         ratio=r"[0-9.]+",
         encoder=r"[A-Za-z0-9][A-Za-z0-9-]*",
         pseed=r"\d+",

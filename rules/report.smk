@@ -19,6 +19,7 @@ rule report:
         captions=sorted(
             workflow_file(f"docs/captions/{p.name}") for p in (WORKFLOW_DIR / "docs/captions").glob("*.rst")
         ),
+        contrastive_figures=expand(f"{RESULTS}/figures/{{name}}.png", name=CONTRASTIVE_FIGURES),
     output:
         html=f"{RESULTS}/report.html",
     log:
@@ -49,3 +50,4 @@ rule report:
         "--validity-summary {input.validity_summary} {params.lung_masks} --significance {input.significance} "
         "--metrics {input.metrics} --pretrain-histories {input.histories} --benchmarks-dir {params.benchmarks} "
         "--repo {params.repo} --captions-dir {params.captions_dir} --out {output.html} --log {log}"
+        "{input.pretrain_figures} {input.contrastive_figures} {input.figures} --config {params.config} --out {output.html} --log {log}"

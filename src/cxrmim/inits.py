@@ -3,6 +3,7 @@
 Torch-free on purpose: `rules/common.smk` imports it while Snakemake builds the DAG.
 
 - pretraining run / pretrained init: `<method>_r<ratio>_<encoder>_s<pretrain seed>`, e.g. `rgmim_r0.75_vit-cpu_s0`;
+- contrastive run / init (no masking ratio): `<method>_<encoder>_s<pretrain seed>`, e.g. `simsiam_resnet10t_s0`;
 - baselines: `scratch_<encoder>` and `imagenet_<encoder>`.
 Encoder keys (the `encoders:` entries) use letters, digits and hyphens; method names letters, digits and hyphens.
 """
@@ -15,17 +16,30 @@ from dataclasses import dataclass
 from cxrmim.data.splits import fraction_tag
 
 # Pretraining methods -> the method label of the paper's Table 2 (the row label in every table and figure).
-PRETRAIN_METHODS = {"rgmim": "RGMIM", "rgmim-lung": "RGMIM-lung", "mae": "MAE"}
+PRETRAIN_METHODS = {"rgmim": "RGMIM", "rgmim-lung": "RGMIM-lung", "mae": "MAE", "simsiam": "SimSiam", "byol": "BYOL"}
+# Joint-embedding (contrastive / self-distillation) methods: two augmented views, no masking ratio.
+CONTRASTIVE_METHODS = ("simsiam", "byol")
+MASKED_METHODS = tuple(m for m in PRETRAIN_METHODS if m not in CONTRASTIVE_METHODS)
 BASELINES = {"scratch": "From Scratch", "imagenet": "Transfer"}
 METHOD_LABELS = PRETRAIN_METHODS | BASELINES
 NAME_PART = r"[A-Za-z0-9][A-Za-z0-9-]*"  # encoder keys and method names: no '_' (it separates the fields)
 PRETRAINED_INIT = re.compile(
     rf"^(?P<method>{NAME_PART})_r(?P<ratio>[0-9.]+)_(?P<encoder>{NAME_PART})_s(?P<seed>\d+)$"
 )
+CONTRASTIVE_INIT = re.compile(rf"^(?P<method>{NAME_PART})_(?P<encoder>{NAME_PART})_s(?P<seed>\d+)$")
 
 
-def pretrain_run_name(method: str, mask_ratio: float | str, encoder: str, seed: int | str) -> str:
-    """Folder name of one pretraining run, which is also the fine-tuning init that starts from it."""
+def pretrain_run_name(method: str, mask_ratio: float | str | None, encoder: str, seed: int | str) -> str:
+    """Folder name of one pretraining run, which is also the fine-tuning init that starts from it.
+
+    Masked methods need a ratio; contrastive methods (`CONTRASTIVE_METHODS`) have none and take None.
+    """
+    if method in CONTRASTIVE_METHODS:
+        if mask_ratio is not None:
+            raise ValueError(f"{method} has no masking ratio (got {mask_ratio!r}); pass None")
+        return f"{method}_{encoder}_s{int(seed)}"
+    if mask_ratio is None:
+        raise ValueError(f"{method} is a masked-image method: its run name needs a masking ratio")
     return f"{method}_r{fraction_tag(float(mask_ratio))}_{encoder}_s{int(seed)}"
 
 
@@ -56,14 +70,19 @@ class InitSpec:
 
 
 def parse_init(name: str) -> InitSpec:
-    """Parse `<method>_r<ratio>_<encoder>_s<seed>`, `scratch_<encoder>` or `imagenet_<encoder>`."""
+    """Parse `<method>_r<ratio>_<encoder>_s<seed>`, `<method>_<encoder>_s<seed>` (contrastive),
+    `scratch_<encoder>` or `imagenet_<encoder>`."""
     match = PRETRAINED_INIT.match(name)
-    if match and match["method"] in PRETRAIN_METHODS:
+    if match and match["method"] in MASKED_METHODS:
         return InitSpec(name, match["method"], match["encoder"], float(match["ratio"]), int(match["seed"]))
+    match = CONTRASTIVE_INIT.match(name)
+    if match and match["method"] in CONTRASTIVE_METHODS:
+        return InitSpec(name, match["method"], match["encoder"], None, int(match["seed"]))
     kind, _, encoder_key = name.partition("_")
     if kind in BASELINES and re.fullmatch(NAME_PART, encoder_key):
         return InitSpec(name, kind, encoder_key)
     raise ValueError(
-        f"unknown init {name!r}: expected <{'|'.join(PRETRAIN_METHODS)}>_r<ratio>_<encoder>_s<seed>, "
-        "scratch_<encoder> or imagenet_<encoder> (encoder keys: letters, digits, hyphens)"
+        f"unknown init {name!r}: expected <{'|'.join(MASKED_METHODS)}>_r<ratio>_<encoder>_s<seed>, "
+        f"<{'|'.join(CONTRASTIVE_METHODS)}>_<encoder>_s<seed>, scratch_<encoder> or imagenet_<encoder> "
+        "(encoder keys: letters, digits, hyphens)"
     )

@@ -33,6 +33,8 @@ PALETTE = {
     "RGMIM": "#d62728",
     "RGMIM-lung": "#ff7f0e",
     "MAE": "#1f77b4",
+    "BYOL": "#9467bd",
+    "SimSiam": "#ff7f0e",
     "Transfer": "#2ca02c",
     "From Scratch": "#7f7f7f",
 }

@@ -18,16 +18,19 @@ def method_text(runs: pd.DataFrame) -> str:
 
 def comparisons(at_fraction: pd.DataFrame) -> list[tuple[str, str]]:
     """(init A, init B) pairs: each pretrained init against every later pretrained init of its architecture
-    (METHOD_ORDER) and against training that architecture from scratch."""
+    (METHOD_ORDER) and against training that architecture from scratch; the first pretrained init (RGMIM in the
+    paper's order) also against the pretrained inits of other architectures (e.g. SimSiam / BYOL on ResNets)."""
     inits = at_fraction.drop_duplicates("init").assign(_m=rank(at_fraction["method"], METHOD_ORDER))
     inits = inits.sort_values(["_m", "method", "init"])
-    pretrained = inits[inits["mask_ratio"].notna()]
+    pretrained = inits[inits["pretrain_seed"].notna()]
     pairs = []
     for position, (_, a) in enumerate(pretrained.iterrows()):
         same_arch = inits["architecture"] == a["architecture"]
         later = pretrained.iloc[position + 1:]
         partners = [*later[later["architecture"] == a["architecture"]]["init"],
                     *inits[same_arch & (inits["method"] == SCRATCH)]["init"]]
+        if position == 0:
+            partners += list(pretrained[pretrained["architecture"] != a["architecture"]]["init"])
         pairs += [(a["init"], b) for b in partners]
     return pairs
 

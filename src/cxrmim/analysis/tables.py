@@ -21,7 +21,11 @@ from cxrmim.analysis.runs import (
     main_runs,
     rank,
 )
-from cxrmim.analysis.significance import significance_heading, significance_markdown, significance_table
+from cxrmim.analysis.significance import (
+    significance_heading,
+    significance_markdown,
+    significance_table,
+)
 from cxrmim.io import write_text_atomic
 
 STD_NOTE = (

@@ -1,0 +1,68 @@
+CONTRASTIVE_RUN = f"{RESULTS}/pretrain/{{method}}_{{encoder}}_s{{pseed}}"
+
+
+rule contrastive_pretrain:
+    """SimSiam or BYOL pretraining of one (method, backbone, pretraining seed); resumes from its checkpoint."""
+    input:
+        script=script("contrastive_pretrain.py"),
+        code=script_code("contrastive_pretrain.py"),
+        images=rules.prepare.output.images,
+        split=rules.split.output.split,
+        validity=rules.patch_validity.output.validity,
+    output:
+        encoder=f"{CONTRASTIVE_RUN}/encoder.safetensors",
+        history=f"{CONTRASTIVE_RUN}/history.csv",
+        # The same backbone as a timm folder: timm.create_model("local-dir:<run>/timm", pretrained=True).
+        timm_config=f"{CONTRASTIVE_RUN}/timm/config.json",
+        timm_weights=f"{CONTRASTIVE_RUN}/timm/model.safetensors",
+    log:
+        f"{LOGS}/pretrain/{{method}}_{{encoder}}_s{{pseed}}.log",
+    benchmark:
+        f"{BENCH}/pretrain/{{method}}_{{encoder}}_s{{pseed}}.tsv"
+    wildcard_constraints:
+        method="|".join(CONTRASTIVE_METHODS),
+        encoder=r"[A-Za-z0-9][A-Za-z0-9-]*",
+        pseed=r"\d+",
+    conda:
+        "../envs/torch.yaml"
+    threads: CONTRASTIVE.get("resources", {}).get("cpus", 1)
+    resources:
+        gpu=CONTRASTIVE.get("resources", {}).get("gpu", 0),
+        mem_mb=grows(CONTRASTIVE.get("resources", {}).get("mem_mb", 4000)),
+        runtime=grows(CONTRASTIVE.get("resources", {}).get("runtime", 60)),
+    params:
+        # Only this method's block: tuning BYOL never reruns SimSiam.
+        settings=lambda wc: as_json(CONTRASTIVE[wc.method]),
+        encoder=lambda wc: as_json(config["encoders"][wc.encoder]),
+        prepared=folder_of("images"),
+        out_dir=folder_of("encoder", "output"),
+    shell:
+        "OMP_NUM_THREADS={threads} python {input.script} --prepared {params.prepared} --split {input.split} "
+        "--validity {input.validity} --method {wildcards.method} --seed {wildcards.pseed} "
+        "--encoder {params.encoder} --settings {params.settings} --out {params.out_dir} --log-file {log}"
+
+
+rule contrastive_figures:
+    """Loss and embedding spread (the collapse check) per epoch of every SimSiam / BYOL run."""
+    input:
+        script=script("contrastive_figures.py"),
+        code=script_code("contrastive_figures.py"),
+        histories=expand(f"{RESULTS}/pretrain/{{run}}/history.csv", run=CONTRASTIVE_RUNS),
+    output:
+        [
+            report(f"{RESULTS}/figures/{name}.png", caption=f"../docs/captions/{name}.rst", category="Pretraining")
+            for name in CONTRASTIVE_FIGURES
+        ],
+    log:
+        f"{LOGS}/contrastive_figures.log",
+    benchmark:
+        f"{BENCH}/contrastive_figures.tsv"
+    conda:
+        "../envs/torch.yaml"
+    resources:
+        mem_mb=job_resource("contrastive_figures", "mem_mb"),
+        runtime=job_resource("contrastive_figures", "runtime"),
+    params:
+        settings=as_json(config["plots"]),
+    shell:
+        "python {input.script} --histories {input.histories} --settings {params.settings} --out {output} --log {log}"

@@ -1,0 +1,8 @@
+#!/usr/bin/env python
+"""Pretrain a backbone with SimSiam or BYOL (the `contrastive_pretrain` rule); torchrun-compatible for DDP."""
+
+from cxrmim.cli import run_main
+from cxrmim.train.contrastive import main
+
+if __name__ == "__main__":
+    run_main(main)
