@@ -13,6 +13,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from cxrmim.text.reports import write_reports
+
 log = logging.getLogger(__name__)
 
 MANIFEST_COLUMNS = ["index", "id", "label", "source", "group", "view", "has_mask", "report"]
@@ -178,6 +180,7 @@ def prepare(marker: Path, dataset_cfg: dict[str, Any], prepare_cfg: dict[str, An
         "warnings": warnings,
     }
     write_cache(out_dir, columns["images"], columns["masks"], manifest, summary)
+    write_reports(out_dir, manifest)  # cleaned, sentence-split reports for the tokenizer and report-aware methods
     return summary
 
 
