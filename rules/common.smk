@@ -4,7 +4,7 @@ import shlex
 from pathlib import Path
 
 from cxrmim.data.splits import fraction_tag as tag  # one spelling of numbers in file names, shared with the package
-from cxrmim.inits import PRETRAIN_METHODS, parse_init, pretrain_run_name  # one spelling of run names (torch-free)
+from cxrmim.inits import PRETRAIN_METHODS, REPORT_METHODS, parse_init, pretrain_run_name  # one spelling of run names (torch-free)
 
 RESULTS = f"results/{config['dataset']['name']}"
 RESOURCES_DIR = f"resources/{config['dataset']['name']}"

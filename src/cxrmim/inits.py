@@ -15,7 +15,17 @@ from dataclasses import dataclass
 from cxrmim.data.splits import fraction_tag
 
 # Pretraining methods -> the method label of the paper's Table 2 (the row label in every table and figure).
-PRETRAIN_METHODS = {"rgmim": "RGMIM", "rgmim-lung": "RGMIM-lung", "mae": "MAE"}
+PRETRAIN_METHODS = {
+    "rgmim": "RGMIM",
+    "rgmim-lung": "RGMIM-lung",
+    "mae": "MAE",
+    "mrm": "MRM",
+    "mrm-noreport": "MRM w/o report",
+    "mrm-nosr": "MRM w/o SR",
+    "medim": "MedIM",
+}
+# Methods that read the reports (they need the tokenizer stage's output).
+REPORT_METHODS = ("mrm", "mrm-nosr", "medim")
 BASELINES = {"scratch": "From Scratch", "imagenet": "Transfer"}
 METHOD_LABELS = PRETRAIN_METHODS | BASELINES
 NAME_PART = r"[A-Za-z0-9][A-Za-z0-9-]*"  # encoder keys and method names: no '_' (it separates the fields)

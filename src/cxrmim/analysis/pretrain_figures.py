@@ -107,6 +107,12 @@ def plot_masking_illustration(examples: Examples, mask_ratio: float, path: Path,
     plt.close(fig)
 
 
+def is_mae_file(path: str | Path) -> bool:
+    """True for an MAE/RGMIM autoencoder file (MRM and MedIM files carry their own metadata key)."""
+    with safe_open(str(path), framework="pt") as handle:
+        return "mae" in (handle.metadata() or {})
+
+
 def load_autoencoder(path: str | Path) -> MaskedAutoencoder:
     """Rebuild a pretrained autoencoder from autoencoder.safetensors and its metadata."""
     with safe_open(str(path), framework="pt") as handle:
@@ -193,7 +199,8 @@ def make_pretrain_figures(
     examples = load_examples(prepared_dir, split_csv, validity_npz, int(plots.get("n_examples", 4)))
     outputs = [out_dir / "masking_illustration.png", out_dir / "reconstructions.png", out_dir / "pretrain_loss.png"]
     plot_masking_illustration(examples, mask_ratio, outputs[0], dpi)
-    plot_reconstructions(examples, runs, outputs[1], dpi)
+    # MRM and MedIM reconstructions have their own figures (report_figures); this one compares the MAE family.
+    plot_reconstructions(examples, [r for r in runs if is_mae_file(r / "autoencoder.safetensors")], outputs[1], dpi)
     plot_loss_curves(runs, outputs[2], dpi)
     log.info("wrote %s", ", ".join(str(p) for p in outputs))
     return outputs

@@ -1,0 +1,131 @@
+"""MedIM: report-guided masking (vectorised = per-sample reference), training end to end, exact resume."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import timm
+import torch
+from report_data import TEXT, build_phantom_reports
+from safetensors.torch import load_file
+from test_pretrain import TINY_ENCODER, tiny_settings
+
+from cxrmim.models.masking import guided_plan, masking_for
+from cxrmim.models.medim import choose_sentences, kwm_scores, sdm_scores
+from cxrmim.train.pretrain import run_pretraining
+
+MEDIM = {"mask_high": 0.9, "mask_low": 0.1, "temperature": 0.1, "align_weight": 1.0, "kwm_weight": 1.0,
+         "sdm_weight": 1.0, "min_sentence_words": 3, "text": {"embed_dim": 16, "depth": 1, "num_heads": 2}}  # fmt: skip
+
+
+def slow_guided_mask(scores: np.ndarray, noise: np.ndarray, n_masked: int, high: float, low: float) -> np.ndarray:
+    """Per-sample reference of MedIM's rule (as the reference code loops over samples in numpy)."""
+    masks = np.zeros(scores.shape, dtype=np.float32)
+    for i in range(len(scores)):
+        median = np.median(scores[i])
+        picked = [noise[i, 0, j] < (high if scores[i, j] > median else low) for j in range(scores.shape[1])]
+        priority = np.array(picked, dtype=np.float64) + noise[i, 1]
+        masks[i, np.argsort(-priority, kind="stable")[:n_masked]] = 1.0
+    return masks
+
+
+def test_guided_plan_equals_the_per_sample_reference():
+    generator = torch.Generator().manual_seed(0)
+    scores = torch.rand(16, 49, generator=generator)
+    scores[3] = 1.0  # a flat map: nothing above the median
+    noise = torch.rand(16, 2, 49, generator=generator)
+    plan = guided_plan(scores, noise, 24, 0.9, 0.1)
+    expected = slow_guided_mask(scores.numpy(), noise.numpy(), 24, 0.9, 0.1)
+    assert np.array_equal(plan.mask.numpy(), expected)
+    assert plan.ids_keep.shape == (16, 25) and (plan.mask.sum(1) == 24).all()
+    assert torch.equal(torch.gather(plan.mask, 1, plan.ids_keep), torch.zeros(16, 25))
+
+
+def test_guided_masking_prefers_high_scores_with_the_random_masking_signature():
+    generator = torch.Generator().manual_seed(1)
+    scores = torch.rand(200, 64, generator=generator)
+    plan = masking_for("report_guided")(200, 64, 0.5, scores, generator, "cpu")
+    above = scores > scores.median(dim=1, keepdim=True).values
+    assert plan.mask[above].mean() > 0.85 and plan.mask[~above].mean() < 0.15
+    with pytest.raises(ValueError, match="score map"):
+        masking_for("report_guided")(2, 64, 0.5, None, generator, "cpu")
+
+
+def test_kwm_and_sdm_scores_equal_loops():
+    generator = torch.Generator().manual_seed(2)
+    attention = torch.rand(3, 7, 10, generator=generator)
+    keyword = torch.rand(3, 7, generator=generator) > 0.6
+    in_sentence = torch.rand(3, 7, generator=generator) > 0.5
+    for fn, flags in ((kwm_scores, keyword), (sdm_scores, in_sentence)):
+        expected = torch.zeros(3, 10)
+        for b in range(3):
+            for w in range(7):
+                if flags[b, w]:
+                    expected[b] += attention[b, w]
+        assert torch.allclose(fn(attention, flags), expected)
+
+
+def slow_choose(sentence: list[int], word: list[int], min_words: int, noise: list[float]) -> list[bool]:
+    """Per-report reference of the SDM sentence choice."""
+    words: dict[int, set] = {}
+    for s, w in zip(sentence, word):
+        if s >= 0:
+            words.setdefault(s, set()).add(w)
+    eligible = [s for s, ws in words.items() if len(ws) > min_words] or list(words)
+    if not eligible:
+        return [False] * len(sentence)
+    chosen = max(eligible, key=lambda s: noise[s])
+    return [s == chosen for s in sentence]
+
+
+def test_sentence_choice_equals_the_per_sample_reference():
+    sentence = torch.tensor([[0, 0, 0, 1, 1, 1, 1, 1, 2, -1], [0, 0, 1, 1, 1, -1, -1, -1, -1, -1], [-1] * 10])
+    word = torch.tensor([[0, 1, 2, 3, 4, 4, 5, 6, 7, -1], [0, 1, 2, 3, 4, -1, -1, -1, -1, -1], [-1] * 10])
+    generator = torch.Generator().manual_seed(3)
+    for _ in range(10):
+        noise = torch.rand(3, 10, generator=generator)
+        chosen = choose_sentences(sentence, word, 3, noise)
+        for b in range(3):
+            assert chosen[b].tolist() == slow_choose(sentence[b].tolist(), word[b].tolist(), 3, noise[b].tolist())
+    # Report 0: sentence 1 is the only one with more than 3 words (4 distinct words over 5 tokens).
+    assert chosen[0].tolist() == [False] * 3 + [True] * 5 + [False] * 2
+
+
+@pytest.fixture(scope="module")
+def phantoms(tmp_path_factory):
+    """Prepared phantoms with reports and a tokenizer, shared by this module's training tests."""
+    return build_phantom_reports(tmp_path_factory.mktemp("phantoms"))
+
+
+@pytest.mark.slow
+def test_medim_trains_and_exports_a_strict_timm_encoder(tmp_path, phantoms):
+    out = tmp_path / "medim"
+    result = run_pretraining(phantoms["prepared"], phantoms["split"], phantoms["validity"], "medim", 0.5,
+                             TINY_ENCODER, tiny_settings(epochs=2, medim=MEDIM), out, tokenizer=phantoms["tokenizer"],
+                             text=TEXT)  # fmt: skip
+    assert result.finished
+    history = pd.read_csv(out / "history.csv")
+    assert list(history.columns[4:7]) == ["align_loss", "kwm_loss", "sdm_loss"]
+    assert (history[["align_loss", "kwm_loss", "sdm_loss"]] > 0).all().all()
+    assert history["loss"].iloc[-1] == pytest.approx(history[["align_loss", "kwm_loss", "sdm_loss"]].iloc[-1].sum(), rel=1e-4)
+    encoder = timm.create_model(TINY_ENCODER["timm_name"], pretrained=False, num_classes=0, img_size=32,
+                                patch_size=8, in_chans=1, **TINY_ENCODER["kwargs"])  # fmt: skip
+    encoder.load_state_dict(load_file(out / "encoder.safetensors"), strict=True)
+    assert torch.equal(encoder.blocks[0].attn.qkv.weight, result.model.mae.encoder.blocks[0].attn.qkv.weight)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["medim", "mrm"])
+def test_report_methods_resume_exactly(tmp_path, phantoms, method):
+    """Killed after one epoch and rerun = uninterrupted, bit for bit (the shared loop's checkpoints)."""
+    settings = tiny_settings(epochs=2, medim=MEDIM, mrm={"text": MEDIM["text"]})
+    args = (phantoms["prepared"], phantoms["split"], phantoms["validity"], method, 0.5, TINY_ENCODER, settings)
+    kwargs = {"tokenizer": phantoms["tokenizer"], "text": TEXT}
+    whole = run_pretraining(*args, tmp_path / "whole", **kwargs)
+    first = run_pretraining(*args, tmp_path / "cut", stop_after_epochs=1, **kwargs)
+    assert not first.finished and (tmp_path / "cut" / "checkpoint.pt").is_file()
+    resumed = run_pretraining(*args, tmp_path / "cut", **kwargs)
+    assert resumed.finished and resumed.epochs_run == 1
+    for (name, a), b in zip(whole.model.state_dict().items(), resumed.model.state_dict().values()):
+        assert torch.equal(a, b), name
