@@ -6,6 +6,7 @@ rule report:
         tables=rules.tables.output,
         figures=rules.figures.output,
         pretrain_figures=rules.pretrain_figures.output,
+        report_figures=rules.report_figures.output if REPORT_FIGURES else [],
         valid_patches=rules.patch_validity.output.figure,
     output:
         html=f"{RESULTS}/report.html",
@@ -20,4 +21,4 @@ rule report:
         "../envs/torch.yaml"
     shell:
         "python {input.script} --tables-dir {params.tables_dir} --figures {input.valid_patches} "
-        "{input.pretrain_figures} {input.figures} --config {params.config} --out {output.html} --log {log}"
+        "{input.pretrain_figures} {input.report_figures} {input.figures} --config {params.config} --out {output.html} --log {log}"

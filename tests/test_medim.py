@@ -129,3 +129,30 @@ def test_report_methods_resume_exactly(tmp_path, phantoms, method):
     assert resumed.finished and resumed.epochs_run == 1
     for (name, a), b in zip(whole.model.state_dict().items(), resumed.model.state_dict().values()):
         assert torch.equal(a, b), name
+
+
+def test_split_views_reconstruct_each_half_under_its_own_mask():
+    """both_views False: one MAE pass whose KWM loss is that of the first half alone, SDM that of the second."""
+    from cxrmim.models.medim import ReportGuidedMIM
+
+    torch.manual_seed(0)
+    settings = tiny_settings(medim=dict(MEDIM, both_views=False))
+    model = ReportGuidedMIM(TINY_ENCODER, 32, 8, 0.5, settings, vocab_size=20, max_length=6).eval()
+    images = torch.randn(6, 1, 32, 32)
+    generator = torch.Generator().manual_seed(1)
+    kwm = guided_plan(torch.rand(6, 16, generator=generator), torch.rand(6, 2, 16, generator=generator), 8, 0.9, 0.1)
+    sdm = guided_plan(torch.rand(6, 16, generator=generator), torch.rand(6, 2, 16, generator=generator), 8, 0.9, 0.1)
+    kwm_loss, sdm_loss = model.reconstruct_split(images, kwm, sdm)
+    rows = lambda plan, part: type(plan)(*(t[part] for t in (plan.ids_keep, plan.mask, plan.ids_restore, plan.fallback)))  # noqa: E731
+    with torch.no_grad():
+        assert torch.allclose(kwm_loss, model.reconstruct(images[:3], rows(kwm, slice(0, 3))), atol=1e-6)
+        assert torch.allclose(sdm_loss, model.reconstruct(images[3:], rows(sdm, slice(3, 6))), atol=1e-6)
+
+
+@pytest.mark.slow
+def test_cheap_medim_settings_train(tmp_path, phantoms):
+    settings = tiny_settings(epochs=1, medim=dict(MEDIM, both_views=False, align_encoder_grad=False))
+    result = run_pretraining(phantoms["prepared"], phantoms["split"], phantoms["validity"], "medim", 0.5,
+                             TINY_ENCODER, settings, tmp_path / "cheap", tokenizer=phantoms["tokenizer"], text=TEXT)  # fmt: skip
+    history = pd.read_csv(tmp_path / "cheap" / "history.csv")
+    assert result.finished and (history[["align_loss", "kwm_loss", "sdm_loss"]] > 0).all().all()

@@ -80,11 +80,18 @@ class ReportGuidedMIM(nn.Module):
         self.high, self.low = float(medim.get("mask_high", 0.9)), float(medim.get("mask_low", 0.1))
         self.weights = {k: float(medim.get(f"{k}_weight", 1.0)) for k in ("align", "kwm", "sdm")}
         self.n_masked = masked_count(self.mae.n_patches, mask_ratio)
+        # False: the first half of each batch is reconstructed under its KWM mask, the second under its SDM mask
+        # (one MAE pass per step instead of two; the cheap CPU setting).
+        self.both_views = bool(medim.get("both_views", True))
+        # False: the alignment pass runs the encoder without gradient (its loss trains the text side and the
+        # projections only; the encoder learns from reconstruction): about a third of that pass's cost.
+        self.align_encoder_grad = bool(medim.get("align_encoder_grad", True))
 
     def align(self, images: torch.Tensor, ids: torch.Tensor, attention: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """Word-to-patch attention (B, L, n) and the alignment loss (global InfoNCE + local word-context)."""
         batch, n = images.shape[0], self.mae.n_patches
-        latent = self.mae.forward_encoder(images, full_plan(batch, n, images.device))
+        with torch.set_grad_enabled(self.align_encoder_grad and torch.is_grad_enabled()):
+            latent = self.mae.forward_encoder(images, full_plan(batch, n, images.device))
         patches = F.normalize(self.patch_proj(latent[:, self.mae.n_prefix :]).float(), dim=-1)
         words = F.normalize(self.word_proj(self.text(ids, attention)).float(), dim=-1)
         attn = torch.softmax(torch.einsum("bld,bnd->bln", words, patches) / self.temperature, dim=-1)
@@ -114,12 +121,27 @@ class ReportGuidedMIM(nn.Module):
         sdm = guided_plan(sdm_scores(attn, in_sentence), mask_noise[:, 1], self.n_masked, self.high, self.low)
         return kwm, sdm
 
+    def reconstruct_split(self, images: torch.Tensor, kwm: MaskPlan, sdm: MaskPlan) -> tuple[torch.Tensor, torch.Tensor]:
+        """One MAE pass: the first half of the batch under KWM, the rest under SDM -> (KWM loss, SDM loss)."""
+        first = (torch.arange(images.shape[0], device=images.device) < images.shape[0] // 2).unsqueeze(1)
+        pick = lambda a, b: torch.where(first, a, b)  # noqa: E731  (row-wise choice; plans share one shape)
+        plan = MaskPlan(pick(kwm.ids_keep, sdm.ids_keep), pick(kwm.mask, sdm.mask),
+                        pick(kwm.ids_restore, sdm.ids_restore), kwm.fallback)  # fmt: skip
+        pred = self.mae.forward_decoder(self.mae.forward_encoder(images, plan), plan)
+        half = first.float()
+        return (self.mae.forward_loss(images, pred, plan.mask * half),
+                self.mae.forward_loss(images, pred, plan.mask * (1 - half)))  # fmt: skip
+
     def forward(self, images: torch.Tensor, report_ids: torch.Tensor, report_attention: torch.Tensor,
                 report_keyword: torch.Tensor, in_sentence: torch.Tensor, mask_noise: torch.Tensor):  # fmt: skip
         """(total loss, {align, kwm, sdm} losses, KWM plan, SDM plan)."""
         attn, align_loss = self.align(images, report_ids, report_attention)
         kwm, sdm = self.plans(attn, report_keyword, in_sentence, mask_noise)
-        losses = {"align": align_loss, "kwm": self.reconstruct(images, kwm), "sdm": self.reconstruct(images, sdm)}
+        if self.both_views:
+            kwm_loss, sdm_loss = self.reconstruct(images, kwm), self.reconstruct(images, sdm)
+        else:
+            kwm_loss, sdm_loss = self.reconstruct_split(images, kwm, sdm)
+        losses = {"align": align_loss, "kwm": kwm_loss, "sdm": sdm_loss}
         total = sum(self.weights[k] * v for k, v in losses.items())
         return total, losses, kwm, sdm
 

@@ -66,7 +66,7 @@ class ReportMethodOutputs:
     def describe(self) -> list[str]:
         """Method, data and parameter counts."""
         encoder = sum(p.numel() for p in self.core.mae.encoder.parameters())
-        total = sum(p.numel() for p in self.model.parameters())
+        total = sum(p.numel() for p in self.core.parameters())
         words = "" if self.reports is None else f", reports of {self.reports.attention.sum(1).float().mean():.1f} tokens"
         return [
             f"method {self.method}, mask ratio {self.mask_ratio:.2f}, {len(self.data.images)} images "
@@ -77,7 +77,7 @@ class ReportMethodOutputs:
     def write_outputs(self, out_dir: Path) -> None:
         """encoder.safetensors (timm-loadable, full image size) and autoencoder.safetensors (whole model)."""
         out_dir.mkdir(parents=True, exist_ok=True)
-        state = {k: v.detach().contiguous().cpu() for k, v in self.model.state_dict().items()}
+        state = {k: v.detach().contiguous().cpu() for k, v in self.core.state_dict().items()}
         # Metadata key = method family, so readers that expect an MAE ('mae') can tell these files apart.
         family = "medim" if self.method == "medim" else "mrm"
         metadata = {family: json.dumps({"method": self.method, "signature": self.signature()}, default=str)}
