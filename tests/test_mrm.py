@@ -101,3 +101,24 @@ def test_report_methods_need_the_tokenizer(tmp_path, phantoms):
     with pytest.raises(ValueError, match="--tokenizer"):
         run_pretraining(paths["prepared"], paths["split"], paths["validity"], "mrm", 0.75, TINY_ENCODER,
                         tiny_settings(epochs=1), tmp_path / "out")  # fmt: skip
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["mrm", "medim"])
+def test_report_methods_under_torchrun_ddp(tmp_path, phantoms, method):
+    """Two CPU ranks (gloo) through scripts/pretrain.py, as the workflow runs them: the ranks end with equal weights."""
+    import json
+
+    from test_pretrain import launch
+
+    text_model = {"embed_dim": 16, "depth": 1, "num_heads": 2}
+    settings = tiny_settings(epochs=1, mrm={"text": text_model}, medim={"text": text_model})
+    out, log = tmp_path / method, tmp_path / f"{method}.log"
+    args = ["--prepared", str(phantoms["prepared"]), "--split", str(phantoms["split"]), "--validity",
+            str(phantoms["validity"]), "--method", method, "--mask-ratio", "0.5", "--encoder", json.dumps(TINY_ENCODER),
+            "--settings", json.dumps(settings), "--tokenizer", str(phantoms["tokenizer"]), "--text", json.dumps(TEXT),
+            "--out", str(out), "--log-file", str(log)]  # fmt: skip
+    launch(args, 2)
+    text = log.read_text()
+    assert "2 rank(s)" in text and "weights agree across 2 ranks" in text
+    assert (out / "encoder.safetensors").exists() and (out / "history.csv").exists()
