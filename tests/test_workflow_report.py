@@ -49,3 +49,6 @@ def test_tables_and_report_show_the_report_methods(report_run: Path):
     assert {"MRM", "MedIM", "From Scratch"} <= set(table["method"])
     html = (report_run / "report.html").read_text()
     assert "MRM" in html and "MedIM" in html
+    for figure in ("mrm_reconstructions", "medim_masks"):
+        assert (report_run / "figures" / f"{figure}.png").stat().st_size > 2000, figure
+        assert f'alt="{figure}"' in html
