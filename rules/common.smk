@@ -11,6 +11,7 @@ from cxrmim.inits import (
     CONTRASTIVE_METHODS,
     MASKED_METHODS,
     PRETRAIN_METHODS,
+    REPORT_METHODS,
     parse_init,
     pretrain_run_name,
 )  # one spelling of run names (torch-free)
@@ -283,3 +284,51 @@ if LUNG_MASKS["mode"] == "predict":
 def report_lung_masks(wildcards):
     """The lung_masks summary when masks are predicted (mode predict / train_and_predict), else nothing."""
     return {} if config["lung_masks"]["mode"] == "provided" else {"lung_masks_summary": rules.lung_masks.output.summary}
+
+
+PRETRAIN_CHOICE_KEYS = ("methods", "mask_ratio", "mask_ratios", "encoder", "seeds", "resources")
+METHOD_SECTIONS = {
+    "mrm": "mrm",
+    "mrm-noreport": "mrm",
+    "mrm-nosr": "mrm",
+    "medim": "medim",
+}  # method -> its own section
+
+
+def pretrain_settings(method):
+    """The `pretrain:` section for one method: the shared keys plus only that method's own subsection."""
+    own = METHOD_SECTIONS.get(method)
+    drop = PRETRAIN_CHOICE_KEYS + tuple(s for s in set(METHOD_SECTIONS.values()) if s != own)
+    return section("pretrain", drop=drop)
+
+
+def report_inputs(wildcards):
+    """The tokenizer (and the reports next to the cache) for the methods that read reports."""
+    if wildcards.method not in REPORT_METHODS:
+        return {}
+    inputs = {"tokenizer": rules.tokenizer.output.tokenizer, "reports": rules.prepare.output.reports}
+    if config["text"].get("keywords"):
+        inputs["keywords"] = config["text"]["keywords"]
+    return inputs
+
+
+def report_args(wildcards, input):
+    """The report methods' extra command-line arguments."""
+    if wildcards.method not in REPORT_METHODS:
+        return ""
+    return f"--tokenizer {input.tokenizer} --text {as_json(config['text'])}"
+
+
+def report_figure_runs():
+    """figure name -> the run it shows: the first configured MRM-family method and MedIM (main ratio, first seed)."""
+    methods = config["pretrain"]["methods"]
+    runs = {}
+    mrm = [m for m in methods if m.startswith("mrm")]
+    if mrm:
+        runs["mrm_reconstructions"] = run_names(mrm[0], config["pretrain"]["mask_ratio"])[0]
+    if "medim" in methods:
+        runs["medim_masks"] = run_names("medim", config["pretrain"]["mask_ratio"])[0]
+    return runs
+
+
+REPORT_FIGURES = list(report_figure_runs())

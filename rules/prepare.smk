@@ -9,6 +9,7 @@ rule prepare:
         masks=f"{RESULTS}/prepared/masks.npy",
         manifest=f"{RESULTS}/prepared/manifest.csv",
         summary=f"{RESULTS}/prepared/summary.json",
+        reports=f"{RESULTS}/prepared/reports.jsonl",
     log:
         f"{LOGS}/prepare.log",
     benchmark:

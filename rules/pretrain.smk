@@ -1,9 +1,7 @@
-PRETRAIN_CHOICE_KEYS = ("methods", "mask_ratio", "mask_ratios", "encoder", "seeds", "resources")
-
-
 rule pretrain:
     """Masked-autoencoder pretraining of one (method, masking ratio, encoder); resumes from its checkpoint."""
     input:
+        unpack(report_inputs),
         script=script("pretrain.py"),
         code=script_code("pretrain.py"),
         images=rules.prepare.output.images,
@@ -33,7 +31,8 @@ rule pretrain:
         mem_mb=grows(config["pretrain"]["resources"]["mem_mb"]),
         runtime=grows(config["pretrain"]["resources"]["runtime"]),
     params:
-        settings=as_json(section("pretrain", drop=PRETRAIN_CHOICE_KEYS)),
+        settings=lambda wc: as_json(pretrain_settings(wc.method)),
+        report_args=report_args,
         encoder=lambda wc: as_json(config["encoders"][wc.encoder]),
         prepared=folder_of("images"),
         launch=launcher,
@@ -41,4 +40,5 @@ rule pretrain:
     shell:
         "OMP_NUM_THREADS={threads} {params.launch} {input.script} --prepared {params.prepared} --split {input.split} "
         "--validity {input.validity} --method {wildcards.method} --mask-ratio {wildcards.ratio} --seed {wildcards.pseed} "
-        "--encoder {params.encoder} --settings {params.settings} --out {params.out_dir} --log-file {log}"
+        "--encoder {params.encoder} --settings {params.settings} --out {params.out_dir} {params.report_args} "
+        "--log-file {log}"

@@ -8,6 +8,7 @@ rule report:
         tables=rules.tables.output,
         figures=rules.figures.output,
         pretrain_figures=rules.pretrain_figures.output,
+        report_figures=rules.report_figures.output if REPORT_FIGURES else [],
         valid_patches=rules.patch_validity.output.figure,
         prepared_summary=rules.prepare.output.summary,
         manifest=rules.prepare.output.manifest,
@@ -45,9 +46,8 @@ rule report:
         captions_dir=folder_of("captions"),
     shell:
         "python {input.script} --tables-dir {params.tables_dir} --figures {input.valid_patches} "
-        "{input.pretrain_figures} {input.figures} --config {params.config} "
+        "{input.pretrain_figures} {input.contrastive_figures} {input.report_figures} {input.figures} --config {params.config} "
         "--prepared-summary {input.prepared_summary} --manifest {input.manifest} --split {input.split} "
         "--validity-summary {input.validity_summary} {params.lung_masks} --significance {input.significance} "
         "--metrics {input.metrics} --pretrain-histories {input.histories} --benchmarks-dir {params.benchmarks} "
         "--repo {params.repo} --captions-dir {params.captions_dir} --out {output.html} --log {log}"
-        "{input.pretrain_figures} {input.contrastive_figures} {input.figures} --config {params.config} --out {output.html} --log {log}"

@@ -97,7 +97,7 @@ def test_each_method_trains_and_exports_a_strict_timm_backbone(cache: dict[str, 
     assert all(torch.equal(state[k], v) for k, v in joint.backbone.state_dict().items())
     # Fine-tuning takes it as an initialisation like any other pretrained run.
     init = parse_init(f"{method}_resnet10t_s0")
-    model = build_model(init, SMALL_RESNET, str(tmp_path / "encoder.safetensors"), 32, 8, num_classes=2, drop_path=0.0)
+    model, _ = build_model(init, SMALL_RESNET, str(tmp_path / "encoder.safetensors"), 32, 8, num_classes=2, drop_path=0.0)
     assert torch.equal(model.state_dict()["conv1.0.weight"], state["conv1.0.weight"])
 
 

@@ -16,7 +16,19 @@ from dataclasses import dataclass
 from cxrmim.data.splits import fraction_tag
 
 # Pretraining methods -> the method label of the paper's Table 2 (the row label in every table and figure).
-PRETRAIN_METHODS = {"rgmim": "RGMIM", "rgmim-lung": "RGMIM-lung", "mae": "MAE", "simsiam": "SimSiam", "byol": "BYOL"}
+PRETRAIN_METHODS = {
+    "rgmim": "RGMIM",
+    "rgmim-lung": "RGMIM-lung",
+    "mae": "MAE",
+    "mrm": "MRM",
+    "mrm-noreport": "MRM w/o report",
+    "mrm-nosr": "MRM w/o SR",
+    "medim": "MedIM",
+    "simsiam": "SimSiam",
+    "byol": "BYOL",
+}
+# Methods that read the reports (they need the tokenizer stage's output).
+REPORT_METHODS = ("mrm", "mrm-nosr", "medim")
 # Joint-embedding (contrastive / self-distillation) methods: two augmented views, no masking ratio.
 CONTRASTIVE_METHODS = ("simsiam", "byol")
 MASKED_METHODS = tuple(m for m in PRETRAIN_METHODS if m not in CONTRASTIVE_METHODS)

@@ -20,8 +20,8 @@ from safetensors import safe_open  # noqa: E402
 from safetensors.torch import load_file  # noqa: E402
 
 from cxrmim.data.tensors import PIXEL_MEAN, PIXEL_STD, load_prepared, normalise  # noqa: E402
-from cxrmim.models.mae import MaskedAutoencoder  # noqa: E402
 from cxrmim.inits import PRETRAIN_METHODS  # noqa: E402
+from cxrmim.models.mae import MaskedAutoencoder  # noqa: E402
 from cxrmim.models.masking import MASKING, METHOD_MASKING, MaskPlan  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -112,6 +112,12 @@ def plot_masking_illustration(examples: Examples, mask_ratio: float, path: Path,
     fig.tight_layout()
     fig.savefig(path, dpi=dpi)
     plt.close(fig)
+
+
+def is_mae_file(path: str | Path) -> bool:
+    """True for an MAE/RGMIM autoencoder file (MRM and MedIM files carry their own metadata key)."""
+    with safe_open(str(path), framework="pt") as handle:
+        return "mae" in (handle.metadata() or {})
 
 
 def load_autoencoder(path: str | Path) -> MaskedAutoencoder:
@@ -212,7 +218,8 @@ def make_pretrain_figures(
     examples = load_examples(prepared_dir, split_csv, validity_npz, int(plots.get("n_examples", 4)))
     outputs = [out_dir / "masking_illustration.png", out_dir / "reconstructions.png", out_dir / "pretrain_loss.png"]
     plot_masking_illustration(examples, mask_ratio, outputs[0], dpi)
-    plot_reconstructions(examples, runs, outputs[1], dpi)
+    # MRM and MedIM reconstructions have their own figures (report_figures); this one compares the MAE family.
+    plot_reconstructions(examples, [r for r in runs if is_mae_file(r / "autoencoder.safetensors")], outputs[1], dpi)
     plot_loss_curves(runs, outputs[2], dpi)
     log.info("wrote %s", ", ".join(str(p) for p in outputs))
     return outputs

@@ -46,6 +46,7 @@ def _generate_phantoms(section: dict[str, Any], raw_dir: Path, workers: int) -> 
         tmp,
         images=data["images"],
         masks=data["masks"],
+        lesions=data["lesions"],
         labels=np.asarray(data["labels"]),
         reports=np.asarray(data["reports"]),
         patient_ids=np.asarray(data["patient_ids"]),

@@ -11,6 +11,7 @@ import pandas as pd
 
 from cxrmim.io import atomic_path, write_text_atomic
 
+
 class CacheWriter:
     """Rows written one at a time into temporary images/masks .npy files; nothing final until commit().
 

@@ -62,8 +62,14 @@ def pixel_digest(array: np.ndarray) -> str:
 def load_record(record: Any, options: LoadOptions) -> LoadedImage:
     """Read, check and resize one record's image and mask."""
     from cxrmim.data.contrast import normalise_contrast
-    from cxrmim.data.readers import (BadImageError, check_mask_fits, check_min_side, read_grey, read_mask,
-                                     resize_to_grid)
+    from cxrmim.data.readers import (
+        BadImageError,
+        check_mask_fits,
+        check_min_side,
+        read_grey,
+        read_mask,
+        resize_to_grid,
+    )
 
     try:
         grey = read_grey(record.image)

@@ -14,7 +14,15 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from cxrmim.data.loading import LoadedImage, LoadOptions, iter_loaded, load_records, pixel_digest, raise_mask_problems
+from cxrmim.data.loading import (
+    LoadedImage,
+    LoadOptions,
+    iter_loaded,
+    load_records,
+    pixel_digest,
+    raise_mask_problems,
+)
+from cxrmim.text.reports import write_reports
 
 __all__ = ["prepare", "pseudonym", "source_records", "load_records", "LoadedImage", "MANIFEST_COLUMNS"]
 
@@ -45,7 +53,12 @@ class Rows:
 
 def source_records(kind: str, root: Path, dataset_cfg: dict[str, Any]) -> tuple[list[Any], list[str], Path]:
     """Source records of a real dataset after label mapping and view filtering, warnings, and the path base."""
-    from cxrmim.data.sources import apply_label_map, covid19_radiography_records, filter_views, manifest_records
+    from cxrmim.data.sources import (
+        apply_label_map,
+        covid19_radiography_records,
+        filter_views,
+        manifest_records,
+    )
 
     if kind == "covid19_radiography":
         records, warnings = covid19_radiography_records(root)
@@ -201,6 +214,7 @@ def prepare(marker: Path, dataset_cfg: dict[str, Any], prepare_cfg: dict[str, An
             "duplicates": dup.clusters,
         }
         writer.commit(keep, manifest, summary)
+        write_reports(out_dir, manifest)  # cleaned, sentence-split reports for the tokenizer and report-aware methods
     except BaseException:
         writer.discard()
         raise

@@ -128,6 +128,7 @@ class Phantom:
     true_label: str  # class actually drawn
     report: str
     patient_id: str
+    lesion: np.ndarray  # uint8 (S, S), 1 where a reported finding lies (all zero for Normal)
 
 
 
@@ -563,6 +564,12 @@ def _recorded_label(settings: PhantomSettings, index: int, true_label: str) -> s
     return CLASSES[(CLASSES.index(true_label) + shift) % len(CLASSES)]
 
 
+def lesion_mask(lesion: np.ndarray, level: float = 0.25) -> np.ndarray:
+    """Where the reported finding lies: the lesion map above `level` of its peak -> uint8 (S, S)."""
+    peak = float(lesion.max())
+    return (lesion > level * peak).astype(np.uint8) if peak > 0 else np.zeros(lesion.shape, dtype=np.uint8)
+
+
 def render_phantom(settings: PhantomSettings, index: int, label: str | None = None) -> Phantom:
     """Render image `index`; `label` overrides the class while anatomy and nuisance stay identical."""
     if index < 0:
@@ -592,6 +599,7 @@ def render_phantom(settings: PhantomSettings, index: int, label: str | None = No
         true_label=true_label,
         report=report,
         patient_id=f"P{anchor:06d}",
+        lesion=lesion_mask(lesion),
     )
 
 
@@ -601,6 +609,7 @@ def _render_range(settings: PhantomSettings, start: int, stop: int) -> dict:
     out = {
         "images": np.empty((count, size, size), dtype=np.uint8),
         "masks": np.empty((count, size, size), dtype=np.uint8),
+        "lesions": np.empty((count, size, size), dtype=np.uint8),
         "labels": [],
         "true_labels": [],
         "reports": [],
@@ -610,6 +619,7 @@ def _render_range(settings: PhantomSettings, start: int, stop: int) -> dict:
         phantom = render_phantom(settings, index)
         out["images"][offset] = phantom.image
         out["masks"][offset] = phantom.mask
+        out["lesions"][offset] = phantom.lesion
         out["labels"].append(phantom.label)
         out["true_labels"].append(phantom.true_label)
         out["reports"].append(phantom.report)
@@ -629,7 +639,7 @@ def generate_dataset(settings: PhantomSettings, workers: int = 1) -> dict:
         with ProcessPoolExecutor(max_workers=workers) as pool:
             futures = [pool.submit(_render_range, settings, start, stop) for start, stop in bounds]
             parts = [future.result() for future in futures]
-    merged = {key: np.concatenate([p[key] for p in parts]) for key in ("images", "masks")}
+    merged = {key: np.concatenate([p[key] for p in parts]) for key in ("images", "masks", "lesions")}
     for key in ("labels", "true_labels", "reports", "patient_ids"):
         merged[key] = [item for p in parts for item in p[key]]
     return merged

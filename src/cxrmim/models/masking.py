@@ -1,4 +1,5 @@
-"""Which patches a masked autoencoder hides: random (MAE), region-guided (RGMIM) or lung-ratio (RGMIM-lung).
+"""Which patches a masked autoencoder hides: random (MAE), region-guided (RGMIM), lung-ratio (RGMIM-lung) or
+report-guided (MedIM).
 
 RGMIM's paper admits two readings. `region` masks m = round(n * ratio) patches, lung-valid ones first: when
 the lung covers fewer than m patches (most radiographs at 0.75) every lung patch is hidden. `lung_ratio`
@@ -154,9 +155,53 @@ def lung_ratio_masking(
     return plan
 
 
+def guided_plan(scores: torch.Tensor, noise: torch.Tensor, n_masked: int, high: float, low: float) -> MaskPlan:
+    """MedIM's rule with a fixed count: patches scoring above the per-image median are picked with probability
+    `high`, the others with `low` (MedIM: 0.9 / 0.1); then the n_masked highest of (picked + tie-break noise) are
+    masked, so picked patches go first and the count is the same for every image of the batch.
+
+    `scores` (B, n); `noise` (B, 2, n) uniform in [0, 1): [:, 0] decides picking, [:, 1] breaks ties.
+    """
+    median = torch.quantile(scores.float(), 0.5, dim=1, keepdim=True)
+    above = scores > median
+    picked = noise[:, 0] < torch.where(above, high, low)
+    fallback = torch.zeros(scores.shape[0], dtype=torch.bool, device=scores.device)
+    return plan_from_noise(picked.float() + noise[:, 1], n_masked, fallback)
+
+
+def report_guided_masking(
+    batch_size: int,
+    n_patches: int,
+    mask_ratio: float,
+    valid: torch.Tensor | None,
+    generator: torch.Generator | None,
+    device: torch.device | str | None = None,
+    n_masked: int | None = None,
+    high: float = 0.9,
+    low: float = 0.1,
+) -> MaskPlan:
+    """MedIM masking (KWM / SDM): `valid` carries the (B, n) report-guided score map instead of lung validity."""
+    scores = checked_scores(valid, batch_size, n_patches, device)
+    noise = uniform_noise(batch_size, 2 * n_patches, generator, scores.device).view(batch_size, 2, n_patches)
+    return guided_plan(scores, noise, n_masked if n_masked is not None else masked_count(n_patches, mask_ratio), high, low)
+
+
+def checked_scores(
+    scores: torch.Tensor | None, batch_size: int, n_patches: int, device: torch.device | str | None
+) -> torch.Tensor:
+    """The (B, n_patches) score map as float on `device`, or a clear error."""
+    if scores is None or tuple(scores.shape) != (batch_size, n_patches):
+        shape = None if scores is None else tuple(scores.shape)
+        raise ValueError(f"report-guided masking needs a ({batch_size}, {n_patches}) score map; got {shape}")
+    return scores.to(device=device if device is not None else scores.device, dtype=torch.float32)
+
+
 MaskingFn = Callable[..., MaskPlan]
 
-MASKING: dict[str, MaskingFn] = {"random": random_masking, "region": region_masking, "lung_ratio": lung_ratio_masking}
+MASKING: dict[str, MaskingFn] = {
+    "random": random_masking, "region": region_masking, "lung_ratio": lung_ratio_masking,
+    "report_guided": report_guided_masking,
+}
 
 # Pretraining method names in the config -> masking strategy.
 METHOD_MASKING = {"rgmim": "region", "rgmim-lung": "lung_ratio", "mae": "random"}

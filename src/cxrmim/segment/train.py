@@ -16,7 +16,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from cxrmim.data.splits import grouped_stratified_holdout
-from cxrmim.data.tensors import PIXEL_MEAN, PIXEL_STD, BatchLoader, augment_batch, normalise
+from cxrmim.data.tensors import (
+    PIXEL_MEAN,
+    PIXEL_STD,
+    BatchLoader,
+    augment_batch,
+    normalise,
+)
 from cxrmim.device import DeviceSetup, select_device
 from cxrmim.segment.model import SegmenterSpec, build_segmenter, save_segmenter
 from cxrmim.segment.postprocess import dice_iou

@@ -1,4 +1,5 @@
-"""Masked image modeling pretraining (RGMIM, RGMIM-lung or MAE masking) on the shared training loop.
+"""Masked image modeling pretraining (RGMIM, RGMIM-lung or MAE masking; MRM and MedIM via
+`cxrmim.train.report_pretrain`) on the shared training loop.
 
 This module is the MIM method (`MaskedImageModeling`) plus the stage's entry point; the loop, checkpointing
 and distributed setup live in `cxrmim.train.loop`, `.checkpoint` and `.distributed`, the data in
@@ -21,6 +22,7 @@ from torch import nn
 
 from cxrmim.cli import parse_json_arg, setup_logging
 from cxrmim.device import select_device
+from cxrmim.inits import PRETRAIN_METHODS
 from cxrmim.io import atomic_path
 from cxrmim.models.encoders import write_encoder_files
 from cxrmim.models.mae import MaskedAutoencoder, build_mae
@@ -134,7 +136,7 @@ class PretrainResult:
 
     finished: bool
     history: list[dict[str, float]]
-    model: MaskedAutoencoder
+    model: nn.Module  # the MaskedAutoencoder (MIM) or the report-aware model (MRM, MedIM)
     out_dir: Path
     epochs_run: int = 0
 
@@ -149,18 +151,31 @@ def run_pretraining(
     settings: dict[str, Any],
     out_dir: str | Path,
     stop_after_epochs: int | None = None,
+    tokenizer: str | Path | None = None,
+    text: dict[str, Any] | None = None,
 ) -> PretrainResult:
-    """Pretrain, checkpointing every epoch to out_dir/checkpoint.pt and resuming from it when present."""
-    if method not in METHOD_MASKING:
-        raise ValueError(f"unknown pretraining method {method!r}; choose one of {sorted(METHOD_MASKING)}")
+    """Pretrain, checkpointing every epoch to out_dir/checkpoint.pt and resuming from it when present.
+
+    MRM / MedIM (`tokenizer`, `text`: the tokenizer file and `text:` config section) train through the same loop.
+    """
+    if method not in PRETRAIN_METHODS:
+        raise ValueError(f"unknown pretraining method {method!r}; choose one of {sorted(PRETRAIN_METHODS)}")
     setup = select_device(str(settings.get("device", "auto")))
     loop_settings = LoopSettings.from_settings(settings)
     data = load_pretrain_data(prepared_dir, split_csv, validity_npz)
     with distributed_session(setup.device.type) as ddp:
         seed_everything(loop_settings.seed)  # identical initial weights on every rank and every resume
-        mim = MaskedImageModeling(data, method, mask_ratio, encoder_cfg, settings)
+        if method in METHOD_MASKING:
+            mim = MaskedImageModeling(data, method, mask_ratio, encoder_cfg, settings)
+        else:
+            from cxrmim.train.report_pretrain import (
+                build_report_method,  # text stack only for report methods
+            )
+
+            mim = build_report_method(method, data, mask_ratio, encoder_cfg, settings, prepared_dir, tokenizer, text)
         result = run_training(mim, loop_settings, setup, ddp, Path(out_dir), stop_after_epochs)
-    return PretrainResult(result.finished, result.history, mim.mae, Path(out_dir), result.epochs_run)
+    model = mim.mae if method in METHOD_MASKING else mim.core
+    return PretrainResult(result.finished, result.history, model, Path(out_dir), result.epochs_run)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -171,11 +186,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--prepared", required=True, help="prepared cache directory (images.npy, masks.npy, manifest.csv)")
     parser.add_argument("--split", required=True, help="split.csv; images whose part is train or val are used")
     parser.add_argument("--validity", required=True, help="validity.npz of the patch_validity stage")
-    parser.add_argument("--method", required=True, choices=sorted(METHOD_MASKING), help="rgmim = region, rgmim-lung = lung_ratio, mae = random masking")
+    parser.add_argument("--method", required=True, choices=sorted(PRETRAIN_METHODS), help="rgmim = region, rgmim-lung = lung_ratio, mae = random masking; mrm(-noreport|-nosr), medim read the reports")
     parser.add_argument("--mask-ratio", required=True, type=float, help="fraction of patches to mask, e.g. 0.75")
     parser.add_argument("--encoder", required=True, help="JSON (inline or file) of one `encoders:` config entry")
     parser.add_argument("--settings", required=True, help="JSON (inline or file) of the `pretrain:` config section")
     parser.add_argument("--seed", type=int, default=None, help="pretraining seed (one of pretrain.seeds; default: settings' seed or 0)")
+    parser.add_argument("--tokenizer", default=None, help="tokenizer JSON of the tokenizer rule (mrm, mrm-nosr, medim)")
+    parser.add_argument("--text", default=None, help="JSON (inline or file) of the `text:` config section (report methods)")
     parser.add_argument("--out", required=True, help="output directory")
     # --log-file: torchrun's own parser claims `--log` (ambiguous prefix of its --log-dir options).
     parser.add_argument("--log", "--log-file", dest="log", default=None, help="also write the log to this file")
@@ -197,6 +214,7 @@ def main(argv: list[str] | None = None) -> int:
     result = run_pretraining(
         args.prepared, args.split, args.validity, args.method, args.mask_ratio,
         parse_json_arg(args.encoder), settings, args.out, args.stop_after_epochs,
+        args.tokenizer, parse_json_arg(args.text) if args.text else None,
     )  # fmt: skip
     if not result.finished:
         log.warning("pretraining stopped early; rerun the same command to resume from the checkpoint")

@@ -30,6 +30,7 @@ class PretrainData:
     image_size: int
     patch_size: int
     threshold: float
+    indices: torch.Tensor | None = None  # long (N,): each image's row in the prepared cache (aligns its report)
 
     def loader_tensors(self, augment: dict[str, Any] | None) -> dict[str, torch.Tensor]:
         """What a batch needs: the masks when validity is recomputed after augmentation, else the validity."""
@@ -70,6 +71,7 @@ def load_pretrain_data(prepared_dir: str | Path, split_csv: str | Path, validity
         image_size=image_size,
         patch_size=patch_size,
         threshold=threshold,
+        indices=torch.from_numpy(indices.astype(np.int64)),
     )
 
 

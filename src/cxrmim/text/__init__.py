@@ -1,0 +1,1 @@
+"""Radiology reports as data: cleaning, sentences, WordPiece tokenizer and knowledge-word vocabulary."""
