@@ -44,11 +44,24 @@ def built_model_rows(runs: pd.DataFrame | None) -> list[tuple[str, Any, Any]]:
     rows = []
     for architecture, group in runs.groupby("architecture", sort=False):
         text = model_text(group)
-        pretrained = group["mask_ratio"].notna().any()
+        pretrained = group["pretrain_seed"].notna().any()
         rows.append((f"Model built ({architecture})", text if pretrained else NONE, text))
     norms = "; ".join(runs["input_norm"].dropna().unique()) or NONE
-    rows.append(("Input normalisation (grey)", norms if runs["mask_ratio"].notna().any() else NONE, norms))
+    rows.append(("Input normalisation (grey)", norms if runs["pretrain_seed"].notna().any() else NONE, norms))
     return rows
+
+
+def settings_text(values: dict[str, Any] | None) -> str | None:
+    """{'a': 1, 'b': {'c': 2}} -> 'a 1, b.c 2' (a method's own recipe section on one line)."""
+    if not values:
+        return None
+    parts = []
+    for key, value in values.items():
+        if isinstance(value, dict):
+            parts += [f"{key}.{k} {v}" for k, v in value.items()]
+        else:
+            parts.append(f"{key} {listed(value)}")
+    return ", ".join(parts)
 
 
 def listed(values: Any) -> str | None:
@@ -93,6 +106,8 @@ def hyperparameter_table(config: dict[str, Any], runs: pd.DataFrame | None = Non
         ("Encoder", encoder_text(config, pre.get("encoder", "vit")), "per init (see encoders)"),
         ("Decoder (dim, depth, heads)", ", ".join(str(decoder.get(k)) for k in ("embed_dim", "depth", "num_heads")),
          NONE),
+        ("MRM recipe (mrm, mrm-noreport, mrm-nosr)", settings_text(pre.get("mrm")), NONE),
+        ("MedIM recipe", settings_text(pre.get("medim")), NONE),
         ("Seeds", listed(pre.get("seeds")), listed(fractions.get("seeds"))),
         ("Label fractions", NONE, listed(fractions.get("fractions"))),
         ("Split: test, validation fraction (seed)",
