@@ -6,7 +6,7 @@ from pathlib import Path
 
 from cxrmim.codebase import module_closure  # the package modules a script imports (torch-free)
 from cxrmim.config import check_consistency
-from cxrmim.data.splits import fraction_tag as tag  # one spelling of numbers in file names, shared with the package
+from cxrmim.data.splits import budget_tag  # one spelling of label budgets in file names, shared with the package
 from cxrmim.inits import PRETRAIN_METHODS, parse_init, pretrain_run_name  # one spelling of run names (torch-free)
 
 check_consistency(config)  # what the schema cannot check (patch size vs image size), before any job runs
@@ -122,7 +122,10 @@ def check_inits():
 
 
 check_inits()
-FRACTIONS = [tag(f) for f in config["label_fractions"]["fractions"]]
+# Label budgets as path tags: frac<fraction> for label_fractions.fractions, n<count> for label_fractions.counts.
+FRACTIONS = [budget_tag(fraction=f) for f in config["label_fractions"]["fractions"]] + [
+    budget_tag(count=n) for n in config["label_fractions"].get("counts") or []
+]
 SEEDS = [int(s) for s in config["label_fractions"]["seeds"]]
 MAIN_INITS = [name for i in config["finetune"]["inits"] for name in init_names(i)]
 RATIO_RUNS = [
@@ -135,13 +138,13 @@ PRETRAIN_RUNS = sorted(set(RATIO_RUNS) | {i for i in MAIN_INITS if parse_init(i)
 
 
 def finetune_dirs():
-    """Every fine-tuning run: main inits at every fraction, and each masking ratio at 100% labels.
+    """Every fine-tuning run: main inits at every label budget, and each masking ratio at 100% labels.
 
     A pretrained init exists once per pretraining seed, so its runs cross pretraining seeds with subset seeds.
     """
     runs = {(i, f, s) for i in MAIN_INITS for f in FRACTIONS for s in SEEDS}
-    runs |= {(r, "1", s) for r in RATIO_RUNS for s in SEEDS}
-    return [f"{RESULTS}/finetune/{i}/frac{f}_seed{s}" for i, f, s in sorted(runs)]
+    runs |= {(r, budget_tag(fraction=1), s) for r in RATIO_RUNS for s in SEEDS}
+    return [f"{RESULTS}/finetune/{i}/{b}_seed{s}" for i, b, s in sorted(runs)]
 
 
 def finetune_metrics():
