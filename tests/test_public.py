@@ -154,3 +154,17 @@ def test_missing_csv_or_image_folder_is_named(tmp_path: Path, kind: str, remove:
     shutil.rmtree(target) if target.is_dir() else target.unlink()
     with pytest.raises(SourceError, match=needle):
         public_records(kind, tmp_path)
+
+
+def test_editing_a_label_csv_changes_the_fingerprint(tmp_path: Path):
+    import os
+
+    from cxrmim.data.fingerprint import dataset_fingerprint
+
+    root = nih_tree(tmp_path)
+    config = {"kind": "nih_cxr14", "source": str(root)}
+    before = dataset_fingerprint(config)
+    entry = root / "Data_Entry_2017_v2020.csv"
+    entry.write_text(entry.read_text().replace("Hernia", "Mass"))
+    os.utime(entry, ns=(1, 1))  # a different mtime even on coarse clocks
+    assert dataset_fingerprint(config) != before
