@@ -116,6 +116,8 @@ def mimic_tree(root: Path) -> Path:
                           "IMPRESSION: No acute\n process.\n")
     pd.DataFrame(meta).to_csv(root / "mimic-cxr-2.0.0-metadata.csv", index=False)
     pd.DataFrame(labels).to_csv(root / "mimic-cxr-2.0.0-chexpert.csv", index=False)
+    negbio = [{**row, "Edema": "", "Pneumothorax": "1.0"} for row in labels]
+    pd.DataFrame(negbio).to_csv(root / "mimic-cxr-2.0.0-negbio.csv", index=False)
     pd.DataFrame(split).to_csv(root / "mimic-cxr-2.0.0-split.csv", index=False)
     return root
 
@@ -127,6 +129,8 @@ def test_mimic_records_labels_reports_and_official_split(tmp_path: Path):
     assert [r.official for r in records] == ["train", "train", "train", "test"]
     assert records[0].report == "Lungs study 0. No acute process."
     assert report_sections("no headers here") == "no headers here"
+    negbio, _ = public_records("mimic_cxr_jpg", tmp_path, "ignore", labeler="negbio")
+    assert {r.label for r in negbio} == {"Pneumothorax"}
 
 
 def test_mimic_report_reaches_the_manifest(tmp_path: Path):
@@ -141,7 +145,8 @@ def test_mimic_report_reaches_the_manifest(tmp_path: Path):
 
 @pytest.mark.parametrize(("kind", "remove", "needle"), [
     ("mimic_cxr_jpg", "mimic-cxr-2.0.0-metadata.csv", "metadata.csv"),
-    ("mimic_cxr_jpg", "mimic-cxr-2.0.0-chexpert.csv", "chexpert.csv"),
+    ("mimic_cxr_jpg", "mimic-cxr-2.0.0-chexpert.csv", "chexpert.csv.*dataset.labeler"),
+    ("mimic_cxr_jpg", "files", "files/"),
     ("nih_cxr14", "Data_Entry_2017_v2020.csv", "Data_Entry_2017"),
     ("nih_cxr14", "images_001", "images"),
     ("chexpert", "CheXpert-v1.0-small", "train.csv"),

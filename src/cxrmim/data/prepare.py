@@ -54,7 +54,8 @@ def source_records(kind: str, root: Path, dataset_cfg: dict[str, Any]) -> tuple[
         records, warnings = covid19_radiography_records(root)
         base = root
     elif kind in PUBLIC_KINDS:
-        records, warnings = public_records(kind, root, dataset_cfg.get("uncertain") or "ignore")
+        records, warnings = public_records(kind, root, dataset_cfg.get("uncertain") or "ignore",
+                                           dataset_cfg.get("labeler") or "chexpert")
         base = root
     else:
         records, warnings, base = manifest_records(root), [], root.parent

@@ -26,6 +26,7 @@ NIH_FINDINGS = (
     "Consolidation", "Edema", "Emphysema", "Fibrosis", "Pleural_Thickening", "Hernia",
 )
 UNCERTAIN_POLICIES = ("ignore", "ones", "zeros")
+LABELERS = ("chexpert", "negbio")  # MIMIC-CXR-JPG's two label files
 SEARCH_DEPTH = 3  # folder levels searched below dataset.source for the CSVs (archives often add one or two)
 
 
@@ -147,6 +148,16 @@ def report_sections(text: str) -> str:
     return " ".join(" ".join(w.split()) for w in wanted) or " ".join(text.split())
 
 
+def _mimic_images(root: Path) -> Path:
+    """The files/ folder of the JPEGs (not mimic-cxr-reports/files/, which holds the reports)."""
+    for depth in range(SEARCH_DEPTH + 1):
+        for folder in sorted(root.glob("*/" * depth + "files")):
+            if folder.is_dir() and "mimic-cxr-reports" not in folder.relative_to(root).parts:
+                return folder
+    raise SourceError(f"{root}: the files/ image folder (files/pXX/p<subject>/s<study>/*.jpg) not found up to "
+                      f"{SEARCH_DEPTH} folders down; point dataset.source at the MIMIC-CXR-JPG folder as downloaded")
+
+
 def _report_file(reports_dir: Path | None, subject: str, study: str) -> Path | None:
     """The study's report text file (mimic-cxr-reports[/files]/pXX/p<subject>/s<study>.txt), when present."""
     if reports_dir is None:
@@ -155,16 +166,21 @@ def _report_file(reports_dir: Path | None, subject: str, study: str) -> Path | N
     return next((p for p in (reports_dir / "files" / relative, reports_dir / relative) if p.is_file()), None)
 
 
-def mimic_records(root: Path, policy: str = "ignore") -> tuple[list[SourceRecord], list[str]]:
-    """MIMIC-CXR-JPG: files/pXX/p<subject>/s<study>/<dicom>.jpg with the metadata, label and split CSVs."""
+def mimic_records(root: Path, policy: str = "ignore", labeler: str = "chexpert") -> tuple[list[SourceRecord], list[str]]:
+    """MIMIC-CXR-JPG: files/pXX/p<subject>/s<study>/<dicom>.jpg with the metadata, label and split CSVs.
+
+    `labeler` picks the label CSV: chexpert (mimic-cxr-2.0.0-chexpert.csv) or negbio (-negbio.csv, the paper's).
+    """
     metadata = pd.read_csv(_require(root, ("mimic-cxr-2.0.0-metadata.csv*",), "mimic-cxr-2.0.0-metadata.csv"),
                            dtype=str, keep_default_na=False)
-    label_csv = _find(root, ("mimic-cxr-2.0.0-chexpert.csv*",)) or _require(
-        root, ("mimic-cxr-2.0.0-negbio.csv*",), "mimic-cxr-2.0.0-chexpert.csv (or -negbio.csv)")
+    if labeler not in LABELERS:
+        raise SourceError(f"dataset.labeler is {labeler!r}; use one of {list(LABELERS)}")
+    label_csv = _require(root, (f"mimic-cxr-2.0.0-{labeler}.csv*",),
+                         f"mimic-cxr-2.0.0-{labeler}.csv (dataset.labeler: {labeler})")
     labels = pd.read_csv(label_csv, dtype=str, keep_default_na=False).set_index(["subject_id", "study_id"])
     split_csv = _find(root, ("mimic-cxr-2.0.0-split.csv*",))
     official = {} if split_csv is None else dict(pd.read_csv(split_csv, dtype=str)[["dicom_id", "split"]].values)
-    files = _require(root, ("files",), "the files/ image folder")
+    files = _mimic_images(root)
     reports_dir = _find(root, ("mimic-cxr-reports",))
     records, missing = [], 0
     for _, row in metadata.iterrows():
@@ -192,12 +208,14 @@ def mimic_records(root: Path, policy: str = "ignore") -> tuple[list[SourceRecord
 PUBLIC_KINDS = {"chexpert": chexpert_records, "nih_cxr14": nih_records, "mimic_cxr_jpg": mimic_records}
 
 
-def public_records(kind: str, root: Path, policy: str = "ignore") -> tuple[list[SourceRecord], list[str]]:
-    """Records and warnings of one public dataset kind (policy: CheXpert-style uncertain labels)."""
+def public_records(kind: str, root: Path, policy: str = "ignore",
+                   labeler: str = "chexpert") -> tuple[list[SourceRecord], list[str]]:
+    """Records and warnings of one public dataset kind (policy: uncertain labels; labeler: MIMIC's label file)."""
     root = Path(root)
     if not root.is_dir():
         raise SourceError(f"{root}: not a folder; set dataset.source to the extracted {kind} dataset folder")
     if policy not in UNCERTAIN_POLICIES:
         raise SourceError(f"dataset.uncertain is {policy!r}; use one of {list(UNCERTAIN_POLICIES)}")
-    reader = PUBLIC_KINDS[kind]
-    return reader(root) if kind == "nih_cxr14" else reader(root, policy)
+    if kind == "mimic_cxr_jpg":
+        return mimic_records(root, policy, labeler)
+    return nih_records(root) if kind == "nih_cxr14" else chexpert_records(root, policy)
