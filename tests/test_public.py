@@ -173,3 +173,16 @@ def test_editing_a_label_csv_changes_the_fingerprint(tmp_path: Path):
     entry.write_text(entry.read_text().replace("Hernia", "Mass"))
     os.utime(entry, ns=(1, 1))  # a different mtime even on coarse clocks
     assert dataset_fingerprint(config) != before
+
+
+def test_keep_labels_makes_effusion_versus_no_finding(tmp_path: Path):
+    root = nih_tree(tmp_path / "nih")
+    marker = tmp_path / "source.json"
+    marker.write_text(json.dumps({"root": str(root)}))
+    dataset = {"name": "nih", "kind": "nih_cxr14", "task": "binary", "positive": "Effusion",
+               "label_map": {"No Finding": "No Finding", "Effusion": "Effusion", "*": "other"},
+               "keep_labels": ["Effusion", "No Finding"]}
+    summary = prepare(marker, dataset, PREPARE, tmp_path / "out")
+    manifest = pd.read_csv(tmp_path / "out" / "manifest.csv", keep_default_na=False)
+    assert manifest["label"].tolist() == ["No Finding", "No Finding", "Effusion"]
+    assert summary["classes"] == ["Effusion", "No Finding"] and any("keep_labels" in w for w in summary["warnings"])

@@ -48,7 +48,8 @@ class Rows:
 def source_records(kind: str, root: Path, dataset_cfg: dict[str, Any]) -> tuple[list[Any], list[str], Path]:
     """Source records of a real dataset after label mapping and view filtering, warnings, and the path base."""
     from cxrmim.data.public import PUBLIC_KINDS, public_records
-    from cxrmim.data.sources import apply_label_map, covid19_radiography_records, filter_views, manifest_records
+    from cxrmim.data.sources import (apply_label_map, covid19_radiography_records, filter_views, keep_labels,
+                                     manifest_records)
 
     if kind == "covid19_radiography":
         records, warnings = covid19_radiography_records(root)
@@ -60,6 +61,9 @@ def source_records(kind: str, root: Path, dataset_cfg: dict[str, Any]) -> tuple[
     else:
         records, warnings, base = manifest_records(root), [], root.parent
     records = apply_label_map(records, dataset_cfg.get("label_map") or {})
+    records, dropped = keep_labels(records, dataset_cfg.get("keep_labels") or [])
+    if dropped:
+        warnings.append(f"dataset.keep_labels {dataset_cfg['keep_labels']} dropped {dropped} images of other labels")
     records, dropped = filter_views(records, dataset_cfg.get("views") or [])
     if dropped:
         warnings.append(f"view filter {dataset_cfg['views']} dropped {dropped} images")
