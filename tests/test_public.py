@@ -50,7 +50,8 @@ def test_chexpert_labels_views_patients_uncertain_policy_and_official_split(tmp_
     assert len(records) == 9 and any("1 images" in w for w in warnings)  # the absent image is skipped
     first = records[0]
     assert first.label == "Edema" and first.view == "AP" and first.group == "patient00000" and first.official == "train"
-    assert records[1].view == "Lateral" and records[1].uncertain == ("Cardiomegaly",) and records[1].label == "No Finding"
+    assert records[1].view == "Lateral" and records[1].uncertain == ("Cardiomegaly",)
+    assert records[1].label == "No Finding"
     assert {r.official for r in records} == {"train", "test"}
     ones, _ = public_records("chexpert", root, "ones")
     assert ones[1].label == "Cardiomegaly" and ones[1].uncertain == ()

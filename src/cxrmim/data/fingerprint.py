@@ -61,7 +61,8 @@ def dataset_fingerprint(dataset_cfg: dict[str, Any]) -> str:
         lines = [_stat_line(p) for p in manifest_files(path)]
     elif path.is_dir():
         labelled = dataset_cfg.get("kind") in ("mimic_cxr_jpg", "chexpert", "nih_cxr14")
-        lines = [_stat_line(p) for p in folder_files(path, IMAGE_SUFFIXES | LABEL_SUFFIXES if labelled else IMAGE_SUFFIXES)]
+        suffixes = IMAGE_SUFFIXES | LABEL_SUFFIXES if labelled else IMAGE_SUFFIXES
+        lines = [_stat_line(p) for p in folder_files(path, suffixes)]
     else:
         lines = [_stat_line(path)]
     digest.update("\n".join(lines).encode("utf-8", "surrogateescape"))

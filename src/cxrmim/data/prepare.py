@@ -48,8 +48,13 @@ class Rows:
 def source_records(kind: str, root: Path, dataset_cfg: dict[str, Any]) -> tuple[list[Any], list[str], Path]:
     """Source records of a real dataset after label mapping and view filtering, warnings, and the path base."""
     from cxrmim.data.public import PUBLIC_KINDS, public_records
-    from cxrmim.data.sources import (apply_label_map, covid19_radiography_records, filter_views, keep_labels,
-                                     manifest_records)
+    from cxrmim.data.sources import (
+        apply_label_map,
+        covid19_radiography_records,
+        filter_views,
+        keep_labels,
+        manifest_records,
+    )
 
     if kind == "covid19_radiography":
         records, warnings = covid19_radiography_records(root)
@@ -181,7 +186,6 @@ def prepare(marker: Path, dataset_cfg: dict[str, Any], prepare_cfg: dict[str, An
     """Run the stage: stream every image into a temporary memory-mapped cache, check it, then move it into place."""
     from cxrmim.data.cache import CacheWriter
     from cxrmim.data.duplicates import resolve_duplicates
-
     from cxrmim.data.tasks import LabelTask
 
     task = LabelTask.from_config(dataset_cfg)  # a bad task setting fails before any image is read
@@ -192,6 +196,7 @@ def prepare(marker: Path, dataset_cfg: dict[str, Any], prepare_cfg: dict[str, An
         kind, root, dataset_cfg, prepare_cfg, options)
     for message in rows.warnings:
         log.warning("%s", message)
+    task.check_labels(rows.labels)  # labels are known before any image is read: fail fast on a task mismatch
     writer = CacheWriter(Path(out_dir), len(rows.labels), options.size)
     try:
         seen = _stream(rows, writer)

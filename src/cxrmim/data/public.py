@@ -66,7 +66,8 @@ def _kept(records: list[SourceRecord], missing: int, root: Path, where: str) -> 
     if not records:
         raise SourceError(f"{root}: none of the images listed in the CSVs exists under {where}; check dataset.source "
                           "(the folder holding the CSVs and the image folders as downloaded)")
-    warnings = [f"{missing} images listed in the CSVs are absent (a sample of the dataset?) and skipped"] if missing else []
+    note = f"{missing} images listed in the CSVs are absent (a sample of the dataset?) and skipped"
+    warnings = [note] if missing else []
     return records, warnings
 
 
@@ -166,7 +167,8 @@ def _report_file(reports_dir: Path | None, subject: str, study: str) -> Path | N
     return next((p for p in (reports_dir / "files" / relative, reports_dir / relative) if p.is_file()), None)
 
 
-def mimic_records(root: Path, policy: str = "ignore", labeler: str = "chexpert") -> tuple[list[SourceRecord], list[str]]:
+def mimic_records(root: Path, policy: str = "ignore",
+                  labeler: str = "chexpert") -> tuple[list[SourceRecord], list[str]]:
     """MIMIC-CXR-JPG: files/pXX/p<subject>/s<study>/<dicom>.jpg with the metadata, label and split CSVs.
 
     `labeler` picks the label CSV: chexpert (mimic-cxr-2.0.0-chexpert.csv) or negbio (-negbio.csv, the paper's).
