@@ -6,7 +6,7 @@ from pathlib import Path
 
 from cxrmim.codebase import module_closure  # the package modules a script imports (torch-free)
 from cxrmim.config import check_consistency
-from cxrmim.data.splits import budget_tag  # one spelling of label budgets in file names, shared with the package
+from cxrmim.data.splits import budget_tag, fraction_tag  # one spelling of budgets in file names (package too)
 from cxrmim.inits import PRETRAIN_METHODS, parse_init, pretrain_run_name  # one spelling of run names (torch-free)
 
 check_consistency(config)  # what the schema cannot check (patch size vs image size), before any job runs
@@ -122,8 +122,9 @@ def check_inits():
 
 
 check_inits()
-# Label budgets as path tags: frac<fraction> for label_fractions.fractions, n<count> for label_fractions.counts.
-FRACTIONS = [budget_tag(fraction=f) for f in config["label_fractions"]["fractions"]] + [
+FRACTIONS = [fraction_tag(f) for f in config["label_fractions"]["fractions"]]  # "0.01", "1": fractions only
+# Every label budget as its path tag: frac<fraction> (label_fractions.fractions), n<count> (label_fractions.counts).
+BUDGETS = [budget_tag(fraction=f) for f in config["label_fractions"]["fractions"]] + [
     budget_tag(count=n) for n in config["label_fractions"].get("counts") or []
 ]
 SEEDS = [int(s) for s in config["label_fractions"]["seeds"]]
@@ -142,7 +143,7 @@ def finetune_dirs():
 
     A pretrained init exists once per pretraining seed, so its runs cross pretraining seeds with subset seeds.
     """
-    runs = {(i, f, s) for i in MAIN_INITS for f in FRACTIONS for s in SEEDS}
+    runs = {(i, b, s) for i in MAIN_INITS for b in BUDGETS for s in SEEDS}
     runs |= {(r, budget_tag(fraction=1), s) for r in RATIO_RUNS for s in SEEDS}
     return [f"{RESULTS}/finetune/{i}/{b}_seed{s}" for i, b, s in sorted(runs)]
 
