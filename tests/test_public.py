@@ -187,3 +187,15 @@ def test_keep_labels_makes_effusion_versus_no_finding(tmp_path: Path):
     manifest = pd.read_csv(tmp_path / "out" / "manifest.csv", keep_default_na=False)
     assert manifest["label"].tolist() == ["No Finding", "No Finding", "Effusion"]
     assert summary["classes"] == ["Effusion", "No Finding"] and any("keep_labels" in w for w in summary["warnings"])
+
+
+def test_listed_findings_restrict_public_labels(tmp_path: Path):
+    root = nih_tree(tmp_path / "nih")
+    marker = tmp_path / "source.json"
+    marker.write_text(json.dumps({"root": str(root)}))
+    dataset = {"name": "nih", "kind": "nih_cxr14", "task": "multilabel", "findings": ["Effusion", "Hernia"]}
+    summary = prepare(marker, dataset, PREPARE, tmp_path / "out")
+    manifest = pd.read_csv(tmp_path / "out" / "manifest.csv", keep_default_na=False)
+    assert manifest["label"].tolist() == ["No Finding", "Effusion", "Hernia", "No Finding", "Effusion"]
+    assert np.load(tmp_path / "out" / "labels.npy").tolist() == [[0, 0], [1, 0], [0, 1], [0, 0], [1, 0]]
+    assert any("outside dataset.findings" in w for w in summary["warnings"])

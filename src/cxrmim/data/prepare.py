@@ -47,7 +47,7 @@ class Rows:
 
 def source_records(kind: str, root: Path, dataset_cfg: dict[str, Any]) -> tuple[list[Any], list[str], Path]:
     """Source records of a real dataset after label mapping and view filtering, warnings, and the path base."""
-    from cxrmim.data.public import PUBLIC_KINDS, public_records
+    from cxrmim.data.public import PUBLIC_KINDS, public_records, restrict_findings
     from cxrmim.data.sources import (
         apply_label_map,
         covid19_radiography_records,
@@ -62,6 +62,10 @@ def source_records(kind: str, root: Path, dataset_cfg: dict[str, Any]) -> tuple[
     elif kind in PUBLIC_KINDS:
         records, warnings = public_records(kind, root, dataset_cfg.get("uncertain") or "ignore",
                                            dataset_cfg.get("labeler") or "chexpert")
+        if dataset_cfg.get("task") == "multilabel" and dataset_cfg.get("findings"):
+            records, changed = restrict_findings(records, list(dataset_cfg["findings"]))
+            if changed:
+                warnings.append(f"{changed} images have findings outside dataset.findings; only the listed ones count")
         base = root
     else:
         records, warnings, base = manifest_records(root), [], root.parent

@@ -210,6 +210,26 @@ def mimic_records(root: Path, policy: str = "ignore",
 PUBLIC_KINDS = {"chexpert": chexpert_records, "nih_cxr14": nih_records, "mimic_cxr_jpg": mimic_records}
 
 
+def restrict_findings(records: list[SourceRecord], findings: list[str]) -> tuple[list[SourceRecord], int]:
+    """Labels keeping only the listed findings (e.g. CheXpert's 5 competition tasks), and how many images lost one.
+
+    An image whose findings are all unlisted becomes "No Finding": absent for every listed finding, as the
+    field's per-finding evaluation treats it.
+    """
+    from dataclasses import replace
+
+    from cxrmim.data.tasks import findings_of
+
+    listed, changed, out = set(findings), 0, []
+    for record in records:
+        present = findings_of(record.label)
+        kept = [f for f in present if f in listed]
+        changed += len(kept) < len(present)
+        out.append(replace(record, label=join_findings(kept, findings),
+                           uncertain=tuple(u for u in record.uncertain if u in listed)))
+    return out, changed
+
+
 def public_records(kind: str, root: Path, policy: str = "ignore",
                    labeler: str = "chexpert") -> tuple[list[SourceRecord], list[str]]:
     """Records and warnings of one public dataset kind (policy: uncertain labels; labeler: MIMIC's label file)."""
