@@ -6,7 +6,7 @@ from pathlib import Path
 
 from cxrmim.codebase import module_closure  # the package modules a script imports (torch-free)
 from cxrmim.config import check_consistency
-from cxrmim.data.splits import fraction_tag as tag  # one spelling of numbers in file names, shared with the package
+from cxrmim.data.splits import budget_tag, fraction_tag  # one spelling of budgets in file names (package too)
 from cxrmim.inits import (
     CONTRASTIVE_METHODS,
     MASKED_METHODS,
@@ -162,7 +162,11 @@ def check_inits():
 
 check_inits()
 check_contrastive()
-FRACTIONS = [tag(f) for f in config["label_fractions"]["fractions"]]
+FRACTIONS = [fraction_tag(f) for f in config["label_fractions"]["fractions"]]  # "0.01", "1": fractions only
+# Every label budget as its path tag: frac<fraction> (label_fractions.fractions), n<count> (label_fractions.counts).
+BUDGETS = [budget_tag(fraction=f) for f in config["label_fractions"]["fractions"]] + [
+    budget_tag(count=n) for n in config["label_fractions"].get("counts") or []
+]
 SEEDS = [int(s) for s in config["label_fractions"]["seeds"]]
 MAIN_INITS = [name for i in config["finetune"]["inits"] for name in init_names(i)]
 RATIO_RUNS = [
@@ -177,13 +181,13 @@ CONTRASTIVE_RUNS = [name for m in CONTRASTIVE_METHODS_USED for name in contrasti
 
 
 def finetune_dirs():
-    """Every fine-tuning run: main inits at every fraction, and each masking ratio at 100% labels.
+    """Every fine-tuning run: main inits at every label budget, and each masking ratio at 100% labels.
 
     A pretrained init exists once per pretraining seed, so its runs cross pretraining seeds with subset seeds.
     """
-    runs = {(i, f, s) for i in MAIN_INITS for f in FRACTIONS for s in SEEDS}
-    runs |= {(r, "1", s) for r in RATIO_RUNS for s in SEEDS}
-    return [f"{RESULTS}/finetune/{i}/frac{f}_seed{s}" for i, f, s in sorted(runs)]
+    runs = {(i, b, s) for i in MAIN_INITS for b in BUDGETS for s in SEEDS}
+    runs |= {(r, budget_tag(fraction=1), s) for r in RATIO_RUNS for s in SEEDS}
+    return [f"{RESULTS}/finetune/{i}/{b}_seed{s}" for i, b, s in sorted(runs)]
 
 
 def finetune_metrics():

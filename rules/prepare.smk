@@ -8,6 +8,7 @@ rule prepare:
         images=f"{RESULTS}/prepared/images.npy",
         masks=f"{RESULTS}/prepared/masks.npy",
         manifest=f"{RESULTS}/prepared/manifest.csv",
+        labels=f"{RESULTS}/prepared/labels.npy",
         summary=f"{RESULTS}/prepared/summary.json",
         reports=f"{RESULTS}/prepared/reports.jsonl",
     log:

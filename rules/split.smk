@@ -23,19 +23,19 @@ rule split:
 
 
 rule label_subset:
-    """Nested, class-stratified labelled subset of the training part for one (fraction, seed)."""
+    """Nested, class-stratified labelled subset of the training part for one (budget, seed): frac<f> or n<count>."""
     input:
         script=script("label_subset.py"),
         code=script_code("label_subset.py"),
         split=rules.split.output.split,
     output:
-        subset=f"{RESULTS}/split/subsets/frac{{fraction}}_seed{{seed}}.csv",
+        subset=f"{RESULTS}/split/subsets/{{budget}}_seed{{seed}}.csv",
     log:
-        f"{LOGS}/label_subset/frac{{fraction}}_seed{{seed}}.log",
+        f"{LOGS}/label_subset/{{budget}}_seed{{seed}}.log",
     benchmark:
-        f"{BENCH}/label_subset/frac{{fraction}}_seed{{seed}}.tsv"
+        f"{BENCH}/label_subset/{{budget}}_seed{{seed}}.tsv"
     wildcard_constraints:
-        fraction=r"[0-9.]+",
+        budget=r"frac[0-9.]+|n\d+",
         seed=r"\d+",
     conda:
         "../envs/data.yaml"
@@ -45,5 +45,5 @@ rule label_subset:
     params:
         split_seed=config["split"]["seed"],
     shell:
-        "python {input.script} --split {input.split} --fraction {wildcards.fraction} --seed {wildcards.seed} "
+        "python {input.script} --split {input.split} --budget {wildcards.budget} --seed {wildcards.seed} "
         "--split-seed {params.split_seed} --out {output.subset} --log {log}"

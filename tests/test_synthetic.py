@@ -10,6 +10,7 @@ from scipy import ndimage
 
 from cxrmim.data.synthetic import (
     CLASSES,
+    FINDINGS,
     PhantomSettings,
     class_of,
     generate_dataset,
@@ -198,3 +199,48 @@ def test_bad_label_override_raises() -> None:
     """An override label must be one of CLASSES."""
     with pytest.raises(ValueError, match="COVID"):
         render_phantom(SMALL, 0, "COVID")
+
+
+MULTI = PhantomSettings(n_images=160, image_size=48, seed=5, multi_finding=True, finding_probability=0.35,
+                        label_noise=0.0)
+
+
+def test_multi_finding_phantoms_draw_findings_independently() -> None:
+    """Each lesion type appears with about finding_probability, alone or together; none gives 'No Finding'."""
+    labels = [class_of(MULTI, i) for i in range(MULTI.n_images)]
+    sets = [set(label.split("|")) - {"No Finding"} for label in labels]
+    for finding in FINDINGS:
+        share = np.mean([finding in s for s in sets])
+        assert 0.2 < share < 0.5, (finding, share)
+    assert any(len(s) >= 2 for s in sets) and "No Finding" in labels
+    assert all(s <= set(FINDINGS) for s in sets)
+    named = [label.split("|") for label in labels if label != "No Finding"]
+    assert all(names == sorted(names, key=FINDINGS.index) for names in named)  # one spelling per set
+
+
+def test_multi_finding_lesions_add_up_inside_the_lungs() -> None:
+    """Two findings together change lung pixels more than either alone, and nothing outside the lungs."""
+    none, one, both = (render_phantom(MULTI, 0, label) for label in ("No Finding", "COVID-19", "COVID-19|Lung_Opacity"))
+    outside = none.mask == 0
+    diff_one = one.image.astype(int) - none.image.astype(int)
+    diff_both = both.image.astype(int) - none.image.astype(int)
+    assert np.all(diff_one[outside] == 0) and np.all(diff_both[outside] == 0)
+    assert diff_both[~outside].sum() > diff_one[~outside].sum() > 0
+    report = both.report.lower()
+    assert "ground-glass" in report and "consolidation" in report and report.count("no pleural effusion") <= 1
+
+
+def test_multi_finding_label_noise_toggles_one_finding() -> None:
+    noisy = dataclasses.replace(MULTI, label_noise=1.0)
+    for index in range(20):
+        phantom = render_phantom(noisy, index)
+        recorded = set(phantom.label.split("|")) - {"No Finding"}
+        true = set(phantom.true_label.split("|")) - {"No Finding"}
+        assert len(recorded ^ true) == 1
+
+
+def test_multi_finding_settings_are_checked() -> None:
+    with pytest.raises(ValueError, match="finding_probability"):
+        PhantomSettings.from_config({"multi_finding": True, "finding_probability": 1.5})
+    with pytest.raises(ValueError, match="multi_finding"):
+        PhantomSettings.from_config({"multi_finding": "yes"})

@@ -46,6 +46,32 @@ def test_data_stages_on_phantoms(tmp_path: Path):
     assert np.array_equal(images, np.load(other / "results" / "tiny" / "prepared" / "images.npy"))
 
 
+def test_multilabel_phantoms_and_count_budget(tmp_path: Path):
+    findings = ["COVID-19", "Lung_Opacity", "Viral_Pneumonia"]
+    override = tmp_path / "multilabel.yaml"
+    override.write_text(yaml.safe_dump({
+        "dataset": {"name": "tinyml", "task": "multilabel", "findings": findings,
+                    "synthetic": {"multi_finding": True, "finding_probability": 0.35}},
+        "label_fractions": {"counts": [20]},
+    }))
+    results = tmp_path / "results" / "tinyml"
+    snakemake(tmp_path, str(results.relative_to(tmp_path) / "split" / "subsets" / "n20_seed0.csv"),
+              configs=(Path(__file__).parent / "configs" / "tiny.yaml", override))
+    summary = json.loads((results / "prepared" / "summary.json").read_text())
+    labels = np.load(results / "prepared" / "labels.npy")
+    assert summary["task"] == "multilabel" and summary["findings"] == findings and labels.shape[1] == 3
+    assert (labels.sum(axis=1) >= 2).any()
+    subset = pd.read_csv(results / "split" / "subsets" / "n20_seed0.csv", keep_default_na=False)
+    split = pd.read_csv(results / "split" / "split.csv", keep_default_na=False)
+    assert len(subset) == 20 and set(subset["id"]) <= set(split.loc[split["part"] == "train", "id"])
+    too_many = tmp_path / "too_many.yaml"
+    too_many.write_text(yaml.safe_dump({"label_fractions": {"counts": [100000]}}))
+    result = snakemake(tmp_path, str(results.relative_to(tmp_path) / "split" / "subsets" / "n100000_seed0.csv"),
+                       configs=(Path(__file__).parent / "configs" / "tiny.yaml", override, too_many), check=False)
+    assert result.returncode != 0
+    assert "label_fractions.counts" in (results / "logs" / "label_subset" / "n100000_seed0.log").read_text()
+
+
 def test_bad_config_key_is_named(tmp_path: Path):
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump({"prepare": {"imagesize": 32}}))

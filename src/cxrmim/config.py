@@ -47,6 +47,10 @@ def check_consistency(config: dict[str, Any], source: str = "config") -> None:
             f"the ViT needs a whole number of patches per side: use a patch size such as {fits or [1]} or an "
             f"image size that is a multiple of {patch_size} (e.g. {image_size - image_size % patch_size})"
         )
+    budgets = config.get("label_fractions") or {}
+    if "fractions" in budgets and not (budgets.get("fractions") or budgets.get("counts")):
+        raise ValueError(f"{source}: label_fractions has no budget; list label_fractions.fractions (e.g. [0.1, 1.0]) "
+                         "or label_fractions.counts (numbers of labelled images, e.g. [1000])")
 
 
 def read_config_source(source: str | Path) -> dict[str, Any]:

@@ -35,8 +35,11 @@ class CacheWriter:
             handle.seek(self.offsets[name] + row * self.row_bytes)
             handle.write(np.ascontiguousarray(array, dtype=np.uint8).tobytes())
 
-    def commit(self, keep: np.ndarray, manifest: pd.DataFrame, summary: dict) -> None:
-        """Keep the rows marked in `keep` (compacting when some are dropped) and move every file into place."""
+    def commit(self, keep: np.ndarray, manifest: pd.DataFrame, summary: dict, labels: np.ndarray | None = None) -> None:
+        """Keep the rows marked in `keep` (compacting when some are dropped) and move every file into place.
+
+        `labels` (one row per manifest row) becomes labels.npy, the task's label matrix.
+        """
         keep = np.asarray(keep, dtype=bool)
         for name, path in self.tmp.items():
             self.handles.pop(name).close()
@@ -46,6 +49,9 @@ class CacheWriter:
                 path.unlink()
                 path = kept
             path.replace(self.out_dir / f"{name}.npy")
+        if labels is not None:
+            with atomic_path(self.out_dir / "labels.npy") as tmp_labels:
+                np.save(tmp_labels, np.asarray(labels, dtype=np.uint8))
         with atomic_path(self.out_dir / "manifest.csv") as tmp_csv:
             manifest.to_csv(tmp_csv, index=False)
         write_text_atomic(self.out_dir / "summary.json", json.dumps(summary, indent=2))

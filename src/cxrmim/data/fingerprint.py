@@ -35,12 +35,16 @@ def manifest_files(csv_path: Path) -> list[Path]:
     return [p if p.is_absolute() else folder / p for p in (Path(v).expanduser() for v in values if v)]
 
 
-def folder_files(root: Path) -> list[Path]:
-    """Image files anywhere under a dataset folder (hidden entries skipped), sorted."""
+# Public dataset kinds keep labels, splits and reports in CSV / text files beside the images.
+LABEL_SUFFIXES = {".csv", ".txt", ".gz"}
+
+
+def folder_files(root: Path, suffixes: set[str] = IMAGE_SUFFIXES) -> list[Path]:
+    """Files with the given suffixes (default: images) anywhere under a dataset folder (hidden skipped), sorted."""
     found = []
     for folder, dirs, files in os.walk(root):
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        found += [Path(folder) / f for f in files if Path(f).suffix.lower() in IMAGE_SUFFIXES and f[0] != "."]
+        found += [Path(folder) / f for f in files if Path(f).suffix.lower() in suffixes and f[0] != "."]
     return sorted(found)
 
 
@@ -56,7 +60,9 @@ def dataset_fingerprint(dataset_cfg: dict[str, Any]) -> str:
         digest.update(path.read_bytes())
         lines = [_stat_line(p) for p in manifest_files(path)]
     elif path.is_dir():
-        lines = [_stat_line(p) for p in folder_files(path)]
+        labelled = dataset_cfg.get("kind") in ("mimic_cxr_jpg", "chexpert", "nih_cxr14")
+        suffixes = IMAGE_SUFFIXES | LABEL_SUFFIXES if labelled else IMAGE_SUFFIXES
+        lines = [_stat_line(p) for p in folder_files(path, suffixes)]
     else:
         lines = [_stat_line(path)]
     digest.update("\n".join(lines).encode("utf-8", "surrogateescape"))

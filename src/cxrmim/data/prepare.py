@@ -28,7 +28,7 @@ __all__ = ["prepare", "pseudonym", "source_records", "load_records", "LoadedImag
 
 log = logging.getLogger(__name__)
 
-MANIFEST_COLUMNS = ["index", "id", "label", "source", "group", "view", "has_mask", "report"]
+MANIFEST_COLUMNS = ["index", "id", "label", "source", "group", "view", "has_mask", "report", "official"]
 NPZ_BLOCK_ROWS = 256
 
 
@@ -49,23 +49,38 @@ class Rows:
     sources: list[str]
     paths: list[str]  # for messages and the duplicate report only, never written to the cache
     warnings: list[str] = field(default_factory=list)
+    uncertain: list[tuple[str, ...]] = field(default_factory=list)  # per row, findings labelled uncertain
+    official: list[str] = field(default_factory=list)  # per row, the official split part ("" without one)
 
 
 def source_records(kind: str, root: Path, dataset_cfg: dict[str, Any]) -> tuple[list[Any], list[str], Path]:
     """Source records of a real dataset after label mapping and view filtering, warnings, and the path base."""
+    from cxrmim.data.public import PUBLIC_KINDS, public_records, restrict_findings
     from cxrmim.data.sources import (
         apply_label_map,
         covid19_radiography_records,
         filter_views,
+        keep_labels,
         manifest_records,
     )
 
     if kind == "covid19_radiography":
         records, warnings = covid19_radiography_records(root)
         base = root
+    elif kind in PUBLIC_KINDS:
+        records, warnings = public_records(kind, root, dataset_cfg.get("uncertain") or "ignore",
+                                           dataset_cfg.get("labeler") or "chexpert")
+        if dataset_cfg.get("task") == "multilabel" and dataset_cfg.get("findings"):
+            records, changed = restrict_findings(records, list(dataset_cfg["findings"]))
+            if changed:
+                warnings.append(f"{changed} images have findings outside dataset.findings; only the listed ones count")
+        base = root
     else:
         records, warnings, base = manifest_records(root), [], root.parent
     records = apply_label_map(records, dataset_cfg.get("label_map") or {})
+    records, dropped = keep_labels(records, dataset_cfg.get("keep_labels") or [])
+    if dropped:
+        warnings.append(f"dataset.keep_labels {dataset_cfg['keep_labels']} dropped {dropped} images of other labels")
     records, dropped = filter_views(records, dataset_cfg.get("views") or [])
     if dropped:
         warnings.append(f"view filter {dataset_cfg['views']} dropped {dropped} images")
@@ -92,7 +107,8 @@ def _real_rows(kind: str, root: Path, dataset_cfg: dict, prepare_cfg: dict, opti
     return Rows(items=items, labels=[r.label for r in records], groups=[r.group for r in records],
                 views=[r.view or "" for r in records], reports=[r.report or "" for r in records],
                 sources=[source_value(r.image, base, mode) for r in records],
-                paths=[str(r.image) for r in records], warnings=warnings)
+                paths=[str(r.image) for r in records], warnings=warnings,
+                uncertain=[r.uncertain for r in records], official=[r.official or "" for r in records])
 
 
 def _npz_rows(path: Path, key: str) -> Iterator[np.ndarray]:
@@ -123,10 +139,13 @@ def _synthetic_items(raw_file: Path, options: LoadOptions, total: int) -> Iterat
         meter.step()
 
 
-def _synthetic_rows(raw_file: Path, options: LoadOptions) -> Rows:
+def _synthetic_rows(raw_file: Path, options: LoadOptions, label_map: dict[str, str]) -> Rows:
     """Rows of the generated phantoms (their ids are not file names, so `source` is kept readable)."""
+    from cxrmim.data.sources import map_label
+
     with np.load(raw_file) as raw:
         labels, reports, patients = raw["labels"].tolist(), raw["reports"].tolist(), raw["patient_ids"].tolist()
+    labels = [map_label(label, label_map) for label in labels]
     sources = [f"phantom/{i:06d}" for i in range(len(labels))]
     return Rows(items=_synthetic_items(raw_file, options, len(labels)), labels=labels, groups=patients,
                 views=["PA"] * len(labels), reports=reports, sources=sources, paths=sources)
@@ -171,6 +190,7 @@ def _manifest(rows: Rows, keep: np.ndarray, groups: list[str], has_mask: np.ndar
         "source": [rows.sources[i] for i in kept], "group": [groups[i] for i in kept],
         "view": [rows.views[i] for i in kept], "has_mask": has_mask[kept].astype(int),
         "report": [rows.reports[i] for i in kept],
+        "official": [rows.official[i] for i in kept] if rows.official else [""] * len(kept),
     }, columns=MANIFEST_COLUMNS)
 
 
@@ -178,14 +198,17 @@ def prepare(marker: Path, dataset_cfg: dict[str, Any], prepare_cfg: dict[str, An
     """Run the stage: stream every image into a temporary memory-mapped cache, check it, then move it into place."""
     from cxrmim.data.cache import CacheWriter
     from cxrmim.data.duplicates import resolve_duplicates
+    from cxrmim.data.tasks import LabelTask
 
+    task = LabelTask.from_config(dataset_cfg)  # a bad task setting fails before any image is read
     info = json.loads(Path(marker).read_text())
     kind, root = dataset_cfg["kind"], Path(info["root"])
     options = LoadOptions.from_config(prepare_cfg)
-    rows = _synthetic_rows(root, options) if kind == "synthetic" else _real_rows(
+    rows = _synthetic_rows(root, options, dataset_cfg.get("label_map") or {}) if kind == "synthetic" else _real_rows(
         kind, root, dataset_cfg, prepare_cfg, options)
     for message in rows.warnings:
         log.warning("%s", message)
+    task.check_labels(rows.labels)  # labels are known before any image is read: fail fast on a task mismatch
     writer = CacheWriter(Path(out_dir), len(rows.labels), options.size)
     try:
         seen = _stream(rows, writer)
@@ -206,14 +229,17 @@ def prepare(marker: Path, dataset_cfg: dict[str, Any], prepare_cfg: dict[str, An
         for position, row in enumerate(index):
             groups[row] = dup.groups[position]
         manifest = _manifest(rows, keep, groups, seen["has_mask"], dataset_cfg["name"])
+        task.check_labels(manifest["label"].tolist())
+        uncertain = [rows.uncertain[i] for i in np.flatnonzero(keep)] if rows.uncertain else None
         summary = {
-            "dataset": dataset_cfg["name"], "kind": kind, "n_images": len(manifest),
+            "dataset": dataset_cfg["name"], "kind": kind, **task.summary(manifest["label"].tolist()),
+            "n_images": len(manifest),
             "n_skipped_bad": len(seen["bad"]), "n_dropped_duplicates": int(ok.sum() - keep.sum()),
             "n_without_mask": int(len(manifest) - manifest["has_mask"].sum()), "image_size": options.size,
             "labels": manifest["label"].value_counts().sort_index().to_dict(), "warnings": rows.warnings,
             "duplicates": dup.clusters,
         }
-        writer.commit(keep, manifest, summary)
+        writer.commit(keep, manifest, summary, labels=task.matrix(manifest["label"].tolist(), uncertain))
         write_reports(out_dir, manifest)  # cleaned, sentence-split reports for the tokenizer and report-aware methods
     except BaseException:
         writer.discard()

@@ -15,6 +15,8 @@ __all__ = [
     "manifest_records",
     "apply_label_map",
     "filter_views",
+    "keep_labels",
+    "map_label",
 ]
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".dcm", ".dicom"}
@@ -62,6 +64,8 @@ class SourceRecord:
     group: str | None = None
     view: str | None = None
     report: str | None = None
+    official: str | None = None  # the dataset's official split part (train / test), when it has one
+    uncertain: tuple[str, ...] = ()  # findings labelled uncertain (left out of training and metrics)
 
 
 # ----------------------------------------------------------------------------- Kaggle layout
@@ -249,9 +253,23 @@ def manifest_records(csv_path: Path) -> list[SourceRecord]:
 # ----------------------------------------------------------------------------- record transforms
 
 
+def map_label(label: str, label_map: dict[str, str]) -> str:
+    """A label renamed by `dataset.label_map`; the key "*" renames every label not listed (else it is kept)."""
+    return label_map.get(label, label_map.get("*", label))
+
+
 def apply_label_map(records: Iterable[SourceRecord], label_map: dict[str, str]) -> list[SourceRecord]:
-    """Rename or merge labels; labels not in the map are kept."""
-    return [dataclasses.replace(r, label=label_map.get(r.label, r.label)) for r in records]
+    """Rename or merge labels (map_label); e.g. {"No Finding": "No Finding", "*": "Finding"} makes a binary task."""
+    return [dataclasses.replace(r, label=map_label(r.label, label_map)) for r in records]
+
+
+def keep_labels(records: Iterable[SourceRecord], labels: list[str]) -> tuple[list[SourceRecord], int]:
+    """Keep records whose (mapped) label is listed, e.g. Pleural Effusion vs No Finding; empty list keeps all."""
+    records = list(records)
+    if not labels:
+        return records, 0
+    kept = [r for r in records if r.label in set(labels)]
+    return kept, len(records) - len(kept)
 
 
 def _view_keys(view: str | None) -> set[str]:

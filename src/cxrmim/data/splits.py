@@ -1,11 +1,21 @@
-"""Train/validation/test splits (stratified by label, grouped by patient) and nested label-fraction subsets."""
+"""Train/validation/test splits (stratified by label, grouped by patient) and nested label-budget subsets.
+
+Multilabel labels ('A|B') are stratified on each image's rarest finding (cxrmim.data.tasks.strata), an
+approximation of iterative stratification; single-class labels are stratified on the class itself.
+"""
 
 from __future__ import annotations
 
+import logging
 import math
+import re
 
 import numpy as np
 import pandas as pd
+
+from cxrmim.data.tasks import findings_of, strata
+
+log = logging.getLogger(__name__)
 
 
 def grouped_stratified_holdout(labels: np.ndarray, groups: np.ndarray, fraction: float, seed: int) -> np.ndarray:
@@ -28,10 +38,23 @@ def grouped_stratified_holdout(labels: np.ndarray, groups: np.ndarray, fraction:
     return chosen[group_ids]
 
 
-def split_dataset(manifest: pd.DataFrame, test_fraction: float, val_fraction: float, seed: int) -> pd.DataFrame:
-    """Assign each image to train, val or test; returns index,id,label,group,part."""
-    labels, groups = manifest["label"].to_numpy(str), manifest["group"].to_numpy(str)
-    test = grouped_stratified_holdout(labels, groups, test_fraction, seed)
+def split_dataset(manifest: pd.DataFrame, test_fraction: float, val_fraction: float, seed: int,
+                  use_official: bool = False) -> pd.DataFrame:
+    """Assign each image to train, val or test; returns index,id,label,group,part.
+
+    With `use_official` and a manifest `official` column (public dataset kinds), test is the official test list
+    and validation is carved from the rest by val_fraction; otherwise test is drawn by test_fraction.
+    """
+    labels, groups = strata(manifest["label"].to_numpy(str)), manifest["group"].to_numpy(str)
+    official = manifest["official"].to_numpy(str) if "official" in manifest.columns else np.array([""] * len(labels))
+    if use_official and (official == "test").any():
+        test = official == "test"
+        _check_official(groups, test)
+    else:
+        if use_official:
+            log.warning("split.use_official is true but the dataset has no official test list; "
+                        "drawing test by split.test_fraction")
+        test = grouped_stratified_holdout(labels, groups, test_fraction, seed)
     part = np.where(test, "test", "train").astype(object)
     if val_fraction > 0:
         rest = np.flatnonzero(~test)
@@ -43,20 +66,34 @@ def split_dataset(manifest: pd.DataFrame, test_fraction: float, val_fraction: fl
     return out
 
 
+def _check_official(groups: np.ndarray, test: np.ndarray) -> None:
+    """The official test list must not share a patient (or duplicate group) with the rest."""
+    shared = set(groups[test]) & set(groups[~test])
+    if shared:
+        raise ValueError(f"{len(shared)} patient group(s) have images in the official test list and outside it "
+                         "(duplicates grouped across parts?); set split.use_official: false or "
+                         "prepare.duplicates.action: drop")
+
+
+def _names(labels: pd.Series) -> set[str]:
+    """Classes, or findings of multilabel labels, named by some label."""
+    return {name for label in set(labels) for name in (findings_of(label) or [label])}
+
+
 def _split_hint(split: pd.DataFrame, part: str, missing: list[str]) -> str:
     """The setting to change: test is held out first, then validation is taken from what remains."""
     if part == "test":
         return "raise split.test_fraction"
-    in_val = set(split.loc[split["part"] == "val", "label"]) & set(missing)
+    in_val = _names(split.loc[split["part"] == "val", "label"]) & set(missing)
     if in_val:
         return f"lower split.val_fraction (validation took every training image of {sorted(in_val)})"
     return "lower split.test_fraction"
 
 
 def _check_split(split: pd.DataFrame) -> None:
-    """Every class must be present in train and test, or models and metrics are meaningless."""
+    """Every class (or finding) must be present in train and test, or models and metrics are meaningless."""
     for part in ("train", "test"):
-        missing = sorted(set(split["label"]) - set(split.loc[split["part"] == part, "label"]))
+        missing = sorted(_names(split["label"]) - _names(split.loc[split["part"] == part, "label"]))
         if missing:
             raise ValueError(
                 f"no {part} image for label(s) {missing}: too few images or patients for these classes; "
@@ -64,20 +101,73 @@ def _check_split(split: pd.DataFrame) -> None:
             )
 
 
-def label_subset(split: pd.DataFrame, fraction: float, subset_seed: int, split_seed: int) -> pd.DataFrame:
-    """Labelled training images for one (fraction, seed): per class, a prefix of one seeded permutation.
-
-    Prefixes of the same permutation make subsets nested across fractions; at least one image per class.
-    """
-    train = split[split["part"] == "train"]
+def label_subset(split: pd.DataFrame, budget: str | float, subset_seed: int, split_seed: int) -> pd.DataFrame:
+    """Labelled training images for one (budget, seed): a tag `frac<f>` / `n<count>` (parse_budget) or a fraction."""
+    kind, value = parse_budget(budget) if isinstance(budget, str) else ("fraction", float(budget))
+    train = split[split["part"] == "train"].sort_values("index")
     rng = np.random.default_rng([split_seed, subset_seed])
+    if kind == "fraction":
+        picked = _fraction_subset(train, value, rng)
+    else:
+        picked = _count_subset(train, int(value), rng)
+    return picked[["index", "id", "label"]].sort_values("index").reset_index(drop=True)
+
+
+def _fraction_subset(train: pd.DataFrame, fraction: float, rng: np.random.Generator) -> pd.DataFrame:
+    """Per stratum, a prefix of one seeded permutation: nested across fractions, at least one image per stratum."""
+    keys = strata(train["label"].to_numpy(str))
     picked = []
-    for label in sorted(train["label"].unique()):
-        rows = train[train["label"] == label].sort_values("index")
+    for key in sorted(set(keys)):
+        rows = train[keys == key]
         order = rng.permutation(len(rows))
         take = max(1, math.ceil(round(fraction * len(rows), 6)))
         picked.append(rows.iloc[order[:take]])
-    return pd.concat(picked)[["index", "id", "label"]].sort_values("index").reset_index(drop=True)
+    return pd.concat(picked)
+
+
+def _count_subset(train: pd.DataFrame, count: int, rng: np.random.Generator) -> pd.DataFrame:
+    """Exactly `count` images: a prefix of one seeded order that interleaves the strata in proportion.
+
+    Each image's place is its rank within its stratum over the stratum size (a seeded permutation), and each
+    stratum's first image comes before all others, so every stratum is present once `count` allows and subsets of
+    one seed are nested across counts.
+    """
+    if count > len(train):
+        raise ValueError(f"label_fractions.counts has {count}, but the training part has only {len(train)} images; "
+                         f"lower the count (at most {len(train)}) or add data")
+    keys = strata(train["label"].to_numpy(str))
+    position = np.zeros(len(train))
+    for key in sorted(set(keys)):
+        members = np.flatnonzero(keys == key)
+        rank = np.empty(len(members))
+        rank[rng.permutation(len(members))] = np.arange(len(members))
+        position[members] = np.where(rank == 0, -1.0, (rank + 0.5) / len(members))
+    tie_break = rng.random(len(train))
+    order = np.lexsort((tie_break, position))
+    return train.iloc[order[:count]]
+
+
+def budget_tag(fraction: float | None = None, count: int | None = None) -> str:
+    """The name of a label budget in file names: 'frac0.01' for a fraction, 'n1000' for a count of images."""
+    if (fraction is None) == (count is None):
+        raise ValueError("give exactly one of fraction and count")
+    return f"frac{fraction_tag(fraction)}" if fraction is not None else f"n{int(count)}"
+
+
+def parse_budget(tag: str) -> tuple[str, float]:
+    """('fraction', f) for 'frac<f>', ('count', n) for 'n<count>'; ValueError for anything else."""
+    match = re.fullmatch(r"frac([0-9]*\.?[0-9]+)|n([0-9]+)", str(tag))
+    if match is None:
+        raise ValueError(f"label budget {tag!r}: expected frac<fraction> (e.g. frac0.01) or n<count> (e.g. n1000)")
+    if match.group(1) is not None:
+        fraction = float(match.group(1))
+        if not 0 < fraction <= 1:
+            raise ValueError(f"label budget {tag!r}: the fraction must be in (0, 1]")
+        return "fraction", fraction
+    count = int(match.group(2))
+    if count < 1:
+        raise ValueError(f"label budget {tag!r}: the count must be at least 1")
+    return "count", float(count)
 
 
 def fraction_tag(fraction: float) -> str:

@@ -10,11 +10,15 @@ Orientation is the usual PA view: the patient's right lung is on the image's lef
 About 7% of images (15% of odd indices) are a follow-up of the previous index: same patient id, class
 and anatomy (hence mask), new lesion, exposure and devices. Classes are drawn independently per
 patient, so class counts follow `class_balance` only on average.
+
+With `multi_finding`, each lesion type is present independently with `finding_probability` (per patient) and
+the label is the set of findings joined by '|' ("No Finding" when none), as in multilabel datasets.
 """
 
 from __future__ import annotations
 
 import numbers
+import re
 from collections.abc import Mapping
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, fields
@@ -24,6 +28,8 @@ import numpy as np
 from scipy import ndimage
 
 CLASSES: tuple[str, ...] = ("Normal", "COVID-19", "Lung_Opacity", "Viral_Pneumonia")
+FINDINGS: tuple[str, ...] = CLASSES[1:]  # the lesion types, the findings of multi-finding phantoms
+NO_FINDING = "No Finding"  # the multi-finding label of an image without lesions (cxrmim.data.tasks.NO_FINDING)
 
 # One stream per aspect, so e.g. changing the class never shifts the anatomy or the nuisance draws.
 _ANATOMY, _NUISANCE, _LESION, _CLASS, _LABEL_NOISE, _FOLLOW_UP, _REPORT = range(7)
@@ -49,6 +55,8 @@ class PhantomSettings:
     nuisance_strength: float = 1.0
     zoom: float = 1.35  # thorax magnification: 1.35 fills the frame like real CXRs (lung area about 1/3)
     seed: int = 7
+    multi_finding: bool = False  # several findings per image instead of one class
+    finding_probability: float = 0.3  # multi_finding: chance of each lesion type, independently
 
     def __post_init__(self) -> None:
         """Normalise the balance to a float tuple and reject impossible values."""
@@ -109,8 +117,11 @@ def _check_value(name: str, value: object) -> None:
                 f"{where} must be {len(CLASSES)} non-negative weights (not all zero) for {list(CLASSES)}, "
                 f"got {value!r}"
             )
+    if name == "multi_finding" and not isinstance(value, bool):
+        raise ValueError(f"{where} must be true or false, got {value!r}")
     ranges = {
-        "lesion_contrast": (0.0, 1.0), "label_noise": (0.0, 1.0), "nuisance_strength": (0.0, 5.0), "zoom": (0.5, 2.0),
+        "finding_probability": (0.0, 1.0), "lesion_contrast": (0.0, 1.0), "label_noise": (0.0, 1.0),
+        "nuisance_strength": (0.0, 5.0), "zoom": (0.5, 2.0),
     }
     if name in ranges:
         low, high = ranges[name]
@@ -416,8 +427,20 @@ def _draw_lesion(
     severity = float(rng.uniform(0.4, 1.0))  # some cases subtle, some obvious
     if label == "Normal":
         return np.zeros_like(anatomy.density), {"severity": severity}
-    lesion, findings = _LESIONS[label](rng, anatomy, settings.lesion_contrast * severity)
-    return lesion * anatomy.mask, {"severity": severity, **findings}
+    if label in _LESIONS:
+        lesion, findings = _LESIONS[label](rng, anatomy, settings.lesion_contrast * severity)
+        return lesion * anatomy.mask, {"severity": severity, **findings}
+    # A set of findings: each lesion type drawn in FINDINGS order from the same stream, summed.
+    lesion, findings = np.zeros_like(anatomy.density), {"severity": severity}
+    for name in _findings_of(label):
+        part, details = _LESIONS[name](rng, anatomy, settings.lesion_contrast * severity)
+        lesion, findings = lesion + part, {**findings, **details}
+    return lesion * anatomy.mask, findings
+
+
+def _findings_of(label: str) -> list[str]:
+    """The lesion types a label names ('COVID-19|Lung_Opacity' -> both; 'Normal' / 'No Finding' -> none)."""
+    return [name for name in FINDINGS if name in label.split("|")]
 
 
 # ----------------------------------------------------------------------------- nuisance
@@ -515,7 +538,13 @@ def _draw_annotations(rng: np.random.Generator, size: int, strength: float) -> t
 
 
 def _report(rng: np.random.Generator, label: str, findings: dict, devices: list[str], follow_up: bool) -> str:
-    """One templated paragraph consistent with the drawn class, naming findings and their location."""
+    """One templated paragraph consistent with the drawn class (or set of findings), naming their location."""
+    if label not in CLASSES:  # a multi-finding label: one sentence group per finding, or the normal text
+        names = _findings_of(label) or ["Normal"]
+        parts = [_report(rng, name, findings, [], False) for name in names]
+        sentences = [text for part in parts for text in re.split(r"(?<=\.)\s+", part)]
+        text = " ".join(dict.fromkeys(sentences))  # a sentence shared by findings (no effusion) only once
+        return " ".join((["Follow-up radiograph."] if follow_up else []) + [text] + devices)
     severity = findings.get("severity", 0.5)
     grade = "Subtle" if severity < 0.5 else ("Patchy" if severity < 0.8 else "Extensive")
     if label == "Normal":
@@ -550,17 +579,29 @@ def _anchor(settings: PhantomSettings, index: int) -> int:
 
 
 def class_of(settings: PhantomSettings, index: int) -> str:
-    """Class drawn for image `index` (a follow-up shares its patient's class), per class_balance."""
+    """Class drawn for image `index` (a follow-up shares its patient's class), per class_balance.
+
+    Multi-finding phantoms draw each lesion type with finding_probability instead; the label is the set.
+    """
     anchor = _anchor(settings, index)
+    if settings.multi_finding:
+        present = _rng(settings, anchor, _CLASS).random(len(FINDINGS)) < settings.finding_probability
+        return "|".join(name for name, on in zip(FINDINGS, present) if on) or NO_FINDING
     return CLASSES[int(_rng(settings, anchor, _CLASS).choice(len(CLASSES), p=settings.class_probabilities))]
 
 
 def _recorded_label(settings: PhantomSettings, index: int, true_label: str) -> str:
-    """Apply label noise: with probability label_noise, record a uniformly chosen other class."""
+    """Apply label noise: with probability label_noise, record a uniformly chosen other class.
+
+    Multi-finding labels instead toggle one uniformly chosen finding.
+    """
     rng = _rng(settings, index, _LABEL_NOISE)
     flip, shift = rng.random() < settings.label_noise, int(rng.integers(1, len(CLASSES)))
     if not flip:
         return true_label
+    if settings.multi_finding:
+        toggled = set(_findings_of(true_label)) ^ {FINDINGS[shift - 1]}
+        return "|".join(name for name in FINDINGS if name in toggled) or NO_FINDING
     return CLASSES[(CLASSES.index(true_label) + shift) % len(CLASSES)]
 
 
@@ -574,8 +615,9 @@ def render_phantom(settings: PhantomSettings, index: int, label: str | None = No
     """Render image `index`; `label` overrides the class while anatomy and nuisance stay identical."""
     if index < 0:
         raise ValueError(f"index must be non-negative, got {index}")
-    if label is not None and label not in CLASSES:
-        raise ValueError(f"unknown label {label!r}; expected one of {list(CLASSES)}")
+    if label is not None and label not in CLASSES and label != NO_FINDING and set(label.split("|")) - set(FINDINGS):
+        raise ValueError(f"unknown label {label!r}; expected one of {list(CLASSES)} or findings of {list(FINDINGS)} "
+                         "joined by '|'")
     size, strength = settings.image_size, settings.nuisance_strength
     anchor = _anchor(settings, index)
     true_label = label if label is not None else class_of(settings, index)

@@ -1,0 +1,123 @@
+"""Label tasks of the data layer: multiclass, binary (a named positive class) and multilabel (sets of findings).
+
+A multilabel image's `label` is its findings joined by `|` ("No Finding" when none); the label matrix
+(`prepared/labels.npy`) holds 1 present, 0 absent and 255 uncertain-ignored, columns in `dataset.findings` order.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+__all__ = ["NO_FINDING", "SEPARATOR", "UNCERTAIN", "LabelTask", "findings_of", "join_findings", "label_matrix",
+           "strata"]
+
+NO_FINDING = "No Finding"
+SEPARATOR = "|"
+UNCERTAIN = 255
+TASKS = ("multiclass", "binary", "multilabel")
+
+
+def findings_of(label: str) -> list[str]:
+    """The findings named by a label ('A|B' -> [A, B]; 'No Finding' -> [])."""
+    return [part for part in (p.strip() for p in str(label).split(SEPARATOR)) if part and part != NO_FINDING]
+
+
+def join_findings(findings: Iterable[str], order: Sequence[str] | None = None) -> str:
+    """The label of a set of findings, in `order` when given (or sorted); 'No Finding' when empty."""
+    present = set(findings)
+    ordered = [f for f in order if f in present] if order is not None else sorted(present)
+    return SEPARATOR.join(ordered) or NO_FINDING
+
+
+@dataclass(frozen=True)
+class LabelTask:
+    """What a label means: one class of many, positive versus the other class, or a set of findings."""
+
+    kind: str = "multiclass"
+    findings: tuple[str, ...] = ()
+    positive: str | None = None
+
+    @classmethod
+    def from_config(cls, dataset_cfg: dict[str, Any]) -> LabelTask:
+        """The task of `dataset.task` / `dataset.findings` / `dataset.positive`, checked for consistency."""
+        kind = dataset_cfg.get("task") or "multiclass"
+        findings = tuple(str(f) for f in dataset_cfg.get("findings") or ())
+        positive = dataset_cfg.get("positive")
+        if kind not in TASKS:
+            raise ValueError(f"dataset.task is {kind!r}; use one of {list(TASKS)}")
+        if kind == "multilabel" and not findings:
+            raise ValueError("dataset.task is multilabel but dataset.findings is empty; list the finding names")
+        if kind == "multilabel" and len(set(findings)) != len(findings):
+            raise ValueError(f"dataset.findings has repeated names: {list(findings)}")
+        bad = [f for f in findings if SEPARATOR in f or f == NO_FINDING]
+        if bad:
+            raise ValueError(f"dataset.findings: {bad} cannot be finding names ('|' joins findings, "
+                             f"{NO_FINDING!r} means none)")
+        if kind == "binary" and not positive:
+            raise ValueError("dataset.task is binary: set dataset.positive to the positive class (e.g. Finding)")
+        return cls(kind=kind, findings=findings, positive=positive)
+
+    def check_labels(self, labels: Sequence[str]) -> None:
+        """Fail when the prepared labels do not fit the task (the message names the config key to change)."""
+        classes = sorted(set(labels))
+        if self.kind == "multilabel":
+            unknown = sorted({f for label in classes for f in findings_of(label)} - set(self.findings))
+            if unknown:
+                raise ValueError(f"labels name findings {unknown} that dataset.findings does not list; add them "
+                                 "there or merge them with dataset.label_map")
+            return
+        with_separator = [c for c in classes if SEPARATOR in c]
+        if with_separator:
+            raise ValueError(f"labels {with_separator[:5]} hold several findings ('|'); set dataset.task: multilabel "
+                             "with dataset.findings, or map them to single classes with dataset.label_map")
+        if self.kind == "binary" and (len(classes) != 2 or self.positive not in classes):
+            raise ValueError(f"dataset.task is binary with positive {self.positive!r}, but the labels are {classes}; "
+                             "merge them into two classes with dataset.label_map (e.g. every finding -> Finding)")
+
+    def summary(self, labels: Sequence[str]) -> dict[str, Any]:
+        """The task's entries of prepared/summary.json."""
+        if self.kind == "multilabel":
+            return {"task": self.kind, "findings": list(self.findings)}
+        entry: dict[str, Any] = {"task": self.kind, "classes": sorted(set(labels))}
+        if self.kind == "binary":
+            entry["positive"] = self.positive
+        return entry
+
+    def matrix(self, labels: Sequence[str], uncertain: Sequence[Iterable[str]] | None = None) -> np.ndarray:
+        """prepared/labels.npy: the finding matrix (multilabel) or the one-hot class matrix (columns = classes)."""
+        if self.kind == "multilabel":
+            return label_matrix(labels, self.findings, uncertain)
+        classes = sorted(set(labels))
+        return label_matrix(labels, classes)
+
+
+def label_matrix(labels: Sequence[str], columns: Sequence[str],
+                 uncertain: Sequence[Iterable[str]] | None = None) -> np.ndarray:
+    """uint8 (N, len(columns)): 1 where the label names the column, 255 where uncertain, else 0."""
+    position = {name: j for j, name in enumerate(columns)}
+    out = np.zeros((len(labels), len(columns)), dtype=np.uint8)
+    for i, label in enumerate(labels):
+        names = [label] if label in position else findings_of(label)
+        for name in names:
+            out[i, position[name]] = 1
+        for name in (uncertain[i] if uncertain is not None else ()):
+            if name in position and out[i, position[name]] == 0:
+                out[i, position[name]] = UNCERTAIN
+    return out
+
+
+def strata(labels: Sequence[str]) -> np.ndarray:
+    """Stratification key per image: its rarest finding in this data set ('No Finding' when none).
+
+    An approximation of iterative stratification (Sechidis et al. 2011): every image counts for the finding that
+    is hardest to place, so rare findings reach every part whenever they have enough patients. A single-class
+    label is its own key, so multiclass stratification is unchanged.
+    """
+    sets = [findings_of(label) or [str(label)] for label in labels]
+    frequency = Counter(name for names in sets for name in names)
+    return np.array([min(names, key=lambda n: (frequency[n], n)) for names in sets], dtype=object).astype(str)
