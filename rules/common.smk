@@ -141,7 +141,14 @@ def finetune_dirs():
     """
     runs = {(i, f, s) for i in MAIN_INITS for f in FRACTIONS for s in SEEDS}
     runs |= {(r, "1", s) for r in RATIO_RUNS for s in SEEDS}
-    return [f"{RESULTS}/finetune/{i}/frac{f}_seed{s}" for i, f, s in sorted(runs)]
+    return [f"{RESULTS}/finetune/{i}/frac{f}_seed{s}{v}" for i, f, s in sorted(runs) for v in finetune_variants()]
+
+
+def finetune_variants():
+    """Run-folder suffix of each (mode, augmentation preset) pair: none for (full, current), today's runs."""
+    modes = config["finetune"].get("modes", ["full"])
+    presets = config["finetune"].get("augment_presets", ["current"])
+    return ["" if (m, p) == ("full", "current") else f"_{m}-{p}" for m in modes for p in presets]
 
 
 def finetune_metrics():
@@ -236,3 +243,22 @@ def patch_validity_mask_args(wildcards, input):
 
 if LUNG_MASKS["mode"] == "predict":
     segmenter_weights()  # fail at DAG construction, not inside a job, when the weights are not configured
+
+
+def variant_args(wildcards):
+    """--mode/--augment of a run folder's `_<mode>-<preset>` suffix; none for the default (full, current)."""
+    if not wildcards.variant:
+        return ""
+    mode, preset = wildcards.variant[1:].split("-")
+    return f"--mode {mode} --augment {preset}"
+
+
+def task_args():
+    """The dataset's task (multiclass when unset), its positive class or findings."""
+    dataset = config["dataset"]
+    args = f"--task {dataset.get('task', 'multiclass')}"
+    if dataset.get("positive"):
+        args += f" --positive {shlex.quote(str(dataset['positive']))}"
+    if dataset.get("findings"):
+        args += f" --findings {shlex.quote(json.dumps(list(dataset['findings'])))}"
+    return args
