@@ -13,7 +13,12 @@ from cxrmim.inits import parse_init
 from cxrmim.recipe import FinetuneSettings
 from cxrmim.train.finetune import finetune
 from cxrmim.train.finetune_augment import AUGMENT_PRESETS
-from cxrmim.train.finetune_data import TASKS, load_finetune_data, remove_outputs, write_result
+from cxrmim.train.finetune_data import (
+    TASKS,
+    load_finetune_data,
+    remove_outputs,
+    write_result,
+)
 from cxrmim.train.finetune_task import FINETUNE_MODES
 
 

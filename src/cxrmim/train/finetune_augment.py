@@ -96,7 +96,7 @@ def shear_theta(shear_x: torch.Tensor, shear_y: torch.Tensor) -> torch.Tensor:
 
 def randaugment_ops(images: torch.Tensor, level: torch.Tensor, sign: torch.Tensor) -> dict[str, torch.Tensor]:
     """Every op applied to every image at its level (timm's ranges); the caller keeps each image's chosen one."""
-    view = lambda v: v.view(-1, 1, 1, 1)  # noqa: E731
+    view = lambda v: v.view(-1, 1, 1, 1)
     batch = len(level)
     zeros, ones = torch.zeros(batch, device=images.device), torch.ones(batch, device=images.device)
     low = images.amin(dim=(1, 2, 3), keepdim=True)

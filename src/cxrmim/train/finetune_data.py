@@ -15,7 +15,6 @@ import torch
 from cxrmim.data.tensors import load_prepared
 from cxrmim.io import write_text_atomic
 
-
 TASKS = ("multiclass", "binary", "multilabel")
 
 
