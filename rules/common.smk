@@ -156,7 +156,7 @@ def finetune_metrics():
     return [f"{d}/metrics.json" for d in finetune_dirs()]
 
 
-TABLES = ["label_fractions", "mask_ratio", "hyperparameters", "significance"]
+TABLES = ["label_fractions", "mask_ratio", "hyperparameters", "significance", "study"]
 RESULT_FIGURES = [
     "accuracy_vs_fraction",
     "auc_vs_fraction",

@@ -85,9 +85,9 @@ def test_binary_task_reports_thresholded_metrics(binary_cache: dict[str, Path]) 
         assert key in metrics["test"] and key in metrics["val"]
     assert metrics["test"]["threshold"] == metrics["val"]["threshold"]  # chosen on validation, applied to test
     predictions = result.predictions
-    assert list(predictions.columns) == ["index", "id", "label", "pred", "prob_Finding"]
-    truth = (predictions["label"] == "Finding").astype(int)
-    assert (predictions["pred"] == truth).mean() == pytest.approx(metrics["test"]["accuracy"])
+    assert list(predictions.columns) == ["index", "id", "label", "target", "pred", "prob_Finding"]
+    assert (predictions["target"] == (predictions["label"] == "Finding")).all()
+    assert (predictions["pred"] == predictions["target"]).mean() == pytest.approx(metrics["test"]["accuracy"])
 
 
 def test_binary_positive_must_be_a_label(binary_cache: dict[str, Path]) -> None:

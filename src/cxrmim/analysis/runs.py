@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -37,6 +38,12 @@ def load_runs(metrics_paths: Iterable[str | Path]) -> pd.DataFrame:
             row["init"] = row["init"].rsplit("_s", 1)[0]
         for part in ("val", "test"):
             row.update({f"{part}_{k}": v for k, v in (metrics.get(part) or {}).items()})
+        # Runs written before tasks, modes and presets existed were multiclass, full-network, `current` runs.
+        row["task"] = metrics.get("task", "multiclass")
+        row["mode"] = metrics.get("mode", "full")
+        row["augment"] = metrics.get("augment", "current")
+        row["budget"] = metrics.get("budget") or f"frac{row['fraction']:g}"
+        row["n_labels"] = metrics.get("n_labels", row["n_train"])
         row["run_dir"] = str(path.parent)
         rows.append(row)
     if not rows:
@@ -46,6 +53,13 @@ def load_runs(metrics_paths: Iterable[str | Path]) -> pd.DataFrame:
     numeric = [c for c in runs.columns if c.startswith(("val_", "test_"))]
     runs[numeric] = runs[numeric].apply(pd.to_numeric, errors="coerce")  # JSON null (undefined AUC) -> NaN
     return sort_runs(runs)
+
+
+def default_variant(runs: pd.DataFrame, finetune_cfg: dict[str, Any]) -> pd.DataFrame:
+    """Runs of the first configured mode and preset: the paper's tables compare inits, not variants."""
+    mode = (finetune_cfg.get("modes") or ["full"])[0]
+    preset = (finetune_cfg.get("augment_presets") or ["current"])[0]
+    return runs[(runs["mode"] == mode) & (runs["augment"] == preset)]
 
 
 def rank(values: pd.Series, order: list[str]) -> pd.Series:
@@ -116,4 +130,5 @@ def load_predictions(run_dir: str | Path) -> pd.DataFrame:
 def correctness(run_dir: str | Path) -> pd.Series:
     """1.0 where the selected checkpoint classified the test image correctly, indexed by cache index."""
     predictions = load_predictions(run_dir)
-    return (predictions["pred"].astype(str) == predictions["label"].astype(str)).astype(float)
+    truth = predictions["target"] if "target" in predictions else predictions["label"]  # binary: 0/1 target
+    return (predictions["pred"].astype(str) == truth.astype(str)).astype(float)

@@ -11,6 +11,7 @@ import pandas as pd
 
 from cxrmim.analysis.runs import (
     correctness,
+    default_variant,
     fraction_label,
     init_label,
     load_runs,
@@ -200,7 +201,8 @@ def write_tables(
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    runs = load_runs(metrics_paths)
+    # Tables 1-3 compare inits: only the first configured mode and preset; the study table shows every variant.
+    runs = default_variant(load_runs(metrics_paths), config.get("finetune") or {})
     main = main_runs(runs, (config.get("pretrain") or {}).get("mask_ratio"))
     tables_cfg = settings if settings is not None else config.get("tables") or {}
 

@@ -127,11 +127,12 @@ def prediction_table(
     part: Part, probs: np.ndarray, classes: list[str], task: str = "multiclass", threshold: float = 0.5
 ) -> pd.DataFrame:
     """Per-image test predictions: index, id, label, prob_<output>, and pred (multiclass: the class; binary: 1 at
-    or above the validation threshold; multilabel: none, the findings are scored, not decided)."""
+    or above the validation threshold, beside the 0/1 `target`; multilabel: none, findings are scored, not decided)."""
     table = part.rows.copy()
     if task == "multiclass":
         table["pred"] = [classes[i] for i in probs.argmax(axis=1)] if len(probs) else []
     elif task == "binary":
+        table["target"] = part.labels[:, 0].numpy().astype(int)  # 1 = the positive class
         table["pred"] = (probs[:, 0] >= threshold).astype(int) if len(probs) else []
     for i, name in enumerate(classes):
         table[f"prob_{name}"] = probs[:, i] if len(probs) else []
