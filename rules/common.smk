@@ -135,12 +135,15 @@ PRETRAIN_RUNS = sorted(set(RATIO_RUNS) | {i for i in MAIN_INITS if parse_init(i)
 
 
 def finetune_dirs():
-    """Every fine-tuning run: main inits at every fraction, and each masking ratio at 100% labels.
+    """Every fine-tuning run: main inits at every fraction, each masking ratio at 100% labels (or every budget),
+    and each of them once per (mode, augmentation preset) pair.
 
     A pretrained init exists once per pretraining seed, so its runs cross pretraining seeds with subset seeds.
     """
     runs = {(i, f, s) for i in MAIN_INITS for f in FRACTIONS for s in SEEDS}
-    runs |= {(r, "1", s) for r in RATIO_RUNS for s in SEEDS}
+    # The masking-ratio study fine-tunes at 100% labels, or at every budget (finetune.ratios_at_every_budget).
+    ratio_budgets = FRACTIONS if config["finetune"].get("ratios_at_every_budget") else ["1"]
+    runs |= {(r, f, s) for r in RATIO_RUNS for f in ratio_budgets for s in SEEDS}
     return [f"{RESULTS}/finetune/{i}/frac{f}_seed{s}{v}" for i, f, s in sorted(runs) for v in finetune_variants()]
 
 
@@ -262,3 +265,8 @@ def task_args():
     if dataset.get("findings"):
         args += f" --findings {shlex.quote(json.dumps(list(dataset['findings'])))}"
     return args
+
+
+def first_variant():
+    """The (mode, preset) the paper's figures draw: the first configured of each."""
+    return config["finetune"].get("modes", ["full"])[0], config["finetune"].get("augment_presets", ["current"])[0]

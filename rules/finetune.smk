@@ -1,4 +1,4 @@
-FINETUNE_CHOICE_KEYS = ("inits", "imagenet_weights", "resources", "modes", "augment_presets")
+FINETUNE_CHOICE_KEYS = ("inits", "imagenet_weights", "resources", "modes", "augment_presets", "ratios_at_every_budget")
 
 
 

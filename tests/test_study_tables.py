@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 
 from cxrmim.analysis.runs import default_variant, load_runs
 from cxrmim.analysis.study import study_significance, study_table, write_study
@@ -88,3 +89,21 @@ def test_runs_of_two_tasks_are_refused(binary_runs: list[Path], tmp_path: Path) 
     runs.loc[0, "task"] = "multiclass"
     with pytest.raises(ValueError, match="different tasks"):
         study_table(runs)
+
+
+def test_paper_tables_survive_count_budgets_only(binary_runs: list[Path], tmp_path: Path) -> None:
+    from cxrmim.analysis.tables import write_tables
+
+    config = yaml.safe_load((Path(__file__).resolve().parents[1] / "workflow_config.yaml").read_text())
+    config["finetune"]["augment_presets"] = ["none", "classic"]
+    written = write_tables(binary_runs, config, tmp_path, {"bootstrap_samples": 20})
+    assert "100 labelled images" not in written["label_fractions"].read_text()  # fractions only in Table 2
+
+
+def test_figures_draw_the_chosen_variant_and_binary_confusion(binary_runs: list[Path], tmp_path: Path) -> None:
+    from cxrmim.analysis.figures import FIGURES, decisions, write_figures
+    from cxrmim.analysis.runs import load_predictions
+
+    assert len(write_figures(binary_runs, {"dpi": 30}, tmp_path, variant=("full", "none"))) == len(FIGURES)
+    classes, truth, pred = decisions(load_predictions(binary_runs[0].parent))
+    assert classes == ["not Finding", "Finding"] and set(truth) <= set(classes) and set(pred) <= set(classes)

@@ -202,7 +202,9 @@ def write_tables(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     # Tables 1-3 compare inits: only the first configured mode and preset; the study table shows every variant.
+    # and count budgets (n<count>) appear there only: Tables 2-3 are laid out by label fraction.
     runs = default_variant(load_runs(metrics_paths), config.get("finetune") or {})
+    runs = runs[runs["budget"].str.startswith("frac")]
     main = main_runs(runs, (config.get("pretrain") or {}).get("mask_ratio"))
     tables_cfg = settings if settings is not None else config.get("tables") or {}
 
