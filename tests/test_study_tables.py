@@ -107,3 +107,31 @@ def test_figures_draw_the_chosen_variant_and_binary_confusion(binary_runs: list[
     assert len(write_figures(binary_runs, {"dpi": 30}, tmp_path, variant=("full", "none"))) == len(FIGURES)
     classes, truth, pred = decisions(load_predictions(binary_runs[0].parent))
     assert classes == ["not Finding", "Finding"] and set(truth) <= set(classes) and set(pred) <= set(classes)
+
+
+def test_multilabel_runs_get_mean_auc_tables_and_placeholder_figures(tmp_path: Path) -> None:
+    from cxrmim.analysis.figures import FIGURES, write_figures
+    from cxrmim.analysis.tables import write_tables
+
+    paths = []
+    for init, auc in (("mae_r0.75_vit-s", 0.8), ("scratch_resnet18", 0.6)):
+        for seed in (0, 1):
+            run_dir = tmp_path / "runs" / init / f"frac1_seed{seed}"
+            run_dir.mkdir(parents=True)
+            pd.DataFrame({"index": [0, 1], "id": ["a", "b"], "label": ["Effusion", "No Finding"],
+                          "prob_Effusion": [0.9, 0.1]}).to_csv(run_dir / "predictions.csv", index=False)
+            pd.DataFrame({"epoch": [1], "test_auc_mean": [auc]}).to_csv(run_dir / "history.csv", index=False)
+            metrics = {"init": init, "method": "MAE" if "mae" in init else "From Scratch", "architecture": "ViT",
+                       "mask_ratio": 0.75 if "mae" in init else None, "pretrain_seed": None, "fraction": 1.0,
+                       "seed": seed, "n_train": 10, "best_epoch": 1, "task": "multilabel", "mode": "full",
+                       "augment": "current", "budget": "frac1", "n_labels": 10, "val": {},
+                       "test": {"auc_mean": auc + 0.01 * seed, "auc_Effusion": auc, "loss": 0.5}}
+            (run_dir / "metrics.json").write_text(json.dumps(metrics))
+            paths.append(run_dir / "metrics.json")
+    config = yaml.safe_load((Path(__file__).resolve().parents[1] / "workflow_config.yaml").read_text())
+    written = write_tables(paths, config, tmp_path / "tables", {"bootstrap_samples": 20})
+    assert "Test mean AUC (multilabel)" in written["label_fractions"].read_text()
+    assert "no pair of runs" in written["significance"].read_text()
+    table = study_table(load_runs(paths))
+    assert {"Mean AUC", "AUC Effusion"} <= set(table.columns)
+    assert len(write_figures(paths, {"dpi": 30}, tmp_path / "figures")) == len(FIGURES)

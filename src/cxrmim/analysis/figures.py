@@ -196,9 +196,9 @@ def write_figures(
     runs = load_runs(metrics_paths)
     # The paper's figures compare inits by label fraction: one mode and preset, fraction budgets only.
     runs = runs[(runs["mode"] == variant[0]) & (runs["augment"] == variant[1]) & runs["budget"].str.startswith("frac")]
-    if runs.empty:
-        return [save_figure(empty_figure("no label-fraction runs of this mode and preset"), out_dir / f"{name}.png",
-                            plots) for name in FIGURES]
+    if runs.empty or (runs["task"] == "multilabel").any():
+        why = "no label-fraction runs of this mode and preset" if runs.empty else "multilabel task: see tables/study.md"
+        return [save_figure(empty_figure(why), out_dir / f"{name}.png", plots) for name in FIGURES]
     main = main_runs(runs, mask_ratio)
     # Legend labels name the init only where it is ambiguous within the runs a figure shows.
     runs, main = runs.assign(label=init_label(runs)), main.assign(label=init_label(main))

@@ -25,6 +25,9 @@ SUMMARY_METRICS = {
     "test_accuracy": "Test accuracy",
     "test_f1_macro": "Test macro F1",
     "test_auc_macro": "Test macro AUC",
+    "test_f1": "Test F1 (binary)",
+    "test_auc": "Test AUC (binary)",
+    "test_auc_mean": "Test mean AUC (multilabel)",
 }
 
 
@@ -78,7 +81,7 @@ def mask_ratio_table(runs: pd.DataFrame) -> pd.DataFrame:
             "Architecture": group["architecture"].iloc[0],
             "Masking ratio": f"{ratio:.2f}",
             "Label fraction": fraction_label(group["fraction"].iloc[0]),
-            "Accuracy": mean_std(group["test_accuracy"]),
+            "Accuracy": mean_std(group.get("test_accuracy", pd.Series(dtype=float))),  # none: multilabel
             "n": group["seed"].nunique(),
         }
         for method, by_method in mask_ratio_runs(runs).groupby("method", sort=False)
@@ -149,6 +152,8 @@ COMPARISONS = [(("RGMIM", "ViT"), ("MAE", "ViT")), (("RGMIM", "ViT"), ("From Scr
 def significance_table(runs: pd.DataFrame, n_samples: int, seed: int) -> pd.DataFrame:
     """Per fraction, paired bootstrap of the accuracy difference for each comparison with both sides present."""
     rows = []
+    if (runs["task"] == "multilabel").any():  # multilabel runs decide no class per image: no accuracy to pair
+        return pd.DataFrame()
     for fraction, at_fraction in runs.groupby("fraction"):
         for (method_a, arch_a), (method_b, arch_b) in COMPARISONS:
             run_a, run_b = find_init(at_fraction, method_a, arch_a), find_init(at_fraction, method_b, arch_b)
@@ -211,6 +216,7 @@ def write_tables(
     sections = [
         f"## {title} by label fraction\n\n{markdown_table(fraction_table(main, metric))}"
         for metric, title in SUMMARY_METRICS.items()
+        if metric in main  # the task's metrics: binary and multilabel runs have no macro metrics
     ]
     label_fractions_md = "# Label fractions (Table 2)\n\n" + STD_NOTE + "\n\n" + "\n".join(sections)
     ratio_table = mask_ratio_table(runs)
