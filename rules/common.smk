@@ -181,13 +181,23 @@ CONTRASTIVE_RUNS = [name for m in CONTRASTIVE_METHODS_USED for name in contrasti
 
 
 def finetune_dirs():
-    """Every fine-tuning run: main inits at every label budget, and each masking ratio at 100% labels.
+    """Every fine-tuning run: main inits at every label budget, each masking ratio at 100% labels (or every budget),
+    and each of them once per (mode, augmentation preset) pair.
 
     A pretrained init exists once per pretraining seed, so its runs cross pretraining seeds with subset seeds.
     """
     runs = {(i, b, s) for i in MAIN_INITS for b in BUDGETS for s in SEEDS}
-    runs |= {(r, budget_tag(fraction=1), s) for r in RATIO_RUNS for s in SEEDS}
-    return [f"{RESULTS}/finetune/{i}/{b}_seed{s}" for i, b, s in sorted(runs)]
+    # The masking-ratio study fine-tunes at 100% labels, or at every budget (finetune.ratios_at_every_budget).
+    ratio_budgets = BUDGETS if config["finetune"].get("ratios_at_every_budget") else [budget_tag(fraction=1)]
+    runs |= {(r, b, s) for r in RATIO_RUNS for b in ratio_budgets for s in SEEDS}
+    return [f"{RESULTS}/finetune/{i}/{b}_seed{s}{v}" for i, b, s in sorted(runs) for v in finetune_variants()]
+
+
+def finetune_variants():
+    """Run-folder suffix of each (mode, augmentation preset) pair: none for (full, current), today's runs."""
+    modes = config["finetune"].get("modes", ["full"])
+    presets = config["finetune"].get("augment_presets", ["current"])
+    return ["" if (m, p) == ("full", "current") else f"_{m}-{p}" for m in modes for p in presets]
 
 
 def finetune_metrics():
@@ -195,7 +205,7 @@ def finetune_metrics():
     return [f"{d}/metrics.json" for d in finetune_dirs()]
 
 
-TABLES = ["label_fractions", "mask_ratio", "hyperparameters", "significance"]
+TABLES = ["label_fractions", "mask_ratio", "hyperparameters", "significance", "study"]
 RESULT_FIGURES = [
     "accuracy_vs_fraction",
     "auc_vs_fraction",
@@ -336,3 +346,27 @@ def report_figure_runs():
 
 
 REPORT_FIGURES = list(report_figure_runs())
+
+
+def variant_args(wildcards):
+    """--mode/--augment of a run folder's `_<mode>-<preset>` suffix; none for the default (full, current)."""
+    if not wildcards.variant:
+        return ""
+    mode, preset = wildcards.variant[1:].split("-")
+    return f"--mode {mode} --augment {preset}"
+
+
+def task_args():
+    """The dataset's task (multiclass when unset), its positive class or findings."""
+    dataset = config["dataset"]
+    args = f"--task {dataset.get('task', 'multiclass')}"
+    if dataset.get("positive"):
+        args += f" --positive {shlex.quote(str(dataset['positive']))}"
+    if dataset.get("findings"):
+        args += f" --findings {shlex.quote(json.dumps(list(dataset['findings'])))}"
+    return args
+
+
+def first_variant():
+    """The (mode, preset) the paper's figures draw: the first configured of each."""
+    return config["finetune"].get("modes", ["full"])[0], config["finetune"].get("augment_presets", ["current"])[0]

@@ -20,9 +20,10 @@ rule figures:
         runtime=job_resource("figures", "runtime"),
     params:
         settings=as_json(config["plots"]),
+        variant=" ".join(first_variant()),
         out_dir=folder_of("figures", "output"),
     shell:
-        "python {input.script} --metrics {input.metrics} --settings {params.settings} "
+        "python {input.script} --metrics {input.metrics} --settings {params.settings} --variant {params.variant} "
         "--out-dir {params.out_dir} --log {log}"
 
 

@@ -1,4 +1,4 @@
-FINETUNE_CHOICE_KEYS = ("inits", "imagenet_weights", "resources")
+FINETUNE_CHOICE_KEYS = ("inits", "imagenet_weights", "resources", "modes", "augment_presets", "ratios_at_every_budget")
 
 
 rule finetune:
@@ -8,19 +8,20 @@ rule finetune:
         code=script_code("finetune.py"),
         images=rules.prepare.output.images,
         split=rules.split.output.split,
-        subset=f"{RESULTS}/split/subsets/frac{{fraction}}_seed{{seed}}.csv",
+        subset=f"{RESULTS}/split/subsets/{{budget}}_seed{{seed}}.csv",
         weights=finetune_weights,
     output:
-        metrics=f"{RESULTS}/finetune/{{init}}/frac{{fraction}}_seed{{seed}}/metrics.json",
-        history=f"{RESULTS}/finetune/{{init}}/frac{{fraction}}_seed{{seed}}/history.csv",
-        predictions=f"{RESULTS}/finetune/{{init}}/frac{{fraction}}_seed{{seed}}/predictions.csv",
+        metrics=f"{RESULTS}/finetune/{{init}}/{{budget}}_seed{{seed}}{{variant}}/metrics.json",
+        history=f"{RESULTS}/finetune/{{init}}/{{budget}}_seed{{seed}}{{variant}}/history.csv",
+        predictions=f"{RESULTS}/finetune/{{init}}/{{budget}}_seed{{seed}}{{variant}}/predictions.csv",
     log:
-        f"{LOGS}/finetune/{{init}}/frac{{fraction}}_seed{{seed}}.log",
+        f"{LOGS}/finetune/{{init}}/{{budget}}_seed{{seed}}{{variant}}.log",
     benchmark:
-        f"{BENCH}/finetune/{{init}}/frac{{fraction}}_seed{{seed}}.tsv"
+        f"{BENCH}/finetune/{{init}}/{{budget}}_seed{{seed}}{{variant}}.tsv"
     wildcard_constraints:
         init=r"[A-Za-z0-9_.-]+",
-        fraction=r"[0-9.]+",
+        budget=r"frac[0-9.]+|n[0-9]+",
+        variant=r"(_(full|probe)-(none|current|classic|randaugment))?",
         seed=r"\d+",
     conda:
         "../envs/torch.yaml"
@@ -36,8 +37,10 @@ rule finetune:
         weights=lambda wc, input: f"--weights {input.weights}" if input.weights else "",
         prepared=folder_of("images"),
         out_dir=folder_of("metrics", "output"),
+        variant=variant_args,
+        task=task_args(),
     shell:
         "OMP_NUM_THREADS={threads} python {input.script} --prepared {params.prepared} --split {input.split} "
         "--subset {input.subset} --init {wildcards.init} --encoder {params.encoder} {params.weights} "
         "--patch-size {params.patch_size} --settings {params.settings} --seed {wildcards.seed} "
-        "--fraction {wildcards.fraction} --out {params.out_dir} --log {log}"
+        "--budget {wildcards.budget} {params.variant} {params.task} --out {params.out_dir} --log {log}"

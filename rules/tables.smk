@@ -11,6 +11,7 @@ rule tables:
             for name in TABLES
         ],
         markdown=expand(f"{RESULTS}/tables/{{table}}.md", table=TABLES),
+        study_significance=f"{RESULTS}/tables/study_significance.csv",
     log:
         f"{LOGS}/tables.log",
     benchmark:

@@ -18,6 +18,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="JSON (inline or file) of the plots: section (dpi, style)")
     parser.add_argument("--mask-ratio", type=float, default=None,
                         help="pretrain.mask_ratio: other ratios stay out of the fraction plots (default: inferred)")
+    parser.add_argument("--variant", nargs=2, default=["full", "current"], metavar=("MODE", "PRESET"),
+                        help="fine-tuning mode and augmentation preset whose runs are drawn (the first configured)")
     parser.add_argument("--out-dir", required=True)
     parser.add_argument("--log", default=None, help="also log to this file")
     return parser.parse_args(argv)
@@ -27,7 +29,9 @@ def main(argv: list[str] | None = None) -> None:
     """Write all figures."""
     args = parse_args(argv)
     setup_logging(args.log)
-    for path in write_figures(args.metrics, parse_json_arg(args.settings), args.out_dir, args.mask_ratio):
+    for path in write_figures(
+        args.metrics, parse_json_arg(args.settings), args.out_dir, args.mask_ratio, tuple(args.variant)
+    ):
         logging.getLogger("cxrmim.figures").info("wrote %s", path)
 
 

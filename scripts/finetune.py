@@ -4,12 +4,22 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
+import re
 
 from cxrmim.cli import parse_json_arg, run_main, setup_logging
 from cxrmim.inits import parse_init
 from cxrmim.recipe import FinetuneSettings
 from cxrmim.train.finetune import finetune
-from cxrmim.train.finetune_data import load_finetune_data, remove_outputs, write_result
+from cxrmim.train.finetune_augment import AUGMENT_PRESETS
+from cxrmim.train.finetune_data import (
+    TASKS,
+    load_finetune_data,
+    remove_outputs,
+    write_result,
+)
+from cxrmim.train.finetune_task import FINETUNE_MODES
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -24,10 +34,27 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--patch-size", type=int, default=None, help="ViT patch size when the weights carry none")
     parser.add_argument("--settings", required=True, help="JSON (inline or file) of the finetune: section")
     parser.add_argument("--seed", type=int, required=True, help="label-fraction seed")
-    parser.add_argument("--fraction", type=float, required=True)
+    budget = parser.add_mutually_exclusive_group(required=True)
+    budget.add_argument("--budget", help="label budget tag: frac<fraction> (frac0.1) or n<count> (n1000)")
+    budget.add_argument("--fraction", type=float, help="label fraction (same as --budget frac<F>)")
+    parser.add_argument("--mode", default=None, choices=FINETUNE_MODES, help="full network or linear probe")
+    parser.add_argument("--augment", default=None, choices=AUGMENT_PRESETS, help="augmentation preset")
+    parser.add_argument("--task", default="multiclass", choices=TASKS, help="dataset.task")
+    parser.add_argument("--positive", default=None, help="dataset.positive: positive class of a binary task")
+    parser.add_argument("--findings", default=None, help="JSON list: dataset.findings of a multilabel task")
     parser.add_argument("--out", required=True, help="output directory")
     parser.add_argument("--log", default=None, help="also log to this file")
     return parser.parse_args(argv)
+
+
+def parse_budget(budget: str | None, fraction: float | None) -> tuple[str, float | None]:
+    """The budget tag and its fraction (None for a count budget) from --budget or --fraction."""
+    if budget is None:
+        return f"frac{fraction:g}", fraction
+    match = re.fullmatch(r"frac([0-9.]+)|n([0-9]+)", budget)
+    if not match:
+        raise ValueError(f"--budget {budget!r}: expected frac<fraction> (frac0.1) or n<count> (n1000)")
+    return budget, float(match.group(1)) if match.group(1) else None
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -36,14 +63,19 @@ def main(argv: list[str] | None = None) -> None:
     setup_logging(args.log)
     remove_outputs(args.out)
     init = parse_init(args.init)
-    data = load_finetune_data(args.prepared, args.split, args.subset)
+    budget, fraction = parse_budget(args.budget, args.fraction)
+    findings = json.loads(args.findings) if args.findings else None
+    data = load_finetune_data(args.prepared, args.split, args.subset, args.task, args.positive, findings)
+    settings = FinetuneSettings.from_config(parse_json_arg(args.settings))
+    settings = dataclasses.replace(settings, mode=args.mode or settings.mode, augment=args.augment or settings.augment)
     result = finetune(
         data,
         init,
         parse_json_arg(args.encoder),
-        FinetuneSettings.from_config(parse_json_arg(args.settings)),
+        settings,
         seed=args.seed,
-        fraction=args.fraction,
+        fraction=fraction,
+        budget=budget,
         weights=args.weights,
         patch_size=args.patch_size,
     )

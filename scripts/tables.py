@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""CLI: write the label-fraction, masking-ratio, hyperparameter and significance tables (CSV + Markdown)."""
+"""CLI: write the label-fraction, masking-ratio, hyperparameter, significance and per-budget study tables."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import argparse
 import logging
 
 from cxrmim.analysis.runs import load_config
+from cxrmim.analysis.study import write_study
 from cxrmim.analysis.tables import write_tables
 from cxrmim.cli import parse_json_arg, run_main, setup_logging
 
@@ -32,7 +33,9 @@ def main(argv: list[str] | None = None) -> None:
     setup_logging(args.log)
     config = load_config(args.config)
     settings = parse_json_arg(args.settings) if args.settings else config.get("tables", {})
-    for name, path in write_tables(args.metrics, config, args.out_dir, settings, args.pretrain_histories).items():
+    written = write_tables(args.metrics, config, args.out_dir, settings, args.pretrain_histories)
+    written["study"] = write_study(args.metrics, args.out_dir, settings)
+    for name, path in written.items():
         logging.getLogger("cxrmim.tables").info("%s: %s", name, path)
 
 

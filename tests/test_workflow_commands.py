@@ -111,3 +111,19 @@ def test_sub_second_stages_are_local(tmp_path: Path):
         local = set(workflow._localrules)
     assert {"all", "split", "label_subset", "tables", "report"} <= local
     assert not {"download", "prepare", "pretrain", "finetune", "figures", "pretrain_figures"} & local
+
+
+def test_modes_and_presets_add_runs_beside_the_default_ones(tmp_path: Path):
+    """Default (full, current) runs keep today's folders; every other pair gets a `_<mode>-<preset>` folder."""
+    variants = override(tmp_path, "variants", {"finetune": {"modes": ["full", "probe"],
+                                                            "augment_presets": ["current", "randaugment"]}})
+    target = "results/tiny/finetune/scratch_resnet18"
+    runs = {f"{target}/frac0.1_seed0{suffix}/metrics.json" for suffix in ("", "_full-randaugment",
+                                                                          "_probe-current", "_probe-randaugment")}
+    out = snakemake(tmp_path, *sorted(runs), "-n", "-p", configs=(TINY_CONFIG, variants)).stdout
+    commands = shell_commands(out, "finetune")
+    assert len(commands) == 4
+    by_folder = {re.search(r"--out (\S+)", c).group(1).rsplit("/", 1)[-1]: c for c in commands}
+    assert "--mode" not in by_folder["frac0.1_seed0"] and "--budget frac0.1" in by_folder["frac0.1_seed0"]
+    assert "--mode probe --augment randaugment" in by_folder["frac0.1_seed0_probe-randaugment"]
+    assert all("--task multiclass" in c for c in commands)

@@ -12,7 +12,7 @@ from conftest import snakemake
 
 pytestmark = pytest.mark.slow
 
-TABLES = ["label_fractions", "mask_ratio", "hyperparameters", "significance"]
+TABLES = ["label_fractions", "mask_ratio", "hyperparameters", "significance", "study"]
 FIGURES = ["valid_patches", "masking_illustration", "reconstructions", "pretrain_loss", "accuracy_vs_fraction",
            "auc_vs_fraction", "accuracy_vs_epoch", "accuracy_vs_mask_ratio", "confusion_matrices"]
 

@@ -9,9 +9,11 @@ from sklearn.metrics import (
     accuracy_score,
     precision_recall_fscore_support,
     roc_auc_score,
+    roc_curve,
 )
 
 PROB_FLOOR = 1e-12  # keeps the log-loss finite when a model is certain and wrong
+UNCERTAIN = 255  # multilabel label value: uncertain, ignored in the loss and in that finding's AUC
 
 
 def macro_auc(labels: np.ndarray, probs: np.ndarray) -> float:
@@ -56,6 +58,76 @@ def classification_metrics(labels: np.ndarray, probs: np.ndarray, classes: Seque
         "loss": float(-np.log(true_prob).mean()),
     }
     metrics.update({f"recall_{name}": float(value) for name, value in zip(classes, per_class_recall)})
+    return metrics
+
+
+def binary_cross_entropy(labels: np.ndarray, probs: np.ndarray) -> float:
+    """Mean binary cross-entropy of 0/1 labels under probabilities (same shapes)."""
+    probs = np.clip(np.asarray(probs, dtype=np.float64), PROB_FLOOR, 1.0 - PROB_FLOOR)
+    labels = np.asarray(labels, dtype=np.float64)
+    return float(-(labels * np.log(probs) + (1 - labels) * np.log(1 - probs)).mean())
+
+
+def choose_threshold(labels: np.ndarray, scores: np.ndarray) -> float:
+    """Decision threshold maximising Youden's J (sensitivity + specificity - 1) on validation; 0.5 without both
+    classes, where no threshold is defined."""
+    labels = np.asarray(labels, dtype=int)
+    if len(np.unique(labels)) < 2:
+        return 0.5
+    fpr, tpr, thresholds = roc_curve(labels, scores)
+    best = int(np.argmax(tpr - fpr))
+    return float(min(thresholds[best], 1.0))  # roc_curve's first threshold is +inf: no image positive
+
+
+def binary_metrics(labels: np.ndarray, scores: np.ndarray, threshold: float) -> dict[str, float]:
+    """Accuracy, precision, recall, F1 of the positive class at `threshold`, AUC and cross-entropy.
+
+    `labels` are 0/1, `scores` the positive-class probabilities; AUC is NaN when one class is absent.
+    """
+    labels = np.asarray(labels, dtype=int)
+    scores = np.asarray(scores, dtype=np.float64)
+    if len(labels) == 0:
+        return {"n": 0}
+    preds = (scores >= threshold).astype(int)
+    precision, recall, f1, _ = precision_recall_fscore_support(
+        labels, preds, labels=[1], average="binary", pos_label=1, zero_division=0
+    )
+    auc = float(roc_auc_score(labels, scores)) if len(np.unique(labels)) == 2 else float("nan")
+    return {
+        "n": int(len(labels)),
+        "accuracy": float(accuracy_score(labels, preds)),
+        "precision": float(precision),
+        "recall": float(recall),
+        "f1": float(f1),
+        "auc": auc,
+        "loss": binary_cross_entropy(labels, scores),
+        "threshold": float(threshold),
+        "n_positive": int(labels.sum()),
+    }
+
+
+def multilabel_metrics(labels: np.ndarray, probs: np.ndarray, findings: Sequence[str]) -> dict[str, float]:
+    """Per-finding ROC AUC (uncertain labels left out), their mean (the field's headline number) and the masked
+    binary cross-entropy. A finding without both classes among its certain labels has AUC NaN and is left out
+    of the mean; `n_auc_findings` says how many entered it.
+    """
+    labels = np.asarray(labels)
+    probs = np.asarray(probs, dtype=np.float64)
+    if len(labels) == 0:
+        return {"n": 0}
+    known = labels != UNCERTAIN
+    metrics: dict[str, float] = {"n": int(len(labels))}
+    aucs = []
+    for column, name in enumerate(findings):
+        rows = known[:, column]
+        truth = labels[rows, column].astype(int)
+        auc = float(roc_auc_score(truth, probs[rows, column])) if len(np.unique(truth)) == 2 else float("nan")
+        metrics[f"auc_{name}"] = auc
+        if not np.isnan(auc):
+            aucs.append(auc)
+    metrics["auc_mean"] = float(np.mean(aucs)) if aucs else float("nan")
+    metrics["n_auc_findings"] = len(aucs)
+    metrics["loss"] = binary_cross_entropy(labels[known], probs[known]) if known.any() else float("nan")
     return metrics
 
 

@@ -28,6 +28,8 @@ class FinetuneSettings:
     hflip: bool = False
     device: str = "auto"
     seed_offset: int = 0
+    mode: str = "full"  # full network, or `probe`: the head only, on frozen features
+    augment: str = "current"  # preset: none | current (crop_scale/hflip below) | classic | randaugment
 
     @property
     def betas(self) -> tuple[float, float]:
@@ -51,4 +53,6 @@ class FinetuneSettings:
             hflip=bool(augment.get("hflip", False)),
             device=str(section.get("device", "auto")),
             seed_offset=int(section.get("seed", 0)),
+            mode=str(section.get("mode", "full")),
+            augment=str(section.get("augment_preset", "current")),
         )

@@ -143,6 +143,18 @@ def draw_matrix(ax: plt.Axes, matrix: np.ndarray, classes: list[str], show_rows:
     ax.grid(False)
 
 
+def decisions(predictions: pd.DataFrame) -> tuple[list[str], pd.Series, pd.Series | None]:
+    """Class names, true and predicted class per test image; binary runs' 0/1 become "not <positive>"/"<positive>",
+    multilabel runs have no prediction (None)."""
+    outputs = [c.removeprefix("prob_") for c in predictions.columns if c.startswith("prob_")]
+    if "pred" not in predictions:
+        return outputs, predictions["label"], None
+    if "target" in predictions:
+        names = [f"not {outputs[0]}", outputs[0]]
+        return names, predictions["target"].map(lambda v: names[int(v)]), predictions["pred"].map(lambda v: names[int(v)])
+    return outputs, predictions["label"].astype(str), predictions["pred"].astype(str)
+
+
 def confusion_matrices(runs: pd.DataFrame) -> plt.Figure:
     """Row-normalised test confusion matrices per init at the lowest and highest label fraction."""
     fractions = sorted({runs["fraction"].min(), runs["fraction"].max()})
@@ -158,9 +170,11 @@ def confusion_matrices(runs: pd.DataFrame) -> plt.Figure:
                 ax.axis("off")
                 continue
             run = best_seed_run(group)
-            predictions = load_predictions(run["run_dir"])
-            classes = [c.removeprefix("prob_") for c in predictions.columns if c.startswith("prob_")]
-            matrix = confusion_matrix(predictions["label"].astype(str), predictions["pred"].astype(str), labels=classes)
+            classes, truth, pred = decisions(load_predictions(run["run_dir"]))
+            if pred is None:  # multilabel runs score findings without deciding them
+                ax.axis("off")
+                continue
+            matrix = confusion_matrix(truth, pred, labels=classes)
             matrix = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)
             draw_matrix(ax, matrix, classes, show_rows=col == 0)
             ax.set_title(f"{run['label']}\n{fraction_label(fraction)}, {seed_text(run)}", fontsize="small",
@@ -181,24 +195,34 @@ FIGURES: dict[str, Callable[[pd.DataFrame, pd.DataFrame], plt.Figure]] = {
 
 
 def write_figures(
-    metrics_paths: list[str | Path], plots: dict[str, Any], out_dir: str | Path, mask_ratio: float | None = None
+    metrics_paths: list[str | Path], plots: dict[str, Any], out_dir: str | Path, mask_ratio: float | None = None,
+    variant: tuple[str, str] = ("full", "current"),
 ) -> list[Path]:
-    """Draw every figure in FIGURES to out_dir/<name>.png; `mask_ratio` picks the label-fraction study's inits."""
+    """Draw every figure in FIGURES to out_dir/<name>.png; `mask_ratio` picks the label-fraction study's inits,
+    `variant` the (mode, augmentation preset) whose runs are drawn."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     sns.set_theme(style=plots.get("style", "whitegrid"))
     runs = load_runs(metrics_paths)
+    # The paper's figures compare inits by label fraction: one mode and preset, fraction budgets only.
+    runs = runs[(runs["mode"] == variant[0]) & (runs["augment"] == variant[1]) & runs["budget"].str.startswith("frac")]
+    if runs.empty or (runs["task"] == "multilabel").any():
+        why = "no label-fraction runs of this mode and preset" if runs.empty else "multilabel task: see tables/study.md"
+        return [save_figure(empty_figure(why), out_dir / f"{name}.png", plots) for name in FIGURES]
     main = main_runs(runs, mask_ratio)
     # Legend labels name the init only where it is ambiguous within the runs a figure shows.
     runs, main = runs.assign(label=init_label(runs)), main.assign(label=init_label(main))
     written = []
     for name, draw in FIGURES.items():
-        figure = draw(runs, main)
-        figure.tight_layout()
-        path = out_dir / f"{name}.png"
-        tmp = path.with_name(path.stem + ".tmp.png")  # matplotlib picks the format from the suffix
-        figure.savefig(tmp, dpi=int(plots.get("dpi", 110)))
-        plt.close(figure)
-        tmp.replace(path)
-        written.append(path)
+        written.append(save_figure(draw(runs, main), out_dir / f"{name}.png", plots))
     return written
+
+
+def save_figure(figure: plt.Figure, path: Path, plots: dict[str, Any]) -> Path:
+    """Lay out, write through a temporary sibling, close."""
+    figure.tight_layout()
+    tmp = path.with_name(path.stem + ".tmp.png")  # matplotlib picks the format from the suffix
+    figure.savefig(tmp, dpi=int(plots.get("dpi", 110)))
+    plt.close(figure)
+    tmp.replace(path)
+    return path

@@ -37,7 +37,7 @@ pre { background: #f7f7f7; padding: 1em; overflow-x: auto; font-size: 0.85em; }
 """
 
 
-TABLE_ORDER = ["label_fractions", "significance", "mask_ratio", "hyperparameters"]  # results first, setup last
+TABLE_ORDER = ["label_fractions", "significance", "study", "mask_ratio", "hyperparameters"]  # results first, setup last
 
 
 def ordered_tables(tables_dir: str | Path) -> list[Path]:

@@ -6,6 +6,7 @@ import json
 import re
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -42,6 +43,12 @@ def load_runs(metrics_paths: Iterable[str | Path]) -> pd.DataFrame:
         row.update(built_model(metrics))
         for part in ("val", "test"):
             row.update({f"{part}_{k}": v for k, v in (metrics.get(part) or {}).items()})
+        # Runs written before tasks, modes and presets existed were multiclass, full-network, `current` runs.
+        row["task"] = metrics.get("task", "multiclass")
+        row["mode"] = metrics.get("mode", "full")
+        row["augment"] = metrics.get("augment", "current")
+        row["budget"] = metrics.get("budget") or f"frac{row['fraction']:g}"
+        row["n_labels"] = metrics.get("n_labels", row["n_train"])
         row["run_dir"] = str(path.parent)
         rows.append(row)
     if not rows:
@@ -93,6 +100,13 @@ def load_pretrain_histories(history_paths: Iterable[str | Path]) -> pd.DataFrame
             **{m: float(last[m]) if m in history else float("nan") for m in PRETRAIN_MEASURES},
         })
     return pd.DataFrame(rows, columns=["run", "init", "epochs", *PRETRAIN_MEASURES])
+
+
+def default_variant(runs: pd.DataFrame, finetune_cfg: dict[str, Any]) -> pd.DataFrame:
+    """Runs of the first configured mode and preset: the paper's tables compare inits, not variants."""
+    mode = (finetune_cfg.get("modes") or ["full"])[0]
+    preset = (finetune_cfg.get("augment_presets") or ["current"])[0]
+    return runs[(runs["mode"] == mode) & (runs["augment"] == preset)]
 
 
 def rank(values: pd.Series, order: list[str]) -> pd.Series:
@@ -163,4 +177,5 @@ def load_predictions(run_dir: str | Path) -> pd.DataFrame:
 def correctness(run_dir: str | Path) -> pd.Series:
     """1.0 where the selected checkpoint classified the test image correctly, indexed by cache index."""
     predictions = load_predictions(run_dir)
-    return (predictions["pred"].astype(str) == predictions["label"].astype(str)).astype(float)
+    truth = predictions["target"] if "target" in predictions else predictions["label"]  # binary: 0/1 target
+    return (predictions["pred"].astype(str) == truth.astype(str)).astype(float)

@@ -48,6 +48,8 @@ def init_correctness(runs: pd.DataFrame) -> tuple[np.ndarray, pd.Index]:
 def significance_table(runs: pd.DataFrame, n_samples: int, seed: int) -> pd.DataFrame:
     """Per fraction and comparison, the hierarchical bootstrap of the accuracy difference A - B."""
     rows = []
+    if (runs["task"] == "multilabel").any():  # multilabel runs decide no class per image: no accuracy to compare
+        return pd.DataFrame()
     for fraction, at_fraction in runs.groupby("fraction"):
         for init_a, init_b in comparisons(at_fraction):
             runs_a, runs_b = at_fraction[at_fraction["init"] == init_a], at_fraction[at_fraction["init"] == init_b]

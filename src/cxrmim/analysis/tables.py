@@ -14,6 +14,7 @@ from cxrmim.analysis.hyperparameters import hyperparameter_table
 from cxrmim.analysis.runs import (
     METHOD_ORDER,
     PRETRAIN_MEASURES,
+    default_variant,
     fraction_label,
     init_label,
     load_pretrain_histories,
@@ -43,6 +44,9 @@ SUMMARY_METRICS = {
     "test_accuracy": "Test accuracy",
     "test_f1_macro": "Test macro F1",
     "test_auc_macro": "Test macro AUC",
+    "test_f1": "Test F1 (binary)",
+    "test_auc": "Test AUC (binary)",
+    "test_auc_mean": "Test mean AUC (multilabel)",
 }
 
 
@@ -119,7 +123,7 @@ def mask_ratio_table(runs: pd.DataFrame, histories: pd.DataFrame | None = None) 
             "Architecture": group["architecture"].iloc[0],
             "Masking ratio": f"{group['mask_ratio'].iloc[0]:.2f}",
             "Label fraction": fraction_label(group["fraction"].iloc[0]),
-            "Accuracy": mean_std(group["test_accuracy"]),
+            "Accuracy": mean_std(group.get("test_accuracy", pd.Series(dtype=float))),  # none: multilabel
             "n": len(group),
             "Fallback images": percent(pretraining["fallback_fraction"]),
             "Visible lung patches": percent(pretraining["visible_lung_fraction"]),
@@ -137,7 +141,10 @@ def write_tables(
     `pretrain_histories` the pretraining runs' history.csv (Table 3's fallback and visible-lung columns).
     """
     out_dir = Path(out_dir)
-    runs = load_runs(metrics_paths)
+    # Tables 1-3 compare inits: only the first configured mode and preset; the study table shows every variant.
+    # and count budgets (n<count>) appear there only: Tables 2-3 are laid out by label fraction.
+    runs = default_variant(load_runs(metrics_paths), config.get("finetune") or {})
+    runs = runs[runs["budget"].str.startswith("frac")]
     main = main_runs(runs, (config.get("pretrain") or {}).get("mask_ratio"))
     tables_cfg = settings if settings is not None else config.get("tables") or {}
     n_bootstrap = int(tables_cfg.get("bootstrap_samples", 1000))
@@ -145,6 +152,7 @@ def write_tables(
     sections = [
         f"## {title} by label fraction\n\n{markdown_table(fraction_table(main, metric))}"
         for metric, title in SUMMARY_METRICS.items()
+        if metric in main  # the task's metrics: binary and multilabel runs have no macro metrics
     ]
     label_fractions_md = "# Label fractions (Table 2)\n\n" + STD_NOTE + "\n\n" + "\n".join(sections)
     ratio_table = mask_ratio_table(runs, load_pretrain_histories(pretrain_histories))

@@ -11,13 +11,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-import torch.nn.functional as F
 from timm.optim import param_groups_layer_decay, param_groups_weight_decay
 from torch import nn
 
-from cxrmim.data.tensors import BatchLoader, augment_batch
+from cxrmim.data.tensors import BatchLoader
 from cxrmim.device import DeviceSetup, select_device
-from cxrmim.evaluation import classification_metrics
 from cxrmim.inits import InitSpec
 from cxrmim.models.encoders import (
     GREY_NORM,
@@ -32,7 +30,16 @@ from cxrmim.models.encoders import (
 )
 from cxrmim.recipe import DEFAULT_BETAS, LR_REFERENCE_BATCH, FinetuneSettings
 from cxrmim.train.common import apply_lr, cosine_lr, seed_everything
+from cxrmim.train.finetune_augment import augment_images
 from cxrmim.train.finetune_data import FinetuneData, FinetuneResult, prediction_table
+from cxrmim.train.finetune_task import (
+    SELECTION_COLUMN,
+    epoch_metrics,
+    freeze_for_probe,
+    probabilities,
+    select_epoch,
+    task_loss,
+)
 
 log = logging.getLogger("cxrmim.finetune")
 
@@ -112,28 +119,19 @@ def param_groups(model: nn.Module, weight_decay: float, layer_decay: float | Non
 
 
 @torch.no_grad()
-def predict(model: nn.Module, images: torch.Tensor, norm: InputNorm, setup: DeviceSetup) -> np.ndarray:
-    """Class probabilities (N, C) for uint8 images already on the device; one copy back at the end."""
+def predict(
+    model: nn.Module, images: torch.Tensor, norm: InputNorm, setup: DeviceSetup, sigmoid: bool = False
+) -> np.ndarray:
+    """Output probabilities (N, C) for uint8 images already on the device; one copy back at the end."""
     model.eval()
     outputs = []
     for start in range(0, len(images), EVAL_BATCH):
         with setup.autocast():
             logits = model(norm.apply(images[start : start + EVAL_BATCH]))
-        outputs.append(logits.float().softmax(dim=1))
+        outputs.append(probabilities(logits.float(), sigmoid))
     if not outputs:
         return np.zeros((0, 0), dtype=np.float32)
     return torch.cat(outputs).cpu().numpy()
-
-
-def select_epoch(history: pd.DataFrame) -> int:
-    """Epoch with the best validation accuracy, ties broken by lower validation loss, then the earlier epoch.
-
-    The test columns are never looked at. Without validation data the last epoch is taken.
-    """
-    if "val_accuracy" not in history or history["val_accuracy"].isna().all():
-        return int(history["epoch"].iloc[-1])
-    ranked = history.sort_values(["val_accuracy", "val_loss", "epoch"], ascending=[False, True, True])
-    return int(ranked["epoch"].iloc[0])
 
 
 @dataclass(frozen=True)
@@ -152,23 +150,24 @@ class Schedule:
 def train_epoch(
     model: nn.Module, loader: BatchLoader, optimizer: torch.optim.Optimizer, schedule: Schedule,
     settings: FinetuneSettings, norm: InputNorm, setup: DeviceSetup, generator: torch.Generator, epoch: int,
+    sigmoid: bool = False,
 ) -> tuple[float, float]:
     """One pass over the loader; returns the mean training loss and the last learning rate used.
 
     Nothing in the step waits for the device: augmentation is drawn by a generator on the device and the loss
     is summed there, read once per epoch.
     """
-    model.train()
+    model.train(settings.mode == "full")  # a probe keeps the frozen encoder's BatchNorm statistics and no dropout
     loss_sum = torch.zeros((), device=setup.device)  # summed on the device: no host sync per step
     steps = len(loader)  # the same every epoch (BatchLoader repeats data up to min_batches)
     lr = schedule.lr(epoch * steps)
     for index, batch in enumerate(loader.epoch(epoch)):
         lr = schedule.lr(epoch * steps + index)
         apply_lr(optimizer, lr)
-        images, _ = augment_batch(norm.apply(batch["image"]), None, settings.crop_scale, settings.hflip, generator)
+        images = augment_images(batch["image"], norm, settings, generator)
         with setup.autocast():
             logits = model(images)
-        loss = F.cross_entropy(logits.float(), batch["label"])
+        loss = task_loss(logits.float(), batch["label"], sigmoid)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -182,14 +181,15 @@ def finetune(
     encoder_cfg: dict[str, Any],
     settings: FinetuneSettings,
     seed: int,
-    fraction: float,
+    fraction: float | None,
     weights: str | None = None,
     patch_size: int | None = None,
+    budget: str | None = None,
 ) -> FinetuneResult:
     """Train one classifier and evaluate val and test after every epoch; report the best-validation epoch."""
     check_weights(init, weights)
     if len(data.train.labels) == 0:
-        raise ValueError("the label subset is empty; raise the label fraction")
+        raise ValueError("the label subset is empty; raise the label budget")
     setup = select_device(settings.device)
     run_seed = settings.seed_offset * 1_000_003 + seed
     seed_everything(run_seed)
@@ -199,6 +199,8 @@ def finetune(
         init, encoder_cfg, weights, data.image_size, patch, len(data.classes), settings.drop_path
     )
     built = model_summary(model, encoder_cfg["timm_name"])
+    if settings.mode == "probe":
+        freeze_for_probe(model)
     model.to(setup.device)
 
     # Never a batch larger than the subset, and only full batches: BatchNorm and the lr rule see one size.
@@ -214,7 +216,7 @@ def finetune(
     # The configured batch sets the lr even when the subset is smaller: a full-batch step is no noisier than a
     # configured one, and scaling by a 12-image subset left the head of 1% runs nearly untrained.
     peak_lr = settings.base_lr * settings.batch_size / LR_REFERENCE_BATCH
-    layer_decay = settings.layer_decay if vit else None
+    layer_decay = settings.layer_decay if vit and settings.mode == "full" else None
     optimizer = torch.optim.AdamW(
         param_groups(model, settings.weight_decay, layer_decay), lr=peak_lr, betas=DEFAULT_BETAS
     )
@@ -228,31 +230,32 @@ def finetune(
         norm.as_dict(), len(data.train.labels), batch_size, steps_per_epoch, peak_lr, setup.device,
     )
 
+    selection = SELECTION_COLUMN[data.task]
     history: list[dict[str, Any]] = []
     epoch_results: list[tuple[dict, dict, np.ndarray]] = []  # (val, test, test probs) per epoch, chosen later
     schedule = Schedule(total_steps, warmup_steps, peak_lr)
     for epoch in range(settings.epochs):
         train_loss, lr = train_epoch(
-            model, loader, optimizer, schedule, settings, norm, setup, augment_generator, epoch
+            model, loader, optimizer, schedule, settings, norm, setup, augment_generator, epoch, data.sigmoid
         )
-        val_probs = predict(model, val_images, norm, setup)
-        test_probs = predict(model, test_images, norm, setup)
-        val = classification_metrics(data.val.labels.numpy(), val_probs, data.classes)
-        test = classification_metrics(data.test.labels.numpy(), test_probs, data.classes)
+        val_probs = predict(model, val_images, norm, setup, data.sigmoid)
+        test_probs = predict(model, test_images, norm, setup, data.sigmoid)
+        val, test = epoch_metrics(
+            data.task, data.classes, (data.val.labels.numpy(), val_probs), (data.test.labels.numpy(), test_probs)
+        )
         history.append(
             {"epoch": epoch + 1, "lr": lr, "train_loss": train_loss}
             | {f"val_{k}": v for k, v in val.items()}
             | {f"test_{k}": v for k, v in test.items()}
         )
         log.info(
-            "epoch %d/%d train loss %.4f val acc %.4f test acc %.4f",
-            epoch + 1, settings.epochs, train_loss,
-            val.get("accuracy", float("nan")), test.get("accuracy", float("nan")),
+            "epoch %d/%d train loss %.4f %s %.4f",
+            epoch + 1, settings.epochs, train_loss, selection, val.get(selection[4:], float("nan")),
         )
         epoch_results.append((val, test, test_probs))
 
     history_table = pd.DataFrame(history)
-    best_epoch = select_epoch(history_table)
+    best_epoch = select_epoch(history_table, selection)
     best_val, best_test, best_probs = epoch_results[best_epoch - 1]
     metrics = {
         "init": init.name,
@@ -262,12 +265,17 @@ def finetune(
         "input_norm": norm.as_dict(),
         "mask_ratio": init.mask_ratio,
         "pretrain_seed": init.pretrain_seed,
-        "fraction": float(fraction),
+        "task": data.task,
+        "mode": settings.mode,
+        "augment": settings.augment,
+        "budget": budget if budget is not None else f"frac{fraction:g}",
+        "fraction": None if fraction is None else float(fraction),
+        "n_labels": int(len(data.train.labels)),
         "seed": int(seed),
         "n_train": int(len(data.train.labels)),
         "classes": data.classes,
         "best_epoch": best_epoch,
-        "selection": "val_accuracy" if len(data.val.labels) else "last_epoch",
+        "selection": selection if len(data.val.labels) else "last_epoch",
         "peak_lr": peak_lr,
         "batch_size": batch_size,
         "steps": total_steps,
@@ -275,4 +283,5 @@ def finetune(
         "val": best_val,
         "test": best_test,
     }
-    return FinetuneResult(metrics, history_table, prediction_table(data.test, best_probs, data.classes))
+    predictions = prediction_table(data.test, best_probs, data.classes, data.task, best_val.get("threshold", 0.5))
+    return FinetuneResult(metrics, history_table, predictions)
