@@ -64,7 +64,7 @@ def test_significance_against_the_reference_is_per_budget_and_preset(binary_runs
     significance = study_significance(load_runs(binary_runs), "scratch_resnet18", n_samples=200, seed=0)
     assert len(significance) == 3 and set(significance["init_a"]) == {"mae_r0.75_vit-s"}
     cell = significance[(significance["budget"] == "n1000")].iloc[0]
-    assert cell["difference"] == pytest.approx(0.30) and cell["n_seeds"] == 2
+    assert cell["difference"] == pytest.approx(0.30) and cell["n_runs_a"] == cell["n_runs_b"] == 2
     assert cell["p_value"] < 0.05
     assert study_significance(load_runs(binary_runs), None, n_samples=200, seed=0).empty
 
@@ -73,7 +73,7 @@ def test_study_markdown_has_a_section_per_budget(binary_runs: list[Path], tmp_pa
     markdown = write_study(binary_runs, tmp_path, {"reference": "scratch_resnet18", "bootstrap_samples": 100})
     text = markdown.read_text()
     assert "## 100 labelled images" in text and "## 1,000 labelled images" in text
-    assert "Paired bootstrap against the reference init" in text
+    assert "Hierarchical bootstrap (runs and test images) against the reference init" in text
     assert len(pd.read_csv(tmp_path / "study_significance.csv")) == 3
 
 
