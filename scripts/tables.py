@@ -6,10 +6,12 @@ from __future__ import annotations
 import argparse
 import logging
 
-from cxrmim.analysis.runs import load_config
 from cxrmim.analysis.study import write_study
 from cxrmim.analysis.tables import write_tables
 from cxrmim.cli import parse_json_arg, run_main, setup_logging
+from cxrmim.config import (
+    read_config_source as load_config,  # one config loader: file or inline JSON
+)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

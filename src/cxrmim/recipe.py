@@ -31,11 +31,6 @@ class FinetuneSettings:
     mode: str = "full"  # full network, or `probe`: the head only, on frozen features
     augment: str = "current"  # preset: none | current (crop_scale/hflip below) | classic | randaugment
 
-    @property
-    def betas(self) -> tuple[float, float]:
-        """AdamW betas fine-tuning uses: fixed (DEFAULT_BETAS), not a setting; kept for readers of the recipe."""
-        return DEFAULT_BETAS
-
     @classmethod
     def from_config(cls, section: dict[str, Any]) -> FinetuneSettings:
         """Pick the known keys; keys used only by the workflow (inits, resources, ...) are ignored."""

@@ -6,7 +6,7 @@ from typing import Any
 
 import pandas as pd
 
-from cxrmim.recipe import LR_REFERENCE_BATCH, FinetuneSettings
+from cxrmim.recipe import DEFAULT_BETAS, LR_REFERENCE_BATCH, FinetuneSettings
 
 # Config keys that do not change a result (where or how fast a job runs, which jobs exist): not in Table 1.
 # Every other key of these sections has a row; tests/test_tables.py checks the schema against this list.
@@ -89,7 +89,7 @@ def hyperparameter_table(config: dict[str, Any], runs: pd.DataFrame | None = Non
         ("Base learning rate", pre.get("base_lr"), fine.base_lr),
         ("Peak learning rate", f"base × batch / {LR_REFERENCE_BATCH}", f"base × batch / {LR_REFERENCE_BATCH}"),
         ("Weight decay", pre.get("weight_decay"), fine.weight_decay),
-        ("Momentum β1, β2", listed(pre.get("betas")), listed(fine.betas)),
+        ("Momentum β1, β2", listed(pre.get("betas")), listed(DEFAULT_BETAS)),
         ("Warmup epochs", pre.get("warmup_epochs"), fine.warmup_epochs),
         ("Layer-wise lr decay", NONE, fine.layer_decay),
         ("Drop path", NONE, fine.drop_path),

@@ -11,7 +11,6 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from cxrmim.analysis.runs import load_config
 from cxrmim.analysis.summary import (
     RunFiles,
     comparison_sentences,
@@ -22,6 +21,9 @@ from cxrmim.analysis.summary import (
     wall_times,
 )
 from cxrmim.config import REPO_ROOT
+from cxrmim.config import (
+    read_config_source as load_config,  # one config loader: file or inline JSON
+)
 from cxrmim.io import atomic_path
 
 STYLE = """

@@ -10,7 +10,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import yaml
 
 # Row order of the paper's Table 2: self-supervised methods first, then the baselines; others go last.
 METHOD_ORDER = ["RGMIM", "RGMIM-lung", "MAE", "BYOL", "SimSiam", "Transfer", "From Scratch"]
@@ -19,14 +18,6 @@ IDENTITY = ["method", "architecture", "init", "mask_ratio", "fraction", "pretrai
 PRETRAIN_SEED_SUFFIX = re.compile(r"_s\d+$")  # `<method>_r<ratio>_<encoder>_s<seed>` (cxrmim.inits)
 # Last-epoch pretraining measures shown in Table 3 and the report (older histories lack them).
 PRETRAIN_MEASURES = ["fallback_fraction", "visible_lung_fraction"]
-
-
-def load_config(value: str | Path) -> dict:
-    """A config given as inline JSON or as a YAML/JSON file (JSON is valid YAML)."""
-    text = str(value)
-    if text.lstrip().startswith("{"):
-        return json.loads(text)
-    return yaml.safe_load(Path(value).read_text())
 
 
 def load_runs(metrics_paths: Iterable[str | Path]) -> pd.DataFrame:
