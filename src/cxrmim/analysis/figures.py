@@ -27,6 +27,7 @@ from cxrmim.analysis.runs import (  # noqa: E402
     main_runs,
 )
 from cxrmim.analysis.tables import mask_ratio_runs  # noqa: E402
+from cxrmim.io import atomic_path  # noqa: E402
 
 # The single place that assigns colours: every figure (and the pretraining ones, if they import it) agrees.
 PALETTE = {
@@ -221,8 +222,7 @@ def write_figures(
 def save_figure(figure: plt.Figure, path: Path, plots: dict[str, Any]) -> Path:
     """Lay out, write through a temporary sibling, close."""
     figure.tight_layout()
-    tmp = path.with_name(path.stem + ".tmp.png")  # matplotlib picks the format from the suffix
-    figure.savefig(tmp, dpi=int(plots.get("dpi", 110)))
-    plt.close(figure)
-    tmp.replace(path)
+    with atomic_path(path) as tmp:  # keeps the suffix, from which matplotlib picks the format
+        figure.savefig(tmp, dpi=int(plots.get("dpi", 110)))
+        plt.close(figure)
     return path

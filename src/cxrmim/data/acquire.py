@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from cxrmim.data.fingerprint import dataset_fingerprint
-from cxrmim.io import write_text_atomic
+from cxrmim.io import atomic_path, write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -41,17 +41,16 @@ def _generate_phantoms(section: dict[str, Any], raw_dir: Path, workers: int) -> 
     log.info("generating %d phantoms of %d px with %d worker(s)", settings.n_images, settings.image_size, workers)
     data = generate_dataset(settings, workers=workers)
     target = raw_dir / PHANTOM_FILE
-    tmp = raw_dir / (PHANTOM_FILE + ".tmp.npz")
-    np.savez(
-        tmp,
-        images=data["images"],
-        masks=data["masks"],
-        lesions=data["lesions"],
-        labels=np.asarray(data["labels"]),
-        reports=np.asarray(data["reports"]),
-        patient_ids=np.asarray(data["patient_ids"]),
-    )
-    tmp.replace(target)
+    with atomic_path(target) as tmp:  # the temporary name keeps `.npz`, so numpy adds no suffix
+        np.savez(
+            tmp,
+            images=data["images"],
+            masks=data["masks"],
+            lesions=data["lesions"],
+            labels=np.asarray(data["labels"]),
+            reports=np.asarray(data["reports"]),
+            patient_ids=np.asarray(data["patient_ids"]),
+        )
     log.info("generated %d phantoms of %d px", len(data["labels"]), settings.image_size)
     return {"root": str(target.resolve()), "n_images": len(data["labels"])}
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import re
 import shutil
 import stat
@@ -16,6 +15,8 @@ import urllib.request
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+
+from cxrmim.io import atomic_path
 
 __all__ = ["safe_extract", "fetch_source", "sha256_file", "is_archive"]
 
@@ -285,20 +286,15 @@ def _fetch_url(url: str, dest: Path, sha256: str) -> Path:
         return target
     dest.mkdir(parents=True, exist_ok=True)
     if not (archive.is_file() and sha256_file(archive) == sha256):
-        part = dest / f"{name}.part"
-        log.info("downloading %s to %s", url, part)
-        try:
+        # Not resumable: a failed or corrupt download leaves nothing behind and the next run starts over.
+        with atomic_path(archive) as part:
+            log.info("downloading %s to %s", url, part)
             actual = _download(url, part)
-        except BaseException:
-            part.unlink(missing_ok=True)
-            raise
-        if actual != sha256:
-            part.unlink(missing_ok=True)
-            raise ValueError(
-                f"{url}: SHA-256 mismatch: expected {sha256}, got {actual}; the download is corrupt or the file "
-                "changed upstream: check the URL and dataset.sha256"
-            )
-        os.replace(part, archive)
+            if actual != sha256:
+                raise ValueError(
+                    f"{url}: SHA-256 mismatch: expected {sha256}, got {actual}; the download is corrupt or the file "
+                    "changed upstream: check the URL and dataset.sha256"
+                )
     if not is_archive(archive):
         return archive  # e.g. a single CSV or image file: nothing to extract
     return safe_extract(archive, dest, sha256=sha256)

@@ -11,6 +11,7 @@ import pandas as pd
 
 from cxrmim.data.patches import coverage_of_array
 from cxrmim.data.tensors import load_prepared
+from cxrmim.io import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -143,13 +144,11 @@ def run_patch_validity(prepared_dir: Path, settings: dict[str, Any], out_npz: Pa
     result = compute_validity(masks, has_mask, patch_size, threshold,
                               settings.get("no_mask_policy", "fail"), data.manifest["id"].tolist(), fallback)
     has_mask = result["has_mask"]
-    out_npz.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_npz.with_name(out_npz.stem + ".tmp.npz")
     # The masks travel with the validity so pretraining (which recomputes validity after augmentation) uses the
-    # same masks, provided or predicted, as this stage.
-    np.savez_compressed(tmp, **result, masks=masks.astype(np.uint8), include=include, patch_size=patch_size,
-                        image_size=data.image_size, threshold=threshold)
-    tmp.replace(out_npz)
+    # same masks, provided or predicted, as this stage. The temporary name keeps `.npz`, so numpy adds no suffix.
+    with atomic_path(out_npz) as tmp:
+        np.savez_compressed(tmp, **result, masks=masks.astype(np.uint8), include=include, patch_size=patch_size,
+                            image_size=data.image_size, threshold=threshold)
     summary = validity_summary(result["valid"], has_mask, data.manifest["label"])
     summary.to_csv(summary_csv, index=False)
     # One example per class first, so the figure shows every class when possible.

@@ -15,6 +15,8 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from cxrmim.io import atomic_path
+
 FILE_FORMAT = "cxrmim-lung-segmenter"
 
 
@@ -87,11 +89,8 @@ def save_segmenter(model: nn.Module, spec: SegmenterSpec, path: str | Path) -> N
     """Write the weights as safetensors with the spec as metadata, through a temporary file."""
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     metadata = {"format": FILE_FORMAT, "spec": json.dumps(asdict(spec))}
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(state, str(tmp), metadata=metadata)
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        save_file(state, str(tmp), metadata=metadata)
 
 
 def _file_spec(path: Path) -> SegmenterSpec | None:

@@ -15,6 +15,7 @@ from torch import nn
 
 from cxrmim.data.tensors import load_prepared, normalise
 from cxrmim.device import DeviceSetup, select_device
+from cxrmim.io import atomic_path
 from cxrmim.segment.model import SegmenterSpec, load_segmenter
 from cxrmim.segment.postprocess import clean_masks
 from cxrmim.segment.qc import decide, plot_mask_grid, qc_table, qc_titles, worst_first
@@ -55,9 +56,8 @@ def segment(model: nn.Module, images: np.ndarray, image_size: int, setup: Device
 
 def _write_atomic_npy(path: Path, array: np.ndarray) -> None:
     """np.save through a temporary name so readers never see a partial file."""
-    tmp = path.with_name(path.stem + ".tmp.npy")
-    np.save(tmp, np.ascontiguousarray(array, dtype=np.uint8))
-    tmp.replace(path)
+    with atomic_path(path) as tmp:  # the temporary name keeps `.npy`, so numpy adds no suffix
+        np.save(tmp, np.ascontiguousarray(array, dtype=np.uint8))
 
 
 def run_lung_masks(prepared_dir: Path, weights: Path, settings: dict[str, Any], out_dir: Path,
