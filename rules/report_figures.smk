@@ -26,9 +26,9 @@ rule report_figures:
     params:
         settings=as_json(config["plots"]),
         text=as_json(config["text"]),
-        runs=[f"{RESULTS}/pretrain/{run}" for run in report_figure_runs().values()],
+        runs=lambda wc, input: [str(Path(p).parent) for p in input.autoencoders],
         prepared=folder_of("images"),
-        out_dir=f"{RESULTS}/figures",
+        out_dir=lambda wc, output: str(Path(output[0]).parent),
     shell:
         "python {input.script} --prepared {params.prepared} --split {input.split} --validity {input.validity} "
         "--tokenizer {input.tokenizer} --runs {params.runs} --text {params.text} --settings {params.settings} "
