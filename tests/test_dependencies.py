@@ -15,7 +15,7 @@ import yaml
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-from cxrmim.codebase import imported_modules, package_file
+from cxrmim.codebase import imported_modules, module_closure
 
 tomllib = pytest.importorskip("tomllib", reason="Python 3.11+ reads pyproject.toml with the standard library")
 
@@ -72,18 +72,8 @@ def is_third_party(module: str) -> bool:
 @cache
 def third_party_closure(path: Path) -> frozenset[str]:
     """Distributions a script needs: its third-party imports and those of every cxrmim module it reaches."""
-    needed, seen, todo = set(), set(), [path]
-    while todo:
-        current = todo.pop()
-        if current in seen:
-            continue
-        seen.add(current)
-        for module in imported_modules(current):
-            if is_third_party(module):
-                needed.add(distribution(module))
-            elif module.split(".")[0] == "cxrmim" and (found := package_file(module)) is not None:
-                todo.append(found)
-    return frozenset(needed)
+    files = (Path(path).resolve(), *module_closure(path))
+    return frozenset(distribution(m) for f in files for m in imported_modules(f) if is_third_party(m))
 
 
 def python_files(*folders: str) -> list[Path]:

@@ -29,5 +29,5 @@ def test_snakemake_lint_is_clean():
 
 
 def test_snakefmt_check_passes():
-    result = subprocess.run([tool("snakefmt"), "--check", "."], cwd=REPO, capture_output=True, text=True)
+    result = subprocess.run([tool("snakefmt"), "--check", "."], check=False, cwd=REPO, capture_output=True, text=True)
     assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
