@@ -23,7 +23,7 @@ def tool(name: str) -> str:
 
 
 def test_snakemake_lint_is_clean():
-    result = subprocess.run([tool("snakemake"), "--lint"], cwd=REPO, capture_output=True, text=True)
+    result = subprocess.run([tool("snakemake"), "--lint"], check=False, cwd=REPO, capture_output=True, text=True)
     output = result.stdout + result.stderr
     assert "Congratulations, your workflow is in a good condition" in output, output[-4000:]
 

@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from cxrmim.cli import parse_json_arg, setup_logging
+from cxrmim.cli import parse_json_arg
 from cxrmim.data.tensors import normalise
 from cxrmim.data.views import ViewAugment, two_views
 from cxrmim.device import select_device
@@ -24,8 +23,8 @@ from cxrmim.models.encoders import create_encoder, write_encoder_files
 from cxrmim.models.siamese import BYOL, build_siamese
 from cxrmim.train.common import seed_everything
 from cxrmim.train.distributed import distributed_session
+from cxrmim.train.launch import add_run_arguments, report_unfinished, start_run
 from cxrmim.train.loop import (
-    STOP_ENV,
     EpochRandom,
     LoopResult,
     LoopSettings,
@@ -131,30 +130,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--split", required=True, help="split.csv; images whose part is train or val are used")
     parser.add_argument("--validity", required=True, help="validity.npz (its lung-mask QC exclusions apply here too)")
     parser.add_argument("--method", required=True, choices=list(CONTRASTIVE_METHODS))
-    parser.add_argument("--encoder", required=True, help="JSON (inline or file) of one `encoders:` config entry")
-    parser.add_argument("--settings", required=True, help="JSON (inline or file) of `contrastive.<method>`")
-    parser.add_argument("--seed", type=int, default=None, help="pretraining seed (one of pretrain.seeds)")
-    parser.add_argument("--out", required=True, help="output directory")
-    # --log-file: torchrun's own parser claims `--log` (ambiguous prefix of its --log-dir options).
-    parser.add_argument("--log", "--log-file", dest="log", default=None, help="also write the log to this file")
-    parser.add_argument(
-        "--stop-after-epochs", type=int, default=None, help=f"stop once this many epochs are done (tests; or {STOP_ENV})"
-    )
+    add_run_arguments(parser, "JSON (inline or file) of `contrastive.<method>`")
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of scripts/contrastive_pretrain.py."""
     args = parse_args(argv)
-    is_main = int(os.environ.get("RANK", "0")) == 0
-    setup_logging(args.log if is_main else None, logging.INFO if is_main else logging.WARNING)
-    settings = parse_json_arg(args.settings)
-    if args.seed is not None:
-        settings["seed"] = args.seed
+    settings = start_run(args)
     result, _ = run_contrastive(
         args.prepared, args.split, args.validity, args.method, parse_json_arg(args.encoder), settings, args.out,
         args.stop_after_epochs,
     )  # fmt: skip
-    if not result.finished:
-        log.warning("pretraining stopped early; rerun the same command to resume from the checkpoint")
+    report_unfinished(result.finished)
     return 0

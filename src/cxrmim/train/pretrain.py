@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,7 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from cxrmim.cli import parse_json_arg, setup_logging
+from cxrmim.cli import parse_json_arg
 from cxrmim.device import select_device
 from cxrmim.inits import PRETRAIN_METHODS
 from cxrmim.io import atomic_path
@@ -29,7 +28,8 @@ from cxrmim.models.mae import MaskedAutoencoder, build_mae
 from cxrmim.models.masking import METHOD_MASKING, MaskPlan, lung_batch_masked
 from cxrmim.train.common import seed_everything
 from cxrmim.train.distributed import distributed_session
-from cxrmim.train.loop import STOP_ENV, EpochRandom, LoopSettings, run_training
+from cxrmim.train.launch import add_run_arguments, report_unfinished, start_run
+from cxrmim.train.loop import EpochRandom, LoopSettings, run_training
 from cxrmim.train.pretrain_data import PretrainData, batch_inputs, load_pretrain_data
 
 log = logging.getLogger("cxrmim.pretrain")
@@ -188,34 +188,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--validity", required=True, help="validity.npz of the patch_validity stage")
     parser.add_argument("--method", required=True, choices=sorted(PRETRAIN_METHODS), help="rgmim = region, rgmim-lung = lung_ratio, mae = random masking; mrm(-noreport|-nosr), medim read the reports")
     parser.add_argument("--mask-ratio", required=True, type=float, help="fraction of patches to mask, e.g. 0.75")
-    parser.add_argument("--encoder", required=True, help="JSON (inline or file) of one `encoders:` config entry")
-    parser.add_argument("--settings", required=True, help="JSON (inline or file) of the `pretrain:` config section")
-    parser.add_argument("--seed", type=int, default=None, help="pretraining seed (one of pretrain.seeds; default: settings' seed or 0)")
+    add_run_arguments(parser, "JSON (inline or file) of the `pretrain:` config section")
     parser.add_argument("--tokenizer", default=None, help="tokenizer JSON of the tokenizer rule (mrm, mrm-nosr, medim)")
     parser.add_argument("--text", default=None, help="JSON (inline or file) of the `text:` config section (report methods)")
-    parser.add_argument("--out", required=True, help="output directory")
-    # --log-file: torchrun's own parser claims `--log` (ambiguous prefix of its --log-dir options).
-    parser.add_argument("--log", "--log-file", dest="log", default=None, help="also write the log to this file")
-    parser.add_argument(
-        "--stop-after-epochs", type=int, default=None, help=f"stop once this many epochs are done (tests; or {STOP_ENV})"
-    )
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of scripts/pretrain.py."""
     args = parse_args(argv)
-    # Only rank 0 logs progress and owns the log file; the other ranks report warnings to stderr.
-    is_main = int(os.environ.get("RANK", "0")) == 0
-    setup_logging(args.log if is_main else None, logging.INFO if is_main else logging.WARNING)
-    settings = parse_json_arg(args.settings)
-    if args.seed is not None:
-        settings["seed"] = args.seed
+    settings = start_run(args)
     result = run_pretraining(
         args.prepared, args.split, args.validity, args.method, args.mask_ratio,
         parse_json_arg(args.encoder), settings, args.out, args.stop_after_epochs,
         args.tokenizer, parse_json_arg(args.text) if args.text else None,
     )  # fmt: skip
-    if not result.finished:
-        log.warning("pretraining stopped early; rerun the same command to resume from the checkpoint")
+    report_unfinished(result.finished)
     return 0
