@@ -113,6 +113,17 @@ def test_scratch_resnet_runs(cache: dict[str, Path]) -> None:
     assert result.history["train_loss"].iloc[-1] < result.history["train_loss"].iloc[0]
 
 
+def test_architecture_label_names_a_resized_encoder_by_its_entry():
+    """A resized ResNet (the CPU default's half-width ResNet-10t) must not be labelled as the timm model it resizes."""
+    from cxrmim.train.finetune import architecture_label
+
+    assert architecture_label({"timm_name": "resnet50", "kwargs": {}}) == "ResNet-50"
+    assert architecture_label({"timm_name": "resnet10t", "kwargs": {}}) == "resnet10t"
+    half = {"timm_name": "resnet10t", "kwargs": {"channels": [32, 64, 128, 256]}, "label": "ResNet-10t/2"}
+    assert architecture_label(half) == "ResNet-10t/2"
+    assert architecture_label({"timm_name": "vit_tiny_patch16_224", "kwargs": {"depth": 4}}) == "ViT"
+
+
 def test_pretrained_init_loads_encoder_weights(cache: dict[str, Path], tmp_path: Path) -> None:
     encoder = create_encoder(TINY_VIT, IMAGE, PATCH)
     torch.nn.init.constant_(encoder.blocks[0].mlp.fc1.weight, 0.123)

@@ -47,7 +47,9 @@ EVAL_BATCH = 256
 
 
 def architecture_label(encoder_cfg: dict[str, Any]) -> str:
-    """Architecture as named in the paper's tables (ViT / ResNet-50), else the timm name."""
+    """The entry's `label`, else the architecture as named in the paper's tables (ViT / ResNet-50), else timm's name."""
+    if encoder_cfg.get("label"):
+        return str(encoder_cfg["label"])
     if is_vit(encoder_cfg):
         return "ViT"
     name = encoder_cfg["timm_name"].split(".")[0]  # without a weights tag such as resnet50.tv_in1k
