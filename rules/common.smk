@@ -168,6 +168,13 @@ BUDGETS = [budget_tag(fraction=f) for f in config["label_fractions"]["fractions"
     budget_tag(count=n) for n in config["label_fractions"].get("counts") or []
 ]
 SEEDS = [int(s) for s in config["label_fractions"]["seeds"]]
+
+
+def budget_seeds(budget):
+    """The label-subset seeds of one budget: label_fractions.seeds, or that budget's seeds_by_budget entry."""
+    return [int(s) for s in (config["label_fractions"].get("seeds_by_budget") or {}).get(budget, SEEDS)]
+
+
 MAIN_INITS = [name for i in config["finetune"]["inits"] for name in init_names(i)]
 RATIO_RUNS = [
     name
@@ -186,10 +193,10 @@ def finetune_dirs():
 
     A pretrained init exists once per pretraining seed, so its runs cross pretraining seeds with subset seeds.
     """
-    runs = {(i, b, s) for i in MAIN_INITS for b in BUDGETS for s in SEEDS}
+    runs = {(i, b, s) for i in MAIN_INITS for b in BUDGETS for s in budget_seeds(b)}
     # The masking-ratio study fine-tunes at 100% labels, or at every budget (finetune.ratios_at_every_budget).
     ratio_budgets = BUDGETS if config["finetune"].get("ratios_at_every_budget") else [budget_tag(fraction=1)]
-    runs |= {(r, b, s) for r in RATIO_RUNS for b in ratio_budgets for s in SEEDS}
+    runs |= {(r, b, s) for r in RATIO_RUNS for b in ratio_budgets for s in budget_seeds(b)}
     return [f"{RESULTS}/finetune/{i}/{b}_seed{s}{v}" for i, b, s in sorted(runs) for v in finetune_variants()]
 
 

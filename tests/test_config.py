@@ -89,3 +89,14 @@ def test_unknown_key_and_bad_value_are_named():
 
 def test_merge_is_recursive():
     assert merge({"a": {"b": 1, "c": 2}}, {"a": {"c": 3}}) == {"a": {"b": 1, "c": 3}}
+
+
+def test_seeds_by_budget_must_name_a_configured_budget():
+    """A per-budget seed list for a budget that is not configured would silently never run: it is an error."""
+    config = load_config(json.dumps({"label_fractions": {"fractions": [0.01, 1.0], "counts": [100],
+                                                         "seeds_by_budget": {"frac0.01": [0, 1, 2], "n100": [5]}}}))
+    assert config["label_fractions"]["seeds_by_budget"]["frac0.01"] == [0, 1, 2]
+    with pytest.raises(ValueError, match=r"seeds_by_budget names 'frac0.05'.*\['frac0.01', 'frac1'\]"):
+        load_config(json.dumps({"label_fractions": {"fractions": [0.01, 1.0], "seeds_by_budget": {"frac0.05": [2]}}}))
+    with pytest.raises(ValueError, match="seeds_by_budget"):
+        load_config(json.dumps({"label_fractions": {"seeds_by_budget": {"1%": [2]}}}))

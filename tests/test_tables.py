@@ -222,6 +222,14 @@ def test_every_recipe_key_that_shapes_results_is_in_table_1(config: dict, sectio
         assert not hyperparameter_table(changed).equals(reference), f"{section}.{key} is not in Table 1"
 
 
+def test_table_1_lists_per_budget_seeds(config: dict) -> None:
+    """A budget with its own subset seeds (label_fractions.seeds_by_budget) shows them in Table 1's seeds row."""
+    changed = copy.deepcopy(used_sections(config))
+    changed["label_fractions"] = {"fractions": [0.01, 1.0], "seeds": [0, 1], "seeds_by_budget": {"frac0.01": [0, 1, 2]}}
+    table = hyperparameter_table(changed).set_index("Hyperparameter")
+    assert table.loc["Seeds", "Fine-tuning"] == "0, 1; frac0.01: 0, 1, 2"
+
+
 def test_significance_is_a_hierarchical_bootstrap(tables_dir: Path) -> None:
     table = pd.read_csv(tables_dir / "significance.csv")
     # Per fraction: RGMIM vs RGMIM-lung, MAE, scratch; RGMIM-lung vs MAE, scratch; MAE vs scratch (all ViT).

@@ -127,3 +127,17 @@ def test_modes_and_presets_add_runs_beside_the_default_ones(tmp_path: Path):
     assert "--mode" not in by_folder["frac0.1_seed0"] and "--budget frac0.1" in by_folder["frac0.1_seed0"]
     assert "--mode probe --augment randaugment" in by_folder["frac0.1_seed0_probe-randaugment"]
     assert all("--task multiclass" in c for c in commands)
+
+
+def test_seeds_by_budget_adds_subset_seeds_at_that_budget_only(tmp_path: Path):
+    """label_fractions.seeds_by_budget: seeds 0 and 3 at 10% labels, `seeds` ([0]) at 100%, for every init."""
+    more = override(tmp_path, "seeds", {"label_fractions": {"seeds_by_budget": {"frac0.1": [0, 3]}}})
+    out = snakemake(tmp_path, "-n", "-p", configs=(TINY_CONFIG, more)).stdout
+    option = lambda command, name: re.search(rf"--{name} (\S+)", command).group(1)  # noqa: E731
+    planned = {(option(c, "init"), option(c, "budget"), option(c, "seed")) for c in shell_commands(out, "finetune")}
+    inits = {init for init, _, _ in planned}
+    assert inits >= {"scratch_vit-tiny", "scratch_resnet18", "rgmim_r0.75_vit-tiny_s0"}
+    for init in inits:  # the masking-ratio study's extra ratios (rgmim_r0.5...) run at 100% labels only
+        low = {s for i, b, s in planned if i == init and b == "frac0.1"}
+        assert low == ({"0", "3"} if "_r0.5_" not in init else set()), init
+        assert {s for i, b, s in planned if i == init and b == "frac1"} == {"0"}

@@ -64,6 +64,12 @@ def settings_text(values: dict[str, Any] | None) -> str | None:
     return ", ".join(parts)
 
 
+def subset_seeds_text(fractions: dict[str, Any]) -> str | None:
+    """'0, 1' plus each budget with its own seeds: '0, 1; frac0.01: 0, 1, 2, 3'."""
+    by_budget = [f"{tag}: {listed(seeds)}" for tag, seeds in (fractions.get("seeds_by_budget") or {}).items()]
+    return "; ".join([listed(fractions.get("seeds")) or "", *by_budget]) if by_budget else listed(fractions.get("seeds"))
+
+
 def listed(values: Any) -> str | None:
     """[0.8, 1.0] -> '0.8, 1.0'; None stays None."""
     if values is None:
@@ -112,7 +118,7 @@ def hyperparameter_table(config: dict[str, Any], runs: pd.DataFrame | None = Non
          NONE),
         ("MRM recipe (mrm, mrm-noreport, mrm-nosr)", settings_text(pre.get("mrm")), NONE),
         ("MedIM recipe", settings_text(pre.get("medim")), NONE),
-        ("Seeds", listed(pre.get("seeds")), listed(fractions.get("seeds"))),
+        ("Seeds", listed(pre.get("seeds")), subset_seeds_text(fractions)),
         ("Label fractions", NONE, listed(fractions.get("fractions"))),
         ("Split: test, validation fraction (seed)",
          f"{split.get('test_fraction')}, {split.get('val_fraction')} ({split.get('seed')})" if split else None, "same"),
