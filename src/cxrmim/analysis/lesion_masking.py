@@ -42,12 +42,12 @@ class PhantomReports:
 
 
 def phantom_reports(settings: PhantomSettings, patch_size: int, max_length: int, tokenizer: Tokenizer | None = None,
-                    vocab_size: int = 1000, keywords: list[str] | None = None) -> PhantomReports:  # fmt: skip
+                    vocab_size: int = 1000, keywords: list[str] | None = None, min_frequency: int = 1) -> PhantomReports:  # fmt: skip
     """Render phantoms, tokenise their cleaned reports (a tokenizer trained on them unless one is given)."""
     data = generate_dataset(settings)
     sentences = [split_sentences(clean_report(text)) for text in data["reports"]]
     if tokenizer is None:
-        tokenizer = train_tokenizer([" ".join(s) for s in sentences], vocab_size)
+        tokenizer = train_tokenizer([" ".join(s) for s in sentences], vocab_size, min_frequency)
     reports = encode_reports(tokenizer, sentences, max_length, keyword_pattern(keywords or read_keywords()))
     lesion = patch_coverage(torch.from_numpy(data["lesions"]), patch_size) > 0
     return PhantomReports(normalise(torch.from_numpy(data["images"])), reports, lesion, data["true_labels"], tokenizer)

@@ -4,12 +4,12 @@ A word-to-patch alignment, learned jointly, turns the report into a per-patch sc
 softmax_patches(word . patch / t) over the encoder's features of the whole image; KWM sums it over the knowledge
 words, SDM over the words of one sentence. `guided_plan` masks patches above the median score first. Both masked
 images are reconstructed by one MAE (pixel loss on masked patches). The alignment loss is GLoRIA's (Huang et al.
-2021) local loss plus a global image-report InfoNCE: each word of report i attends over the patches of every image
-j of the batch; the cosine between the word and its attended context, aggregated over the report's words
-(log-sum-exp), scores the pair (i, j), and InfoNCE in both directions makes a report find its image and back. Only
-an image with the lesion has lesion patches, so finding and location words must attend to them to score their own
-image above the others (a local loss within one report, as the paper's, is met by any context that differs
-between words, lesion or not).
+2021) local loss plus a global image-report InfoNCE: each knowledge token of report i (the tokens KWM reads; the
+first LOCAL_SLOTS, for cost) attends over the patches of every image j of the batch; the cosine between the token
+and its attended context, aggregated over the tokens (log-sum-exp), scores the pair (i, j), and InfoNCE in both
+directions makes a report find its image and back. Only an image with the lesion has lesion patches, so finding and
+zone words must attend to them to score their own image above the others (a local loss within one report, as
+the paper's, is met by any context that differs between words, lesion or not).
 Differences from the paper: the mask hides input patches (MAE style), not encoder output features, so the
 encoder is a plain MAE encoder; one decoder serves KWM and SDM; the count masked per image is fixed (see
 `guided_plan`) so a batch keeps one shape; the local alignment loss is GLoRIA's cross-image one.
