@@ -258,3 +258,13 @@ def test_learned_alignment_makes_kwm_mask_the_lesion():
     train_alignment(model, train, epochs=20, batch_size=32, lr=1e-3, seed=0)
     kwm_rate, random_rate = lesion_masking_rates(model, test, 0.5, seed=0)
     assert kwm_rate > random_rate + 0.05, (kwm_rate, random_rate)
+
+
+def test_keyword_slots_take_each_reports_first_knowledge_tokens_in_order():
+    from cxrmim.models.medim import keyword_slots
+
+    keyword = torch.tensor([[0, 1, 0, 1, 1, 1], [0, 0, 0, 0, 0, 0], [1, 0, 0, 0, 0, 0]], dtype=torch.bool)
+    index, filled = keyword_slots(keyword, 3)
+    assert index[0].tolist() == [1, 3, 4] and filled[0].all()
+    assert not filled[1].any()
+    assert index[2, 0] == 0 and filled[2].tolist() == [True, False, False]
