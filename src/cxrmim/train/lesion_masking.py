@@ -1,4 +1,4 @@
-"""Does MedIM's word-to-patch alignment find the lesion? Phantoms with reports and lesion masks, KWM vs random.
+"""Does MedIM's word-to-patch alignment find the lesion? A short training on phantoms, then KWM vs random masking.
 
 Shared by benchmarks/medim_alignment.py and tests/test_medim.py: phantom images with their tokenised reports and
 per-patch lesion maps, a short training of `ReportGuidedMIM` (its alignment loss alone or the whole MedIM loss), and
