@@ -3,11 +3,16 @@
 A word-to-patch alignment, learned jointly, turns the report into a per-patch score map: attention =
 softmax_patches(word . patch / t) over the encoder's features of the whole image; KWM sums it over the knowledge
 words, SDM over the words of one sentence. `guided_plan` masks patches above the median score first. Both masked
-images are reconstructed by one MAE (pixel loss on masked patches); the alignment loss is a global image-report
-InfoNCE plus a local one (each word must pick its own attended image context among its report's words).
+images are reconstructed by one MAE (pixel loss on masked patches). The alignment loss is GLoRIA's (Huang et al.
+2021) local loss plus a global image-report InfoNCE: each knowledge token of report i (the tokens KWM reads; the
+first LOCAL_SLOTS, for cost) attends over the patches of every image j of the batch; the cosine between the token
+and its attended context, aggregated over the tokens (log-sum-exp), scores the pair (i, j), and InfoNCE in both
+directions makes a report find its image and back. Only an image with the lesion has lesion patches, so finding and
+zone words must attend to them to score their own image above the others (a local loss within one report, as
+the paper's, is met by any context that differs between words, lesion or not).
 Differences from the paper: the mask hides input patches (MAE style), not encoder output features, so the
 encoder is a plain MAE encoder; one decoder serves KWM and SDM; the count masked per image is fixed (see
-`guided_plan`) so a batch keeps one shape.
+`guided_plan`) so a batch keeps one shape; the local alignment loss is GLoRIA's cross-image one.
 """
 
 from __future__ import annotations
@@ -61,6 +66,44 @@ def info_nce(query: torch.Tensor, keys: torch.Tensor, temperature: float, valid:
     return F.cross_entropy(logits.transpose(1, 2), target, reduction="none")
 
 
+# GLoRIA's word aggregation: S(i, j) = log sum_w exp(cos / WORD_TEMPERATURE) (their temp2 = 5).
+WORD_TEMPERATURE = 0.2
+# Knowledge tokens per report in the cross-image loss (B x B x slots x n attention): all 48 tokens made a default
+# CPU step 80% slower, 8 slots about 5% (benchmarks/pretrain_step.py); phantom reports have 5-12.
+LOCAL_SLOTS = 8
+
+
+def keyword_slots(keyword: torch.Tensor, slots: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Positions (B, slots) of each report's first `slots` knowledge tokens, in order, and whether a slot holds one."""
+    length = keyword.shape[1]
+    position = torch.arange(length, device=keyword.device)
+    rank = torch.where(keyword, position, position + length)  # knowledge tokens first, each group in report order
+    index = torch.topk(rank, min(slots, length), dim=1, largest=False).indices
+    return index, torch.gather(keyword, 1, index)
+
+
+def cross_attention(words: torch.Tensor, patches: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Attention of every report's words over every image's patches: (B, L, D), (B, n, D) -> (B_report, B_image, L, n)."""
+    return torch.softmax(torch.einsum("ild,jnd->ijln", words, patches) / temperature, dim=-1)
+
+
+def word_image_scores(attn: torch.Tensor, words: torch.Tensor, patches: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+    """GLoRIA's score S(i, j): cos(word of report i, its context in image j), log-sum-exp over the real words -> (B, B)."""
+    context = F.normalize(torch.einsum("ijln,jnd->ijld", attn, patches), dim=-1)
+    cosine = torch.einsum("ijld,ild->ijl", context, words)
+    cosine = cosine.masked_fill(~real.unsqueeze(1), -1.0e4)  # padding words count for nothing
+    return torch.logsumexp(cosine / WORD_TEMPERATURE, dim=-1)
+
+
+def symmetric_info_nce(scores: torch.Tensor, temperature: float, has_words: torch.Tensor) -> torch.Tensor:
+    """Mean of report->image and image->report InfoNCE over (B, B) scores; empty reports take no part."""
+    logits = (scores / temperature).masked_fill(~has_words.unsqueeze(1), -1.0e4)  # no image picks an empty report
+    target = torch.arange(scores.shape[0], device=scores.device)
+    per_pair = F.cross_entropy(logits, target, reduction="none") + F.cross_entropy(logits.T, target, reduction="none")
+    weight = has_words.float()
+    return (per_pair * weight).sum() / (2 * weight.sum().clamp_min(1.0))
+
+
 class ReportGuidedMIM(nn.Module):
     """MedIM: MAE + report transformer + word-patch alignment producing the KWM and SDM masks."""
 
@@ -87,26 +130,31 @@ class ReportGuidedMIM(nn.Module):
         # projections only; the encoder learns from reconstruction): about a third of that pass's cost.
         self.align_encoder_grad = bool(medim.get("align_encoder_grad", True))
 
-    def align(self, images: torch.Tensor, ids: torch.Tensor, attention: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """Word-to-patch attention (B, L, n) and the alignment loss (global InfoNCE + local word-context)."""
+    def align(self, images: torch.Tensor, ids: torch.Tensor, attention: torch.Tensor,
+              keyword: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+        """Word-to-patch attention of each report over its own image (B, L, n) and the alignment loss (global
+        image-report InfoNCE + GLoRIA's cross-image local loss, over the first LOCAL_SLOTS knowledge tokens of
+        each report when `keyword` is given, else over all its words)."""
         batch, n = images.shape[0], self.mae.n_patches
         with torch.set_grad_enabled(self.align_encoder_grad and torch.is_grad_enabled()):
             latent = self.mae.forward_encoder(images, full_plan(batch, n, images.device))
         patches = F.normalize(self.patch_proj(latent[:, self.mae.n_prefix :]).float(), dim=-1)
         words = F.normalize(self.word_proj(self.text(ids, attention)).float(), dim=-1)
-        attn = torch.softmax(torch.einsum("bld,bnd->bln", words, patches) / self.temperature, dim=-1)
-        real = attention.float()
-        has_words = (real.sum(dim=1) > 0).float()
+        own = torch.softmax(torch.einsum("bld,bnd->bln", words, patches) / self.temperature, dim=-1)
+        has_words = attention.any(dim=1)
         # Global: the mean image feature must find its own report's mean word feature in the batch.
         image_vec = F.normalize(patches.mean(dim=1), dim=-1)
-        report_vec = F.normalize((words * real.unsqueeze(-1)).sum(dim=1), dim=-1)
+        report_vec = F.normalize((words * attention.unsqueeze(-1)).sum(dim=1), dim=-1)
         global_loss = info_nce(image_vec.unsqueeze(0), report_vec.unsqueeze(0), self.temperature)[0]
-        global_loss = (global_loss * has_words).sum() / has_words.sum().clamp_min(1.0)
-        # Local: each word's attended image context must match that word among its report's words.
-        context = F.normalize(torch.einsum("bln,bnd->bld", attn, patches), dim=-1)
-        local = info_nce(context, words, self.temperature, attention)
-        local_loss = (local * real).sum() / real.sum().clamp_min(1.0)
-        return attn, global_loss + local_loss
+        global_loss = (global_loss * has_words).sum() / has_words.sum().clamp_min(1)
+        # Local (GLoRIA): each report's words, attending over each image, must score their own image highest.
+        local, real = words, attention
+        if keyword is not None:  # B x B x L x n is the cost: knowledge tokens only (what KWM reads)
+            index, real = keyword_slots(keyword & attention, LOCAL_SLOTS)
+            local = torch.gather(words, 1, index.unsqueeze(-1).expand(-1, -1, words.shape[-1]))
+        scores = word_image_scores(cross_attention(local, patches, self.temperature), local, patches, real)
+        local_loss = symmetric_info_nce(scores, self.temperature, real.any(dim=1))
+        return own, global_loss + local_loss
 
     def reconstruct(self, images: torch.Tensor, plan: MaskPlan) -> torch.Tensor:
         """MAE pixel loss of one masked view."""
@@ -135,7 +183,7 @@ class ReportGuidedMIM(nn.Module):
     def forward(self, images: torch.Tensor, report_ids: torch.Tensor, report_attention: torch.Tensor,
                 report_keyword: torch.Tensor, in_sentence: torch.Tensor, mask_noise: torch.Tensor):  # fmt: skip
         """(total loss, {align, kwm, sdm} losses, KWM plan, SDM plan)."""
-        attn, align_loss = self.align(images, report_ids, report_attention)
+        attn, align_loss = self.align(images, report_ids, report_attention, report_keyword)
         kwm, sdm = self.plans(attn, report_keyword, in_sentence, mask_noise)
         if self.both_views:
             kwm_loss, sdm_loss = self.reconstruct(images, kwm), self.reconstruct(images, sdm)
