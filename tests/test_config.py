@@ -91,12 +91,13 @@ def test_merge_is_recursive():
     assert merge({"a": {"b": 1, "c": 2}}, {"a": {"c": 3}}) == {"a": {"b": 1, "c": 3}}
 
 
-def test_seeds_by_budget_must_name_a_configured_budget():
-    """A per-budget seed list for a budget that is not configured would silently never run: it is an error."""
+def test_seeds_by_budget_is_spelled_as_budget_files_and_ignores_budgets_not_run():
+    """A config that changes `fractions` need not restate the default's 1% entry; a misspelt key is an error."""
     config = load_config(json.dumps({"label_fractions": {"fractions": [0.01, 1.0], "counts": [100],
                                                          "seeds_by_budget": {"frac0.01": [0, 1, 2], "n100": [5]}}}))
-    assert config["label_fractions"]["seeds_by_budget"]["frac0.01"] == [0, 1, 2]
-    with pytest.raises(ValueError, match=r"seeds_by_budget names 'frac0.05'.*\['frac0.01', 'frac1'\]"):
-        load_config(json.dumps({"label_fractions": {"fractions": [0.01, 1.0], "seeds_by_budget": {"frac0.05": [2]}}}))
+    assert config["label_fractions"]["seeds_by_budget"]["n100"] == [5]
+    load_config(json.dumps({"label_fractions": {"fractions": [0.1, 1.0]}}))  # the default's frac0.01 entry: unused
+    with pytest.raises(ValueError, match=r"seeds_by_budget key 'frac0.010'.*write 'frac0.01'"):
+        load_config(json.dumps({"label_fractions": {"seeds_by_budget": {"frac0.010": [2]}}}))
     with pytest.raises(ValueError, match="seeds_by_budget"):
         load_config(json.dumps({"label_fractions": {"seeds_by_budget": {"1%": [2]}}}))

@@ -228,6 +228,8 @@ def test_table_1_lists_per_budget_seeds(config: dict) -> None:
     changed["label_fractions"] = {"fractions": [0.01, 1.0], "seeds": [0, 1], "seeds_by_budget": {"frac0.01": [0, 1, 2]}}
     table = hyperparameter_table(changed).set_index("Hyperparameter")
     assert table.loc["Seeds", "Fine-tuning"] == "0, 1; frac0.01: 0, 1, 2"
+    changed["label_fractions"]["fractions"] = [0.1, 1.0]  # an entry for a budget not run is not shown
+    assert hyperparameter_table(changed).set_index("Hyperparameter").loc["Seeds", "Fine-tuning"] == "0, 1"
 
 
 def test_significance_is_a_hierarchical_bootstrap(tables_dir: Path) -> None:

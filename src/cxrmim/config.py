@@ -9,7 +9,7 @@ from typing import Any
 import jsonschema
 import yaml
 
-from cxrmim.data.splits import budget_tag
+from cxrmim.data.splits import budget_tag, parse_budget
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SCHEMA_PATH = REPO_ROOT / "schemas" / "config.schema.yaml"
@@ -53,12 +53,14 @@ def check_consistency(config: dict[str, Any], source: str = "config") -> None:
     if "fractions" in budgets and not (budgets.get("fractions") or budgets.get("counts")):
         raise ValueError(f"{source}: label_fractions has no budget; list label_fractions.fractions (e.g. [0.1, 1.0]) "
                          "or label_fractions.counts (numbers of labelled images, e.g. [1000])")
-    budget_tags = [budget_tag(fraction=f) for f in budgets.get("fractions") or []]
-    budget_tags += [budget_tag(count=n) for n in budgets.get("counts") or []]
+    # An entry for a budget this config does not run is ignored (a config that changes `fractions` need not
+    # restate the default's entries), but it must be spelled as the budget's file names are, or it never applies.
     for tag in budgets.get("seeds_by_budget") or {}:
-        if tag not in budget_tags:
-            raise ValueError(f"{source}: label_fractions.seeds_by_budget names {tag!r}, which is not a configured "
-                             f"budget; use one of {budget_tags} (frac<fraction> as in the file names, n<count>)")
+        kind, value = parse_budget(tag)
+        canonical = budget_tag(fraction=value) if kind == "fraction" else budget_tag(count=int(value))
+        if tag != canonical:
+            raise ValueError(f"{source}: label_fractions.seeds_by_budget key {tag!r} is not spelled as the budget's "
+                             f"files are; write {canonical!r}")
 
 
 def read_config_source(source: str | Path) -> dict[str, Any]:
