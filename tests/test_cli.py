@@ -15,7 +15,7 @@ from cxrmim.cli import parse_json_arg, run_main, setup_logging
 
 def main():
     parser = argparse.ArgumentParser()
-    parser.add_argument("--fail", choices=["user", "bug", "early", "json"])
+    parser.add_argument("--fail", choices=["user", "bug", "early", "json", "library"])
     parser.add_argument("--log")
     args = parser.parse_args()
     if args.fail == "early":  # before the stage set up its log
@@ -23,6 +23,12 @@ def main():
     setup_logging(args.log)
     if args.fail == "json":
         parse_json_arg("{not json")
+    if args.fail == "library":
+        import io
+
+        import pandas as pd
+
+        pd.read_csv(io.StringIO(""))  # pandas' EmptyDataError is a ValueError, but no message of ours
     if args.fail == "user":
         raise ValueError("prepared/images.npy is missing; run the prepare rule first")
     raise ZeroDivisionError("division by zero in a helper")
@@ -65,3 +71,11 @@ def test_user_error_is_one_clear_line(tmp_path: Path, fail: str, message: str):
     assert result.returncode == 1
     assert message in log and "Traceback" not in log
     assert message in result.stderr
+
+
+def test_value_error_raised_inside_a_library_keeps_its_traceback(tmp_path: Path):
+    """A library's ValueError (an empty CSV) is a bug to locate, not a user error: the log shows where it came from."""
+    result, log = run_stage(tmp_path, "library")
+    assert result.returncode == 1
+    assert "No columns to parse from file (raised inside a library; traceback follows)" in log
+    assert "Traceback" in log and 'stage.py", line' in log

@@ -135,3 +135,18 @@ def test_multilabel_runs_get_mean_auc_tables_and_placeholder_figures(tmp_path: P
     table = study_table(load_runs(paths))
     assert {"Mean AUC", "AUC Effusion"} <= set(table.columns)
     assert len(write_figures(paths, {"dpi": 30}, tmp_path / "figures")) == len(FIGURES)
+
+
+def test_count_budgets_only_write_a_significance_table_the_report_can_read(tmp_path):
+    """The MAE-vs-ResNet config has count budgets only: significance.csv has a header and no rows, and the report's
+    summary says nothing is compared there instead of failing on an empty file."""
+    from cxrmim.analysis.significance import SIGNIFICANCE_COLUMNS, significance_table
+    from cxrmim.analysis.summary import comparison_sentences
+
+    runs = pd.DataFrame({"task": ["binary", "binary"], "fraction": [None, None], "init": ["mae", "scratch"]})
+    table = significance_table(runs, n_samples=10, seed=0)
+    assert table.empty and list(table.columns) == SIGNIFICANCE_COLUMNS
+    path = tmp_path / "significance.csv"
+    table.to_csv(path, index=False)
+    (sentence,) = comparison_sentences(path)
+    assert "Nothing is compared at a label fraction" in sentence

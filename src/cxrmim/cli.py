@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import traceback
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -29,12 +30,24 @@ def run_main(main: Callable[[], object]) -> None:
         main()
     except (ValueError, FileNotFoundError) as err:
         _log_to_argv_file()
-        logging.getLogger("cxrmim").error("%s", err)
+        if _raised_in_library(err):  # e.g. pandas' EmptyDataError: a bare message would not say which file or why
+            logging.getLogger("cxrmim").exception("%s (raised inside a library; traceback follows)", err)
+        else:
+            logging.getLogger("cxrmim").error("%s", err)
         sys.exit(1)
     except Exception:  # noqa: BLE001 - the point is that nothing escapes without landing in the log
         _log_to_argv_file()
         logging.getLogger("cxrmim").exception("unexpected error; traceback follows (please report it)")
         sys.exit(1)
+
+
+def _raised_in_library(err: BaseException) -> bool:
+    """Whether the innermost frame of the error lies outside the cxrmim package and the stage scripts' folder."""
+    frames = traceback.extract_tb(err.__traceback__)
+    if not frames:
+        return False
+    ours = (Path(__file__).resolve().parent, Path(sys.argv[0]).resolve().parent)
+    return not any(Path(frames[-1].filename).resolve().is_relative_to(folder) for folder in ours)
 
 
 def _log_to_argv_file() -> None:

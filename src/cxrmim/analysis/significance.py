@@ -45,11 +45,17 @@ def init_correctness(runs: pd.DataFrame) -> tuple[np.ndarray, pd.Index]:
     return np.stack([c.to_numpy() for c in columns]), images
 
 
+# Columns of significance.csv, written even when nothing is compared (count budgets only, multilabel), so that
+# readers get a table with no rows rather than a file without a header.
+SIGNIFICANCE_COLUMNS = ["fraction", "comparison", "init_a", "init_b", "accuracy_a", "accuracy_b", "difference",
+                        "ci_low", "ci_high", "p_value", "n_images", "n_runs_a", "n_runs_b", "n_bootstrap"]
+
+
 def significance_table(runs: pd.DataFrame, n_samples: int, seed: int) -> pd.DataFrame:
     """Per fraction and comparison, the hierarchical bootstrap of the accuracy difference A - B."""
     rows = []
     if (runs["task"] == "multilabel").any():  # multilabel runs decide no class per image: no accuracy to compare
-        return pd.DataFrame()
+        return pd.DataFrame(columns=SIGNIFICANCE_COLUMNS)
     for fraction, at_fraction in runs.groupby("fraction"):
         for init_a, init_b in comparisons(at_fraction):
             runs_a, runs_b = at_fraction[at_fraction["init"] == init_a], at_fraction[at_fraction["init"] == init_b]
@@ -65,7 +71,7 @@ def significance_table(runs: pd.DataFrame, n_samples: int, seed: int) -> pd.Data
                 "init_b": init_b,
                 **hierarchical_bootstrap(correct_a, correct_b, n_samples=n_samples, seed=seed),
             })
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows) if rows else pd.DataFrame(columns=SIGNIFICANCE_COLUMNS)
 
 
 def significance_heading(n_samples: int) -> str:

@@ -96,7 +96,8 @@ def comparison_sentences(significance_csv: Path | None) -> list[str]:
         return []
     table = pd.read_csv(significance_csv)
     if table.empty:
-        return ["No two inits were fine-tuned on the same images, so nothing is compared."]
+        return ["Nothing is compared at a label fraction: no two inits share one (count budgets and augmentation "
+                "presets are compared in the study table), or the task is multilabel."]
     sentences = []
     for _, rows in table.groupby(["init_a", "init_b"], sort=False):
         rows = rows.sort_values("fraction")
