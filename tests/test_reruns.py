@@ -10,6 +10,7 @@ import json
 import os
 import re
 import shutil
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -162,7 +163,9 @@ def test_edited_script_reruns_its_rule(completed):
     try:
         # A real edit: Snakemake compares checksums of small inputs, so a bare `touch` reruns nothing.
         script.write_text(text + "\n# edited\n")
-        os.utime(script, (stat.st_atime, stat.st_mtime + 3600))
+        # Newer than every output whatever the checkout's own mtimes (a clean clone's are minutes old, a worktree's
+        # can be days old: original + 1 h would then still predate the outputs and nothing would rerun).
+        os.utime(script, (stat.st_atime, time.time() + 3600))
         counts, why, out = dry_run(completed)
     finally:
         script.write_text(text)
