@@ -6,7 +6,7 @@ from pathlib import Path
 
 from cxrmim.codebase import module_closure  # the package modules a script imports (torch-free)
 from cxrmim.config import check_consistency
-from cxrmim.data.splits import budget_tag, fraction_tag  # one spelling of budgets in file names (package too)
+from cxrmim.data.splits import budget_tag, configured_budgets, fraction_tag  # one spelling of budgets in file names (package too)
 from cxrmim.inits import (
     CONTRASTIVE_METHODS,
     MASKED_METHODS,
@@ -164,9 +164,7 @@ check_inits()
 check_contrastive()
 FRACTIONS = [fraction_tag(f) for f in config["label_fractions"]["fractions"]]  # "0.01", "1": fractions only
 # Every label budget as its path tag: frac<fraction> (label_fractions.fractions), n<count> (label_fractions.counts).
-BUDGETS = [budget_tag(fraction=f) for f in config["label_fractions"]["fractions"]] + [
-    budget_tag(count=n) for n in config["label_fractions"].get("counts") or []
-]
+BUDGETS = configured_budgets(config["label_fractions"])
 SEEDS = [int(s) for s in config["label_fractions"]["seeds"]]
 
 

@@ -6,7 +6,7 @@ from typing import Any
 
 import pandas as pd
 
-from cxrmim.data.splits import budget_tag
+from cxrmim.data.splits import configured_budgets
 from cxrmim.recipe import DEFAULT_BETAS, LR_REFERENCE_BATCH, FinetuneSettings
 
 # Config keys that do not change a result (where or how fast a job runs, which jobs exist): not in Table 1.
@@ -67,8 +67,7 @@ def settings_text(values: dict[str, Any] | None) -> str | None:
 
 def subset_seeds_text(fractions: dict[str, Any]) -> str | None:
     """'0, 1' plus each configured budget with its own seeds: '0, 1; frac0.01: 0, 1, 2, 3'."""
-    configured = {budget_tag(fraction=f) for f in fractions.get("fractions") or []}
-    configured |= {budget_tag(count=n) for n in fractions.get("counts") or []}
+    configured = configured_budgets(fractions)
     by_budget = [f"{tag}: {listed(seeds)}" for tag, seeds in (fractions.get("seeds_by_budget") or {}).items()
                  if tag in configured]
     return "; ".join([listed(fractions.get("seeds")) or "", *by_budget]) if by_budget else listed(fractions.get("seeds"))

@@ -154,6 +154,13 @@ def budget_tag(fraction: float | None = None, count: int | None = None) -> str:
     return f"frac{fraction_tag(fraction)}" if fraction is not None else f"n{int(count)}"
 
 
+def configured_budgets(label_fractions: dict) -> list[str]:
+    """Tags of every budget a `label_fractions` section runs: its fractions, then its counts."""
+    return [budget_tag(fraction=f) for f in label_fractions.get("fractions") or []] + [
+        budget_tag(count=n) for n in label_fractions.get("counts") or []
+    ]
+
+
 def parse_budget(tag: str) -> tuple[str, float]:
     """('fraction', f) for 'frac<f>', ('count', n) for 'n<count>'; ValueError for anything else."""
     match = re.fullmatch(r"frac([0-9]*\.?[0-9]+)|n([0-9]+)", str(tag))
