@@ -6,7 +6,9 @@ from pathlib import Path
 
 from cxrmim.codebase import module_closure  # the package modules a script imports (torch-free)
 from cxrmim.config import check_consistency
-from cxrmim.data.splits import budget_tag, configured_budgets, fraction_tag  # one spelling of budgets in file names (package too)
+
+# one spelling of budgets in file names (the package uses the same helpers)
+from cxrmim.data.splits import budget_tag, configured_budgets, fraction_tag
 from cxrmim.inits import (
     CONTRASTIVE_METHODS,
     MASKED_METHODS,
