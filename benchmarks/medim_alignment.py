@@ -20,7 +20,7 @@ from cxrmim.train.lesion_masking import lesion_masking_rates, phantom_reports, t
 from cxrmim.config import load_config
 from cxrmim.data.synthetic import FINDINGS, PhantomSettings
 from cxrmim.models.medim import ReportGuidedMIM
-from cxrmim.text.keywords import read_keywords
+from cxrmim.text.keywords import knowledge_words
 
 
 def main() -> None:
@@ -38,7 +38,7 @@ def main() -> None:
     pre, text, synthetic = config["pretrain"], config["text"], config["dataset"]["synthetic"]
     size, patch = int(config["prepare"]["image_size"]), int(config["patch_validity"]["patch_size"])
     encoder_cfg = config["encoders"][pre["encoder"]]
-    keywords = read_keywords(text["keywords"], text["extra_keywords"])
+    knowledge = knowledge_words(text)
     lr = float(pre["base_lr"]) * int(pre["batch_size"]) / 256  # the loop's peak lr (no warmup or decay here)
     epochs = args.epochs or int(pre["epochs"])
     print(f"{'align loss' if args.align_only else 'whole MedIM loss'}, encoder {pre['encoder']}, {size} px, patch "
@@ -48,10 +48,10 @@ def main() -> None:
     for seed in args.seeds:
         phantoms = {**synthetic, "image_size": size}
         train = phantom_reports(PhantomSettings.from_config({**phantoms, "n_images": args.train_images, "seed": seed}),
-                                patch, int(text["max_length"]), vocab_size=int(text["vocab_size"]), keywords=keywords,
+                                patch, int(text["max_length"]), vocab_size=int(text["vocab_size"]), knowledge=knowledge,
                                 min_frequency=int(text["min_frequency"]))  # fmt: skip
         test = phantom_reports(PhantomSettings.from_config({**phantoms, "n_images": args.test_images, "seed": 1000 + seed}),
-                               patch, int(text["max_length"]), tokenizer=train.tokenizer, keywords=keywords)  # fmt: skip
+                               patch, int(text["max_length"]), tokenizer=train.tokenizer, knowledge=knowledge)  # fmt: skip
         torch.manual_seed(seed)
         model = ReportGuidedMIM(encoder_cfg, size, patch, args.mask_ratio, pre, train.tokenizer.get_vocab_size(),
                                 int(text["max_length"]))  # fmt: skip

@@ -166,7 +166,7 @@ def test_kwm_masking_rule_masks_lesion_patches_given_attention_on_the_lesion():
     from cxrmim.data.patches import patch_coverage
     from cxrmim.data.synthetic import PhantomSettings, generate_dataset
     from cxrmim.models.masking import random_masking
-    from cxrmim.text.keywords import keyword_pattern, read_keywords
+    from cxrmim.text.keywords import knowledge_words
     from cxrmim.text.reports import clean_report, split_sentences
     from cxrmim.text.tokenizer import encode_reports, train_tokenizer
 
@@ -176,7 +176,7 @@ def test_kwm_masking_rule_masks_lesion_patches_given_attention_on_the_lesion():
     sick = [i for i, label in enumerate(data["true_labels"]) if label == "Lung_Opacity"]
     sentences = [split_sentences(clean_report(data["reports"][i])) for i in sick]
     tokenizer = train_tokenizer([" ".join(s) for s in sentences], 300)
-    reports = encode_reports(tokenizer, sentences, 40, keyword_pattern(read_keywords()))
+    reports = encode_reports(tokenizer, sentences, 40, knowledge_words({}))
     lesion = patch_coverage(torch.from_numpy(data["lesions"][sick]).unsqueeze(1).float(), 8) > 0  # (B, 64)
     finding_words = {"consolidation"}
     names_finding = torch.tensor([[tokenizer.id_to_token(int(t)) in finding_words for t in row] for row in reports.ids])

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from cxrmim.data.synthetic import PhantomSettings, render_phantom
-from cxrmim.text.keywords import keyword_pattern, keyword_spans, read_keywords
+from cxrmim.text.keywords import KnowledgeWords, is_negated, keyword_pattern, keyword_spans, knowledge_words, read_keywords
 from cxrmim.text.reports import clean_report, load_reports, split_sentences, write_reports
 from cxrmim.text.stage import build_tokenizer
 from cxrmim.text.tokenizer import PAD, UNK, encode_reports, load_tokenizer, save_tokenizer, train_tokenizer
@@ -91,7 +91,8 @@ def test_shipped_keywords_name_their_source():
 def test_encode_reports_words_sentences_keywords():
     tokenizer = train_tokenizer(REPORTS, 200)
     sentences = [split_sentences(clean_report(REPORTS[1])), []]
-    tensors = encode_reports(tokenizer, sentences, 24, keyword_pattern(["pleural effusion", "lungs"]))
+    knowledge = KnowledgeWords(keyword_pattern(["pleural effusion", "lungs"]), skip_negated=False)
+    tensors = encode_reports(tokenizer, sentences, 24, knowledge)
     row = tensors.attention[0]
     tokens = [tokenizer.id_to_token(i) for i in tensors.ids[0][row].tolist()]
     assert tokens[:4] == ["the", "lungs", "are", "clear"]
@@ -102,6 +103,30 @@ def test_encode_reports_words_sentences_keywords():
     assert words == sorted(words) and words[0] == 0
     assert not tensors.attention[1].any() and (tensors.word[1] == -1).all()
     assert (tensors.ids[0][~row] == tokenizer.token_to_id(PAD)).all()
+
+
+def test_negated_terms_are_not_knowledge_words():
+    """NegEx-style scope: a cue before the term (within its clause, not past 'but') or after it negates it."""
+    text = ("No pleural effusion or pneumothorax. Heart size is normal. Dense focal consolidation in the right "
+            "upper zone. The remaining lung is clear. No effusion, but a small nodule. Without interval change, "
+            "opacity in the left lower zone is unchanged.")  # fmt: skip
+    knowledge = knowledge_words({"skip_negated": True})
+    kept = [text[a:b].lower() for a, b in knowledge.spans(text)]
+    assert kept == ["dense focal consolidation"[6:], "upper zone", "nodule", "opacity", "lower zone"]
+    everything = [text[a:b].lower() for a, b in KnowledgeWords(knowledge.pattern, skip_negated=False).spans(text)]
+    assert {"pleural effusion", "pneumothorax", "heart", "lung", "effusion"} <= set(everything)
+    assert is_negated("no acute change. lungs clear", 17, 22) is False  # a cue in the previous sentence
+    assert knowledge_words({}).skip_negated is False  # off unless the config asks (README, "MedIM")
+
+
+def test_encode_reports_drops_negated_knowledge_words():
+    tokenizer = train_tokenizer(REPORTS, 200)
+    sentences = [split_sentences(clean_report(REPORTS[2]))]
+    tensors = encode_reports(tokenizer, sentences, 24, knowledge_words({"skip_negated": True}))
+    row = tensors.attention[0]
+    tokens = [tokenizer.id_to_token(i) for i in tensors.ids[0][row].tolist()]
+    flagged = [t for t, k in zip(tokens, tensors.keyword[0][row].tolist()) if k]
+    assert flagged[:2] == ["focal", "consolidation"] and "lung" not in flagged  # "the remaining lung is clear"
 
 
 def test_tokenizer_stage_uses_training_reports_only(tmp_path):

@@ -23,7 +23,7 @@ from cxrmim.data.tensors import PIXEL_MEAN, PIXEL_STD, normalise  # noqa: E402
 from cxrmim.models.medim import ReportGuidedMIM, choose_sentences  # noqa: E402
 from cxrmim.models.mrm import MaskedRecordModel, downsample, patchify  # noqa: E402
 from cxrmim.models.report_text import whole_word_mask  # noqa: E402
-from cxrmim.text.keywords import keyword_pattern, read_keywords  # noqa: E402
+from cxrmim.text.keywords import knowledge_words  # noqa: E402
 from cxrmim.text.reports import load_reports  # noqa: E402
 from cxrmim.text.tokenizer import MASK, encode_reports, load_tokenizer  # noqa: E402
 
@@ -69,8 +69,7 @@ def example_reports(prepared_dir: Path, split_csv: Path, examples_n: int, validi
     indices = pd.concat([first, test.drop(first.index)]).head(examples_n)["index"].tolist()  # as load_examples
     records = {r["index"]: r for r in load_reports(prepared_dir / "reports.jsonl")}
     sentences = [records[i]["sentences"] for i in indices]
-    pattern = keyword_pattern(read_keywords(text.get("keywords"), text.get("extra_keywords") or ()))
-    return examples, encode_reports(tokenizer, sentences, int(text["max_length"]), pattern)
+    return examples, encode_reports(tokenizer, sentences, int(text["max_length"]), knowledge_words(text))
 
 
 def to_unit(x: torch.Tensor) -> np.ndarray:

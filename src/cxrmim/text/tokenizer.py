@@ -8,7 +8,6 @@ lies inside a knowledge term (MedIM's KWM).
 from __future__ import annotations
 
 import bisect
-import re
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -18,7 +17,7 @@ import torch
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers
 
 from cxrmim.io import atomic_path
-from cxrmim.text.keywords import keyword_spans
+from cxrmim.text.keywords import KnowledgeWords
 
 PAD, UNK, CLS, SEP, MASK = "[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"
 SPECIAL_TOKENS = [PAD, UNK, CLS, SEP, MASK]
@@ -109,7 +108,7 @@ def sentence_starts(sentences: Sequence[str]) -> list[int]:
 
 
 def encode_reports(
-    tokenizer: Tokenizer, reports: Sequence[Sequence[str]], max_length: int, pattern: re.Pattern[str] | None = None
+    tokenizer: Tokenizer, reports: Sequence[Sequence[str]], max_length: int, knowledge: KnowledgeWords | None = None
 ) -> ReportTensors:
     """Tokenise each report (given as its sentences) to `max_length` tokens (truncated, padded); no special tokens."""
     n = len(reports)
@@ -125,7 +124,7 @@ def encode_reports(
         if length == 0:
             continue
         starts = sentence_starts(sentences)
-        spans = keyword_spans(text, pattern) if pattern is not None else []
+        spans = knowledge.spans(text) if knowledge is not None else []
         span_starts = [s for s, _ in spans]
         ids[row, :length] = torch.tensor(encoding.ids[:length])
         attention[row, :length] = True

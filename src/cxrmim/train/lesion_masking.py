@@ -17,7 +17,7 @@ from cxrmim.data.synthetic import PhantomSettings, generate_dataset
 from cxrmim.data.tensors import normalise
 from cxrmim.models.masking import guided_plan, masked_count, random_masking
 from cxrmim.models.medim import ReportGuidedMIM, choose_sentences, kwm_scores
-from cxrmim.text.keywords import keyword_pattern, read_keywords
+from cxrmim.text.keywords import KnowledgeWords, knowledge_words
 from cxrmim.text.reports import clean_report, split_sentences
 from cxrmim.text.tokenizer import ReportTensors, encode_reports, train_tokenizer
 
@@ -42,13 +42,13 @@ class PhantomReports:
 
 
 def phantom_reports(settings: PhantomSettings, patch_size: int, max_length: int, tokenizer: Tokenizer | None = None,
-                    vocab_size: int = 1000, keywords: list[str] | None = None, min_frequency: int = 1) -> PhantomReports:  # fmt: skip
+                    vocab_size: int = 1000, knowledge: KnowledgeWords | None = None, min_frequency: int = 1) -> PhantomReports:  # fmt: skip
     """Render phantoms, tokenise their cleaned reports (a tokenizer trained on them unless one is given)."""
     data = generate_dataset(settings)
     sentences = [split_sentences(clean_report(text)) for text in data["reports"]]
     if tokenizer is None:
         tokenizer = train_tokenizer([" ".join(s) for s in sentences], vocab_size, min_frequency)
-    reports = encode_reports(tokenizer, sentences, max_length, keyword_pattern(keywords or read_keywords()))
+    reports = encode_reports(tokenizer, sentences, max_length, knowledge or knowledge_words({}))
     lesion = patch_coverage(torch.from_numpy(data["lesions"]), patch_size) > 0
     return PhantomReports(normalise(torch.from_numpy(data["images"])), reports, lesion, data["true_labels"], tokenizer)
 

@@ -14,7 +14,7 @@ from torch import nn
 
 from cxrmim.io import atomic_path
 from cxrmim.models.encoders import write_encoder_files
-from cxrmim.text.keywords import keyword_pattern, read_keywords
+from cxrmim.text.keywords import knowledge_words
 from cxrmim.text.reports import REPORTS_FILE, load_reports
 from cxrmim.text.tokenizer import MASK, ReportTensors, encode_reports, load_tokenizer
 from cxrmim.train.pretrain import UNSIGNED_KEYS
@@ -31,8 +31,8 @@ def load_report_tensors(prepared_dir: str | Path, tokenizer_path: str | Path, da
     if missing:
         raise ValueError(f"{path} has no report for {len(missing)} pretraining image(s); re-run the prepare rule")
     tokenizer = load_tokenizer(tokenizer_path)
-    pattern = keyword_pattern(read_keywords(text.get("keywords"), text.get("extra_keywords") or ()))
-    tensors = encode_reports(tokenizer, [records[i]["sentences"] for i in indices], int(text["max_length"]), pattern)
+    sentences = [records[i]["sentences"] for i in indices]
+    tensors = encode_reports(tokenizer, sentences, int(text["max_length"]), knowledge_words(text))
     return tensors, tokenizer.get_vocab_size(), tokenizer.token_to_id(MASK)
 
 
