@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> None:
         dataset = {"name": "bench", "kind": "synthetic"}
         settings = {"image_size": args.size, "on_bad_image": "skip", "workers": 1}
         result = subprocess.run([sys.executable, "-c", RUN_PREPARE, str(folder / "source.json"), json.dumps(dataset),
-                                 json.dumps(settings), str(folder / "prepared")], capture_output=True, text=True)
+                                 json.dumps(settings), str(folder / "prepared")], capture_output=True, check=False, text=True)
         if result.returncode:
             sys.exit(result.stderr[-4000:])
         stats = json.loads(result.stdout.strip().splitlines()[-1])

@@ -156,7 +156,7 @@ def test_copy_with_another_label_fails_unless_resolved(tmp_path):
     with pytest.raises(ValueError, match=r"(?s)conflicting labels.*img2\.png.*again\.png.*prepare\.duplicates\.conflicts"):
         run_prepare(tmp_path, marker)
     assert not (tmp_path / "out" / "images.npy").exists() and not list((tmp_path / "out").glob("*.tmp.npy"))
-    summary, manifest = run_prepare(tmp_path, marker, duplicates={"conflicts": "drop"})
+    _summary, manifest = run_prepare(tmp_path, marker, duplicates={"conflicts": "drop"})
     assert len(manifest) == 5 and "Z" not in set(manifest["label"])
 
 

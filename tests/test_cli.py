@@ -45,7 +45,7 @@ def run_stage(tmp_path: Path, fail: str) -> tuple[subprocess.CompletedProcess, s
     script.write_text(STAGE)
     log = tmp_path / "logs" / "stage.log"
     result = subprocess.run([sys.executable, str(script), "--fail", fail, "--log", str(log)],
-                            capture_output=True, text=True)
+                            capture_output=True, check=False, text=True)
     return result, log.read_text() if log.exists() else ""
 
 

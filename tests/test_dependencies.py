@@ -108,7 +108,7 @@ def rule_envs() -> dict[str, tuple[str, str]]:
     """Each rule with a `conda:` env: (script file, env file name), read from rules/*.smk."""
     found = {}
     for smk in sorted((REPO / "rules").glob("*.smk")):
-        for block in re.split(r"^rule ", smk.read_text(), flags=re.M)[1:]:
+        for block in re.split(r"^rule ", smk.read_text(), flags=re.MULTILINE)[1:]:
             name = block.split(":", 1)[0]
             script = re.search(r'script\("([^"]+)"\)', block)
             env = re.search(r'conda:\s*"\.\./envs/([^"]+)"', block)
@@ -160,5 +160,5 @@ def test_envs_build_with_micromamba(tmp_path: Path):
                     "(which the envs use) is not reachable from this workplace; the checks above cover the files")
     for env_file in sorted((REPO / "envs").glob("*.yaml")):
         result = subprocess.run([exe, "env", "create", "-y", "-p", str(tmp_path / env_file.stem), "-f", str(env_file)],
-                                capture_output=True, text=True, timeout=1800)
+                                capture_output=True, check=False, text=True, timeout=1800)
         assert result.returncode == 0, result.stderr[-3000:]

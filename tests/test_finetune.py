@@ -224,7 +224,7 @@ def test_imagenet_init_uses_timm_weights_and_their_normalisation(cache: dict[str
     source = timm.create_model("resnet10t", pretrained=False, num_classes=1000)
     weights = tmp_path / "resnet10t_in1k.pth"
     torch.save(source.state_dict(), weights)
-    model, norm = build_model(parse_init("imagenet_resnet10t"), SMALL_RESNET, str(weights), IMAGE, PATCH,
+    model, _norm = build_model(parse_init("imagenet_resnet10t"), SMALL_RESNET, str(weights), IMAGE, PATCH,
                               num_classes=3, drop_path=0.0)
     assert torch.allclose(model.conv1[0].weight, source.conv1[0].weight.sum(dim=1, keepdim=True))
     assert model.fc.out_features == 3

@@ -95,7 +95,7 @@ def test_training_on_phantoms_reaches_high_dice():
     data = load_training_sources([{"kind": "synthetic", "synthetic": {"n_images": 120, "image_size": 64}}], 64)
     setup = select_device("cpu")
     trained = train_segmenter(data, SMALL, setup)
-    quality, masks, dice = evaluate(trained, data, setup)
+    quality, masks, _dice = evaluate(trained, data, setup)
     held_groups = set(data.groups[trained.holdout])
     assert held_groups.isdisjoint(data.groups[~trained.holdout])  # follow-up images stay with their patient
     assert quality["n_holdout"] >= 20 and masks.shape == (quality["n_holdout"], 64, 64)

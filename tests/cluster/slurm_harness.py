@@ -54,7 +54,7 @@ class SlurmCluster:
 
     def run(self, *cmd: str, timeout: float = 30, check: bool = True) -> subprocess.CompletedProcess:
         """Run a SLURM client command against this cluster."""
-        result = subprocess.run(cmd, env=self.env, capture_output=True, text=True, timeout=timeout)
+        result = subprocess.run(cmd, env=self.env, capture_output=True, check=False, text=True, timeout=timeout)
         if check and result.returncode != 0:
             raise HarnessError(f"{' '.join(cmd)} failed ({result.returncode}): {result.stderr.strip()}")
         return result
@@ -89,10 +89,11 @@ def install_packages(timeout: float = 400) -> None:
         return
     env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
     install = ["apt-get", "install", "-y", "-q", "--no-install-recommends", *PACKAGES]
-    result = subprocess.run(install, env=env, capture_output=True, text=True, timeout=timeout)
+    result = subprocess.run(install, env=env, capture_output=True, check=False, text=True, timeout=timeout)
     if result.returncode != 0:
-        subprocess.run(["apt-get", "update", "-q"], env=env, capture_output=True, text=True, timeout=timeout)
-        result = subprocess.run(install, env=env, capture_output=True, text=True, timeout=timeout)
+        update = ["apt-get", "update", "-q"]
+        subprocess.run(update, env=env, capture_output=True, check=False, text=True, timeout=timeout)
+        result = subprocess.run(install, env=env, capture_output=True, check=False, text=True, timeout=timeout)
     if result.returncode != 0 or not installed():
         raise HarnessError(f"apt-get install {' '.join(PACKAGES)} failed:\n{result.stdout[-2000:]}\n{result.stderr[-2000:]}")
 
@@ -196,10 +197,11 @@ def wait_for(what: str, ready, deadline_s: float, cluster: SlurmCluster | None =
 def munge_works(env: dict[str, str]) -> bool:
     """True when a credential can be created and decoded through the running munged."""
     try:
-        cred = subprocess.run(["munge", "-n"], env=env, capture_output=True, timeout=5)
+        cred = subprocess.run(["munge", "-n"], env=env, capture_output=True, check=False, timeout=5)
         if cred.returncode != 0:
             return False
-        return subprocess.run(["unmunge"], input=cred.stdout, env=env, capture_output=True, timeout=5).returncode == 0
+        decoded = subprocess.run(["unmunge"], input=cred.stdout, env=env, capture_output=True, check=False, timeout=5)
+        return decoded.returncode == 0
     except subprocess.TimeoutExpired:
         return False
 
