@@ -43,7 +43,7 @@ def cuda_usable() -> bool:
 def select_device(requested: str = "auto", local_rank: int | None = None) -> DeviceSetup:
     """Pick cuda, then mps, then cpu for 'auto'; honour an explicit request when it is available."""
     if local_rank is None:
-        local_rank = int(os.environ.get("LOCAL_RANK", 0))
+        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     requested = requested.lower()
     if requested not in {"auto", "cpu", "cuda", "mps"}:
         raise ValueError(f"device must be one of auto, cpu, cuda, mps; got {requested!r}")

@@ -49,7 +49,7 @@ def classification_metrics(labels: np.ndarray, probs: np.ndarray, classes: Seque
     )
     true_prob = np.clip(probs[np.arange(len(labels)), labels], PROB_FLOOR, 1.0)
     metrics = {
-        "n": int(len(labels)),
+        "n": len(labels),
         "accuracy": float(accuracy_score(labels, preds)),
         "f1_macro": float(f1),
         "precision_macro": float(precision),
@@ -94,7 +94,7 @@ def binary_metrics(labels: np.ndarray, scores: np.ndarray, threshold: float) -> 
     )
     auc = float(roc_auc_score(labels, scores)) if len(np.unique(labels)) == 2 else float("nan")
     return {
-        "n": int(len(labels)),
+        "n": len(labels),
         "accuracy": float(accuracy_score(labels, preds)),
         "precision": float(precision),
         "recall": float(recall),
@@ -116,7 +116,7 @@ def multilabel_metrics(labels: np.ndarray, probs: np.ndarray, findings: Sequence
     if len(labels) == 0:
         return {"n": 0}
     known = labels != UNCERTAIN
-    metrics: dict[str, float] = {"n": int(len(labels))}
+    metrics: dict[str, float] = {"n": len(labels)}
     aucs = []
     for column, name in enumerate(findings):
         rows = known[:, column]

@@ -82,7 +82,7 @@ def token_text(tokenizer, ids: list[int], flags: list[bool], marker: str) -> str
     words = []
     for token_id, flag in zip(ids, flags):
         token = tokenizer.id_to_token(token_id)
-        piece = token[2:] if token.startswith("##") else token
+        piece = token.removeprefix("##")
         piece = f"{marker}{piece}{marker}" if flag else piece
         if token.startswith("##") and words:
             words[-1] += piece
@@ -98,7 +98,7 @@ def plot_mrm(model: MaskedRecordModel, examples: Examples, reports, tokenizer, t
     generator = torch.Generator().manual_seed(FIGURE_SEED)
     plan = model.mae.plan_masking(len(x), None, generator, x.device)
     words = whole_word_mask(reports.word, 0.5, generator)
-    _, _, text_out, pred = model(x, plan, reports.ids, reports.attention, words)
+    _, _, _, pred = model(x, plan, reports.ids, reports.attention, words)  # the restored words come from logits below
     p = 2 * model.patch_size if model.super_resolution else model.patch_size
     source = x if model.super_resolution else downsample(x)
     target = patchify(source, p)
@@ -174,7 +174,7 @@ def plot_medim(model: ReportGuidedMIM, examples: Examples, reports, tokenizer, t
         previous_chosen = False
         for token_id, is_key, is_chosen in zip(ids, keyword, chosen):
             token = tokenizer.id_to_token(token_id)
-            piece = token[2:] if token.startswith("##") else token
+            piece = token.removeprefix("##")
             piece = piece.upper() if is_key else piece
             if is_chosen and not previous_chosen:
                 piece = "[" + piece

@@ -18,7 +18,7 @@ from pathlib import Path, PurePosixPath
 
 from cxrmim.io import atomic_path
 
-__all__ = ["safe_extract", "fetch_source", "sha256_file", "is_archive"]
+__all__ = ["fetch_source", "is_archive", "safe_extract", "sha256_file"]
 
 log = logging.getLogger(__name__)
 

@@ -24,7 +24,7 @@ from cxrmim.data.loading import (
 )
 from cxrmim.text.reports import write_reports
 
-__all__ = ["prepare", "pseudonym", "source_records", "load_records", "LoadedImage", "MANIFEST_COLUMNS"]
+__all__ = ["MANIFEST_COLUMNS", "LoadedImage", "load_records", "prepare", "pseudonym", "source_records"]
 
 log = logging.getLogger(__name__)
 

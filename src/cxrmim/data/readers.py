@@ -12,13 +12,13 @@ from cxrmim.data.grid import binarise_mask, resize_to_grid
 
 __all__ = [
     "BadImageError",
-    "read_grey",
-    "read_dicom",
-    "dicom_view",
-    "read_mask",
+    "binarise_mask",
     "check_mask_fits",
     "check_min_side",
-    "binarise_mask",
+    "dicom_view",
+    "read_dicom",
+    "read_grey",
+    "read_mask",
     "resize_to_grid",
 ]
 

@@ -11,11 +11,11 @@ from pathlib import Path
 __all__ = [
     "SourceError",
     "SourceRecord",
-    "covid19_radiography_records",
-    "manifest_records",
     "apply_label_map",
+    "covid19_radiography_records",
     "filter_views",
     "keep_labels",
+    "manifest_records",
     "map_label",
 ]
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ SENTENCE_END = re.compile(r"(?<=[.!?;])\s+")
 
 def clean_report(text: Any) -> str:
     """Drop de-identification placeholders and collapse whitespace (missing reports become '')."""
-    if text is None or (isinstance(text, float) and text != text):
+    if text is None or (isinstance(text, float) and math.isnan(text)):  # pandas reads an empty cell as NaN
         return ""
     text = DEID_PATTERN.sub(" ", str(text))
     text = re.sub(r"\s+([.,;:!?])", r"\1", re.sub(r"\s+", " ", text))
