@@ -1,8 +1,10 @@
 #!/usr/bin/env python
-"""Run the whole default DAG from scratch and print its wall time, time per stage and the lowest-fraction result.
+"""Run a whole DAG from scratch and print its wall time, time per stage and its lowest-budget results.
 
 Writes to results/<name>/ (default `bench_default`, a fresh folder: an existing one is never overwritten):
     python benchmarks/default_run.py --cores 2
+    python benchmarks/default_run.py --cores 2 --name bench_study --configfile workflow_config.yaml \
+        configs/mae_vs_resnet.yaml
 """
 
 from __future__ import annotations
@@ -25,7 +27,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cores", type=int, default=2)
     parser.add_argument("--name", default="bench_default", help="dataset.name, i.e. the results/<name>/ folder")
-    parser.add_argument("--configfile", type=Path, default=REPO / "workflow_config.yaml")
+    parser.add_argument("--configfile", type=Path, nargs="+", default=[REPO / "workflow_config.yaml"],
+                        help="config files in merge order, as snakemake --configfile takes them")
     return parser.parse_args(argv)
 
 
@@ -52,6 +55,17 @@ def lowest_fraction(tables: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     return accuracy, significance.loc[significance["fraction"] == lowest, columns]
 
 
+def print_results(tables: Path) -> None:
+    """The lowest label fraction's accuracies and significance, or the study table where budgets are counts."""
+    if (tables / "label_fractions.csv").exists() and not pd.read_csv(tables / "label_fractions.csv").empty:
+        accuracy, significance = lowest_fraction(tables)
+        print("\ntest accuracy at the lowest label fraction:")
+        print(accuracy.round(3).to_string())
+        print(significance.round(3).to_string(index=False))
+    if (tables / "study.md").exists():
+        print("\n" + (tables / "study.md").read_text())
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run, time and summarise."""
     args = parse_args(argv)
@@ -61,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as overlay:
         yaml.safe_dump({"dataset": {"name": args.name}}, overlay)
     command = ["snakemake", "--cores", str(args.cores), "--directory", str(REPO), "--quiet", "rules",
-               "--configfile", str(args.configfile), overlay.name]  # fmt: skip
+               "--configfile", *map(str, args.configfile), overlay.name]  # fmt: skip
     start = time.perf_counter()
     completed = subprocess.run(command, cwd=REPO, check=False)
     wall = time.perf_counter() - start
@@ -73,10 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"whole DAG: {wall:.0f} s wall on {args.cores} cores, {int(stages['jobs'].sum())} jobs, "
           f"{stages['cpu_s'].sum():.0f} CPU s")
     print(stages.round(1).to_string())
-    accuracy, significance = lowest_fraction(results / "tables")
-    print("\ntest accuracy at the lowest label fraction:")
-    print(accuracy.round(3).to_string())
-    print(significance.round(3).to_string(index=False))
+    print_results(results / "tables")
     return 0
 
 
