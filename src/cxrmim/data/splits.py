@@ -1,7 +1,7 @@
 """Train/validation/test splits (stratified by label, grouped by patient) and nested label-budget subsets.
 
-Multilabel labels ('A|B') are stratified on each image's rarest finding (cxrmim.data.tasks.strata), an
-approximation of iterative stratification; single-class labels are stratified on the class itself.
+Multilabel labels ('A|B') are stratified on every finding by iterative stratification (cxrmim.data.stratify);
+single-class labels are stratified on the class itself.
 """
 
 from __future__ import annotations
@@ -13,7 +13,8 @@ import re
 import numpy as np
 import pandas as pd
 
-from cxrmim.data.tasks import findings_of, strata
+from cxrmim.data.stratify import is_multilabel, iterative_holdout, label_sets, stratified_order
+from cxrmim.data.tasks import findings_of
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +46,7 @@ def split_dataset(manifest: pd.DataFrame, test_fraction: float, val_fraction: fl
     With `use_official` and a manifest `official` column (public dataset kinds), test is the official test list
     and validation is carved from the rest by val_fraction; otherwise test is drawn by test_fraction.
     """
-    labels, groups = strata(manifest["label"].to_numpy(str)), manifest["group"].to_numpy(str)
+    labels, groups = manifest["label"].to_numpy(str), manifest["group"].to_numpy(str)
     official = manifest["official"].to_numpy(str) if "official" in manifest.columns else np.array([""] * len(labels))
     if use_official and (official == "test").any():
         test = official == "test"
@@ -54,16 +55,23 @@ def split_dataset(manifest: pd.DataFrame, test_fraction: float, val_fraction: fl
         if use_official:
             log.warning("split.use_official is true but the dataset has no official test list; "
                         "drawing test by split.test_fraction")
-        test = grouped_stratified_holdout(labels, groups, test_fraction, seed)
+        test = _holdout(labels, groups, test_fraction, seed)
     part = np.where(test, "test", "train").astype(object)
     if val_fraction > 0:
         rest = np.flatnonzero(~test)
-        val = grouped_stratified_holdout(labels[rest], groups[rest], val_fraction, seed + 1)
+        val = _holdout(labels[rest], groups[rest], val_fraction, seed + 1)
         part[rest[val]] = "val"
     out = manifest[["index", "id", "label", "group"]].copy()
     out["part"] = part
     _check_split(out)
     return out
+
+
+def _holdout(labels: np.ndarray, groups: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    """Holdout mask stratified by finding (multilabel labels) or by class."""
+    if is_multilabel(labels):
+        return iterative_holdout(label_sets(labels)[1], groups, fraction, seed)
+    return grouped_stratified_holdout(labels, groups, fraction, seed)
 
 
 def _check_official(groups: np.ndarray, test: np.ndarray) -> None:
@@ -106,16 +114,33 @@ def label_subset(split: pd.DataFrame, budget: str | float, subset_seed: int, spl
     kind, value = parse_budget(budget) if isinstance(budget, str) else ("fraction", float(budget))
     train = split[split["part"] == "train"].sort_values("index")
     rng = np.random.default_rng([split_seed, subset_seed])
-    if kind == "fraction":
+    if is_multilabel(train["label"]):
+        picked = _multilabel_subset(train, kind, value, rng)
+    elif kind == "fraction":
         picked = _fraction_subset(train, value, rng)
     else:
         picked = _count_subset(train, int(value), rng)
     return picked[["index", "id", "label"]].sort_values("index").reset_index(drop=True)
 
 
+def _multilabel_subset(train: pd.DataFrame, kind: str, value: float, rng: np.random.Generator) -> pd.DataFrame:
+    """A prefix of one seeded stratified order: nested across budgets, every finding present once it can be.
+
+    A fraction takes at least the prefix that first shows every finding (as single-class fractions take at least
+    one image per class); a count takes exactly that many images.
+    """
+    _check_count(kind, value, len(train))
+    member = label_sets(train["label"].to_numpy(str))[1]
+    order = stratified_order(member, rng)
+    if kind == "count":
+        return train.iloc[order[: int(value)]]
+    covering = int(np.max(np.argmax(member[order] > 0, axis=0))) + 1
+    return train.iloc[order[: max(covering, math.ceil(round(value * len(train), 6)))]]
+
+
 def _fraction_subset(train: pd.DataFrame, fraction: float, rng: np.random.Generator) -> pd.DataFrame:
-    """Per stratum, a prefix of one seeded permutation: nested across fractions, at least one image per stratum."""
-    keys = strata(train["label"].to_numpy(str))
+    """Per class, a prefix of one seeded permutation: nested across fractions, at least one image per class."""
+    keys = train["label"].to_numpy(str)
     picked = []
     for key in sorted(set(keys)):
         rows = train[keys == key]
@@ -126,16 +151,14 @@ def _fraction_subset(train: pd.DataFrame, fraction: float, rng: np.random.Genera
 
 
 def _count_subset(train: pd.DataFrame, count: int, rng: np.random.Generator) -> pd.DataFrame:
-    """Exactly `count` images: a prefix of one seeded order that interleaves the strata in proportion.
+    """Exactly `count` images: a prefix of one seeded order that interleaves the classes in proportion.
 
-    Each image's place is its rank within its stratum over the stratum size (a seeded permutation), and each
-    stratum's first image comes before all others, so every stratum is present once `count` allows and subsets of
+    Each image's place is its rank within its class over the class size (a seeded permutation), and each
+    class's first image comes before all others, so every class is present once `count` allows and subsets of
     one seed are nested across counts.
     """
-    if count > len(train):
-        raise ValueError(f"label_fractions.counts has {count}, but the training part has only {len(train)} images; "
-                         f"lower the count (at most {len(train)}) or add data")
-    keys = strata(train["label"].to_numpy(str))
+    _check_count("count", count, len(train))
+    keys = train["label"].to_numpy(str)
     position = np.zeros(len(train))
     for key in sorted(set(keys)):
         members = np.flatnonzero(keys == key)
@@ -145,6 +168,13 @@ def _count_subset(train: pd.DataFrame, count: int, rng: np.random.Generator) -> 
     tie_break = rng.random(len(train))
     order = np.lexsort((tie_break, position))
     return train.iloc[order[:count]]
+
+
+def _check_count(kind: str, value: float, n_train: int) -> None:
+    """A count budget cannot exceed the training part."""
+    if kind == "count" and value > n_train:
+        raise ValueError(f"label_fractions.counts has {int(value)}, but the training part has only {n_train} "
+                         f"images; lower the count (at most {n_train}) or add data")
 
 
 def budget_tag(fraction: float | None = None, count: int | None = None) -> str:

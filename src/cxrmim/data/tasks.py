@@ -6,15 +6,13 @@ A multilabel image's `label` is its findings joined by `|` ("No Finding" when no
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-__all__ = ["NO_FINDING", "SEPARATOR", "UNCERTAIN", "LabelTask", "findings_of", "join_findings", "label_matrix",
-           "strata"]
+__all__ = ["NO_FINDING", "SEPARATOR", "UNCERTAIN", "LabelTask", "findings_of", "join_findings", "label_matrix"]
 
 NO_FINDING = "No Finding"
 SEPARATOR = "|"
@@ -110,14 +108,3 @@ def label_matrix(labels: Sequence[str], columns: Sequence[str],
                 out[i, position[name]] = UNCERTAIN
     return out
 
-
-def strata(labels: Sequence[str]) -> np.ndarray:
-    """Stratification key per image: its rarest finding in this data set ('No Finding' when none).
-
-    An approximation of iterative stratification (Sechidis et al. 2011): every image counts for the finding that
-    is hardest to place, so rare findings reach every part whenever they have enough patients. A single-class
-    label is its own key, so multiclass stratification is unchanged.
-    """
-    sets = [findings_of(label) or [str(label)] for label in labels]
-    frequency = Counter(name for names in sets for name in names)
-    return np.array([min(names, key=lambda n: (frequency[n], n)) for names in sets], dtype=object).astype(str)
