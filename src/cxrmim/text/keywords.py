@@ -29,17 +29,7 @@ PSEUDO_NEGATION = ("no change", "no interval change", "no significant change", "
                    "without interval change", "no increase", "not only")  # a cue word that negates no finding
 TERMINATION = ("but", "however", "although", "though", "yet", "except", "apart from", "aside from", "which")
 NEGATION_WINDOW = 6  # words between a cue and the term (NegEx uses 5 tokens; lists such as "A, B or C" need 6)
-
-
-def _phrases(terms: Iterable[str]) -> re.Pattern[str]:
-    """Whole-word, case-insensitive alternatives, longest first."""
-    alternatives = [r"\s+".join(map(re.escape, t.split())) for t in sorted(terms, key=lambda t: (-len(t), t))]
-    return re.compile(r"\b(?:" + "|".join(alternatives) + r")\b", re.IGNORECASE)
-
-
-_PRE, _POST, _PSEUDO = _phrases(PRE_NEGATION), _phrases(POST_NEGATION), _phrases(PSEUDO_NEGATION)
-_TERMINATION = _phrases(TERMINATION)
-_CLAUSE_END = re.compile(r"[.;:!?\n]")
+POST_NEGATION_WINDOW = 3  # words between the term and a following cue ("effusion has resolved", "lungs are clear")
 
 
 def read_keywords(path: str | Path | None = None, extra: Iterable[str] = ()) -> list[str]:
@@ -63,6 +53,11 @@ def keyword_pattern(terms: Iterable[str]) -> re.Pattern[str]:
     return re.compile(r"(?<![\w-])(?:" + "|".join(alternatives) + r")(?![\w-])", re.IGNORECASE)
 
 
+_PRE, _POST, _PSEUDO = map(keyword_pattern, (PRE_NEGATION, POST_NEGATION, PSEUDO_NEGATION))
+_TERMINATION = keyword_pattern(TERMINATION)
+_CLAUSE_END = re.compile(r"[.;:!?\n]")
+
+
 def keyword_spans(text: str, pattern: re.Pattern[str]) -> list[tuple[int, int]]:
     """Character spans (start, end) of the knowledge terms in `text`, left to right, non-overlapping."""
     return [match.span() for match in pattern.finditer(text)]
@@ -80,7 +75,8 @@ def is_negated(text: str, start: int, end: int) -> bool:
         if not _TERMINATION.search(gap) and len(gap.split()) <= NEGATION_WINDOW:
             return True
     cue = _POST.search(after)
-    return bool(cue) and not _TERMINATION.search(after[: cue.start()]) and len(after[: cue.start()].split()) <= 3
+    gap = after[: cue.start()] if cue else ""
+    return bool(cue) and not _TERMINATION.search(gap) and len(gap.split()) <= POST_NEGATION_WINDOW
 
 
 @dataclass(frozen=True)
