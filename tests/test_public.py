@@ -100,17 +100,21 @@ def test_nih_records_from_a_sample_with_official_lists(tmp_path: Path):
     assert {f for r in records for f in r.label.split("|")} - {"No Finding"} <= set(NIH_FINDINGS)
 
 
-def mimic_tree(root: Path) -> Path:
+# Period 8: each test image's finding label differs from the previous test image's (Edema on odd i).
+OFFICIAL_SPLIT = ("train", "validate", "train", "test", "train", "train", "test", "train")
+
+
+def mimic_tree(root: Path, n: int = 4) -> Path:
     """files/pXX/p<subject>/s<study>/<dicom>.jpg, the metadata / chexpert / split CSVs and the reports."""
     meta, labels, split = [], [], []
-    for i in range(4):
-        subject, study, dicom = f"1000000{i}", f"5000000{i}", f"d{i:03d}"
+    for i in range(n):
+        subject, study, dicom = f"{10000000 + i}", f"{50000000 + i}", f"d{i:03d}"
         write_image(root / "files" / "p10" / f"p{subject}" / f"s{study}" / f"{dicom}.jpg", i)
         meta.append({"dicom_id": dicom, "subject_id": subject, "study_id": study, "ViewPosition": "PA" if i else "AP"})
         labels.append({"subject_id": subject, "study_id": study, "Edema": "1.0" if i % 2 else "",
                        "Pneumonia": "-1.0" if i == 2 else "0.0"})
         split.append({"dicom_id": dicom, "study_id": study, "subject_id": subject,
-                      "split": ["train", "validate", "train", "test"][i]})
+                      "split": OFFICIAL_SPLIT[i % len(OFFICIAL_SPLIT)]})
         report = root / "mimic-cxr-reports" / "files" / "p10" / f"p{subject}" / f"s{study}.txt"
         report.parent.mkdir(parents=True, exist_ok=True)
         report.write_text(f"EXAMINATION: CHEST\n\nINDICATION: cough\n\nFINDINGS: Lungs study {i}.\n\n"
