@@ -193,10 +193,9 @@ def test_kwm_masking_rule_masks_lesion_patches_given_attention_on_the_lesion():
     assert kwm_rate > 0.8 and random_rate < 0.6 and kwm_rate > random_rate + 0.25
 
 
-def slow_gloria_scores(words: torch.Tensor, patches: torch.Tensor, real: torch.Tensor, temperature: float) -> torch.Tensor:
+def slow_gloria_scores(words: torch.Tensor, patches: torch.Tensor, real: torch.Tensor, temperature: float,
+                       word_temperature: float) -> torch.Tensor:  # fmt: skip
     """Per (report, image) pair reference of GLoRIA's word-image score over the report's real words."""
-    from cxrmim.models.medim import WORD_TEMPERATURE
-
     scores = torch.zeros(len(words), len(patches))
     for i in range(len(words)):
         own = words[i][real[i]]
@@ -204,7 +203,7 @@ def slow_gloria_scores(words: torch.Tensor, patches: torch.Tensor, real: torch.T
             attention = torch.softmax(own @ patches[j].T / temperature, dim=-1)
             context = attention @ patches[j]
             cosine = torch.nn.functional.cosine_similarity(context, own, dim=-1)
-            scores[i, j] = torch.log(torch.exp(cosine / WORD_TEMPERATURE).sum())
+            scores[i, j] = torch.log(torch.exp(cosine / word_temperature).sum())
     return scores
 
 
@@ -217,7 +216,28 @@ def test_cross_image_scores_equal_the_per_pair_reference():
     real = torch.tensor([[1, 1, 1, 1, 1, 1], [1, 1, 1, 0, 0, 0], [1, 0, 0, 0, 0, 0], [1, 1, 1, 1, 0, 0]], dtype=torch.bool)
     attention = cross_attention(words, patches, 0.1)
     assert attention.shape == (4, 4, 6, 10)
-    assert torch.allclose(word_image_scores(attention, words, patches, real), slow_gloria_scores(words, patches, real, 0.1), atol=1e-5)
+    assert torch.allclose(word_image_scores(attention, words, patches, real),
+                          slow_gloria_scores(words, patches, real, 0.1, 0.2), atol=1e-5)
+    assert torch.allclose(word_image_scores(attention, words, patches, real, word_temperature=0.5),
+                          slow_gloria_scores(words, patches, real, 0.1, 0.5), atol=1e-5)
+
+
+def test_local_slots_bound_the_knowledge_tokens_of_the_cross_image_loss():
+    from cxrmim.models.medim import ReportGuidedMIM
+
+    def loss(slots: int, n_keywords: int) -> torch.Tensor:
+        torch.manual_seed(0)
+        medim = {**MEDIM, "local_slots": slots, "word_temperature": 0.5}
+        model = ReportGuidedMIM(TINY_ENCODER, 32, 8, 0.5, tiny_settings(medim=medim), vocab_size=20, max_length=6)
+        generator = torch.Generator().manual_seed(1)
+        images, ids = torch.randn(3, 1, 32, 32, generator=generator), torch.randint(5, 20, (3, 6), generator=generator)
+        keyword = torch.zeros(3, 6, dtype=torch.bool)
+        keyword[:, :n_keywords] = True
+        with torch.no_grad():
+            return model.eval().align(images, ids, torch.ones(3, 6, dtype=torch.bool), keyword)[1]
+
+    assert torch.allclose(loss(2, 2), loss(6, 2))  # slots beyond the knowledge tokens change nothing
+    assert not torch.allclose(loss(2, 4), loss(6, 4))  # fewer slots than knowledge tokens leave some out
 
 
 def test_alignment_ignores_padding_and_returns_each_report_over_its_own_image():

@@ -5,7 +5,7 @@ softmax_patches(word . patch / t) over the encoder's features of the whole image
 words, SDM over the words of one sentence. `guided_plan` masks patches above the median score first. Both masked
 images are reconstructed by one MAE (pixel loss on masked patches). The alignment loss is GLoRIA's (Huang et al.
 2021) local loss plus a global image-report InfoNCE: each knowledge token of report i (the tokens KWM reads; the
-first LOCAL_SLOTS, for cost) attends over the patches of every image j of the batch; the cosine between the token
+first `medim.local_slots`, for cost) attends over the patches of every image j of the batch; the cosine between the token
 and its attended context, aggregated over the tokens (log-sum-exp), scores the pair (i, j), and InfoNCE in both
 directions makes a report find its image and back. Only an image with the lesion has lesion patches, so finding and
 zone words must attend to them to score their own image above the others (a local loss within one report, as
@@ -66,7 +66,7 @@ def info_nce(query: torch.Tensor, keys: torch.Tensor, temperature: float, valid:
     return F.cross_entropy(logits.transpose(1, 2), target, reduction="none")
 
 
-# GLoRIA's word aggregation: S(i, j) = log sum_w exp(cos / WORD_TEMPERATURE) (their temp2 = 5).
+# GLoRIA's word aggregation: S(i, j) = log sum_w exp(cos / word_temperature) (their temp2 = 5, i.e. 0.2).
 WORD_TEMPERATURE = 0.2
 # Knowledge tokens per report in the cross-image loss (B x B x slots x n attention): all 48 tokens made a default
 # CPU step 80% slower, 8 slots about 5% (benchmarks/pretrain_step.py); phantom reports have 5-12.
@@ -87,12 +87,13 @@ def cross_attention(words: torch.Tensor, patches: torch.Tensor, temperature: flo
     return torch.softmax(torch.einsum("ild,jnd->ijln", words, patches) / temperature, dim=-1)
 
 
-def word_image_scores(attn: torch.Tensor, words: torch.Tensor, patches: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+def word_image_scores(attn: torch.Tensor, words: torch.Tensor, patches: torch.Tensor, real: torch.Tensor,
+                      word_temperature: float = WORD_TEMPERATURE) -> torch.Tensor:  # fmt: skip
     """GLoRIA's score S(i, j): cos(word of report i, its context in image j), log-sum-exp over the real words -> (B, B)."""
     context = F.normalize(torch.einsum("ijln,jnd->ijld", attn, patches), dim=-1)
     cosine = torch.einsum("ijld,ild->ijl", context, words)
     cosine = cosine.masked_fill(~real.unsqueeze(1), -1.0e4)  # padding words count for nothing
-    return torch.logsumexp(cosine / WORD_TEMPERATURE, dim=-1)
+    return torch.logsumexp(cosine / word_temperature, dim=-1)
 
 
 def symmetric_info_nce(scores: torch.Tensor, temperature: float, has_words: torch.Tensor) -> torch.Tensor:
@@ -120,6 +121,8 @@ class ReportGuidedMIM(nn.Module):
         self.patch_proj = nn.Linear(self.mae.encoder.embed_dim, text_dim)
         self.word_proj = nn.Linear(text_dim, text_dim)
         self.temperature = float(medim.get("temperature", 0.1))
+        self.word_temperature = float(medim.get("word_temperature", WORD_TEMPERATURE))
+        self.local_slots = int(medim.get("local_slots", LOCAL_SLOTS))
         self.high, self.low = float(medim.get("mask_high", 0.9)), float(medim.get("mask_low", 0.1))
         self.weights = {k: float(medim.get(f"{k}_weight", 1.0)) for k in ("align", "kwm", "sdm")}
         self.n_masked = masked_count(self.mae.n_patches, mask_ratio)
@@ -133,7 +136,7 @@ class ReportGuidedMIM(nn.Module):
     def align(self, images: torch.Tensor, ids: torch.Tensor, attention: torch.Tensor,
               keyword: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
         """Word-to-patch attention of each report over its own image (B, L, n) and the alignment loss (global
-        image-report InfoNCE + GLoRIA's cross-image local loss, over the first LOCAL_SLOTS knowledge tokens of
+        image-report InfoNCE + GLoRIA's cross-image local loss, over the first `local_slots` knowledge tokens of
         each report when `keyword` is given, else over all its words)."""
         batch, n = images.shape[0], self.mae.n_patches
         with torch.set_grad_enabled(self.align_encoder_grad and torch.is_grad_enabled()):
@@ -150,9 +153,10 @@ class ReportGuidedMIM(nn.Module):
         # Local (GLoRIA): each report's words, attending over each image, must score their own image highest.
         local, real = words, attention
         if keyword is not None:  # B x B x L x n is the cost: knowledge tokens only (what KWM reads)
-            index, real = keyword_slots(keyword & attention, LOCAL_SLOTS)
+            index, real = keyword_slots(keyword & attention, self.local_slots)
             local = torch.gather(words, 1, index.unsqueeze(-1).expand(-1, -1, words.shape[-1]))
-        scores = word_image_scores(cross_attention(local, patches, self.temperature), local, patches, real)
+        attn = cross_attention(local, patches, self.temperature)
+        scores = word_image_scores(attn, local, patches, real, self.word_temperature)
         local_loss = symmetric_info_nce(scores, self.temperature, real.any(dim=1))
         return own, global_loss + local_loss
 
