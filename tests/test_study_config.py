@@ -50,14 +50,14 @@ def test_study_config_runs_on_mimic_by_swapping_the_dataset_section(tmp_path: Pa
     assert set(split["label"]) == {"Finding", "No Finding"}
 
 
-def test_multilabel_phantoms_run_every_stage(tmp_path: Path):
+def test_multilabel_phantoms_run_every_stage_in_both_fine_tuning_modes(tmp_path: Path):
     findings = ["COVID-19", "Lung_Opacity", "Viral_Pneumonia"]
     override = tmp_path / "multilabel.yaml"
     override.write_text(yaml.safe_dump({
         "dataset": {"name": "tinyml", "task": "multilabel", "findings": findings,
                     "synthetic": {"multi_finding": True, "finding_probability": 0.35}},
         "pretrain": {"methods": ["mae"]},
-        "finetune": {"inits": ["mae", "scratch_resnet18"]},
+        "finetune": {"inits": ["mae", "scratch_resnet18"], "modes": ["full", "probe"]},
     }))
     snakemake(tmp_path, configs=(TINY_CONFIG, override))
     results = tmp_path / "results" / "tinyml"
@@ -65,6 +65,7 @@ def test_multilabel_phantoms_run_every_stage(tmp_path: Path):
     assert {"Mean AUC", *(f"AUC {f}" for f in findings)} <= set(study.columns)
     per_finding = study[[f"AUC {f}" for f in findings]].mean(axis=1)
     assert (study["Mean AUC"] - per_finding).abs().max() < 1e-3 and study["Mean AUC"].between(0, 1).all()
-    assert len(study) == 5  # 10%: MAE (the paper ratio) and scratch; 100%: both MAE ratios and scratch
+    # Per mode, 10%: MAE (the paper ratio) and scratch; 100%: both MAE ratios and scratch.
+    assert study.groupby("Fine-tuning").size().to_dict() == {"Full network": 5, "Linear probe": 5}
     assert "Test mean AUC (multilabel)" in (results / "tables" / "label_fractions.md").read_text()
     assert "Mean AUC" in (results / "report.html").read_text()
