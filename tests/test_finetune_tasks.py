@@ -17,7 +17,7 @@ from cxrmim.inits import parse_init
 from cxrmim.models.encoders import GREY_NORM, create_encoder
 from cxrmim.recipe import FinetuneSettings
 from cxrmim.train.finetune import finetune, param_groups
-from cxrmim.train.finetune_augment import AUGMENT_PRESETS, augment_images
+from cxrmim.train.finetune_augment import AUGMENT_PRESETS, applied_preset, augment_images
 from cxrmim.train.finetune_data import load_finetune_data
 from cxrmim.train.finetune_task import freeze_for_probe, task_loss
 
@@ -135,7 +135,19 @@ def test_probe_run_is_recorded(binary_cache: dict[str, Path]) -> None:
     assert metrics["mode"] == "probe" and metrics["augment"] == "none"
 
 
-@pytest.mark.parametrize("preset", AUGMENT_PRESETS)
+def test_native_preset_is_each_models_own() -> None:
+    assert applied_preset("native", vit=True) == "randaugment" and applied_preset("native", vit=False) == "classic"
+    assert applied_preset("classic", vit=True) == "classic"
+    with pytest.raises(ValueError, match="augment preset 'mixup'"):
+        applied_preset("mixup", vit=True)
+
+
+def test_native_run_records_the_preset_it_applied(binary_cache: dict[str, Path]) -> None:
+    metrics = run(binary_cache, "binary", positive="Finding", augment_preset="native").metrics
+    assert metrics["augment"] == "native" and metrics["augment_applied"] == "randaugment"  # a ViT
+
+
+@pytest.mark.parametrize("preset", [p for p in AUGMENT_PRESETS if p != "native"])
 def test_augment_presets_are_seeded(preset: str) -> None:
     images = torch.randint(0, 256, (6, 32, 32), dtype=torch.uint8)
     settings = FinetuneSettings(epochs=1, batch_size=6, base_lr=1e-3, crop_scale=(0.8, 1.0), hflip=True, augment=preset)

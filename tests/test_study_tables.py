@@ -23,7 +23,8 @@ ACCURACY = {
 }
 
 
-def fake_binary_run(root: Path, init: tuple, budget: str, augment: str, seed: int, accuracy: float) -> Path:
+def fake_binary_run(root: Path, init: tuple, budget: str, augment: str, seed: int, accuracy: float,
+                    applied: str | None = None) -> Path:  # fmt: skip
     """A binary run whose predictions are right on `accuracy` of the test images and whose metrics agree."""
     name, method, architecture, ratio = init
     run_dir = root / name / f"{budget}_seed{seed}_full-{augment}"
@@ -39,6 +40,8 @@ def fake_binary_run(root: Path, init: tuple, budget: str, augment: str, seed: in
                "pretrain_seed": None, "fraction": None, "seed": seed, "n_train": int(budget[1:]), "best_epoch": 1,
                "task": "binary", "mode": "full", "augment": augment, "budget": budget, "n_labels": int(budget[1:]),
                "val": {}, "test": binary_metrics(target, prob, 0.5)}
+    if applied is not None:
+        metrics["augment_applied"] = applied
     (run_dir / "metrics.json").write_text(json.dumps(metrics))
     return run_dir / "metrics.json"
 
@@ -67,6 +70,18 @@ def test_significance_against_the_reference_is_per_budget_and_preset(binary_runs
     assert cell["difference"] == pytest.approx(0.30) and cell["n_runs_a"] == cell["n_runs_b"] == 2
     assert cell["p_value"] < 0.05
     assert study_significance(load_runs(binary_runs), None, n_samples=200, seed=0).empty
+
+
+def test_native_preset_shows_what_each_model_applied_and_pairs_the_models(tmp_path: Path) -> None:
+    mae, resnet = list(ACCURACY)
+    paths = [fake_binary_run(tmp_path, init, "n100", "native", seed, 0.7, applied)
+             for init, applied in ((mae, "randaugment"), (resnet, "classic")) for seed in (0, 1)]
+    runs = load_runs(paths)
+    table = study_table(runs).set_index("Init")
+    assert table.loc[mae[0], "Augmentation"] == "native (randaugment)"
+    assert table.loc[resnet[0], "Augmentation"] == "native (classic)"
+    significance = study_significance(runs, resnet[0], n_samples=50, seed=0)
+    assert significance[["augment", "init_a", "init_b"]].values.tolist() == [["native", mae[0], resnet[0]]]
 
 
 def test_study_markdown_has_a_section_per_budget(binary_runs: list[Path], tmp_path: Path) -> None:

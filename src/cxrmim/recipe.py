@@ -29,7 +29,7 @@ class FinetuneSettings:
     device: str = "auto"
     seed_offset: int = 0
     mode: str = "full"  # full network, or `probe`: the head only, on frozen features
-    augment: str = "current"  # preset: none | current (crop_scale/hflip below) | classic | randaugment
+    augment: str = "current"  # preset: none | current (crop_scale/hflip below) | classic | randaugment | native
 
     @classmethod
     def from_config(cls, section: dict[str, Any]) -> FinetuneSettings:

@@ -38,6 +38,7 @@ def load_runs(metrics_paths: Iterable[str | Path]) -> pd.DataFrame:
         row["task"] = metrics.get("task", "multiclass")
         row["mode"] = metrics.get("mode", "full")
         row["augment"] = metrics.get("augment", "current")
+        row["augment_applied"] = metrics.get("augment_applied", row["augment"])  # what `native` resolved to
         row["budget"] = metrics.get("budget") or f"frac{row['fraction']:g}"
         row["n_labels"] = metrics.get("n_labels", row["n_train"])
         row["run_dir"] = str(path.parent)

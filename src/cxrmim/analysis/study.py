@@ -62,8 +62,10 @@ def study_table(runs: pd.DataFrame) -> pd.DataFrame:
     for budget in budget_order(runs):
         at_budget = runs[runs["budget"] == budget]
         for (init, mode, augment), group in at_budget.groupby(VARIANT, sort=False):
+            applied = group["augment_applied"].iloc[0] if "augment_applied" in group else augment
             cells = {"Budget": budget_label(budget), "Model": labels[group.index[0]], "Init": init,
-                     "Fine-tuning": MODE_LABELS.get(mode, mode), "Augmentation": augment}
+                     "Fine-tuning": MODE_LABELS.get(mode, mode),
+                     "Augmentation": augment if applied == augment else f"{augment} ({applied})"}
             cells |= {title: mean_std(group[f"test_{m}"]) for m, title in metrics.items() if f"test_{m}" in group}
             cells["Labelled images"] = int(group["n_labels"].iloc[0])
             cells["n"] = len(group)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +30,7 @@ from cxrmim.models.encoders import (
 )
 from cxrmim.recipe import DEFAULT_BETAS, LR_REFERENCE_BATCH, FinetuneSettings
 from cxrmim.train.common import apply_lr, cosine_lr, seed_everything
-from cxrmim.train.finetune_augment import augment_images
+from cxrmim.train.finetune_augment import applied_preset, augment_images
 from cxrmim.train.finetune_data import FinetuneData, FinetuneResult, prediction_table
 from cxrmim.train.finetune_task import (
     SELECTION_COLUMN,
@@ -196,6 +196,8 @@ def finetune(
     run_seed = settings.seed_offset * 1_000_003 + seed
     seed_everything(run_seed)
     vit = is_vit(encoder_cfg)
+    configured_preset = settings.augment
+    settings = replace(settings, augment=applied_preset(settings.augment, vit))
     patch = resolve_patch_size(init, weights, patch_size, data.image_size) if vit else int(patch_size or 16)
     model, norm = build_model(
         init, encoder_cfg, weights, data.image_size, patch, len(data.classes), settings.drop_path
@@ -269,7 +271,8 @@ def finetune(
         "pretrain_seed": init.pretrain_seed,
         "task": data.task,
         "mode": settings.mode,
-        "augment": settings.augment,
+        "augment": configured_preset,
+        "augment_applied": settings.augment,
         "budget": budget if budget is not None else f"frac{fraction:g}",
         "fraction": None if fraction is None else float(fraction),
         "n_labels": len(data.train.labels),

@@ -7,6 +7,8 @@ translation) and a smooth elastic displacement, in one resampling. `randaugment`
 with noise std 0.5) re-implemented on tensors, since timm's works on PIL images on the host. It differs from
 timm's in: no Equalize (no batched histogram equalisation in torch) and grey images only (colour ops reduce to
 brightness/contrast/sharpness), and ops are applied per image as masks over the batch rather than sequentially.
+`native`: each model's own augmentation, as the MAE-vs-ResNet study used them: `randaugment` for a ViT (MAE's
+fine-tuning recipe), `classic` for a convolutional network.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from cxrmim.data.tensors import augment_batch
 from cxrmim.models.encoders import InputNorm
 from cxrmim.recipe import FinetuneSettings
 
-AUGMENT_PRESETS = ("none", "current", "classic", "randaugment")
+AUGMENT_PRESETS = ("none", "current", "classic", "randaugment", "native")
 RANDAUG_OPS = ("identity", "autocontrast", "rotate", "posterize", "solarize", "contrast", "brightness",
                "sharpness", "shear_x", "shear_y", "translate_x", "translate_y")
 RANDAUG_N, RANDAUG_M, RANDAUG_STD, RANDAUG_PROB = 2, 9.0, 0.5, 0.5
@@ -123,6 +125,15 @@ def randaugment_ops(images: torch.Tensor, level: torch.Tensor, sign: torch.Tenso
     }
 
 
+def applied_preset(preset: str, vit: bool) -> str:
+    """The preset a run applies: `native` resolves by architecture, every other preset is itself."""
+    if preset not in AUGMENT_PRESETS:
+        raise ValueError(f"finetune augment preset {preset!r} is not one of {AUGMENT_PRESETS}")
+    if preset == "native":
+        return "randaugment" if vit else "classic"
+    return preset
+
+
 def augment_images(images_uint8: torch.Tensor, norm: InputNorm, settings: FinetuneSettings,
                    generator: torch.Generator) -> torch.Tensor:
     """(B, S, S) uint8 -> augmented, normalised (B, 1, S, S) float by the run's preset (settings.augment)."""
@@ -136,5 +147,6 @@ def augment_images(images_uint8: torch.Tensor, norm: InputNorm, settings: Finetu
     elif preset == "randaugment":
         images = randaugment(images, generator)
     elif preset != "none":
-        raise ValueError(f"finetune augment preset {preset!r} is not one of {AUGMENT_PRESETS}")
+        raise ValueError(f"finetune augment preset {preset!r} cannot be applied as is; one of {AUGMENT_PRESETS[:-1]} "
+                         "(native resolves to classic or randaugment by architecture)")
     return (images - norm.mean) / norm.std
