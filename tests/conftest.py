@@ -14,6 +14,10 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 REALDATA = REPO.parent / "shared" / "realdata"
 TINY_CONFIG = REPO / "tests" / "configs" / "tiny.yaml"
+PHANTOM_FINDINGS = ["COVID-19", "Lung_Opacity", "Viral_Pneumonia"]
+# A dataset section for multi-label runs on multi-finding phantoms (several findings per image, or none).
+MULTILABEL_PHANTOMS = {"task": "multilabel", "findings": PHANTOM_FINDINGS,
+                       "synthetic": {"multi_finding": True, "finding_probability": 0.35}}
 
 
 def snakemake(workdir: Path, *args: str, configs: tuple[Path, ...] = (TINY_CONFIG,), check: bool = True,

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from conftest import REPO, TINY_CONFIG, snakemake
+from conftest import MULTILABEL_PHANTOMS, PHANTOM_FINDINGS, REPO, TINY_CONFIG, snakemake
 from test_public import OFFICIAL_SPLIT, mimic_tree
 
 pytestmark = pytest.mark.slow
@@ -51,11 +51,10 @@ def test_study_config_runs_on_mimic_by_swapping_the_dataset_section(tmp_path: Pa
 
 
 def test_multilabel_phantoms_run_every_stage_in_both_fine_tuning_modes(tmp_path: Path):
-    findings = ["COVID-19", "Lung_Opacity", "Viral_Pneumonia"]
+    findings = PHANTOM_FINDINGS
     override = tmp_path / "multilabel.yaml"
     override.write_text(yaml.safe_dump({
-        "dataset": {"name": "tinyml", "task": "multilabel", "findings": findings,
-                    "synthetic": {"multi_finding": True, "finding_probability": 0.35}},
+        "dataset": {"name": "tinyml", **MULTILABEL_PHANTOMS},
         "pretrain": {"methods": ["mae"]},
         "finetune": {"inits": ["mae", "scratch_resnet18"], "modes": ["full", "probe"]},
     }))

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from conftest import snakemake
+from conftest import MULTILABEL_PHANTOMS, PHANTOM_FINDINGS, snakemake
 
 pytestmark = pytest.mark.slow
 
@@ -47,11 +47,10 @@ def test_data_stages_on_phantoms(tmp_path: Path):
 
 
 def test_multilabel_phantoms_and_count_budget(tmp_path: Path):
-    findings = ["COVID-19", "Lung_Opacity", "Viral_Pneumonia"]
+    findings = PHANTOM_FINDINGS
     override = tmp_path / "multilabel.yaml"
     override.write_text(yaml.safe_dump({
-        "dataset": {"name": "tinyml", "task": "multilabel", "findings": findings,
-                    "synthetic": {"multi_finding": True, "finding_probability": 0.35}},
+        "dataset": {"name": "tinyml", **MULTILABEL_PHANTOMS},
         "label_fractions": {"counts": [20]},
     }))
     results = tmp_path / "results" / "tinyml"
