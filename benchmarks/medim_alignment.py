@@ -16,7 +16,7 @@ import time
 
 import torch
 
-from cxrmim.train.lesion_masking import lesion_masking_rates, phantom_reports, train_alignment
+from cxrmim.diagnostics.lesion_masking import lesion_masking_rates, phantom_reports, train_alignment
 from cxrmim.config import load_config
 from cxrmim.data.synthetic import FINDINGS, PhantomSettings
 from cxrmim.models.medim import ReportGuidedMIM

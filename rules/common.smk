@@ -1,26 +1,19 @@
-# Paths, job lists and parameter helpers shared by all rules (no rules here).
+# Paths and input functions shared by all rules (no rules here). Which jobs exist, and the config checks that
+# refuse a config before any job runs, are cxrmim.plan; what each method is, cxrmim.registry (both torch-free).
 import json
 import os
 import shlex
 from pathlib import Path
 
+from cxrmim import registry
 from cxrmim.codebase import module_closure  # the package modules a script imports (torch-free)
-from cxrmim.config import check_consistency
+from cxrmim.inits import parse_init  # one spelling of run names
+from cxrmim.plan import Plan, check, parse_variant, variant_pattern
 
-# one spelling of budgets in file names (the package uses the same helpers)
-from cxrmim.data.splits import budget_tag, configured_budgets, fraction_tag
-from cxrmim.inits import (
-    CONTRASTIVE_METHODS,
-    MASKED_METHODS,
-    PRETRAIN_METHODS,
-    REPORT_METHODS,
-    parse_init,
-    pretrain_run_name,
-)  # one spelling of run names (torch-free)
+check(config)  # what the schema cannot check (patch size vs image size, inits, methods), before any job runs
+PLAN = Plan(config)
 
-check_consistency(config)  # what the schema cannot check (patch size vs image size), before any job runs
-
-RESULTS = f"results/{config['dataset']['name']}"
+RESULTS = PLAN.results
 RESOURCES_DIR = f"resources/{config['dataset']['name']}"
 LOGS = f"{RESULTS}/logs"
 BENCH = f"{RESULTS}/benchmarks"
@@ -91,125 +84,17 @@ def section(name, drop=()):
     return {k: v for k, v in config[name].items() if k not in drop}
 
 
-PRETRAIN_SEEDS = [int(s) for s in config["pretrain"]["seeds"]]
-# SimSiam / BYOL: an optional section; without it (or with no methods) it adds no jobs.
-CONTRASTIVE = config.get("contrastive") or {}
-CONTRASTIVE_METHODS_USED = list(CONTRASTIVE.get("methods") or [])
-
-
-def run_names(method, ratio, encoder=None):
-    """Folder names of one (method, ratio, encoder) pretraining, one per pretraining seed."""
-    encoder = encoder or config["pretrain"]["encoder"]
-    return [pretrain_run_name(method, ratio, encoder, seed) for seed in PRETRAIN_SEEDS]
-
-
-def contrastive_run_names(method):
-    """Folder names of one contrastive method's runs: one per (contrastive encoder, pretraining seed)."""
-    return [
-        pretrain_run_name(method, None, encoder, seed)
-        for encoder in CONTRASTIVE.get("encoders") or []
-        for seed in PRETRAIN_SEEDS
-    ]
-
-
-def init_names(init):
-    """Concrete fine-tuning inits for a config entry: one per pretraining seed for rgmim/mae (main ratio),
-    one per (encoder, pretraining seed) for simsiam/byol."""
-    if init in CONTRASTIVE_METHODS:
-        return contrastive_run_names(init)
-    return run_names(init, config["pretrain"]["mask_ratio"]) if init in PRETRAIN_METHODS else [init]
-
-
-def check_contrastive():
-    """Every contrastive method has its settings block and every contrastive encoder is an `encoders` key."""
-    for method in CONTRASTIVE_METHODS_USED:
-        if not CONTRASTIVE.get(method):
-            raise ValueError(f"contrastive.methods has {method!r} but contrastive.{method} (its settings) is missing")
-    for encoder in CONTRASTIVE.get("encoders") or []:
-        if encoder not in config["encoders"]:
-            raise ValueError(
-                f"contrastive.encoders has {encoder!r} but encoders has no such key; "
-                f"known encoders: {sorted(config['encoders'])}"
-            )
-
-
-def check_inits():
-    """Fail at DAG construction with a clear message when an init cannot be built."""
-    encoders = config["encoders"]
-    for init in config["finetune"]["inits"]:
-        if init in CONTRASTIVE_METHODS:
-            if init not in CONTRASTIVE_METHODS_USED:
-                raise ValueError(f"finetune.inits has {init!r} but contrastive.methods does not; add it there")
-            continue
-        if init in PRETRAIN_METHODS:
-            if init not in config["pretrain"]["methods"]:
-                raise ValueError(f"finetune.inits has {init!r} but pretrain.methods does not; add it there")
-            continue
-        spec = parse_init(init)
-        if spec.encoder_key not in encoders:
-            raise ValueError(
-                f"finetune.inits has {init!r} but encoders has no {spec.encoder_key!r}; "
-                f"known encoders: {sorted(encoders)}"
-            )
-        if spec.kind == "imagenet" and not (config["finetune"].get("imagenet_weights") or {}).get(spec.encoder_key):
-            raise ValueError(
-                f"finetune.inits has {init!r}: set finetune.imagenet_weights.{spec.encoder_key} to a "
-                "local weights file (no downloads at run time), or remove it from finetune.inits"
-            )
-    if config["pretrain"]["encoder"] not in encoders:
-        raise ValueError(
-            f"pretrain.encoder {config['pretrain']['encoder']!r} is not in encoders " f"(known: {sorted(encoders)})"
-        )
-
-
-check_inits()
-check_contrastive()
-FRACTIONS = [fraction_tag(f) for f in config["label_fractions"]["fractions"]]  # "0.01", "1": fractions only
-# Every label budget as its path tag: frac<fraction> (label_fractions.fractions), n<count> (label_fractions.counts).
-BUDGETS = configured_budgets(config["label_fractions"])
-SEEDS = [int(s) for s in config["label_fractions"]["seeds"]]
-
-
-def budget_seeds(budget):
-    """The label-subset seeds of one budget: label_fractions.seeds, or that budget's seeds_by_budget entry."""
-    return [int(s) for s in (config["label_fractions"].get("seeds_by_budget") or {}).get(budget, SEEDS)]
-
-
-MAIN_INITS = [name for i in config["finetune"]["inits"] for name in init_names(i)]
-RATIO_RUNS = [
-    name
-    for m in config["pretrain"]["methods"]
-    if m in MASKED_METHODS
-    for r in sorted(set(config["pretrain"].get("mask_ratios", [])) | {config["pretrain"]["mask_ratio"]})
-    for name in run_names(m, r)
-]
-PRETRAIN_RUNS = sorted(set(RATIO_RUNS) | {i for i in MAIN_INITS if parse_init(i).kind in MASKED_METHODS})
-CONTRASTIVE_RUNS = [name for m in CONTRASTIVE_METHODS_USED for name in contrastive_run_names(m)]
-
-
-def finetune_dirs():
-    """Every fine-tuning run: main inits at every label budget, each masking ratio at 100% labels (or every budget),
-    and each of them once per (mode, augmentation preset) pair.
-
-    A pretrained init exists once per pretraining seed, so its runs cross pretraining seeds with subset seeds.
-    """
-    runs = {(i, b, s) for i in MAIN_INITS for b in BUDGETS for s in budget_seeds(b)}
-    # The masking-ratio study fine-tunes at 100% labels, or at every budget (finetune.ratios_at_every_budget).
-    ratio_budgets = BUDGETS if config["finetune"].get("ratios_at_every_budget") else [budget_tag(fraction=1)]
-    runs |= {(r, b, s) for r in RATIO_RUNS for b in ratio_budgets for s in budget_seeds(b)}
-    return [f"{RESULTS}/finetune/{i}/{b}_seed{s}{v}" for i, b, s in sorted(runs) for v in finetune_variants()]
-
-
-def finetune_variants():
-    """Run-folder suffix of each (mode, augmentation preset) pair: none for (full, current), today's runs."""
-    modes = config["finetune"].get("modes", ["full"])
-    presets = config["finetune"].get("augment_presets", ["current"])
-    return ["" if (m, p) == ("full", "current") else f"_{m}-{p}" for m in modes for p in presets]
+CONTRASTIVE = PLAN.contrastive  # SimSiam / BYOL: an optional section; without it (or with no methods) no jobs
+PRETRAIN_RUNS = PLAN.pretrain_runs
+CONTRASTIVE_RUNS = PLAN.contrastive_runs
+MASKED_METHODS = "|".join(m.name for m in registry.METHODS if m.has_mask_ratio)  # wildcard patterns
+JOINT_METHODS = "|".join(registry.methods(registry.JOINT))
+VARIANTS = variant_pattern()
 
 
 def finetune_metrics():
     """metrics.json of every fine-tuning run."""
-    return [f"{d}/metrics.json" for d in finetune_dirs()]
+    return [f"{RESULTS}/{run}/metrics.json" for run in PLAN.finetune_runs()]
 
 
 TABLES = ["label_fractions", "mask_ratio", "hyperparameters", "significance", "study"]
@@ -230,12 +115,12 @@ def all_targets():
 
 
 def finetune_weights(wildcards):
-    """Weights a fine-tuning run starts from: a pretrained encoder, a local ImageNet file, or none."""
+    """Weights a fine-tuning run starts from: a pretrained encoder, a local file (ImageNet, ...), or none."""
     spec = parse_init(wildcards.init)
     if spec.pretrained:
         return [f"{RESULTS}/pretrain/{wildcards.init}/encoder.safetensors"]
-    if spec.kind == "imagenet":
-        return [config["finetune"]["imagenet_weights"][spec.encoder_key]]
+    if spec.weights_key:
+        return [config["finetune"][spec.weights_key][spec.encoder_key]]
     return []
 
 
@@ -248,20 +133,6 @@ def encoder_of(init):
 
 LUNG_MASKS = config["lung_masks"]
 LUNG_MASK_DIR = f"{RESULTS}/lung_masks"
-# Keys that only shape prediction, QC or the job: changing them must not retrain the segmenter.
-NOT_TRAINING_KEYS = ("mode", "weights", "dilation", "qc_policy", "prefer_provided", "resources")
-# Keys prediction depends on (architecture keys matter only for weights without cxrmim metadata).
-PREDICT_KEYS = (
-    "image_size",
-    "encoder",
-    "decoder_channels",
-    "batch_size",
-    "dilation",
-    "qc",
-    "qc_policy",
-    "prefer_provided",
-    "device",
-)
 
 
 def segmenter_weights(wildcards=None):
@@ -307,25 +178,14 @@ def report_lung_masks(wildcards):
     return {} if config["lung_masks"]["mode"] == "provided" else {"lung_masks_summary": rules.lung_masks.output.summary}
 
 
-PRETRAIN_CHOICE_KEYS = ("methods", "mask_ratio", "mask_ratios", "encoder", "seeds", "resources")
-METHOD_SECTIONS = {
-    "mrm": "mrm",
-    "mrm-noreport": "mrm",
-    "mrm-nosr": "mrm",
-    "medim": "medim",
-}  # method -> its own section
-
-
 def pretrain_settings(method):
     """The `pretrain:` section for one method: the shared keys plus only that method's own subsection."""
-    own = METHOD_SECTIONS.get(method)
-    drop = PRETRAIN_CHOICE_KEYS + tuple(s for s in set(METHOD_SECTIONS.values()) if s != own)
-    return section("pretrain", drop=drop)
+    return PLAN.method_settings(method, drop=PRETRAIN_CHOICE_KEYS)
 
 
 def report_inputs(wildcards):
     """The tokenizer (and the reports next to the cache) for the methods that read reports."""
-    if wildcards.method not in REPORT_METHODS:
+    if not registry.method(wildcards.method).reads_reports:
         return {}
     inputs = {"tokenizer": rules.tokenizer.output.tokenizer, "reports": rules.prepare.output.reports}
     if config["text"].get("keywords"):
@@ -335,32 +195,18 @@ def report_inputs(wildcards):
 
 def report_args(wildcards, input):
     """The report methods' extra command-line arguments."""
-    if wildcards.method not in REPORT_METHODS:
+    if not registry.method(wildcards.method).reads_reports:
         return ""
     return f"--tokenizer {input.tokenizer} --text {as_json(config['text'])}"
 
 
-def report_figure_runs():
-    """figure name -> the run it shows: the first configured MRM-family method and MedIM (main ratio, first seed)."""
-    methods = config["pretrain"]["methods"]
-    runs = {}
-    mrm = [m for m in methods if m.startswith("mrm")]
-    if mrm:
-        runs["mrm_reconstructions"] = run_names(mrm[0], config["pretrain"]["mask_ratio"])[0]
-    if "medim" in methods:
-        runs["medim_masks"] = run_names("medim", config["pretrain"]["mask_ratio"])[0]
-    return runs
-
-
-REPORT_FIGURES = list(report_figure_runs())
+REPORT_FIGURES = list(PLAN.report_figure_runs())
 
 
 def variant_args(wildcards):
     """--mode/--augment of a run folder's `_<mode>-<preset>` suffix; none for the default (full, current)."""
-    if not wildcards.variant:
-        return ""
-    mode, preset = wildcards.variant[1:].split("-")
-    return f"--mode {mode} --augment {preset}"
+    variant = parse_variant(wildcards.variant)
+    return "" if variant is None else f"--mode {variant[0]} --augment {variant[1]}"
 
 
 def task_args():
@@ -372,8 +218,3 @@ def task_args():
     if dataset.get("findings"):
         args += f" --findings {shlex.quote(json.dumps(list(dataset['findings'])))}"
     return args
-
-
-def first_variant():
-    """The (mode, preset) the paper's figures draw: the first configured of each."""
-    return config["finetune"].get("modes", ["full"])[0], config["finetune"].get("augment_presets", ["current"])[0]

@@ -20,7 +20,7 @@ rule contrastive_pretrain:
     benchmark:
         f"{BENCH}/pretrain/{{method}}_{{encoder}}_s{{pseed}}.tsv"
     wildcard_constraints:
-        method="|".join(CONTRASTIVE_METHODS),
+        method=JOINT_METHODS,
         encoder=r"[A-Za-z0-9][A-Za-z0-9-]*",
         pseed=r"\d+",
     conda:

@@ -20,7 +20,7 @@ rule figures:
         runtime=job_resource("figures", "runtime"),
     params:
         settings=as_json(config["plots"]),
-        variant=" ".join(first_variant()),
+        variant=" ".join(PLAN.first_variant()),
         out_dir=folder_of("figures", "output"),
     shell:
         "python {input.script} --metrics {input.metrics} --settings {params.settings} --variant {params.variant} "

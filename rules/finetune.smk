@@ -21,7 +21,7 @@ rule finetune:
     wildcard_constraints:
         init=r"[A-Za-z0-9_.-]+",
         budget=r"frac[0-9.]+|n[0-9]+",
-        variant=r"(_(full|probe)-(none|current|classic|randaugment|native))?",
+        variant=VARIANTS,
         seed=r"\d+",
     conda:
         "../envs/torch.yaml"

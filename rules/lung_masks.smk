@@ -1,6 +1,21 @@
 # Lung masks for datasets without them: train a segmenter (optional), predict, clean and QC the masks.
 # With lung_masks.mode: provided (the default) nothing here is in the DAG; patch_validity reads prepared masks.
-# Its settings and helper functions live in common.smk (Snakemake's lint wants rules and functions apart).
+# Its helper functions live in common.smk (Snakemake's lint wants rules and functions apart).
+
+# Keys that only shape prediction, QC or the job: changing them must not retrain the segmenter.
+NOT_TRAINING_KEYS = ("mode", "weights", "dilation", "qc_policy", "prefer_provided", "resources")
+# Keys prediction depends on (architecture keys matter only for weights without cxrmim metadata).
+PREDICT_KEYS = (
+    "image_size",
+    "encoder",
+    "decoder_channels",
+    "batch_size",
+    "dilation",
+    "qc",
+    "qc_policy",
+    "prefer_provided",
+    "device",
+)
 
 
 rule train_segmenter:

@@ -1,3 +1,7 @@
+# `pretrain:` keys that only choose which jobs exist (or where they run): changing them reruns no pretraining.
+PRETRAIN_CHOICE_KEYS = ("methods", "mask_ratio", "mask_ratios", "encoder", "seeds", "resources")
+
+
 rule pretrain:
     """Masked-autoencoder pretraining of one (method, masking ratio, encoder); resumes from its checkpoint."""
     input:
@@ -19,7 +23,7 @@ rule pretrain:
     benchmark:
         f"{BENCH}/pretrain/{{method}}_r{{ratio}}_{{encoder}}_s{{pseed}}.tsv"
     wildcard_constraints:
-        method="|".join(MASKED_METHODS),
+        method=MASKED_METHODS,
         ratio=r"[0-9.]+",
         encoder=r"[A-Za-z0-9][A-Za-z0-9-]*",
         pseed=r"\d+",

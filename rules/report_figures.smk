@@ -8,7 +8,7 @@ rule report_figures:
         split=rules.split.output.split,
         validity=rules.patch_validity.output.validity,
         tokenizer=rules.tokenizer.output.tokenizer,
-        autoencoders=[f"{RESULTS}/pretrain/{run}/autoencoder.safetensors" for run in report_figure_runs().values()],
+        autoencoders=[f"{RESULTS}/pretrain/{run}/autoencoder.safetensors" for run in PLAN.report_figure_runs().values()],
     output:
         [
             report(f"{RESULTS}/figures/{name}.png", caption=f"../docs/captions/{name}.rst", category="Pretraining")

@@ -18,8 +18,10 @@ from cxrmim.data.validity import run_patch_validity
 from cxrmim.data.views import ViewAugment, crop_rotate_theta, random_view, two_views
 from cxrmim.inits import parse_init
 from cxrmim.models.encoders import create_encoder, read_encoder_metadata
-from cxrmim.train.common import seed_everything
-from cxrmim.train.contrastive import main, run_contrastive
+from cxrmim.optim import seed_everything
+from cxrmim.registry import JOINT
+from cxrmim.train.pretrain import main as pretrain_main
+from cxrmim.train.pretrain import run_pretraining
 from cxrmim.train.finetune import build_model
 
 SMALL_RESNET = {"timm_name": "resnet10t", "kwargs": {}}  # same code path as the paper's resnet50
@@ -75,9 +77,11 @@ def build_phantom_cache(root: Path, n_images: int = 96, size: int = 32) -> dict[
 
 
 def run(cache: dict[str, Path], out: Path, method: str, encoder: dict = SMALL_RESNET, **kwargs: object):
-    """Pretrain in-process."""
+    """Pretrain in-process -> (result, the built JointEmbedding)."""
     values = kwargs.pop("settings", None) or settings(method)
-    return run_contrastive(cache["prepared"], cache["split"], cache["validity"], method, encoder, values, out, **kwargs)
+    result = run_pretraining(cache["prepared"], cache["split"], cache["validity"], method, None, encoder, values, out,
+                             **kwargs)  # fmt: skip
+    return result, result.method
 
 
 @pytest.mark.parametrize("method", ["simsiam", "byol"])
@@ -103,7 +107,7 @@ def test_each_method_trains_and_exports_a_strict_timm_backbone(cache: dict[str, 
 
 def test_byol_target_follows_the_online_network(cache: dict[str, Path], tmp_path: Path) -> None:
     _, joint = run(cache, tmp_path, "byol", settings=settings("byol", epochs=2))
-    seed_everything(0)  # run_contrastive seeds, then builds the backbone first: these are its initial weights
+    seed_everything(0)  # run_pretraining seeds, then builds the backbone first: these are its initial weights
     initial = create_encoder(SMALL_RESNET, 32, 8).state_dict()["conv1.0.weight"]
     online = joint.model.backbone.state_dict()["conv1.0.weight"]
     target = joint.model.backbone_momentum.state_dict()["conv1.0.weight"]
@@ -148,10 +152,10 @@ def test_resumed_run_equals_an_uninterrupted_one(cache: dict[str, Path], tmp_pat
 
 def test_cli_writes_outputs_and_log(cache: dict[str, Path], tmp_path: Path) -> None:
     out, log = tmp_path / "simsiam_resnet10t_s2", tmp_path / "log.txt"
-    code = main(["--prepared", str(cache["prepared"]), "--split", str(cache["split"]), "--validity",
+    code = pretrain_main(["--prepared", str(cache["prepared"]), "--split", str(cache["split"]), "--validity",
                  str(cache["validity"]), "--method", "simsiam", "--encoder", json.dumps(SMALL_RESNET),
                  "--settings", json.dumps(settings("simsiam", epochs=1)), "--seed", "2", "--out", str(out),
-                 "--log-file", str(log)])  # fmt: skip
+                 "--log-file", str(log)], family=JOINT)  # fmt: skip
     assert code == 0 and (out / "encoder.safetensors").exists() and (out / "history.csv").exists()
     text = log.read_text()
     assert "method simsiam" in text and "effective batch 16" in text and "embedding_std" in text

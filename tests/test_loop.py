@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from cxrmim.device import select_device
-from cxrmim.train.common import seed_everything, weight_decay_groups
+from cxrmim.optim import seed_everything, weight_decay_groups
 from cxrmim.train.distributed import Distributed
 from cxrmim.train.loop import EpochRandom, LoopSettings, Schedule, run_training
 

@@ -17,7 +17,7 @@ from cxrmim.data.synthetic import PhantomSettings, generate_dataset
 from cxrmim.device import select_device
 from cxrmim.segment.model import SegmenterSpec, build_segmenter, load_segmenter, save_segmenter
 from cxrmim.segment.postprocess import clean_mask, dice_iou
-from cxrmim.segment.qc import decide, qc_table
+from cxrmim.data.mask_qc import decide, qc_table
 from cxrmim.segment.train import evaluate, train_segmenter
 from cxrmim.segment.training_data import load_training_sources
 

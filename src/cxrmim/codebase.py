@@ -11,7 +11,11 @@ import ast
 from functools import cache
 from pathlib import Path
 
+from cxrmim.registry import builder_modules
+
 PACKAGE = Path(__file__).resolve().parent
+# A call of this name imports a module the registry names (each method's builder), not a static import.
+DYNAMIC_IMPORT = "load_builder"
 
 
 def imported_modules(path: Path) -> set[str]:
@@ -24,6 +28,8 @@ def imported_modules(path: Path) -> set[str]:
             names.add(node.module)
             # `from cxrmim.data import splits` imports the module cxrmim.data.splits.
             names |= {f"{node.module}.{alias.name}" for alias in node.names}
+        elif isinstance(node, ast.Call) and DYNAMIC_IMPORT in (getattr(node.func, "attr", None), getattr(node.func, "id", None)):
+            names |= set(builder_modules())
     return names
 
 

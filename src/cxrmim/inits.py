@@ -4,7 +4,7 @@ Torch-free on purpose: `rules/common.smk` imports it while Snakemake builds the 
 
 - pretraining run / pretrained init: `<method>_r<ratio>_<encoder>_s<pretrain seed>`, e.g. `rgmim_r0.75_vit-cpu_s0`;
 - contrastive run / init (no masking ratio): `<method>_<encoder>_s<pretrain seed>`, e.g. `simsiam_resnet10t_s0`;
-- baselines: `scratch_<encoder>` and `imagenet_<encoder>`.
+- baselines (`cxrmim.registry.INIT_KINDS`): `scratch_<encoder>`, `imagenet_<encoder>`, ...
 Encoder keys (the `encoders:` entries) use letters, digits and hyphens; method names letters, digits and hyphens.
 """
 
@@ -13,27 +13,17 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from cxrmim import registry
 from cxrmim.data.splits import fraction_tag
 
-# Pretraining methods -> the method label of the paper's Table 2 (the row label in every table and figure).
-PRETRAIN_METHODS = {
-    "rgmim": "RGMIM",
-    "rgmim-lung": "RGMIM-lung",
-    "mae": "MAE",
-    "mrm": "MRM",
-    "mrm-noreport": "MRM w/o report",
-    "mrm-nosr": "MRM w/o SR",
-    "medim": "MedIM",
-    "simsiam": "SimSiam",
-    "byol": "BYOL",
-}
-# Methods that read the reports (they need the tokenizer stage's output).
-REPORT_METHODS = ("mrm", "mrm-nosr", "medim")
-# Joint-embedding (contrastive / self-distillation) methods: two augmented views, no masking ratio.
-CONTRASTIVE_METHODS = ("simsiam", "byol")
-MASKED_METHODS = tuple(m for m in PRETRAIN_METHODS if m not in CONTRASTIVE_METHODS)
-BASELINES = {"scratch": "From Scratch", "imagenet": "Transfer"}
-METHOD_LABELS = PRETRAIN_METHODS | BASELINES
+# Derived from cxrmim.registry (declare a method or init kind there, not here).
+PRETRAIN_METHODS = {m.name: m.label for m in registry.METHODS}  # method -> its table label
+REPORT_METHODS = registry.methods(reads_reports=True)  # they need the tokenizer stage's output
+CONTRASTIVE_METHODS = registry.methods(registry.JOINT)  # two augmented views, no masking ratio
+MASKED_METHODS = tuple(m.name for m in registry.METHODS if m.has_mask_ratio)  # masked and report-aware
+BASELINES = {k.name: k.label for k in registry.INIT_KINDS}
+INIT_KINDS = {k.name: k for k in registry.INIT_KINDS}
+METHOD_LABELS = registry.labels()
 NAME_PART = r"[A-Za-z0-9][A-Za-z0-9-]*"  # encoder keys and method names: no '_' (it separates the fields)
 PRETRAINED_INIT = re.compile(
     rf"^(?P<method>{NAME_PART})_r(?P<ratio>[0-9.]+)_(?P<encoder>{NAME_PART})_s(?P<seed>\d+)$"
@@ -60,7 +50,7 @@ class InitSpec:
     """What an init name means: where the weights come from and how the run is labelled in tables."""
 
     name: str
-    kind: str  # a PRETRAIN_METHODS key, scratch or imagenet
+    kind: str  # a registry method name or init kind (scratch, imagenet, ...)
     encoder_key: str  # key of the `encoders:` entry the name refers to
     mask_ratio: float | None = None
     pretrain_seed: int | None = None
@@ -76,14 +66,19 @@ class InitSpec:
         return self.kind in PRETRAIN_METHODS
 
     @property
+    def weights_key(self) -> str | None:
+        """`finetune.<key>` mapping encoder keys to its local weights file (ImageNet, ...); None for the others."""
+        return None if self.pretrained else INIT_KINDS[self.kind].weights_key
+
+    @property
     def needs_weights(self) -> bool:
         """Everything except training from scratch starts from a weights file."""
-        return self.kind != "scratch"
+        return self.pretrained or self.weights_key is not None
 
 
 def parse_init(name: str) -> InitSpec:
-    """Parse `<method>_r<ratio>_<encoder>_s<seed>`, `<method>_<encoder>_s<seed>` (contrastive),
-    `scratch_<encoder>` or `imagenet_<encoder>`."""
+    """Parse `<method>_r<ratio>_<encoder>_s<seed>`, `<method>_<encoder>_s<seed>` (contrastive) or
+    `<init kind>_<encoder>` (scratch, imagenet, ...)."""
     match = PRETRAINED_INIT.match(name)
     if match and match["method"] in MASKED_METHODS:
         return InitSpec(name, match["method"], match["encoder"], float(match["ratio"]), int(match["seed"]))
@@ -95,6 +90,6 @@ def parse_init(name: str) -> InitSpec:
         return InitSpec(name, kind, encoder_key)
     raise ValueError(
         f"unknown init {name!r}: expected <{'|'.join(MASKED_METHODS)}>_r<ratio>_<encoder>_s<seed>, "
-        f"<{'|'.join(CONTRASTIVE_METHODS)}>_<encoder>_s<seed>, scratch_<encoder> or imagenet_<encoder> "
+        f"<{'|'.join(CONTRASTIVE_METHODS)}>_<encoder>_s<seed> or <{'|'.join(BASELINES)}>_<encoder> "
         "(encoder keys: letters, digits, hyphens)"
     )

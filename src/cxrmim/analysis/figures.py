@@ -27,18 +27,11 @@ from cxrmim.analysis.runs import (  # noqa: E402
     main_runs,
 )
 from cxrmim.analysis.tables import mask_ratio_runs  # noqa: E402
+from cxrmim import registry  # noqa: E402
 from cxrmim.io import atomic_path  # noqa: E402
 
-# The single place that assigns colours: every figure (and the pretraining ones, if they import it) agrees.
-PALETTE = {
-    "RGMIM": "#d62728",
-    "RGMIM-lung": "#ff7f0e",
-    "MAE": "#1f77b4",
-    "BYOL": "#9467bd",
-    "SimSiam": "#ff7f0e",
-    "Transfer": "#2ca02c",
-    "From Scratch": "#7f7f7f",
-}
+# Colours come from the registry: every figure (and the pretraining ones, if they import it) agrees.
+PALETTE = registry.palette()
 FALLBACK_COLOURS = sns.color_palette("colorblind", 10)
 ARCHITECTURE_DASHES = {"ViT": "", "ResNet-50": (4, 2)}
 

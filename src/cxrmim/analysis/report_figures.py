@@ -18,9 +18,10 @@ import torch  # noqa: E402
 from safetensors import safe_open  # noqa: E402
 from safetensors.torch import load_file  # noqa: E402
 
+from cxrmim import registry  # noqa: E402
 from cxrmim.analysis.pretrain_figures import Examples, grey_out, load_examples  # noqa: E402
 from cxrmim.data.tensors import PIXEL_MEAN, PIXEL_STD, normalise  # noqa: E402
-from cxrmim.models.medim import ReportGuidedMIM, choose_sentences  # noqa: E402
+from cxrmim.models.medim import ReportGuidedMIM, choose_sentences, min_sentence_words  # noqa: E402
 from cxrmim.models.mrm import MaskedRecordModel, downsample, patchify  # noqa: E402
 from cxrmim.models.report_text import whole_word_mask  # noqa: E402
 from cxrmim.text.keywords import knowledge_words  # noqa: E402
@@ -30,7 +31,7 @@ from cxrmim.text.tokenizer import MASK, encode_reports, load_tokenizer  # noqa: 
 log = logging.getLogger(__name__)
 
 FIGURE_SEED = 0
-MRM_SR = {"mrm": True, "mrm-noreport": True, "mrm-nosr": False}
+MRM_FLAGS = {m.name: dict(m.options) for m in registry.METHODS if m.figure == "mrm_reconstructions"}
 
 
 def run_recipe(path: Path) -> tuple[str, dict[str, Any]]:
@@ -52,8 +53,7 @@ def load_report_model(path: Path, tokenizer) -> tuple[str, torch.nn.Module, dict
     if method == "medim":
         model = ReportGuidedMIM(*args, vocab, length)
     else:
-        model = MaskedRecordModel(*args, vocab, length, tokenizer.token_to_id(MASK), super_resolution=MRM_SR[method],
-                                  report_loss=method != "mrm-noreport")  # fmt: skip
+        model = MaskedRecordModel(*args, vocab, length, tokenizer.token_to_id(MASK), **MRM_FLAGS[method])
     model.load_state_dict(load_file(str(path)), strict=True)
     return method, model.eval(), sig
 
@@ -142,14 +142,14 @@ def plot_mrm(model: MaskedRecordModel, examples: Examples, reports, tokenizer, t
 
 @torch.no_grad()
 def plot_medim(model: ReportGuidedMIM, examples: Examples, reports, tokenizer, title: str, path: Path,
-               dpi: int) -> None:  # fmt: skip
+               dpi: int, min_words: int) -> None:  # fmt: skip
     """Per image: original, KWM score map, KWM mask, SDM mask; the report with KNOWLEDGE WORDS in capitals and the
     SDM sentence in [brackets]."""
     x = normalise(torch.from_numpy(examples.images))
     generator = torch.Generator().manual_seed(FIGURE_SEED)
     attn, _ = model.align(x, reports.ids, reports.attention)
     sentence_noise = torch.rand(reports.ids.shape, generator=generator)
-    in_sentence = choose_sentences(reports.sentence, reports.word, 3, sentence_noise)
+    in_sentence = choose_sentences(reports.sentence, reports.word, min_words, sentence_noise)
     mask_noise = torch.rand(len(x), 2, 2, model.mae.n_patches, generator=generator)
     kwm, sdm = model.plans(attn, reports.keyword, in_sentence, mask_noise)
     scores = torch.einsum("bln,bl->bn", attn, reports.keyword.float())
@@ -209,10 +209,11 @@ def make_report_figures(prepared_dir: str | Path, split_csv: str | Path, validit
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
     for run in map(Path, run_dirs):
-        method, model, _ = load_report_model(run / "autoencoder.safetensors", tokenizer)
+        method, model, signature = load_report_model(run / "autoencoder.safetensors", tokenizer)
         if method == "medim":
             path = out_dir / "medim_masks.png"
-            plot_medim(model, examples, reports, tokenizer, f"MedIM report-guided masks ({run.name})", path, dpi)
+            plot_medim(model, examples, reports, tokenizer, f"MedIM report-guided masks ({run.name})", path, dpi,
+                       min_sentence_words(signature["settings"]))
         else:
             path = out_dir / "mrm_reconstructions.png"
             plot_mrm(model, examples, reports, tokenizer, f"MRM: image and report reconstruction ({run.name})", path, dpi)

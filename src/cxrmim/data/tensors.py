@@ -13,9 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from cxrmim.device import DeviceSetup
-
-PIXEL_MEAN = 0.5
-PIXEL_STD = 0.25
+from cxrmim.pixels import PIXEL_MEAN, PIXEL_STD
 
 
 @dataclass

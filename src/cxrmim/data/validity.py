@@ -98,7 +98,7 @@ def read_mask_status(status_csv: Path, manifest: pd.DataFrame) -> pd.DataFrame:
 def provided_mask_decisions(images: np.ndarray, masks: np.ndarray, has_mask: np.ndarray,
                             mask_qc: dict[str, Any]) -> np.ndarray:
     """Per image 'mask' | 'all_valid' | 'skip' | 'none': the dataset's own masks checked like predicted ones."""
-    from cxrmim.segment.qc import decide, qc_table
+    from cxrmim.data.mask_qc import decide, qc_table
 
     decision = np.full(len(masks), "none", dtype=object)
     rows = np.flatnonzero(has_mask)

@@ -15,8 +15,8 @@ from timm.models import load_state_dict
 from timm.models._hub import save_config_for_hf
 from torch import nn
 
-from cxrmim.data.tensors import PIXEL_MEAN, PIXEL_STD
 from cxrmim.io import atomic_path
+from cxrmim.pixels import PIXEL_MEAN, PIXEL_STD
 
 IN_CHANS = 1  # chest X-rays are grey; one input channel throughout
 

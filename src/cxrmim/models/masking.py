@@ -16,6 +16,8 @@ from dataclasses import dataclass
 
 import torch
 
+from cxrmim import registry
+
 
 @dataclass
 class MaskPlan:
@@ -203,8 +205,8 @@ MASKING: dict[str, MaskingFn] = {
     "report_guided": report_guided_masking,
 }
 
-# Pretraining method names in the config -> masking strategy.
-METHOD_MASKING = {"rgmim": "region", "rgmim-lung": "lung_ratio", "mae": "random"}
+# Masked pretraining methods (cxrmim.registry) -> masking strategy.
+METHOD_MASKING = {m.name: m.masking for m in registry.METHODS if m.family == registry.MASKED}
 
 
 def masking_for(name: str) -> MaskingFn:

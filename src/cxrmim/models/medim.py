@@ -45,6 +45,14 @@ def sdm_scores(attention: torch.Tensor, in_sentence: torch.Tensor) -> torch.Tens
     return torch.einsum("bln,bl->bn", attention, in_sentence.to(attention.dtype))
 
 
+MIN_SENTENCE_WORDS = 3  # default of pretrain.medim.min_sentence_words
+
+
+def min_sentence_words(settings: dict[str, Any]) -> int:
+    """Shortest sentence SDM may pick, from a `pretrain:` section (training and the MedIM figure read the same)."""
+    return int((settings.get("medim") or {}).get("min_sentence_words", MIN_SENTENCE_WORDS))
+
+
 def choose_sentences(sentence: torch.Tensor, word: torch.Tensor, min_words: int, noise: torch.Tensor) -> torch.Tensor:
     """One sentence per report, uniformly among those with more than `min_words` words (else among all non-empty
     ones), as a (B, L) bool over its tokens. `noise` (B, L) uniform decides; sentence slot s has noise[:, s].

@@ -18,7 +18,8 @@ from cxrmim.device import DeviceSetup, select_device
 from cxrmim.io import atomic_path
 from cxrmim.segment.model import SegmenterSpec, load_segmenter
 from cxrmim.segment.postprocess import clean_masks
-from cxrmim.segment.qc import decide, plot_mask_grid, qc_table, qc_titles, worst_first
+from cxrmim.data.mask_qc import decide, qc_table, worst_first
+from cxrmim.segment.qc import plot_mask_grid, qc_titles
 
 log = logging.getLogger(__name__)
 

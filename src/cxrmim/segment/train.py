@@ -29,7 +29,7 @@ from cxrmim.segment.postprocess import dice_iou
 from cxrmim.segment.predict import segment
 from cxrmim.segment.qc import plot_mask_grid
 from cxrmim.segment.training_data import MaskedImages, load_training_sources
-from cxrmim.train.common import apply_lr, cosine_lr, seed_everything
+from cxrmim.optim import apply_lr, cosine_lr, seed_everything
 
 log = logging.getLogger(__name__)
 

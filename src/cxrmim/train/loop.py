@@ -31,7 +31,7 @@ from cxrmim.device import DeviceSetup
 from cxrmim.io import atomic_path
 from cxrmim.recipe import LR_REFERENCE_BATCH
 from cxrmim.train.checkpoint import Checkpointer
-from cxrmim.train.common import apply_lr, cosine_lr, weight_decay_groups
+from cxrmim.optim import apply_lr, cosine_lr, weight_decay_groups
 from cxrmim.train.distributed import (
     Distributed,
     all_reduce_sum,

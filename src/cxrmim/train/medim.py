@@ -7,12 +7,14 @@ from typing import Any
 import torch
 from torch import nn
 
+from cxrmim import registry
 from cxrmim.models.masking import uniform_noise
-from cxrmim.models.medim import ReportGuidedMIM, choose_sentences
+from cxrmim.models.medim import ReportGuidedMIM, choose_sentences, min_sentence_words
 from cxrmim.text.tokenizer import ReportTensors
 from cxrmim.train.loop import EpochRandom
+from cxrmim.train.method_base import RunInputs
 from cxrmim.train.pretrain_data import PretrainData, batch_inputs
-from cxrmim.train.report_methods import ReportMethodOutputs, report_batch
+from cxrmim.train.report_methods import ReportMethodOutputs, report_batch, report_inputs
 
 MASK_STREAM, AUGMENT_STREAM, SENTENCE_STREAM = 0, 1, 2
 
@@ -42,7 +44,7 @@ class ReportGuidedMasking(ReportMethodOutputs):
         self.data, self.method, self.mask_ratio = data, method, mask_ratio
         self.encoder_cfg, self.settings, self.text, self.reports = encoder_cfg, settings, text, reports
         self.augment = settings.get("augment") or None
-        self.min_words = int((settings.get("medim") or {}).get("min_sentence_words", 3))
+        self.min_words = min_sentence_words(settings)
         self.medim = ReportGuidedMIM(
             encoder_cfg, data.image_size, data.patch_size, mask_ratio, settings, vocab_size, int(text["max_length"])
         )
@@ -70,3 +72,10 @@ class ReportGuidedMasking(ReportMethodOutputs):
     def epoch_columns(self, sums: dict[str, float], n_images: int) -> dict[str, float]:
         """Mean alignment, KWM and SDM reconstruction losses per image."""
         return {name: sums[name] / n_images for name in self.stat_names}
+
+
+def build(spec: registry.Method, data: PretrainData, run: RunInputs) -> ReportGuidedMasking:
+    """The registry's builder of MedIM."""
+    reports, vocab_size, _ = report_inputs(spec, data, run)
+    return ReportGuidedMasking(data, spec.name, float(run.mask_ratio), run.encoder_cfg, run.settings, run.text or {},
+                               reports, vocab_size)  # fmt: skip

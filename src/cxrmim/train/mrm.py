@@ -13,12 +13,19 @@ from torch import nn
 
 from cxrmim.models.mrm import MaskedRecordModel
 from cxrmim.models.report_text import whole_word_mask
+from cxrmim import registry
 from cxrmim.text.tokenizer import ReportTensors
 from cxrmim.train.loop import EpochRandom
+from cxrmim.train.method_base import RunInputs
 from cxrmim.train.pretrain_data import PretrainData, batch_inputs
-from cxrmim.train.report_methods import ReportMethodOutputs, report_batch
+from cxrmim.train.report_methods import ReportMethodOutputs, report_batch, report_inputs
 
-MRM_METHODS = {"mrm": (True, True), "mrm-noreport": (False, True), "mrm-nosr": (True, False)}  # (report, SR)
+# (report loss, super-resolution target) of each MRM variant, from its registry entry.
+MRM_METHODS = {
+    m.name: (m.option("report_loss"), m.option("super_resolution"))
+    for m in registry.METHODS
+    if m.builder == "cxrmim.train.mrm:build"
+}
 MASK_STREAM, AUGMENT_STREAM, WORD_STREAM = 0, 1, 2
 
 
@@ -88,3 +95,10 @@ class MaskedRecordModeling(ReportMethodOutputs):
             "report_loss": sums["report_loss"] / n_images,
             "word_accuracy": sums["correct_words"] / max(sums["masked_words"], 1.0),
         }
+
+
+def build(spec: registry.Method, data: PretrainData, run: RunInputs) -> MaskedRecordModeling:
+    """The registry's builder of MRM and its ablations."""
+    reports, vocab_size, mask_id = report_inputs(spec, data, run)
+    return MaskedRecordModeling(data, spec.name, float(run.mask_ratio), run.encoder_cfg, run.settings, run.text or {},
+                                reports, vocab_size, mask_id)  # fmt: skip

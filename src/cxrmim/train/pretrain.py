@@ -1,133 +1,40 @@
-"""Masked image modeling pretraining (RGMIM, RGMIM-lung or MAE masking; MRM and MedIM via
-`cxrmim.train.report_pretrain`) on the shared training loop.
+"""The pretraining stage: builds any method of `cxrmim.registry` and trains it on the shared loop.
 
-This module is the MIM method (`MaskedImageModeling`) plus the stage's entry point; the loop, checkpointing
-and distributed setup live in `cxrmim.train.loop`, `.checkpoint` and `.distributed`, the data in
-`cxrmim.train.pretrain_data`.
+Each method is its own module (`cxrmim.train.mim`, `.mrm`, `.medim`, `.contrastive`) whose `build` the registry
+names; the loop, checkpointing and distributed setup live in `cxrmim.train.loop`, `.checkpoint` and
+`.distributed`, the data in `cxrmim.train.pretrain_data`. `main` is the entry point of both pretraining rules.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-from safetensors.torch import save_file
 from torch import nn
 
+from cxrmim import registry
 from cxrmim.cli import parse_json_arg
 from cxrmim.device import select_device
-from cxrmim.inits import PRETRAIN_METHODS
-from cxrmim.io import atomic_path
-from cxrmim.models.encoders import write_encoder_files
-from cxrmim.models.mae import MaskedAutoencoder, build_mae
-from cxrmim.models.masking import METHOD_MASKING, MaskPlan, lung_batch_masked
-from cxrmim.train.common import seed_everything
+from cxrmim.optim import seed_everything
 from cxrmim.train.distributed import distributed_session
 from cxrmim.train.launch import add_run_arguments, report_unfinished, start_run
-from cxrmim.train.loop import EpochRandom, LoopSettings, run_training
-from cxrmim.train.pretrain_data import PretrainData, batch_inputs, load_pretrain_data
+from cxrmim.train.loop import LoopSettings, TrainingMethod, run_training
+from cxrmim.train.method_base import PRETRAIN_UNSIGNED_KEYS, RunInputs
+from cxrmim.train.mim import MASKING_COLUMNS
+from cxrmim.train.pretrain_data import PretrainData, load_pretrain_data
 
 log = logging.getLogger("cxrmim.pretrain")
 
-MASKING_COLUMNS = ("fallback_count", "fallback_fraction", "visible_lung_fraction")
-HISTORY_COLUMNS = ["epoch", "loss", "lr", "images_per_s", *MASKING_COLUMNS, "seconds"]
-# `pretrain:` keys that do not change the trained weights (or are the loop's, which signs them itself).
-UNSIGNED_KEYS = {"device", "compile", "num_workers", "resources", "methods", "mask_ratios", "mask_ratio", "encoder", "seeds"}
-MASK_STREAM, AUGMENT_STREAM = 0, 1  # EpochRandom streams
+HISTORY_COLUMNS = ["epoch", "loss", "lr", "images_per_s", *MASKING_COLUMNS, "seconds"]  # of a masked method
+UNSIGNED_KEYS = PRETRAIN_UNSIGNED_KEYS
 
 
-class MaskedImageModelingStep(nn.Module):
-    """The loop's model: a masked autoencoder whose forward returns its loss and the masking statistics."""
-
-    def __init__(self, mae: MaskedAutoencoder) -> None:
-        super().__init__()
-        self.mae = mae
-
-    def forward(self, images: torch.Tensor, plan: MaskPlan, valid: torch.Tensor) -> tuple[torch.Tensor, dict]:
-        """Loss plus, summed over the batch: fallback images, lung-valid patches and the visible ones among them."""
-        loss, _, _ = self.mae(images, plan=plan)
-        visible = plan.mask < 0.5
-        stats = {"fallback": plan.fallback.sum(), "visible_lung": (valid & visible).sum(), "lung": valid.sum()}
-        return loss, stats
-
-
-class MaskedImageModeling:
-    """RGMIM / MAE as a `TrainingMethod`: augmented images, a seeded mask per batch, MAE reconstruction loss."""
-
-    stat_names = ("fallback", "visible_lung", "lung")
-    history_columns = MASKING_COLUMNS
-
-    def __init__(self, data: PretrainData, method: str, mask_ratio: float, encoder_cfg: dict, settings: dict) -> None:
-        self.data, self.method, self.mask_ratio = data, method, mask_ratio
-        self.encoder_cfg, self.settings = encoder_cfg, settings
-        self.augment = settings.get("augment") or None
-        self.mae = build_mae(encoder_cfg, data.image_size, data.patch_size, METHOD_MASKING[method], mask_ratio, settings)
-        self.model = MaskedImageModelingStep(self.mae)
-        # lung_ratio shares one masked count for the whole run (max_i k_i over the un-augmented validity), so no
-        # step reads it from the device and every batch has the same shapes; other strategies use their own.
-        self.n_masked = lung_batch_masked(data.valid, mask_ratio) if self.mae.masking_name == "lung_ratio" else None
-
-    def loader_tensors(self) -> dict[str, torch.Tensor]:
-        """Images plus masks (augmented runs) or the validity map."""
-        return self.data.loader_tensors(self.augment)
-
-    def make_batch(self, batch: dict[str, torch.Tensor], rng: EpochRandom) -> dict[str, Any]:
-        """Normalise and augment the images, recompute their validity, draw the mask."""
-        images, valid = batch_inputs(batch, self.data, self.augment, rng.stream(AUGMENT_STREAM))
-        plan = self.mae.plan_masking(images.shape[0], valid, rng.stream(MASK_STREAM), images.device, self.n_masked)
-        return {"images": images, "plan": plan, "valid": valid}
-
-    def epoch_columns(self, sums: dict[str, float], n_images: int) -> dict[str, float]:
-        """Fallback count and share of images; share of lung-valid patches the encoder saw."""
-        return {
-            "fallback_count": int(sums["fallback"]),
-            "fallback_fraction": sums["fallback"] / n_images,
-            "visible_lung_fraction": sums["visible_lung"] / max(sums["lung"], 1.0),
-        }
-
-    def signature(self) -> dict[str, Any]:
-        """Method, ratio, architecture, the MIM settings and the data's shape."""
-        return {
-            "method": self.method,
-            "mask_ratio": self.mask_ratio,
-            "encoder": self.encoder_cfg,
-            "settings": {k: v for k, v in self.settings.items() if k not in UNSIGNED_KEYS},
-            "n_images": len(self.data.images),
-            "image_size": self.data.image_size,
-            "patch_size": self.data.patch_size,
-        }
-
-    def describe(self) -> list[str]:
-        """Method, masking, data and parameter counts."""
-        data, mae = self.data, self.mae
-        encoder = sum(p.numel() for p in mae.encoder.parameters())
-        total = sum(p.numel() for p in mae.parameters())
-        trainable = sum(p.numel() for p in mae.parameters() if p.requires_grad)
-        return [
-            f"method {self.method} ({mae.masking_name} masking), mask ratio {self.mask_ratio:.2f}, "
-            f"{len(data.images)} images {data.image_size}px, patch {data.patch_size}"
-            + (f", {self.n_masked} masked patches per image" if self.n_masked is not None else ""),
-            f"parameters: encoder {encoder:,}, decoder {total - encoder:,}, trainable {trainable:,}",
-        ]
-
-    def write_outputs(self, out_dir: Path) -> None:
-        """The encoder files (`write_encoder_files`) and autoencoder.safetensors (full MAE, for figures)."""
-        out_dir.mkdir(parents=True, exist_ok=True)
-        save_autoencoder(self.mae, self.encoder_cfg, out_dir / "autoencoder.safetensors")
-        write_encoder_files(self.mae.encoder, self.encoder_cfg, self.mae.image_size, self.mae.patch_size, out_dir)
-
-
-def save_autoencoder(model: MaskedAutoencoder, encoder_cfg: dict[str, Any], path: Path) -> None:
-    """Full MAE weights as safetensors, with the construction recipe as metadata (for figures)."""
-    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    metadata = {"mae": json.dumps(model.construction_metadata(encoder_cfg))}
-    with atomic_path(path) as tmp:
-        save_file(state, str(tmp), metadata=metadata)
+def build_method(name: str, data: PretrainData, run: RunInputs) -> TrainingMethod:
+    """The `TrainingMethod` of any registry method, from the builder its entry names."""
+    return registry.load_builder(name)(registry.method(name), data, run)
 
 
 @dataclass
@@ -136,9 +43,10 @@ class PretrainResult:
 
     finished: bool
     history: list[dict[str, float]]
-    model: nn.Module  # the MaskedAutoencoder (MIM) or the report-aware model (MRM, MedIM)
+    model: nn.Module  # the method's own model: the MaskedAutoencoder, the MRM / MedIM model, the siamese pair
     out_dir: Path
     epochs_run: int = 0
+    method: TrainingMethod | None = None  # the built method (its data, settings and outputs)
 
 
 def run_pretraining(
@@ -146,7 +54,7 @@ def run_pretraining(
     split_csv: str | Path,
     validity_npz: str | Path,
     method: str,
-    mask_ratio: float,
+    mask_ratio: float | None,
     encoder_cfg: dict[str, Any],
     settings: dict[str, Any],
     out_dir: str | Path,
@@ -154,49 +62,45 @@ def run_pretraining(
     tokenizer: str | Path | None = None,
     text: dict[str, Any] | None = None,
 ) -> PretrainResult:
-    """Pretrain, checkpointing every epoch to out_dir/checkpoint.pt and resuming from it when present.
+    """Pretrain any registry method, checkpointing every epoch to out_dir/checkpoint.pt and resuming from it.
 
-    MRM / MedIM (`tokenizer`, `text`: the tokenizer file and `text:` config section) train through the same loop.
+    Joint-embedding methods take no `mask_ratio`; methods that read reports need `tokenizer` and `text` (the
+    tokenizer rule's file and the `text:` config section).
     """
-    if method not in PRETRAIN_METHODS:
-        raise ValueError(f"unknown pretraining method {method!r}; choose one of {sorted(PRETRAIN_METHODS)}")
+    registry.method(method)  # an unknown name fails before any data is read
     setup = select_device(str(settings.get("device", "auto")))
     loop_settings = LoopSettings.from_settings(settings)
+    # Every method trains on the same images: train + val of the split, lung-mask QC exclusions applied.
     data = load_pretrain_data(prepared_dir, split_csv, validity_npz)
+    run = RunInputs(encoder_cfg, settings, mask_ratio, Path(prepared_dir), Path(tokenizer) if tokenizer else None, text)
     with distributed_session(setup.device.type) as ddp:
         seed_everything(loop_settings.seed)  # identical initial weights on every rank and every resume
-        if method in METHOD_MASKING:
-            mim = MaskedImageModeling(data, method, mask_ratio, encoder_cfg, settings)
-        else:
-            from cxrmim.train.report_pretrain import (
-                build_report_method,  # text stack only for report methods
-            )
-
-            mim = build_report_method(method, data, mask_ratio, encoder_cfg, settings, prepared_dir, tokenizer, text)
-        result = run_training(mim, loop_settings, setup, ddp, Path(out_dir), stop_after_epochs)
-    model = mim.mae if method in METHOD_MASKING else mim.core
-    return PretrainResult(result.finished, result.history, model, Path(out_dir), result.epochs_run)
+        built = build_method(method, data, run)
+        result = run_training(built, loop_settings, setup, ddp, Path(out_dir), stop_after_epochs)
+    return PretrainResult(result.finished, result.history, built.core, Path(out_dir), result.epochs_run, built)
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    """Command-line interface of the pretrain stage."""
+def parse_args(argv: list[str] | None = None, family: str | None = None) -> argparse.Namespace:
+    """Command-line interface of the pretraining stages (`family`: only that family's methods are choices)."""
+    names = registry.methods(family)
     parser = argparse.ArgumentParser(
-        description="MAE / RGMIM pretraining of a ViT on the prepared chest X-ray cache (torchrun-compatible).",
+        description=f"Pretraining ({', '.join(names)}) on the prepared chest X-ray cache (torchrun-compatible).",
     )
     parser.add_argument("--prepared", required=True, help="prepared cache directory (images.npy, masks.npy, manifest.csv)")
     parser.add_argument("--split", required=True, help="split.csv; images whose part is train or val are used")
-    parser.add_argument("--validity", required=True, help="validity.npz of the patch_validity stage")
-    parser.add_argument("--method", required=True, choices=sorted(PRETRAIN_METHODS), help="rgmim = region, rgmim-lung = lung_ratio, mae = random masking; mrm(-noreport|-nosr), medim read the reports")
-    parser.add_argument("--mask-ratio", required=True, type=float, help="fraction of patches to mask, e.g. 0.75")
-    add_run_arguments(parser, "JSON (inline or file) of the `pretrain:` config section")
-    parser.add_argument("--tokenizer", default=None, help="tokenizer JSON of the tokenizer rule (mrm, mrm-nosr, medim)")
+    parser.add_argument("--validity", required=True, help="validity.npz of the patch_validity stage (its lung-mask QC exclusions apply to every method)")
+    parser.add_argument("--method", required=True, choices=names, help="a cxrmim.registry method")
+    parser.add_argument("--mask-ratio", type=float, default=None, help="fraction of patches to mask, e.g. 0.75 (masked and report-aware methods)")
+    add_run_arguments(parser, "JSON (inline or file) of the method's config section (`pretrain:` or `contrastive.<method>`)")
+    reading = ", ".join(registry.methods(reads_reports=True))
+    parser.add_argument("--tokenizer", default=None, help=f"tokenizer JSON of the tokenizer rule ({reading})")
     parser.add_argument("--text", default=None, help="JSON (inline or file) of the `text:` config section (report methods)")
     return parser.parse_args(argv)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Entry point of scripts/pretrain.py."""
-    args = parse_args(argv)
+def main(argv: list[str] | None = None, family: str | None = None) -> int:
+    """Entry point of scripts/pretrain.py (and, for the joint-embedding family, scripts/contrastive_pretrain.py)."""
+    args = parse_args(argv, family)
     settings = start_run(args)
     result = run_pretraining(
         args.prepared, args.split, args.validity, args.method, args.mask_ratio,

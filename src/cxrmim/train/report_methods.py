@@ -17,7 +17,8 @@ from cxrmim.models.encoders import write_encoder_files
 from cxrmim.text.keywords import knowledge_words
 from cxrmim.text.reports import REPORTS_FILE, load_reports
 from cxrmim.text.tokenizer import MASK, ReportTensors, encode_reports, load_tokenizer
-from cxrmim.train.pretrain import UNSIGNED_KEYS
+from cxrmim.registry import Method
+from cxrmim.train.method_base import MethodBase, RunInputs, check_spec, parameter_count
 from cxrmim.train.pretrain_data import PretrainData
 
 
@@ -36,36 +37,32 @@ def load_report_tensors(prepared_dir: str | Path, tokenizer_path: str | Path, da
     return tensors, tokenizer.get_vocab_size(), tokenizer.token_to_id(MASK)
 
 
-class ReportMethodOutputs:
+def report_inputs(spec: Method, data: PretrainData, run: RunInputs) -> tuple[ReportTensors | None, int, int]:
+    """(report tensors, vocabulary size, [MASK] id) of a report-aware run; (None, 0, 0) when it reads no reports."""
+    check_spec(spec, run)
+    if not spec.reads_reports:
+        return None, 0, 0
+    if not run.tokenizer or not run.text:
+        raise ValueError(f"method {spec.name} reads the reports: pass --tokenizer (the tokenizer rule's file) and --text")
+    return load_report_tensors(run.prepared_dir, run.tokenizer, data, run.text)
+
+
+class ReportMethodOutputs(MethodBase):
     """Signature, description and output files of a report-aware method."""
 
-    method: str
-    model: nn.Module  # the loop's model (a step wrapper)
     core: nn.Module  # the method's model: `.mae` (its image autoencoder) and `export_encoder(encoder_cfg)`
-    data: PretrainData
     mask_ratio: float
-    encoder_cfg: dict[str, Any]
-    settings: dict[str, Any]
     text: dict[str, Any]
     reports: ReportTensors | None
 
-    def signature(self) -> dict[str, Any]:
-        """Method, ratio, architecture, the method's settings, the text settings and the data's shape."""
-        return {
-            "method": self.method,
-            "mask_ratio": self.mask_ratio,
-            "encoder": self.encoder_cfg,
-            "settings": {k: v for k, v in self.settings.items() if k not in UNSIGNED_KEYS},
-            "text": self.text,
-            "n_images": len(self.data.images),
-            "image_size": self.data.image_size,
-            "patch_size": self.data.patch_size,
-        }
+    def own_signature(self) -> dict[str, Any]:
+        """Masking ratio, patch size and the text settings."""
+        return {"mask_ratio": self.mask_ratio, "patch_size": self.data.patch_size, "text": self.text}
 
     def describe(self) -> list[str]:
         """Method, data and parameter counts."""
-        encoder = sum(p.numel() for p in self.core.mae.encoder.parameters())
-        total = sum(p.numel() for p in self.core.parameters())
+        encoder = parameter_count(self.core.mae.encoder)
+        total = parameter_count(self.core)
         words = "" if self.reports is None else f", reports of {self.reports.attention.sum(1).float().mean():.1f} tokens"
         return [
             f"method {self.method}, mask ratio {self.mask_ratio:.2f}, {len(self.data.images)} images "

@@ -1,4 +1,4 @@
-"""Pieces every training stage shares: seeding, the learning-rate schedule and AdamW parameter groups."""
+"""Seeding, the learning-rate schedule and AdamW parameter groups: shared by pretraining, fine-tuning, the segmenter."""
 
 from __future__ import annotations
 
