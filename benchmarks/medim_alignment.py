@@ -16,9 +16,9 @@ import time
 
 import torch
 
-from cxrmim.diagnostics.lesion_masking import lesion_masking_rates, phantom_reports, train_alignment
 from cxrmim.config import load_config
 from cxrmim.data.synthetic import FINDINGS, PhantomSettings
+from cxrmim.diagnostics.lesion_masking import lesion_masking_rates, phantom_reports, train_alignment
 from cxrmim.models.medim import ReportGuidedMIM
 from cxrmim.text.keywords import knowledge_words
 

@@ -159,7 +159,7 @@ def main() -> None:
                 dec_dim, dec_depth, dec_heads,
             ).to(setup.device)  # fmt: skip
         # Alternate the methods and keep each one's best round: shared machines make single timings noisy.
-        throughput = {name: 0.0 for name in models}
+        throughput = dict.fromkeys(models, 0.0)
         for _ in range(args.rounds):
             for name, model in models.items():
                 throughput[name] = max(
@@ -175,7 +175,7 @@ def main() -> None:
     for size in args.sizes:
         encoder_kwargs, decoder = SIZES[size]
         steps = report_steps({"timm_name": "vit_tiny_patch16_224", "kwargs": encoder_kwargs}, decoder, args, setup)
-        throughput = {name: 0.0 for name in steps}
+        throughput = dict.fromkeys(steps, 0.0)
         for _ in range(args.rounds):
             for name, (model, loss_fn) in steps.items():
                 rate = time_loss(model, loss_fn, setup, args.batch_size, args.warmup, args.repeats)

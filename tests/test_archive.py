@@ -13,7 +13,6 @@ import pytest
 from cxrmim.data import archive as archive_module
 from cxrmim.data.archive import MARKER, fetch_source, safe_extract
 
-
 # ----------------------------------------------------------------------------- helpers
 
 

@@ -22,11 +22,11 @@ from scipy import ndimage
 
 from cxrmim.config import load_config, validate_config
 from cxrmim.data.archive import safe_extract
+from cxrmim.data.mask_qc import qc_table
 from cxrmim.data.prepare import prepare
 from cxrmim.data.readers import read_grey, read_mask
 from cxrmim.data.sources import SourceError, covid19_radiography_records, manifest_records
 from cxrmim.data.splits import split_dataset
-from cxrmim.data.mask_qc import qc_table
 
 DATASET = {"name": "bad", "kind": "manifest", "label_map": {}, "views": []}
 SETTINGS = {"image_size": 32, "on_bad_image": "skip", "workers": 1, "min_image_side": 16}

@@ -32,3 +32,12 @@ def test_a_module_added_to_an_import_chain_is_found(tmp_path: Path):
     script.write_text("from cxrmim.data import splits\nimport cxrmim.io\n")
     closure = {p.relative_to(PACKAGE).as_posix() for p in module_closure(script)}
     assert {"data/splits.py", "io.py", "data/__init__.py", "__init__.py"} <= closure
+
+
+def test_pretrain_scripts_reach_every_method_the_registry_builds():
+    """Methods are built by name (registry.load_builder): their modules still rerun the pretraining stages."""
+    from cxrmim.registry import builder_modules
+
+    modules = {m.removeprefix("cxrmim.").replace(".", "/") + ".py" for m in builder_modules()}
+    assert modules <= names("pretrain.py") and modules <= names("contrastive_pretrain.py")
+    assert not any(name.startswith("train/") for name in names("tables.py"))

@@ -20,9 +20,9 @@ from cxrmim.inits import parse_init
 from cxrmim.models.encoders import create_encoder, read_encoder_metadata
 from cxrmim.optim import seed_everything
 from cxrmim.registry import JOINT
+from cxrmim.train.finetune import build_model
 from cxrmim.train.pretrain import main as pretrain_main
 from cxrmim.train.pretrain import run_pretraining
-from cxrmim.train.finetune import build_model
 
 SMALL_RESNET = {"timm_name": "resnet10t", "kwargs": {}}  # same code path as the paper's resnet50
 TINY_VIT = {"timm_name": "vit_tiny_patch16_224", "kwargs": {"embed_dim": 32, "depth": 1, "num_heads": 2, "mlp_ratio": 2.0}}

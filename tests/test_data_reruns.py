@@ -9,9 +9,9 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from conftest import snakemake
 from PIL import Image
 
-from conftest import snakemake
 from cxrmim.data.fingerprint import dataset_fingerprint
 
 TARGET = "results/edits/split/split.csv"

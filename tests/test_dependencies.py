@@ -29,6 +29,7 @@ RUNTIME_ONLY = {
     "snakemake-executor-plugin-slurm": "Snakemake's SLURM executor (`--executor slurm`)",
     "pygments": "code highlighting in `snakemake --report`",
     "snakefmt": "the Snakefile formatter .ci/run checks with",
+    "ruff": "the Python linter and formatter .ci/run checks with",
 }
 # Import names whose distribution name differs, for packages not installed where the test runs.
 KNOWN_DISTRIBUTIONS = {"PIL": "pillow", "yaml": "pyyaml", "sklearn": "scikit-learn", "skimage": "scikit-image"}
@@ -101,7 +102,7 @@ def test_every_declared_package_is_imported():
 def test_upper_caps_are_the_deliberate_ones():
     capped = {name for name, req in declared().items() if any(s.operator in ("<", "<=", "==", "~=")
                                                                for s in req.specifier)}
-    assert capped == {"torch", "snakefmt", "snakemake-executor-plugin-slurm"}, capped
+    assert capped == {"torch", "snakefmt", "ruff", "snakemake-executor-plugin-slurm"}, capped
 
 
 def rule_envs() -> dict[str, tuple[str, str]]:

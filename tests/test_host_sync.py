@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_finetune import PATCH, SETTINGS, TINY_VIT, make_cache
 
 from cxrmim.device import select_device
 from cxrmim.inits import parse_init
@@ -21,7 +22,6 @@ from cxrmim.segment.train import train_segmenter
 from cxrmim.segment.training_data import load_training_sources
 from cxrmim.train.finetune import finetune
 from cxrmim.train.finetune_data import load_finetune_data
-from test_finetune import PATCH, SETTINGS, TINY_VIT, make_cache
 
 PACKAGE = str(Path(__file__).resolve().parents[1] / "src" / "cxrmim")
 HOST_READS = ("item", "tolist", "cpu", "numpy", "__float__", "__int__", "__bool__")

@@ -1,4 +1,5 @@
-"""Imports run one way: cxrmim.analysis never imports cxrmim.train, and cxrmim.train never imports cxrmim.analysis."""
+"""Imports run one way: each part of the package imports only the layers below it, and no module imports itself
+back through a chain (a cycle works only while some import sits inside a function)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,18 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 FORBIDDEN = {"cxrmim.analysis": "cxrmim.train", "cxrmim.train": "cxrmim.analysis"}
+# Bottom to top; a module may import its own part and the layers below. Parts of one layer never import each other
+# (training and analysis run apart: tables never need torch training code; segment and diagnostics likewise).
+LAYERS = (
+    ("cxrmim.registry", "cxrmim.pixels", "cxrmim.io", "cxrmim.device"),
+    ("cxrmim.cli", "cxrmim.codebase"),
+    ("cxrmim.text",),
+    ("cxrmim.data",),
+    ("cxrmim.config", "cxrmim.inits", "cxrmim.recipe", "cxrmim.evaluation", "cxrmim.optim", "cxrmim.models"),
+    ("cxrmim.plan",),
+    ("cxrmim.segment", "cxrmim.diagnostics"),
+    ("cxrmim.train", "cxrmim.analysis"),
+)
 
 
 def module_name(path: Path, root: Path) -> str:
@@ -50,8 +63,78 @@ def forbidden_imports(root: Path) -> list[str]:
     return found
 
 
+def part_of(name: str) -> str | None:
+    """The LAYERS part a module belongs to (None for the package itself)."""
+    return next((part for layer in LAYERS for part in layer if within(name, part)), None)
+
+
+def layer_of(part: str) -> int:
+    """Index of a part's layer."""
+    return next(i for i, layer in enumerate(LAYERS) if part in layer)
+
+
+def import_graph(root: Path) -> dict[str, set[str]]:
+    """Module -> the package modules it imports (function-level imports included), under root/cxrmim."""
+    modules = {module_name(path, root): path for path in sorted((root / "cxrmim").rglob("*.py"))}
+    return {name: {m for m in imported_modules(path, root) if m in modules and m != name} for name, path in modules.items()}
+
+
+def wrong_way_imports(root: Path) -> list[str]:
+    """'importer -> imported' for every import of a part in the same or a higher layer than the importer's."""
+    found = []
+    for importer, imported in import_graph(root).items():
+        source = part_of(importer)
+        assert source is not None or importer == "cxrmim", f"{importer}: add its part to LAYERS"
+        for name in sorted(imported):
+            target = part_of(name)
+            if source and target and target != source and layer_of(target) >= layer_of(source):
+                found.append(f"{importer} -> {name}")
+    return found
+
+
+def import_cycles(root: Path) -> list[list[str]]:
+    """Every cycle of the module graph, each as the modules along it (depth-first search from every module)."""
+    graph, cycles, done = import_graph(root), [], set()
+
+    def visit(name: str, path: list[str]) -> None:
+        for nxt in sorted(graph.get(name, ())):
+            if nxt in path:
+                cycles.append(path[path.index(nxt) :] + [nxt])
+            elif nxt not in done:
+                visit(nxt, [*path, nxt])
+        done.add(name)
+
+    for start in sorted(graph):
+        if start not in done:
+            visit(start, [start])
+    return cycles
+
+
 def test_analysis_and_train_do_not_import_each_other() -> None:
     assert forbidden_imports(REPO / "src") == []
+
+
+def test_every_import_runs_down_the_layers() -> None:
+    assert wrong_way_imports(REPO / "src") == []
+
+
+def test_no_import_cycles() -> None:
+    assert import_cycles(REPO / "src") == []
+
+
+def test_the_layer_and_cycle_checks_find_what_they_forbid(tmp_path: Path) -> None:
+    package = tmp_path / "cxrmim"
+    for sub in ("models", "data", "train"):
+        (package / sub).mkdir(parents=True)
+        (package / sub / "__init__.py").write_text("")
+    (package / "__init__.py").write_text("")
+    (package / "data" / "a.py").write_text("def f():\n    from cxrmim.models import m\n")  # data below models
+    (package / "models" / "m.py").write_text("import cxrmim.train.t\n")
+    (package / "train" / "t.py").write_text("from cxrmim.data import a\n")
+    assert wrong_way_imports(tmp_path) == [
+        "cxrmim.data.a -> cxrmim.models", "cxrmim.data.a -> cxrmim.models.m", "cxrmim.models.m -> cxrmim.train.t"
+    ]
+    assert import_cycles(tmp_path) == [["cxrmim.data.a", "cxrmim.models.m", "cxrmim.train.t", "cxrmim.data.a"]]
 
 
 def test_the_check_finds_absolute_and_relative_imports(tmp_path: Path) -> None:

@@ -13,9 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from safetensors.torch import load_file
-
 from conftest import REPO, TINY_CONFIG, snakemake
+from safetensors.torch import load_file
 
 pytestmark = pytest.mark.slow
 

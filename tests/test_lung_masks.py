@@ -10,14 +10,14 @@ import pandas as pd
 import pytest
 import torch
 import yaml
+from conftest import snakemake
 from PIL import Image
 
-from conftest import snakemake
+from cxrmim.data.mask_qc import decide, qc_table
 from cxrmim.data.synthetic import PhantomSettings, generate_dataset
 from cxrmim.device import select_device
 from cxrmim.segment.model import SegmenterSpec, build_segmenter, load_segmenter, save_segmenter
 from cxrmim.segment.postprocess import clean_mask, dice_iou
-from cxrmim.data.mask_qc import decide, qc_table
 from cxrmim.segment.train import evaluate, train_segmenter
 from cxrmim.segment.training_data import load_training_sources
 

@@ -263,8 +263,8 @@ def test_learned_alignment_makes_kwm_mask_the_lesion():
     lesion: KWM masks the focal lesion patches of held-out phantoms clearly more often than random masking at the
     same ratio. Measured (seeds 0/1/2): GLoRIA's cross-image loss +0.15/+0.09/+0.07; the earlier within-report local
     loss +0.03/+0.00/+0.01."""
-    from cxrmim.diagnostics.lesion_masking import lesion_masking_rates, phantom_reports, train_alignment
     from cxrmim.data.synthetic import PhantomSettings
+    from cxrmim.diagnostics.lesion_masking import lesion_masking_rates, phantom_reports, train_alignment
     from cxrmim.models.medim import ReportGuidedMIM
 
     phantoms = {"image_size": 64, "lesion_contrast": 0.8}  # a clearly visible lesion: a short run can find it

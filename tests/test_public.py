@@ -35,7 +35,7 @@ def chexpert_tree(root: Path, n_train: int = 8, skip: int | None = None) -> Path
                 write_image(root / rel, offset + i)
             row = {"Path": rel, "Sex": "F", "Age": "50", "Frontal/Lateral": "Frontal" if i % 2 == 0 else "Lateral",
                    "AP/PA": "AP" if i % 2 == 0 else ""}
-            row.update({name: "" for name in ["No Finding", *CHEXPERT_FINDINGS]})
+            row.update(dict.fromkeys(["No Finding", *CHEXPERT_FINDINGS], ""))
             row["Edema"] = "1.0" if i % 3 == 0 else "0.0"
             row["Cardiomegaly"] = "-1.0" if i % 4 == 1 else ""
             row["No Finding"] = "1.0" if i % 3 else ""

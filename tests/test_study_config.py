@@ -6,7 +6,6 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
-
 from conftest import MULTILABEL_PHANTOMS, PHANTOM_FINDINGS, REPO, TINY_CONFIG, snakemake
 from test_public import OFFICIAL_SPLIT, mimic_tree
 

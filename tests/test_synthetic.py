@@ -101,7 +101,7 @@ def test_class_changes_only_lung_pixels(index: int) -> None:
 def test_class_balance_is_respected() -> None:
     """Drawn classes follow class_balance, including a class with zero weight."""
     settings = PhantomSettings(n_images=4000, class_balance=(2, 1, 1, 0))
-    counts = {label: 0 for label in CLASSES}
+    counts = dict.fromkeys(CLASSES, 0)
     for index in range(settings.n_images):
         counts[class_of(settings, index)] += 1
     shares = {label: count / settings.n_images for label, count in counts.items()}

@@ -80,7 +80,7 @@ def fake_history(root: Path, run: str, last_epoch: dict[str, float]) -> Path:
     """A pretraining history.csv of two epochs whose last row carries `last_epoch`."""
     path = root / run / "history.csv"
     path.parent.mkdir(parents=True)
-    first = {key: 0.9 for key in last_epoch}  # earlier epochs must not leak into the table
+    first = dict.fromkeys(last_epoch, 0.9)  # earlier epochs must not leak into the table
     history = pd.DataFrame([{"epoch": 1, "loss": 1.0, **first}, {"epoch": 2, "loss": 0.5, **last_epoch}])
     history.to_csv(path, index=False)
     return path

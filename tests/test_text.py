@@ -9,7 +9,14 @@ import pandas as pd
 import pytest
 
 from cxrmim.data.synthetic import PhantomSettings, render_phantom
-from cxrmim.text.keywords import KnowledgeWords, is_negated, keyword_pattern, keyword_spans, knowledge_words, read_keywords
+from cxrmim.text.keywords import (
+    KnowledgeWords,
+    is_negated,
+    keyword_pattern,
+    keyword_spans,
+    knowledge_words,
+    read_keywords,
+)
 from cxrmim.text.reports import clean_report, load_reports, split_sentences, write_reports
 from cxrmim.text.stage import build_tokenizer
 from cxrmim.text.tokenizer import PAD, UNK, encode_reports, load_tokenizer, save_tokenizer, train_tokenizer

@@ -6,7 +6,6 @@ import re
 from pathlib import Path
 
 import yaml
-
 from conftest import REPO, TINY_CONFIG, snakemake
 
 ENCODER = "results/tiny/pretrain/rgmim_r0.75_vit-tiny_s0/encoder.safetensors"

@@ -7,7 +7,6 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-
 from conftest import MULTILABEL_PHANTOMS, PHANTOM_FINDINGS, snakemake
 
 pytestmark = pytest.mark.slow

@@ -19,9 +19,8 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from safetensors.torch import load_file
-
 from conftest import REPO, TINY_CONFIG
+from safetensors.torch import load_file
 from slurm_harness import (
     SlurmCluster,
     job_ids_in_history,

@@ -18,6 +18,7 @@ import seaborn as sns  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 from sklearn.metrics import confusion_matrix  # noqa: E402
 
+from cxrmim import registry  # noqa: E402
 from cxrmim.analysis.runs import (  # noqa: E402
     fraction_label,
     init_label,
@@ -27,7 +28,6 @@ from cxrmim.analysis.runs import (  # noqa: E402
     main_runs,
 )
 from cxrmim.analysis.tables import mask_ratio_runs  # noqa: E402
-from cxrmim import registry  # noqa: E402
 from cxrmim.io import atomic_path  # noqa: E402
 
 # Colours come from the registry: every figure (and the pretraining ones, if they import it) agrees.

@@ -6,6 +6,7 @@ from typing import Any
 
 import pandas as pd
 
+from cxrmim import registry
 from cxrmim.data.splits import configured_budgets
 from cxrmim.recipe import DEFAULT_BETAS, LR_REFERENCE_BATCH, FinetuneSettings
 
@@ -50,6 +51,13 @@ def built_model_rows(runs: pd.DataFrame | None) -> list[tuple[str, Any, Any]]:
     norms = "; ".join(runs["input_norm"].dropna().unique()) or NONE
     rows.append(("Input normalisation (grey)", norms if runs["pretrain_seed"].notna().any() else NONE, norms))
     return rows
+
+
+def recipe_label(key: str) -> str:
+    """'MRM recipe (mrm, mrm-noreport, mrm-nosr)': a `pretrain:` subsection and the methods that read it."""
+    names = [name for name, own in registry.own_sections().items() if own == key]
+    first = registry.method(names[0]).label
+    return f"{first} recipe" + (f" ({', '.join(names)})" if len(names) > 1 else "")
 
 
 def settings_text(values: dict[str, Any] | None) -> str | None:
@@ -119,8 +127,7 @@ def hyperparameter_table(config: dict[str, Any], runs: pd.DataFrame | None = Non
         ("Encoder", encoder_text(config, pre.get("encoder", "vit")), "per init (see encoders)"),
         ("Decoder (dim, depth, heads)", ", ".join(str(decoder.get(k)) for k in ("embed_dim", "depth", "num_heads")),
          NONE),
-        ("MRM recipe (mrm, mrm-noreport, mrm-nosr)", settings_text(pre.get("mrm")), NONE),
-        ("MedIM recipe", settings_text(pre.get("medim")), NONE),
+        *((recipe_label(key), settings_text(pre.get(key)), NONE) for key in dict.fromkeys(registry.own_sections().values())),
         ("Seeds", listed(pre.get("seeds")), subset_seeds_text(fractions)),
         ("Label fractions", NONE, listed(fractions.get("fractions"))),
         ("Split: test, validation fraction (seed)",

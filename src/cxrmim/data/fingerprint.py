@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from cxrmim import registry
 from cxrmim.data.sources import IMAGE_SUFFIXES, MANIFEST_ALIASES
 
 PATH_COLUMNS = {"image", "mask"} | {alias for alias, key in MANIFEST_ALIASES.items() if key in ("image", "mask")}
@@ -60,7 +61,7 @@ def dataset_fingerprint(dataset_cfg: dict[str, Any]) -> str:
         digest.update(path.read_bytes())
         lines = [_stat_line(p) for p in manifest_files(path)]
     elif path.is_dir():
-        labelled = dataset_cfg.get("kind") in ("mimic_cxr_jpg", "chexpert", "nih_cxr14")
+        labelled = dataset_cfg.get("kind") in {k.name for k in registry.DATASET_KINDS if k.label_files}
         suffixes = IMAGE_SUFFIXES | LABEL_SUFFIXES if labelled else IMAGE_SUFFIXES
         lines = [_stat_line(p) for p in folder_files(path, suffixes)]
     else:

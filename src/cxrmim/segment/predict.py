@@ -13,12 +13,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cxrmim.data.mask_qc import decide, qc_table, worst_first
 from cxrmim.data.tensors import load_prepared, normalise
 from cxrmim.device import DeviceSetup, select_device
 from cxrmim.io import atomic_path
 from cxrmim.segment.model import SegmenterSpec, load_segmenter
 from cxrmim.segment.postprocess import clean_masks
-from cxrmim.data.mask_qc import decide, qc_table, worst_first
 from cxrmim.segment.qc import plot_mask_grid, qc_titles
 
 log = logging.getLogger(__name__)

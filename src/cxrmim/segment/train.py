@@ -24,12 +24,12 @@ from cxrmim.data.tensors import (
     normalise,
 )
 from cxrmim.device import DeviceSetup, select_device
+from cxrmim.optim import apply_lr, cosine_lr, seed_everything
 from cxrmim.segment.model import SegmenterSpec, build_segmenter, save_segmenter
 from cxrmim.segment.postprocess import dice_iou
 from cxrmim.segment.predict import segment
 from cxrmim.segment.qc import plot_mask_grid
 from cxrmim.segment.training_data import MaskedImages, load_training_sources
-from cxrmim.optim import apply_lr, cosine_lr, seed_everything
 
 log = logging.getLogger(__name__)
 

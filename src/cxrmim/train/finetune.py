@@ -28,8 +28,8 @@ from cxrmim.models.encoders import (
     read_encoder_metadata,
     transfer_encoder,
 )
-from cxrmim.recipe import DEFAULT_BETAS, LR_REFERENCE_BATCH, FinetuneSettings
 from cxrmim.optim import apply_lr, cosine_lr, seed_everything
+from cxrmim.recipe import DEFAULT_BETAS, LR_REFERENCE_BATCH, FinetuneSettings
 from cxrmim.train.finetune_augment import applied_preset, augment_images
 from cxrmim.train.finetune_data import FinetuneData, FinetuneResult, prediction_table
 from cxrmim.train.finetune_task import (

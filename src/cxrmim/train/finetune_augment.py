@@ -18,11 +18,12 @@ import math
 import torch
 import torch.nn.functional as F
 
+from cxrmim import registry
 from cxrmim.data.tensors import augment_batch
 from cxrmim.models.encoders import InputNorm
 from cxrmim.recipe import FinetuneSettings
 
-AUGMENT_PRESETS = ("none", "current", "classic", "randaugment", "native")
+AUGMENT_PRESETS = registry.names(registry.AUGMENT_PRESETS)  # declared in cxrmim.registry
 RANDAUG_OPS = ("identity", "autocontrast", "rotate", "posterize", "solarize", "contrast", "brightness",
                "sharpness", "shear_x", "shear_y", "translate_x", "translate_y")
 RANDAUG_N, RANDAUG_M, RANDAUG_STD, RANDAUG_PROB = 2, 9.0, 0.5, 0.5

@@ -10,6 +10,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
+from cxrmim import registry
 from cxrmim.evaluation import (
     UNCERTAIN,
     binary_metrics,
@@ -21,7 +22,7 @@ from cxrmim.evaluation import (
 # Validation column that picks the epoch: accuracy needs a threshold for binary tasks, so AUC is threshold-free
 # there; mean AUC is the multilabel headline number.
 SELECTION_COLUMN = {"multiclass": "val_accuracy", "binary": "val_auc", "multilabel": "val_auc_mean"}
-FINETUNE_MODES = ("full", "probe")
+FINETUNE_MODES = registry.names(registry.FINETUNE_MODES)  # declared in cxrmim.registry
 
 
 def task_loss(logits: torch.Tensor, targets: torch.Tensor, sigmoid: bool) -> torch.Tensor:

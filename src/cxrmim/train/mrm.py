@@ -11,9 +11,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from cxrmim import registry
 from cxrmim.models.mrm import MaskedRecordModel
 from cxrmim.models.report_text import whole_word_mask
-from cxrmim import registry
 from cxrmim.text.tokenizer import ReportTensors
 from cxrmim.train.loop import EpochRandom
 from cxrmim.train.method_base import RunInputs

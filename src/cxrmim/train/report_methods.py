@@ -14,10 +14,10 @@ from torch import nn
 
 from cxrmim.io import atomic_path
 from cxrmim.models.encoders import write_encoder_files
+from cxrmim.registry import Method
 from cxrmim.text.keywords import knowledge_words
 from cxrmim.text.reports import REPORTS_FILE, load_reports
 from cxrmim.text.tokenizer import MASK, ReportTensors, encode_reports, load_tokenizer
-from cxrmim.registry import Method
 from cxrmim.train.method_base import MethodBase, RunInputs, check_spec, parameter_count
 from cxrmim.train.pretrain_data import PretrainData
 
