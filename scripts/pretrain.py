@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Pretrain a ViT masked autoencoder, RGMIM, RGMIM-lung or MAE (the `pretrain` rule); torchrun-compatible for DDP."""
+"""Pretrain one masked or report-aware method of cxrmim.registry (the `pretrain` rule); torchrun-compatible for DDP."""
 
 from cxrmim.cli import run_main
 from cxrmim.train.pretrain import main

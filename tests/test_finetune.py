@@ -86,7 +86,7 @@ def test_scratch_vit_cli_writes_all_outputs(cache: dict[str, Path], tmp_path: Pa
     module.main(command)  # in-process: a subprocess would pay the torch import again
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["method"] == "From Scratch" and metrics["architecture"] == "ViT"
-    assert metrics["mask_ratio"] is None and metrics["n_train"] == 24
+    assert metrics["mask_ratio"] is None and metrics["n_labels"] == 24 and "n_train" not in metrics
     assert metrics["classes"] == ["COVID-19", "Normal", "Viral_Pneumonia"]
     for key in ("accuracy", "f1_macro", "precision_macro", "recall_macro", "auc_macro", "loss", "recall_Normal"):
         assert key in metrics["test"] and key in metrics["val"]

@@ -13,7 +13,7 @@ from torch import nn
 from cxrmim.device import select_device
 from cxrmim.optim import seed_everything, weight_decay_groups
 from cxrmim.train.distributed import Distributed
-from cxrmim.train.loop import EpochRandom, LoopSettings, Schedule, run_training
+from cxrmim.train.loop import EpochRandom, LoopSettings, NonFiniteLoss, Schedule, run_training
 
 N_IMAGES, DIM = 30, 6
 
@@ -166,3 +166,20 @@ def test_a_model_may_return_the_bare_loss(tmp_path: Path) -> None:
                           tmp_path)
     assert result.finished
     assert list(pd.read_csv(tmp_path / "history.csv").columns) == ["epoch", "loss", "lr", "images_per_s", "seconds"]
+
+
+class DivergingMethod(ToyMethod):
+    """The toy method whose targets turn NaN from the second epoch on."""
+
+    def make_batch(self, batch: dict[str, torch.Tensor], rng: EpochRandom) -> dict[str, Any]:
+        inputs = super().make_batch(batch, rng)
+        return inputs | ({"y": inputs["y"] * float("nan")} if rng.epoch >= 1 else {})
+
+
+def test_a_non_finite_loss_stops_the_run_before_any_weights_are_written(tmp_path: Path) -> None:
+    seed_everything(3)
+    with pytest.raises(NonFiniteLoss, match=r"epoch 2/3: the loss is nan .* no weights were written"):
+        run_training(DivergingMethod(), LoopSettings.from_settings(SETTINGS), select_device("cpu"), Distributed(),
+                     tmp_path)  # fmt: skip
+    assert not (tmp_path / "weights.pt").exists() and not (tmp_path / "history.csv").exists()
+    assert torch.load(tmp_path / "checkpoint.pt", weights_only=True)["epoch"] == 1  # the last finite epoch

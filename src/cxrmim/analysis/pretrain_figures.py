@@ -115,7 +115,7 @@ def plot_masking_illustration(examples: Examples, mask_ratio: float, path: Path,
 
 
 def is_mae_file(path: str | Path) -> bool:
-    """True for an MAE/RGMIM autoencoder file (MRM and MedIM files carry their own metadata key)."""
+    """True for a masked method's autoencoder file (MRM and MedIM files carry their own metadata key)."""
     with safe_open(str(path), framework="pt") as handle:
         return "mae" in (handle.metadata() or {})
 

@@ -23,12 +23,12 @@ PRETRAIN_MEASURES = ["fallback_fraction", "visible_lung_fraction"]
 
 
 def load_runs(metrics_paths: Iterable[str | Path]) -> pd.DataFrame:
-    """One row per run: identity columns, n_train, best_epoch, val_* and test_* metrics, run_dir."""
+    """One row per run: identity columns, n_labels, best_epoch, val_* and test_* metrics, run_dir."""
     rows = []
     for path in metrics_paths:
         path = Path(path)
         metrics = json.loads(path.read_text())
-        row = {key: metrics.get(key) for key in (*IDENTITY, "n_train", "best_epoch")}
+        row = {key: metrics.get(key) for key in (*IDENTITY, "best_epoch")}
         # One row label per init family: the runs of every pretraining seed are replicates of one init.
         row["run_init"] = row["init"]
         if row["pretrain_seed"] is not None:
@@ -42,7 +42,7 @@ def load_runs(metrics_paths: Iterable[str | Path]) -> pd.DataFrame:
         row["augment"] = metrics.get("augment", "current")
         row["augment_applied"] = metrics.get("augment_applied", row["augment"])  # what `native` resolved to
         row["budget"] = metrics.get("budget") or f"frac{row['fraction']:g}"
-        row["n_labels"] = metrics.get("n_labels", row["n_train"])
+        row["n_labels"] = metrics.get("n_labels", metrics.get("n_train"))  # n_train: files written before n_labels
         row["run_dir"] = str(path.parent)
         rows.append(row)
     if not rows:

@@ -1,4 +1,6 @@
-"""Masked autoencoder with a timm ViT encoder and a pluggable masking strategy (MAE or RGMIM).
+"""Masked autoencoder with a timm ViT encoder and a pluggable masking strategy (`cxrmim.models.masking`).
+
+The model of the masked methods (RGMIM, RGMIM-lung, MAE) and the image branch of MRM and MedIM.
 
 Follows the structure of facebookresearch/mae `models_mae.py`: patchify -> forward_encoder (visible
 patches only) -> forward_decoder (mask tokens re-inserted) -> forward_loss (masked patches only).

@@ -277,7 +277,6 @@ def finetune(
         "fraction": None if fraction is None else float(fraction),
         "n_labels": len(data.train.labels),
         "seed": int(seed),
-        "n_train": len(data.train.labels),
         "classes": data.classes,
         "best_epoch": best_epoch,
         "selection": selection if len(data.val.labels) else "last_epoch",

@@ -1,4 +1,4 @@
-"""The training loop every pretraining method shares (MAE/RGMIM today; MRM, MedIM, SimSiam, BYOL plug in).
+"""The training loop every pretraining method of `cxrmim.registry` shares (masked, report-aware, joint-embedding).
 
 A method supplies a model whose forward returns the loss or `(loss, stats)` (stats: named 0-d tensors summed
 over the micro-batch, left on the device) and a way to build each micro-batch's forward inputs; see `TrainingMethod`.
@@ -6,7 +6,8 @@ The loop owns the rest: AdamW with timm's weight-decay groups, the MAE lr rule a
 gradient accumulation, bf16 autocast, compile + DDP, epoch checkpoints with exact resume, and history.csv.
 Every random draw of a method comes from `EpochRandom` streams seeded by (seed, epoch, rank), so a resumed
 run ends with exactly the weights of an uninterrupted one (bit-exact on CPU). Statistics are read from the
-device once per epoch: no host synchronisation inside a training step.
+device once per epoch: no host synchronisation inside a training step. A loss that is not finite stops the run
+before that epoch is checkpointed or any weights are written.
 """
 
 from __future__ import annotations
@@ -228,6 +229,7 @@ def run_training(
             log.warning("stopping after %d epoch(s) as requested (%s); checkpoint kept", epoch, STOP_ENV)
             return LoopResult(False, history, epochs_run)
         row, step = run_epoch(method, wrapped, optimizer, loader, schedule, setup, ddp, settings, epoch, step)
+        check_finite(row, epoch, settings.epochs)
         history.append(row)
         epochs_run += 1
         if ddp.is_main:
@@ -249,6 +251,24 @@ def run_training(
         log.info("wrote the weights and history.csv to %s", out_dir)
         checkpointer.remove()
     return LoopResult(True, history, epochs_run)
+
+
+class NonFiniteLoss(ValueError):
+    """The loss of an epoch was NaN or infinite: the run stops and writes no weights."""
+
+
+def check_finite(row: dict[str, float], epoch: int, epochs: int) -> None:
+    """Stop before this epoch is checkpointed or any weights are written when its loss is not finite.
+
+    The loss is the epoch's all-reduced mean, so every rank sees the same value and stops together.
+    """
+    if math.isfinite(row["loss"]):
+        return
+    kept = f"the checkpoint after epoch {epoch} is kept" if epoch else "no checkpoint either"
+    raise NonFiniteLoss(
+        f"epoch {epoch + 1}/{epochs}: the loss is {row['loss']} (not finite), so no weights were written ({kept}); "
+        "lower base_lr (or raise warmup_epochs), or check the inputs for NaN, then rerun"
+    )
 
 
 def run_epoch(
