@@ -91,11 +91,11 @@ def test_exported_folder_loads_with_one_line_of_timm(tmp_path: Path, encoder_cfg
         for param in encoder.parameters():
             param.uniform_(-0.1, 0.1)
     export_timm_folder(encoder, encoder_cfg, 48, 8, InputNorm(0.45, 0.3), tmp_path / "timm")
-    # The README's two lines, run as written there (with this folder).
-    readme = (REPO / "README.md").read_text()
+    # The two lines of docs/configuration.md, run as written there (with this folder).
+    readme = (REPO / "docs" / "configuration.md").read_text()
     lines = [line for line in readme.splitlines() if line.startswith(("model = timm.create_model(\"local-dir:",
                                                                         "data_config = timm.data"))]
-    assert len(lines) == 2, "README lost its timm loading example"
+    assert len(lines) == 2, "docs/configuration.md lost its timm loading example"
     namespace = {"timm": timm}
     exec("\n".join(lines).replace("path/to/folder", str(tmp_path / "timm")), namespace)
     model, data_config = namespace["model"], namespace["data_config"]
@@ -106,7 +106,7 @@ def test_exported_folder_loads_with_one_line_of_timm(tmp_path: Path, encoder_cfg
     for key, value in model.state_dict().items():
         if not key.startswith(("head.", "fc.")):
             assert torch.equal(value, reference[key]), key
-    assert model(torch.zeros(2, 1, 48, 48)).shape == (2, 4)  # num_classes=4 of the README line
+    assert model(torch.zeros(2, 1, 48, 48)).shape == (2, 4)  # num_classes=4 of the documented line
     assert model_summary(model, encoder_cfg["timm_name"])["n_parameters"] == model_summary(
         encoder, encoder_cfg["timm_name"])["n_parameters"]  # same encoder; the new head is not counted
 

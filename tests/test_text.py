@@ -123,7 +123,7 @@ def test_negated_terms_are_not_knowledge_words():
     everything = [text[a:b].lower() for a, b in KnowledgeWords(knowledge.pattern, skip_negated=False).spans(text)]
     assert {"pleural effusion", "pneumothorax", "heart", "lung", "effusion"} <= set(everything)
     assert is_negated("no acute change. lungs clear", 17, 22) is False  # a cue in the previous sentence
-    assert knowledge_words({}).skip_negated is False  # off unless the config asks (README, "MedIM")
+    assert knowledge_words({}).skip_negated is False  # off unless the config asks (docs/methods.md, "MedIM")
 
 
 def test_encode_reports_drops_negated_knowledge_words():

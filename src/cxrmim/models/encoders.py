@@ -178,7 +178,7 @@ def export_timm_folder(
     model: nn.Module, encoder_cfg: dict[str, Any], image_size: int, patch_size: int, norm: InputNorm,
     out_dir: str | Path,
 ) -> None:
-    """Write `config.json` + `model.safetensors`, loadable with one line of timm (see README):
+    """Write `config.json` + `model.safetensors`, loadable with one line of timm (see docs/configuration.md):
 
     `timm.create_model("local-dir:<out_dir>", pretrained=True, num_classes=k)`; the folder's config also gives
     `timm.data.resolve_data_config` the grey input size and normalisation.

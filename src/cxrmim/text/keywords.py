@@ -8,7 +8,7 @@ A term in a negated phrase ("No pleural effusion or pneumothorax.", "Heart size 
 image does not show; with `skip_negated` it is not a knowledge word: NegEx-style cues (Chapman et al. 2001), trimmed to
 chest radiograph reports, before the term (at most NEGATION_WINDOW words away) or after it, within its clause and
 not past a termination word ("but", "however"). The reference implementation has no negation handling, and it is
-off by default: at CPU size it made KWM mask fewer lesion patches (README, "MedIM").
+off by default: at CPU size it made KWM mask fewer lesion patches (docs/methods.md, "MedIM").
 """
 
 from __future__ import annotations

@@ -7,10 +7,12 @@ is an `encoder.safetensors` that fine-tuning loads like any other.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from cxrmim import registry
 from cxrmim.data.tensors import normalise
@@ -23,6 +25,8 @@ from cxrmim.train.pretrain_data import PretrainData
 
 EMBEDDING_COLUMNS = ("embedding_std", "embedding_std_ratio")
 VIEW_STREAM = 1  # EpochRandom stream of the augmentation draws
+# (method, backbone, settings) -> a module whose forward(view_a, view_b) returns (loss, {"embedding_std": ...}).
+ModelFactory = Callable[[str, nn.Module, dict[str, Any]], nn.Module]
 
 
 class JointEmbedding(MethodBase):
@@ -33,11 +37,12 @@ class JointEmbedding(MethodBase):
     stat_names = ("embedding_std",)
     history_columns = EMBEDDING_COLUMNS
 
-    def __init__(self, data: PretrainData, method: str, encoder_cfg: dict[str, Any], settings: dict[str, Any]) -> None:
+    def __init__(self, data: PretrainData, method: str, encoder_cfg: dict[str, Any], settings: dict[str, Any],
+                 make_model: ModelFactory = build_siamese) -> None:  # fmt: skip
         self.data, self.method, self.encoder_cfg, self.settings = data, method, encoder_cfg, settings
         self.augment = ViewAugment.from_config(settings.get("augment"))
         self.backbone = create_encoder(encoder_cfg, data.image_size, data.patch_size, num_classes=0)
-        self.model = build_siamese(method, self.backbone, settings)
+        self.model = make_model(method, self.backbone, settings)
         self.core = self.model
         self.embedding_dim = int(settings["heads"]["projection_dim"])
 
@@ -78,6 +83,9 @@ class JointEmbedding(MethodBase):
 
 
 def build(spec: registry.Method, data: PretrainData, run: RunInputs) -> JointEmbedding:
-    """The registry's builder of a joint-embedding method."""
+    """The registry's builder of SimSiam and BYOL (`cxrmim.models.siamese`).
+
+    Another joint-embedding method's module builds `JointEmbedding(..., make_model=<its model>)` the same way.
+    """
     check_spec(spec, run)
     return JointEmbedding(data, spec.name, run.encoder_cfg, run.settings)
