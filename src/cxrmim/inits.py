@@ -26,11 +26,13 @@ PRETRAIN_METHODS = {
     "medim": "MedIM",
     "simsiam": "SimSiam",
     "byol": "BYOL",
+    "skd": "SKD",
+    "cross": "Cross",
 }
 # Methods that read the reports (they need the tokenizer stage's output).
 REPORT_METHODS = ("mrm", "mrm-nosr", "medim")
 # Joint-embedding (contrastive / self-distillation) methods: two augmented views, no masking ratio.
-CONTRASTIVE_METHODS = ("simsiam", "byol")
+CONTRASTIVE_METHODS = ("simsiam", "byol", "skd", "cross")
 MASKED_METHODS = tuple(m for m in PRETRAIN_METHODS if m not in CONTRASTIVE_METHODS)
 BASELINES = {"scratch": "From Scratch", "imagenet": "Transfer"}
 METHOD_LABELS = PRETRAIN_METHODS | BASELINES

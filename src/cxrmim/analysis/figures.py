@@ -34,6 +34,8 @@ PALETTE = {
     "RGMIM": "#d62728",
     "RGMIM-lung": "#ff7f0e",
     "MAE": "#1f77b4",
+    "SKD": "#8c564b",
+    "Cross": "#e377c2",
     "BYOL": "#9467bd",
     "SimSiam": "#ff7f0e",
     "Transfer": "#2ca02c",

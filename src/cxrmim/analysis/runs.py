@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 # Row order of the paper's Table 2: self-supervised methods first, then the baselines; others go last.
-METHOD_ORDER = ["RGMIM", "RGMIM-lung", "MAE", "BYOL", "SimSiam", "Transfer", "From Scratch"]
+METHOD_ORDER = ["RGMIM", "RGMIM-lung", "MAE", "SKD", "Cross", "BYOL", "SimSiam", "Transfer", "From Scratch"]
 ARCHITECTURE_ORDER = ["ViT", "ResNet-50"]
 IDENTITY = ["method", "architecture", "init", "mask_ratio", "fraction", "pretrain_seed", "seed"]
 PRETRAIN_SEED_SUFFIX = re.compile(r"_s\d+$")  # `<method>_r<ratio>_<encoder>_s<seed>` (cxrmim.inits)

@@ -1,7 +1,7 @@
-"""SimSiam and BYOL pretraining of a timm backbone on the shared training loop (the `contrastive_pretrain` rule).
+"""SimSiam, BYOL, SKD and Cross pretraining of a timm backbone on the shared loop (the `contrastive_pretrain` rule).
 
 This module is the joint-embedding method (`JointEmbedding`) plus the stage's entry point; two seeded views per
-image (`cxrmim.data.views`), the model from `cxrmim.models.siamese`, and the loop, checkpoints and DDP of
+image (`cxrmim.data.views`), the model from `cxrmim.models.joint_embedding`, and the loop, checkpoints and DDP of
 `cxrmim.train.loop`. The exported backbone is an `encoder.safetensors` that fine-tuning loads like any other.
 """
 
@@ -20,7 +20,7 @@ from cxrmim.data.views import ViewAugment, two_views
 from cxrmim.device import select_device
 from cxrmim.inits import CONTRASTIVE_METHODS
 from cxrmim.models.encoders import create_encoder, write_encoder_files
-from cxrmim.models.siamese import BYOL, build_siamese
+from cxrmim.models.joint_embedding import build_joint_embedding
 from cxrmim.train.common import seed_everything
 from cxrmim.train.distributed import distributed_session
 from cxrmim.train.launch import add_run_arguments, report_unfinished, start_run
@@ -38,20 +38,23 @@ EMBEDDING_COLUMNS = ("embedding_std", "embedding_std_ratio")
 VIEW_STREAM = 1  # EpochRandom stream of the augmentation draws
 # Settings keys that do not change the trained weights (the loop signs its own keys itself).
 UNSIGNED_KEYS = {"device", "compile", "num_workers", "resources"}
+# std x sqrt(d) of the normalised embeddings below this: every image maps to (nearly) one point.
+COLLAPSE_RATIO = 0.05
 
 
 class JointEmbedding:
-    """SimSiam or BYOL as a `TrainingMethod`: two augmented views per image, a loss between their embeddings."""
-
-    stat_names = ("embedding_std",)
-    history_columns = EMBEDDING_COLUMNS
+    """A joint-embedding `TrainingMethod`: two augmented views per image, a loss between their embeddings."""
 
     def __init__(self, data: PretrainData, method: str, encoder_cfg: dict[str, Any], settings: dict[str, Any]) -> None:
         self.data, self.method, self.encoder_cfg, self.settings = data, method, encoder_cfg, settings
         self.augment = ViewAugment.from_config(settings.get("augment"))
         self.backbone = create_encoder(encoder_cfg, data.image_size, data.patch_size, num_classes=0)
-        self.model = build_siamese(method, self.backbone, settings)
+        self.model = build_joint_embedding(method, self.backbone, settings)
         self.embedding_dim = int(settings["heads"]["projection_dim"])
+        # The loss's parts (SKD, Cross) are per-image means in history.csv next to the collapse statistics.
+        self.loss_terms: tuple[str, ...] = tuple(self.model.loss_terms)
+        self.stat_names = ("embedding_std", *self.loss_terms)
+        self.history_columns = (*EMBEDDING_COLUMNS, *self.loss_terms)
 
     def loader_tensors(self) -> dict[str, torch.Tensor]:
         """The uint8 images; views are made on the device per batch."""
@@ -63,14 +66,24 @@ class JointEmbedding:
         return {"view_a": view_a, "view_b": view_b}
 
     def after_optimizer_step(self, step: int, total_steps: int) -> None:
-        """BYOL moves its target network towards the online one after every optimiser step."""
-        if isinstance(self.model, BYOL):
-            self.model.update_target(step, total_steps)
+        """Methods with a target network (BYOL, SKD, Cross) move it towards the online one; SimSiam has none."""
+        self.model.momentum_update(step, total_steps)
 
     def epoch_columns(self, sums: dict[str, float], n_images: int) -> dict[str, float]:
-        """Mean per-dimension std of the normalised embeddings, also relative to a healthy 1/sqrt(d)."""
-        std = sums["embedding_std"] / max(n_images, 1)
-        return {"embedding_std": std, "embedding_std_ratio": std * self.embedding_dim**0.5}
+        """Mean per-dimension std of the normalised embeddings, also relative to a healthy 1/sqrt(d); loss parts.
+
+        A ratio under COLLAPSE_RATIO is logged as a collapse: the loss can still look fine then (SKD's distillation
+        is 0 when every similarity is equal), the encoder has learnt nothing.
+        """
+        images = max(n_images, 1)
+        std = sums["embedding_std"] / images
+        ratio = std * self.embedding_dim**0.5
+        if ratio < COLLAPSE_RATIO:
+            log.warning(
+                "%s: the embeddings collapsed (std x sqrt(d) = %.3g < %.2g, ~1 when spread); its encoder is not a "
+                "useful initialisation: lower base_lr or raise the momentum", self.method, ratio, COLLAPSE_RATIO,
+            )  # fmt: skip
+        return {"embedding_std": std, "embedding_std_ratio": ratio} | {k: sums[k] / images for k in self.loss_terms}
 
     def signature(self) -> dict[str, Any]:
         """Method, architecture, the method's settings and the data's shape."""
@@ -125,7 +138,7 @@ def run_contrastive(
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line interface of the contrastive_pretrain stage."""
-    parser = argparse.ArgumentParser(description="SimSiam / BYOL pretraining of a timm backbone (torchrun-compatible).")
+    parser = argparse.ArgumentParser(description="SimSiam / BYOL / SKD / Cross pretraining of a timm backbone (torchrun-compatible).")
     parser.add_argument("--prepared", required=True, help="prepared cache directory")
     parser.add_argument("--split", required=True, help="split.csv; images whose part is train or val are used")
     parser.add_argument("--validity", required=True, help="validity.npz (its lung-mask QC exclusions apply here too)")
