@@ -10,7 +10,7 @@ from cxrmim.models.cross import Cross
 from cxrmim.models.siamese import BYOL, SimSiam
 from cxrmim.models.skd import SKD
 
-JOINT_EMBEDDING_MODELS: dict[str, type[SimSiam] | type[BYOL]] = {
+JOINT_EMBEDDING_MODELS: dict[str, type[SimSiam | BYOL]] = {
     "simsiam": SimSiam,
     "byol": BYOL,
     "skd": SKD,
