@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Pretrain a backbone with SimSiam or BYOL (the `contrastive_pretrain` rule); torchrun-compatible for DDP."""
+"""Pretrain a backbone with SimSiam, BYOL, SKD or Cross (the `contrastive_pretrain` rule); torchrun-compatible."""
 
 from cxrmim.cli import run_main
 from cxrmim.train.contrastive import main

@@ -93,7 +93,8 @@ class ConstantBackbone(torch.nn.Module):
 
 
 @pytest.mark.parametrize("method", METHODS)
-def test_a_collapsed_embedding_is_detected(cache: dict[str, Path], method: str, caplog: pytest.LogCaptureFixture) -> None:
+def test_a_collapsed_embedding_is_detected(cache: dict[str, Path], method: str,
+                                           caplog: pytest.LogCaptureFixture) -> None:
     values = method_settings(method)
     model = build_joint_embedding(method, ConstantBackbone(), values)
     loss, stats = model(torch.randn(8, 1, 16, 16), torch.randn(8, 1, 16, 16))
@@ -143,7 +144,8 @@ def test_configs_state_the_method_and_run_it(method: str) -> None:
 
 
 def test_table_2_rows_comparisons_and_colours(tmp_path: Path) -> None:
-    runs = {("rgmim_r0.75_vit-t", "RGMIM", "ViT", 0.75): 0.9, ("byol_resnet10t-half", "BYOL", "resnet10t-half", None): 0.7,
+    runs = {("rgmim_r0.75_vit-t", "RGMIM", "ViT", 0.75): 0.9,
+            ("byol_resnet10t-half", "BYOL", "resnet10t-half", None): 0.7,
             ("cross_resnet10t-half", "Cross", "resnet10t-half", None): 0.75,
             ("skd_resnet10t-half", "SKD", "resnet10t-half", None): 0.8,
             ("scratch_resnet10t-half", "From Scratch", "resnet10t-half", None): 0.5}

@@ -25,7 +25,8 @@ class Cross(BYOL):
     @classmethod
     def from_settings(cls, backbone: nn.Module, settings: dict[str, Any]) -> Cross:
         """The model of a `contrastive.cross` section."""
-        return cls(backbone, settings["heads"], target_momentum(settings), float(settings.get("cross_model_weight", 1.0)))
+        weight = float(settings.get("cross_model_weight", 1.0))
+        return cls(backbone, settings["heads"], target_momentum(settings), weight)
 
     def __init__(
         self, backbone: nn.Module, heads: dict[str, Any], momentum: tuple[float, float], cross_model_weight: float

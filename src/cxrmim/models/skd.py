@@ -74,8 +74,8 @@ class SKD(BYOL):
         _, p_b = self.online(view_b)
         t_a, t_b = self.target(view_a), self.target(view_b)
         regression = 0.5 * (self.criterion(p_a, t_b) + self.criterion(p_b, t_a))
-        temperatures = (self.temperature, self.teacher_temperature)
-        distill = 0.5 * (relation_distillation(p_a, t_b, *temperatures) + relation_distillation(p_b, t_a, *temperatures))
+        taus = (self.temperature, self.teacher_temperature)
+        distill = 0.5 * (relation_distillation(p_a, t_b, *taus) + relation_distillation(p_b, t_a, *taus))
         n = view_a.shape[0]
-        stats = embedding_stats(z_a) | {"regression_loss": regression.detach() * n, "distill_loss": distill.detach() * n}
-        return regression + self.distill_weight * distill, stats
+        parts = {"regression_loss": regression.detach() * n, "distill_loss": distill.detach() * n}
+        return regression + self.distill_weight * distill, embedding_stats(z_a) | parts
