@@ -13,6 +13,7 @@ import yaml
 from safetensors.torch import load_file
 from test_config import explicit_keys
 from test_contrastive import SMALL_RESNET, build_phantom_cache, run, settings
+from test_host_sync import host_reads  # noqa: F401 (the fixture)
 from test_pretrain import build_tiny_cache
 from test_tables import fake_run
 
@@ -162,3 +163,16 @@ def test_table_2_rows_comparisons_and_colours(tmp_path: Path) -> None:
     colours = {method_colour(m) for m in PALETTE if m not in {"SKD", "Cross"}}
     assert method_colour("SKD") not in colours and method_colour("Cross") not in colours
     assert method_colour("SKD") != method_colour("Cross")
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_a_training_step_reads_nothing_back_to_the_host(host_reads, method: str) -> None:  # noqa: F811
+    """Forward, backward and the momentum update stay on the device (on a GPU: no sync inside a step)."""
+    backbone = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten())
+    backbone.num_features = 4
+    model = build_joint_embedding(method, backbone, method_settings(method))
+    for step in range(1, 4):
+        loss, _ = model(torch.randn(6, 1, 12, 12), torch.randn(6, 1, 12, 12))
+        loss.backward()
+        model.momentum_update(step, 3)
+    assert not host_reads, host_reads
