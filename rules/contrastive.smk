@@ -2,7 +2,7 @@ CONTRASTIVE_RUN = f"{RESULTS}/pretrain/{{method}}_{{encoder}}_s{{pseed}}"
 
 
 rule contrastive_pretrain:
-    """SimSiam or BYOL pretraining of one (method, backbone, pretraining seed); resumes from its checkpoint."""
+    """SimSiam, BYOL, SKD or Cross pretraining of one (method, backbone, pretraining seed); resumes its checkpoint."""
     input:
         script=script("contrastive_pretrain.py"),
         code=script_code("contrastive_pretrain.py"),
@@ -43,7 +43,7 @@ rule contrastive_pretrain:
 
 
 rule contrastive_figures:
-    """Loss and embedding spread (the collapse check) per epoch of every SimSiam / BYOL run."""
+    """Loss and embedding spread (the collapse check) per epoch of every joint-embedding run."""
     input:
         script=script("contrastive_figures.py"),
         code=script_code("contrastive_figures.py"),

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""SimSiam / BYOL pretraining figure: loss and embedding spread per epoch (the `contrastive_figures` rule)."""
+"""Joint-embedding (SimSiam / BYOL / SKD / Cross) pretraining figure: loss and embedding spread per epoch (the `contrastive_figures` rule)."""
 
 import argparse
 from pathlib import Path

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Pretrain a backbone with a joint-embedding method of cxrmim.registry (the `contrastive_pretrain` rule); DDP-ready."""
+"""Pretrain a backbone with a joint-embedding method of cxrmim.registry (SimSiam, BYOL, SKD, Cross; the `contrastive_pretrain` rule); DDP-ready."""
 
 from cxrmim.cli import run_main
 from cxrmim.registry import JOINT

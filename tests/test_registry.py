@@ -86,3 +86,9 @@ def test_registry_plan_and_inits_stay_torch_free():
     code = "import sys, cxrmim.registry, cxrmim.plan, cxrmim.inits, cxrmim.codebase; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_joint_embedding_models_are_the_registry_joint_methods():
+    from cxrmim.models.joint_embedding import JOINT_EMBEDDING_MODELS
+
+    assert set(JOINT_EMBEDDING_MODELS) == set(registry.methods(registry.JOINT))

@@ -99,6 +99,8 @@ METHODS = (
            options=(("report_loss", True), ("super_resolution", False)), figure="mrm_reconstructions"),
     Method("medim", "MedIM", REPORT, "cxrmim.train.medim:build", "#ece133", masking="report_guided",
            reads_reports=True, section="pretrain.medim", figure="medim_masks"),
+    Method("skd", "SKD", JOINT, "cxrmim.train.contrastive:build", "#8c564b", section="contrastive.skd"),
+    Method("cross", "Cross", JOINT, "cxrmim.train.contrastive:build", "#bcbd22", section="contrastive.cross"),
     Method("byol", "BYOL", JOINT, "cxrmim.train.contrastive:build", "#9467bd", section="contrastive.byol"),
     Method("simsiam", "SimSiam", JOINT, "cxrmim.train.contrastive:build", "#17becf", section="contrastive.simsiam"),
 )  # fmt: skip

@@ -1,4 +1,4 @@
-"""SimSiam / BYOL pretraining figure: loss and embedding spread (the collapse check) per epoch of every run."""
+"""Joint-embedding pretraining figure (SimSiam, BYOL, SKD, Cross): loss and embedding spread (the collapse check)."""
 
 from __future__ import annotations
 
@@ -13,6 +13,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
+
+from cxrmim.analysis.figures import method_colour  # noqa: E402
+from cxrmim.inits import parse_init  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -33,15 +36,26 @@ def load_histories(history_paths: list[str | Path]) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True)
 
 
+def run_colour(run: str) -> object:
+    """The colour of the run's method (the results figures' PALETTE); a folder not named like a run gets its own."""
+    try:
+        return method_colour(parse_init(run).method)
+    except ValueError:
+        return method_colour(run)
+
+
 def plot_contrastive_pretraining(history_paths: list[str | Path], out: str | Path, plots: dict[str, Any]) -> Path:
-    """Two panels: negative-cosine loss (-1 is perfect agreement) and std of the normalised embeddings x sqrt(d)."""
+    """Two panels: each method's loss and std of the normalised embeddings x sqrt(d); a run in its method's colour."""
     sns.set_theme(style=plots.get("style", "whitegrid"))
     data = load_histories(history_paths)
+    palette = {run: run_colour(run) for run in data["run"].unique()}
     figure, (loss_ax, std_ax) = plt.subplots(1, 2, figsize=(10.0, 4.0))
-    sns.lineplot(data=data, x="epoch", y="loss", hue="run", marker="o", ax=loss_ax)
-    loss_ax.set_ylabel("loss (negative cosine similarity)")
+    sns.lineplot(data=data, x="epoch", y="loss", hue="run", palette=palette, marker="o", ax=loss_ax)
+    # SimSiam, BYOL, Cross: negative cosine terms (-1 = agreement); SKD adds its distillation KL (>= 0).
+    loss_ax.set_ylabel("loss (each method's own)")
     loss_ax.set_title("Pretraining loss")
-    sns.lineplot(data=data, x="epoch", y="embedding_std_ratio", hue="run", marker="o", ax=std_ax, legend=False)
+    sns.lineplot(data=data, x="epoch", y="embedding_std_ratio", hue="run", palette=palette, marker="o", ax=std_ax,
+                 legend=False)  # fmt: skip
     std_ax.axhline(1.0, color="grey", linestyle="--", linewidth=1)
     std_ax.set_ylim(0, max(1.2, 1.1 * float(data["embedding_std_ratio"].max())))
     for ax in (loss_ax, std_ax):

@@ -2,13 +2,16 @@
 
 Each model's forward takes two augmented views and returns `(loss, stats)` for the shared training loop;
 `stats["embedding_std"]` is the per-dimension standard deviation of the L2-normalised projections summed over
-the batch (SimSiam's collapse signal: about 1/sqrt(d) when healthy, 0 when collapsed).
+the batch (SimSiam's collapse signal: about 1/sqrt(d) when healthy, 0 when collapsed), plus the batch sums of
+the model's `loss_terms`. Every model has `momentum_update(step, total_steps)`, called after each optimiser step
+(a no-op without a target network), and `from_settings(backbone, settings)` reading its `method_keys`.
+SKD (`skd.py`) and Cross (`cross.py`) build on BYOL's online/target pair.
 """
 
 from __future__ import annotations
 
 import copy
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from lightly.loss import NegativeCosineSimilarity
@@ -32,6 +35,14 @@ def embedding_stats(z: torch.Tensor) -> dict[str, torch.Tensor]:
 class SimSiam(nn.Module):
     """Chen & He 2021: backbone + 3-layer projector + bottleneck predictor, stop-gradient, symmetric loss."""
 
+    method_keys: ClassVar[tuple[str, ...]] = ()  # settings keys of this method beyond heads and the loop's
+    loss_terms: ClassVar[tuple[str, ...]] = ()  # parts of the loss reported as history columns
+
+    @classmethod
+    def from_settings(cls, backbone: nn.Module, settings: dict[str, Any]) -> SimSiam:
+        """The model of a `contrastive.simsiam` section."""
+        return cls(backbone, settings["heads"])
+
     def __init__(self, backbone: nn.Module, heads: dict[str, Any]) -> None:
         super().__init__()
         features = int(backbone.num_features)
@@ -53,9 +64,20 @@ class SimSiam(nn.Module):
         loss = 0.5 * (self.criterion(p_a, z_b.detach()) + self.criterion(p_b, z_a.detach()))
         return loss, embedding_stats(z_a)
 
+    def momentum_update(self, step: int, total_steps: int) -> None:
+        """No target network: nothing to move."""
+
 
 class BYOL(nn.Module):
     """Grill et al. 2020: online network with predictor regresses a momentum (EMA) target network's projection."""
+
+    method_keys: ClassVar[tuple[str, ...]] = ("momentum",)
+    loss_terms: ClassVar[tuple[str, ...]] = ()
+
+    @classmethod
+    def from_settings(cls, backbone: nn.Module, settings: dict[str, Any]) -> BYOL:
+        """The model of a `contrastive.byol` section (momentum: tau start and end of the cosine schedule)."""
+        return cls(backbone, settings["heads"], target_momentum(settings))
 
     def __init__(self, backbone: nn.Module, heads: dict[str, Any], momentum: tuple[float, float]) -> None:
         super().__init__()
@@ -90,7 +112,7 @@ class BYOL(nn.Module):
         return loss, embedding_stats(z_a)
 
     @torch.no_grad()
-    def update_target(self, step: int, total_steps: int) -> None:
+    def momentum_update(self, step: int, total_steps: int) -> None:
         """EMA of the online weights with BYOL's cosine momentum schedule tau: base -> end over training.
 
         `step` counts optimiser steps done (1 after the first), lightly's schedule counts from 0.
@@ -100,11 +122,7 @@ class BYOL(nn.Module):
         update_momentum(self.projection_head, self.projection_head_momentum, m=tau)
 
 
-def build_siamese(method: str, backbone: nn.Module, settings: dict[str, Any]) -> SimSiam | BYOL:
-    """The joint-embedding model of `method` around `backbone` with the heads of `settings`."""
-    if method == "simsiam":
-        return SimSiam(backbone, settings["heads"])
-    if method == "byol":
-        momentum = settings.get("momentum", (0.99, 1.0))
-        return BYOL(backbone, settings["heads"], (float(momentum[0]), float(momentum[1])))
-    raise ValueError(f"unknown contrastive method {method!r}; choose simsiam or byol")
+def target_momentum(settings: dict[str, Any]) -> tuple[float, float]:
+    """(start, end) of the EMA momentum's cosine schedule; BYOL's end 1, start 0.99 unless configured."""
+    momentum = settings.get("momentum", (0.99, 1.0))
+    return float(momentum[0]), float(momentum[1])

@@ -1,6 +1,6 @@
-"""SimSiam and BYOL (the joint-embedding family) as a `TrainingMethod` of the shared loop.
+"""SimSiam, BYOL, SKD and Cross (the joint-embedding family) as a `TrainingMethod` of the shared loop.
 
-Two seeded views per image (`cxrmim.data.views`), the model from `cxrmim.models.siamese`; the stage
+Two seeded views per image (`cxrmim.data.views`), the model from `cxrmim.models.joint_embedding`; the stage
 (`cxrmim.train.pretrain`, the `contrastive_pretrain` rule) trains it like any other method. The exported backbone
 is an `encoder.safetensors` that fine-tuning loads like any other.
 """
@@ -8,6 +8,7 @@ is an `encoder.safetensors` that fine-tuning loads like any other.
 from __future__ import annotations
 
 from collections.abc import Callable
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -18,33 +19,38 @@ from cxrmim import registry
 from cxrmim.data.tensors import normalise
 from cxrmim.data.views import ViewAugment, two_views
 from cxrmim.models.encoders import create_encoder, write_encoder_files
-from cxrmim.models.siamese import build_siamese
+from cxrmim.models.joint_embedding import build_joint_embedding
 from cxrmim.train.loop import EpochRandom
 from cxrmim.train.method_base import SECTION_UNSIGNED_KEYS, MethodBase, RunInputs, check_spec, parameter_count
 from cxrmim.train.pretrain_data import PretrainData
+
+log = logging.getLogger("cxrmim.pretrain")
 
 EMBEDDING_COLUMNS = ("embedding_std", "embedding_std_ratio")
 VIEW_STREAM = 1  # EpochRandom stream of the augmentation draws
 # (method, backbone, settings) -> a module whose forward(view_a, view_b) returns (loss, {"embedding_std": ...}).
 ModelFactory = Callable[[str, nn.Module, dict[str, Any]], nn.Module]
+# std x sqrt(d) of the normalised embeddings below this: every image maps to (nearly) one point.
+COLLAPSE_RATIO = 0.05
 
 
 class JointEmbedding(MethodBase):
-    """SimSiam or BYOL as a `TrainingMethod`: two augmented views per image, a loss between their embeddings."""
+    """A joint-embedding `TrainingMethod`: two augmented views per image, a loss between their embeddings."""
 
     unsigned_keys = SECTION_UNSIGNED_KEYS  # its settings are its own `contrastive.<method>` block
 
-    stat_names = ("embedding_std",)
-    history_columns = EMBEDDING_COLUMNS
-
     def __init__(self, data: PretrainData, method: str, encoder_cfg: dict[str, Any], settings: dict[str, Any],
-                 make_model: ModelFactory = build_siamese) -> None:  # fmt: skip
+                 make_model: ModelFactory = build_joint_embedding) -> None:  # fmt: skip
         self.data, self.method, self.encoder_cfg, self.settings = data, method, encoder_cfg, settings
         self.augment = ViewAugment.from_config(settings.get("augment"))
         self.backbone = create_encoder(encoder_cfg, data.image_size, data.patch_size, num_classes=0)
         self.model = make_model(method, self.backbone, settings)
         self.core = self.model
         self.embedding_dim = int(settings["heads"]["projection_dim"])
+        # The loss's parts (SKD, Cross) are per-image means in history.csv next to the collapse statistics.
+        self.loss_terms: tuple[str, ...] = tuple(self.model.loss_terms)
+        self.stat_names = ("embedding_std", *self.loss_terms)
+        self.history_columns = (*EMBEDDING_COLUMNS, *self.loss_terms)
 
     def loader_tensors(self) -> dict[str, torch.Tensor]:
         """The uint8 images; views are made on the device per batch."""
@@ -56,15 +62,24 @@ class JointEmbedding(MethodBase):
         return {"view_a": view_a, "view_b": view_b}
 
     def after_optimizer_step(self, step: int, total_steps: int) -> None:
-        """A model with a momentum target (BYOL) moves it towards the online network after every optimiser step."""
-        update = getattr(self.model, "update_target", None)
-        if update is not None:
-            update(step, total_steps)
+        """Methods with a target network (BYOL, SKD, Cross) move it towards the online one; SimSiam has none."""
+        self.model.momentum_update(step, total_steps)
 
     def epoch_columns(self, sums: dict[str, float], n_images: int) -> dict[str, float]:
-        """Mean per-dimension std of the normalised embeddings, also relative to a healthy 1/sqrt(d)."""
-        std = sums["embedding_std"] / max(n_images, 1)
-        return {"embedding_std": std, "embedding_std_ratio": std * self.embedding_dim**0.5}
+        """Mean per-dimension std of the normalised embeddings, also relative to a healthy 1/sqrt(d); loss parts.
+
+        A ratio under COLLAPSE_RATIO is logged as a collapse: the loss can still look fine then (SKD's distillation
+        is 0 when every similarity is equal), the encoder has learnt nothing.
+        """
+        images = max(n_images, 1)
+        std = sums["embedding_std"] / images
+        ratio = std * self.embedding_dim**0.5
+        if ratio < COLLAPSE_RATIO:
+            log.warning(
+                "%s: the embeddings collapsed (std x sqrt(d) = %.3g < %.2g, ~1 when spread); its encoder is not a "
+                "useful initialisation: lower base_lr or raise the momentum", self.method, ratio, COLLAPSE_RATIO,
+            )  # fmt: skip
+        return {"embedding_std": std, "embedding_std_ratio": ratio} | {k: sums[k] / images for k in self.loss_terms}
 
     def describe(self) -> list[str]:
         """Method, data, augmentation and parameter counts."""
@@ -83,9 +98,6 @@ class JointEmbedding(MethodBase):
 
 
 def build(spec: registry.Method, data: PretrainData, run: RunInputs) -> JointEmbedding:
-    """The registry's builder of SimSiam and BYOL (`cxrmim.models.siamese`).
-
-    Another joint-embedding method's module builds `JointEmbedding(..., make_model=<its model>)` the same way.
-    """
+    """The registry's builder of every joint-embedding method (its model from `cxrmim.models.joint_embedding`)."""
     check_spec(spec, run)
     return JointEmbedding(data, spec.name, run.encoder_cfg, run.settings)
