@@ -212,8 +212,10 @@ def finetune_metrics():
     return [f"{d}/metrics.json" for d in finetune_dirs()]
 
 
-TABLES = ["label_fractions", "mask_ratio", "hyperparameters", "significance", "study"]
+TABLES = ["verdict", "label_fractions", "mask_ratio", "hyperparameters", "significance", "study"]
 RESULT_FIGURES = [
+    "accuracy_by_budget",  # the verdict's headline figure and comparisons heatmap (from the tables' CSVs)
+    "significance_heatmap",
     "accuracy_vs_fraction",
     "auc_vs_fraction",
     "accuracy_vs_epoch",
