@@ -53,8 +53,9 @@ def oriented(rows: pd.DataFrame, init: str, reference: str) -> dict | None:
     if backward.empty:
         return None
     row = backward.iloc[0]
-    return {"accuracy": row["accuracy_b"], "reference_accuracy": row["accuracy_a"], "difference": -row["difference"],
-            "ci_low": -row["ci_high"], "ci_high": -row["ci_low"], "n_runs": row["n_runs_b"],
+    # 0.0 - x rather than -x: a zero difference stays +0.000, not -0.000.
+    return {"accuracy": row["accuracy_b"], "reference_accuracy": row["accuracy_a"], "difference": 0.0 - row["difference"],
+            "ci_low": 0.0 - row["ci_high"], "ci_high": 0.0 - row["ci_low"], "n_runs": row["n_runs_b"],
             "n_runs_reference": row["n_runs_a"], **shared(row)}
 
 

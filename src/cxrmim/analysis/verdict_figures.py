@@ -95,7 +95,7 @@ def significance_heatmap(significance: pd.DataFrame) -> plt.Figure:
     inits, labels = list(names), list(names.values())
     fractions = sorted(significance["fraction"].unique())
     size = 0.55 * len(labels) + 2.5
-    figure, all_axes = plt.subplots(1, len(fractions) + 1, figsize=(size * len(fractions) + 1.2, size), squeeze=False,
+    figure, all_axes = plt.subplots(1, len(fractions) + 1, figsize=(size * len(fractions) + 1.2, size + 1.2), squeeze=False,
                                     gridspec_kw={"width_ratios": [1] * len(fractions) + [0.04]})
     axes, colour_bar = all_axes[:, :-1], all_axes[0, -1]  # a colour-bar axis of its own keeps tight_layout exact
     limit = max(float(significance["difference"].abs().max()), 1e-6)
