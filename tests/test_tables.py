@@ -22,8 +22,9 @@ from cxrmim.analysis.hyperparameters import (
 )
 from cxrmim.analysis.report import write_report
 from cxrmim.analysis.runs import infer_main_mask_ratio, load_runs, main_runs
+from cxrmim.analysis.significance import comparisons
 from cxrmim.analysis.tables import write_tables
-from cxrmim.analysis.verdict import oriented
+from cxrmim.analysis.verdict import oriented, verdict_pairs
 
 REPO = Path(__file__).resolve().parents[1]
 # Pretraining history columns of the last epoch per run; mae's history predates them.
@@ -244,6 +245,16 @@ def test_verdict_judges_each_pretrained_init_against_its_baselines(tables_dir: P
     assert rgmim["majority_share"] == pytest.approx(7 / 20)  # 20 test images over 3 classes: 7, 7, 6
     text = (tables_dir / "verdict.md").read_text()
     assert text.startswith("# Verdict") and "## 1% labels: 10 labelled images, 20 test images" in text
+
+
+def test_imagenet_transfer_is_judged_against_scratch() -> None:
+    """An init pretrained elsewhere (no pretraining seed of ours) is compared with, and judged against, scratch."""
+    inits = pd.DataFrame({"init": ["imagenet_resnet50", "scratch_resnet50", "scratch_vit"],
+                          "method": ["Transfer", "From Scratch", "From Scratch"],
+                          "architecture": ["ResNet-50", "ResNet-50", "ViT"], "pretrain_seed": [None, None, None],
+                          "mask_ratio": [None, None, None]})
+    assert comparisons(inits) == [("imagenet_resnet50", "scratch_resnet50")]
+    assert verdict_pairs(inits) == [("imagenet_resnet50", "scratch_resnet50", "scratch")]
 
 
 def test_main_mask_ratio_is_inferred(metrics_paths: list[Path]) -> None:

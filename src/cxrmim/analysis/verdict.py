@@ -29,11 +29,12 @@ def verdict_word(ci_low: float, ci_high: float) -> str:
 
 
 def verdict_pairs(at_fraction: pd.DataFrame) -> list[tuple[str, str, str]]:
-    """(init, reference init, what the reference is) at one fraction: each pretrained init against scratch of its
-    architecture, each other init with a masking ratio (masked image modelling) against MAE of its architecture."""
+    """(init, reference init, what the reference is) at one fraction: each pretrained init (ours or ImageNet's)
+    against scratch of its architecture, each other init with a masking ratio (masked image modelling) against MAE
+    of its architecture."""
     inits = at_fraction.drop_duplicates("init")
     pairs = []
-    for _, init in inits[inits["pretrain_seed"].notna()].iterrows():
+    for _, init in inits[inits["method"] != SCRATCH].iterrows():
         same_arch = inits[inits["architecture"] == init["architecture"]]
         pairs += [(init["init"], ref, "scratch") for ref in same_arch.loc[same_arch["method"] == SCRATCH, "init"]]
         if pd.notna(init["mask_ratio"]) and init["method"] != MAE:

@@ -21,6 +21,7 @@ from cxrmim.analysis.runs import fraction_label
 
 # Every init also has its own marker, so lines are told apart in grey print and without colour vision.
 MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*", "<", ">", "h", "p"]
+DODGE = 0.012  # decades between neighbouring inits' points
 
 
 def tick_text(at: pd.DataFrame) -> str:
@@ -41,13 +42,17 @@ def headline_figure(intervals: pd.DataFrame) -> plt.Figure:
     ticks = [tick_text(intervals[np.isclose(intervals["fraction"], f)]) for f in fractions]
     markers = {init: MARKERS[i % len(MARKERS)] for i, init in enumerate(dict.fromkeys(intervals["init"]))}
     for ax, architecture in zip(axes[0], architectures):
-        for init, data in intervals[intervals["architecture"] == architecture].groupby("init", sort=False):
+        panel = intervals[intervals["architecture"] == architecture]
+        n_inits = panel["init"].nunique()
+        for position, (init, data) in enumerate(panel.groupby("init", sort=False)):
             data = data.sort_values("fraction")
+            # A small sideways shift per init (log axis) keeps equal means from hiding one another's markers.
+            x = data["fraction"] * 10 ** (DODGE * (position - (n_inits - 1) / 2))
             colour = method_colour(data["method"].iloc[0])
             pretrained = bool(data["pretrained"].iloc[0])
-            ax.fill_between(data["fraction"], data["ci_low"], data["ci_high"], color=colour,
+            ax.fill_between(x, data["ci_low"], data["ci_high"], color=colour,
                             alpha=0.15 if pretrained else 0.08, linewidth=0)
-            ax.plot(data["fraction"], data["accuracy"], color=colour, marker=markers[init], markersize=6,
+            ax.plot(x, data["accuracy"], color=colour, marker=markers[init], markersize=6,
                     linestyle="-" if pretrained else "--", linewidth=2 if pretrained else 1.6,
                     label=data["label"].iloc[0])
         majority = intervals.groupby("fraction")["majority_share"].first()
