@@ -97,8 +97,10 @@ def finetune_metrics():
     return [f"{RESULTS}/{run}/metrics.json" for run in PLAN.finetune_runs()]
 
 
-TABLES = ["label_fractions", "mask_ratio", "hyperparameters", "significance", "study"]
+TABLES = ["verdict", "label_fractions", "mask_ratio", "hyperparameters", "significance", "study"]
 RESULT_FIGURES = [
+    "accuracy_by_budget",  # the verdict's headline figure and comparisons heatmap (from the tables' CSVs)
+    "significance_heatmap",
     "accuracy_vs_fraction",
     "auc_vs_fraction",
     "accuracy_vs_epoch",

@@ -1,9 +1,12 @@
 rule figures:
-    """Accuracy/AUC vs label fraction, accuracy vs epoch (Fig. 3), vs masking ratio, confusion matrices."""
+    """The verdict's headline figure and comparisons heatmap, accuracy/AUC vs label fraction, accuracy vs epoch
+    (Fig. 3), vs masking ratio, confusion matrices."""
     input:
         script=script("figures.py"),
         code=script_code("figures.py"),
         metrics=finetune_metrics(),
+        intervals=rules.tables.output.intervals,
+        significance=f"{RESULTS}/tables/significance.csv",
     output:
         figures=[
             report(f"{RESULTS}/figures/{name}.png", caption=f"../docs/captions/{name}.rst", category="Fine-tuning")
@@ -24,7 +27,7 @@ rule figures:
         out_dir=folder_of("figures", "output"),
     shell:
         "python {input.script} --metrics {input.metrics} --settings {params.settings} --variant {params.variant} "
-        "--out-dir {params.out_dir} --log {log}"
+        "--intervals {input.intervals} --significance {input.significance} --out-dir {params.out_dir} --log {log}"
 
 
 rule pretrain_figures:

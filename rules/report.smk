@@ -1,6 +1,6 @@
 rule report:
-    """One self-contained HTML page: what the run shows (dataset, key comparisons, provenance), every table,
-    figure and the exact config used."""
+    """One self-contained HTML page: the verdict per label budget (headline figure, sentences, tables), the data
+    and provenance, every table, figure and the exact config used."""
     input:
         unpack(report_lung_masks),
         script=script("report.py"),
@@ -14,7 +14,6 @@ rule report:
         manifest=rules.prepare.output.manifest,
         split=rules.split.output.split,
         validity_summary=rules.patch_validity.output.summary,
-        significance=f"{RESULTS}/tables/significance.csv",
         metrics=finetune_metrics(),
         histories=expand(f"{RESULTS}/pretrain/{{run}}/history.csv", run=PRETRAIN_RUNS),
         captions=sorted(
@@ -34,7 +33,7 @@ rule report:
         runtime=job_resource("report", "runtime"),
     params:
         config=as_json(config),
-        tables_dir=folder_of("significance"),
+        tables_dir=folder_of("tables"),
         lung_masks=lambda wc, input: (
             f"--lung-masks-summary {input.lung_masks_summary}" if "lung_masks_summary" in input.keys() else ""
         ),
@@ -48,6 +47,6 @@ rule report:
         "python {input.script} --tables-dir {params.tables_dir} --figures {input.valid_patches} "
         "{input.pretrain_figures} {input.contrastive_figures} {input.report_figures} {input.figures} --config {params.config} "
         "--prepared-summary {input.prepared_summary} --manifest {input.manifest} --split {input.split} "
-        "--validity-summary {input.validity_summary} {params.lung_masks} --significance {input.significance} "
+        "--validity-summary {input.validity_summary} {params.lung_masks} "
         "--metrics {input.metrics} --pretrain-histories {input.histories} --benchmarks-dir {params.benchmarks} "
         "--repo {params.repo} --captions-dir {params.captions_dir} --out {output.html} --log {log}"

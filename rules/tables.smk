@@ -1,5 +1,6 @@
 rule tables:
-    """The paper's Tables 1-3 and the significance table (hierarchical bootstrap), as CSV and Markdown."""
+    """The verdict per label budget, the paper's Tables 1-3 and the significance table (hierarchical bootstrap), as
+    CSV and Markdown."""
     input:
         script=script("tables.py"),
         code=script_code("tables.py"),
@@ -12,6 +13,7 @@ rule tables:
         ],
         markdown=expand(f"{RESULTS}/tables/{{table}}.md", table=TABLES),
         study_significance=f"{RESULTS}/tables/study_significance.csv",
+        intervals=f"{RESULTS}/tables/accuracy_intervals.csv",
     log:
         f"{LOGS}/tables.log",
     benchmark:

@@ -1,5 +1,6 @@
 #!/usr/bin/env python
-"""CLI: draw the fine-tuning figures (PNG) from the runs' metrics.json, history.csv and predictions.csv."""
+"""CLI: draw the fine-tuning figures (PNG) from the runs' metrics.json, history.csv and predictions.csv, and the
+verdict's headline figure and comparisons heatmap from the tables rule's CSVs."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import argparse
 import logging
 
 from cxrmim.analysis.figures import write_figures
+from cxrmim.analysis.verdict_figures import write_verdict_figures
 from cxrmim.cli import parse_json_arg, run_main, setup_logging
 
 
@@ -20,6 +22,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="pretrain.mask_ratio: other ratios stay out of the fraction plots (default: inferred)")
     parser.add_argument("--variant", nargs=2, default=["full", "current"], metavar=("MODE", "PRESET"),
                         help="fine-tuning mode and augmentation preset whose runs are drawn (the first configured)")
+    parser.add_argument("--intervals", default=None, help="tables/accuracy_intervals.csv (the headline figure)")
+    parser.add_argument("--significance", default=None, help="tables/significance.csv (the comparisons heatmap)")
     parser.add_argument("--out-dir", required=True)
     parser.add_argument("--log", default=None, help="also log to this file")
     return parser.parse_args(argv)
@@ -29,9 +33,9 @@ def main(argv: list[str] | None = None) -> None:
     """Write all figures."""
     args = parse_args(argv)
     setup_logging(args.log)
-    for path in write_figures(
-        args.metrics, parse_json_arg(args.settings), args.out_dir, args.mask_ratio, tuple(args.variant)
-    ):
+    plots = parse_json_arg(args.settings)
+    written = write_figures(args.metrics, plots, args.out_dir, args.mask_ratio, tuple(args.variant))
+    for path in [*written, *write_verdict_figures(args.intervals, args.significance, plots, args.out_dir)]:
         logging.getLogger("cxrmim.figures").info("wrote %s", path)
 
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env python
-"""CLI: write results/<dataset>/report.html, one self-contained page: what the run shows (dataset, key
-comparisons, provenance), then tables, figures and config."""
+"""CLI: write results/<dataset>/report.html, one self-contained page: the verdict (tables/verdict.md with the
+headline figure), the data and provenance, then tables, figures and config."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line arguments."""
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--tables", nargs="*", default=[], help="Markdown tables (*.md) in page order")
-    parser.add_argument("--tables-dir", default=None, help="or: every *.md in this folder, Table 2 first")
+    parser.add_argument("--tables-dir", default=None, help="or: every *.md in this folder, the verdict first")
     parser.add_argument("--figures", nargs="*", default=[], help="PNG figures in page order (pretraining ones too)")
     parser.add_argument("--config", required=True, help="the config used: YAML/JSON file or inline JSON")
     parser.add_argument("--captions-dir", default=str(CAPTIONS), help="<figure name>.rst caption texts")
@@ -30,7 +30,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     summary.add_argument("--split", type=Path, help="split/split.csv")
     summary.add_argument("--lung-masks-summary", type=Path, help="lung_masks/summary.json (predicted masks)")
     summary.add_argument("--validity-summary", type=Path, help="patch_validity/summary.csv")
-    summary.add_argument("--significance", type=Path, help="tables/significance.csv")
     summary.add_argument("--metrics", nargs="*", type=Path, default=[], help="fine-tuning metrics.json (device)")
     summary.add_argument("--pretrain-histories", nargs="*", type=Path, default=[], help="pretrain/<run>/history.csv")
     summary.add_argument("--benchmarks-dir", type=Path, help="benchmarks/ folder (wall time per stage)")
@@ -52,7 +51,7 @@ def main(argv: list[str] | None = None) -> None:
         files=RunFiles(
             prepared_summary=args.prepared_summary, manifest=args.manifest, split=args.split,
             lung_masks_summary=args.lung_masks_summary, validity_summary=args.validity_summary,
-            significance=args.significance, metrics=args.metrics, pretrain_histories=args.pretrain_histories,
+            metrics=args.metrics, pretrain_histories=args.pretrain_histories,
             benchmarks_dir=args.benchmarks_dir,
         ),
     )

@@ -154,14 +154,16 @@ def test_multilabel_runs_get_mean_auc_tables_and_placeholder_figures(tmp_path: P
 
 def test_count_budgets_only_write_a_significance_table_the_report_can_read(tmp_path):
     """The MAE-vs-ResNet config has count budgets only: significance.csv has a header and no rows, and the report's
-    summary says nothing is compared there instead of failing on an empty file."""
+    verdict says nothing is compared there instead of failing on an empty file."""
     from cxrmim.analysis.significance import SIGNIFICANCE_COLUMNS, significance_table
-    from cxrmim.analysis.summary import comparison_sentences
+    from cxrmim.analysis.verdict import INTERVAL_COLUMNS, verdict_table
+    from cxrmim.analysis.verdict_text import verdict_sentences
 
     runs = pd.DataFrame({"task": ["binary", "binary"], "fraction": [None, None], "init": ["mae", "scratch"]})
     table = significance_table(runs, n_samples=10, seed=0)
     assert table.empty and list(table.columns) == SIGNIFICANCE_COLUMNS
     path = tmp_path / "significance.csv"
     table.to_csv(path, index=False)
-    (sentence,) = comparison_sentences(path)
-    assert "Nothing is compared at a label fraction" in sentence
+    verdict = verdict_table(runs, pd.read_csv(path))
+    (sentence,) = verdict_sentences(verdict, pd.DataFrame(columns=INTERVAL_COLUMNS))
+    assert "Nothing to judge" in sentence

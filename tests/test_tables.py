@@ -12,32 +12,21 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from report_data import N_TEST, RUNS, fake_run
 
 from cxrmim.analysis.figures import FIGURES, write_figures
-from cxrmim.analysis.hyperparameters import NOT_IN_TABLE_1, hyperparameter_table
+from cxrmim.analysis.hyperparameters import (
+    NOT_IN_TABLE_1,
+    hyperparameter_table,
+    model_text,
+)
 from cxrmim.analysis.report import write_report
 from cxrmim.analysis.runs import infer_main_mask_ratio, load_runs, main_runs
+from cxrmim.analysis.significance import comparisons
 from cxrmim.analysis.tables import write_tables
-from cxrmim.evaluation import classification_metrics
+from cxrmim.analysis.verdict import oriented, verdict_pairs
 
 REPO = Path(__file__).resolve().parents[1]
-CLASSES = ["COVID-19", "Normal", "Viral_Pneumonia"]
-N_TEST = 20
-# (init family, method, architecture, mask ratio) -> test accuracy per (fraction, pretraining seed, subset seed)
-RUNS = {
-    ("rgmim_r0.75_vit-t", "RGMIM", "ViT", 0.75): {
-        (0.01, 0, 0): 0.60, (0.01, 0, 1): 0.70, (0.01, 1, 0): 0.65, (0.01, 1, 1): 0.75,
-        (1.0, 0, 0): 0.90, (1.0, 0, 1): 0.95, (1.0, 1, 0): 0.90, (1.0, 1, 1): 0.95,
-    },
-    ("rgmim-lung_r0.75_vit-t", "RGMIM-lung", "ViT", 0.75): {(0.01, 0, 0): 0.55, (1.0, 0, 0): 0.90},
-    ("mae_r0.75_vit-t", "MAE", "ViT", 0.75): {(0.01, 0, 0): 0.50, (0.01, 0, 1): 0.55, (1.0, 0, 0): 0.85,
-                                              (1.0, 0, 1): 0.90},
-    ("scratch_vit-t", "From Scratch", "ViT", None): {(0.01, None, 0): 0.35, (0.01, None, 1): 0.40,
-                                                     (1.0, None, 0): 0.60, (1.0, None, 1): 0.65},
-    ("scratch_resnet50", "From Scratch", "ResNet-50", None): {(0.01, None, 0): 0.30, (1.0, None, 0): 0.55},
-    ("rgmim_r0.5_vit-t", "RGMIM", "ViT", 0.5): {(1.0, 0, 0): 0.80, (1.0, 0, 1): 0.85},
-}
-VIT_MODEL = {"timm_name": "vit_tiny_patch16_224", "depth": 12, "width": 192, "n_parameters": 5_524_416}
 # Pretraining history columns of the last epoch per run; mae's history predates them.
 PRETRAIN_LAST_EPOCH = {
     "rgmim_r0.75_vit-t_s0": {"fallback_fraction": 0.10, "visible_lung_fraction": 0.25},
@@ -45,35 +34,6 @@ PRETRAIN_LAST_EPOCH = {
     "mae_r0.75_vit-t_s0": {},
     "rgmim_r0.5_vit-t_s0": {"fallback_fraction": 0.0, "visible_lung_fraction": 0.5},
 }
-
-
-def fake_run(root: Path, family: str, method: str, architecture: str, ratio: float | None, fraction: float,
-             pretrain_seed: int | None, seed: int, accuracy: float) -> Path:
-    """A run directory whose predictions have exactly `accuracy` and whose metrics agree with them."""
-    init = family if pretrain_seed is None else f"{family}_s{pretrain_seed}"
-    run_dir = root / init / f"frac{fraction}_seed{seed}"
-    run_dir.mkdir(parents=True)
-    labels = np.arange(N_TEST) % len(CLASSES)
-    n_correct = round(accuracy * N_TEST)
-    preds = np.where(np.arange(N_TEST) < n_correct, labels, (labels + 1) % len(CLASSES))
-    probs = np.full((N_TEST, len(CLASSES)), 0.1)
-    probs[np.arange(N_TEST), preds] = 0.8
-    predictions = pd.DataFrame({"index": 100 + np.arange(N_TEST), "id": [f"img{i}" for i in range(N_TEST)],
-                                "label": [CLASSES[i] for i in labels], "pred": [CLASSES[i] for i in preds]})
-    for i, name in enumerate(CLASSES):
-        predictions[f"prob_{name}"] = probs[:, i]
-    predictions.to_csv(run_dir / "predictions.csv", index=False)
-    test = classification_metrics(labels, probs, CLASSES)
-    pd.DataFrame({"epoch": [1, 2, 3], "lr": [1e-3, 5e-4, 0.0], "train_loss": [1.0, 0.8, 0.7],
-                  "val_accuracy": [0.5, accuracy, accuracy], "test_accuracy": [0.4, accuracy, accuracy - 0.05]}
-                 ).to_csv(run_dir / "history.csv", index=False)
-    metrics = {"init": init, "method": method, "architecture": architecture, "mask_ratio": ratio,
-               "pretrain_seed": pretrain_seed, "fraction": fraction, "seed": seed, "n_train": int(fraction * 1000),
-               "classes": CLASSES, "best_epoch": 2, "device": "cpu", "val": {**test, "auc_macro": None}, "test": test}
-    if architecture == "ViT":  # the ResNet runs stand for metrics.json written before the `model` entry existed
-        metrics |= {"model": VIT_MODEL, "input_norm": {"mean": [0.5], "std": [0.25]}}
-    (run_dir / "metrics.json").write_text(json.dumps(metrics))
-    return run_dir / "metrics.json"
 
 
 def fake_history(root: Path, run: str, last_epoch: dict[str, float]) -> Path:
@@ -186,12 +146,21 @@ def test_hyperparameters_come_from_config(tables_dir: Path, config: dict) -> Non
 
 def test_table_1_shows_the_models_built(tables_dir: Path) -> None:
     table = read_table_1(tables_dir)
-    vit = "vit_tiny_patch16_224: depth 12, width 192, 5.52 M parameters"
+    vit = "vit_tiny_patch16_224: ViT, 12 blocks, width 192, 5.52 M parameters"
     assert table.loc["Model built (ViT)", "Fine-tuning"] == vit
     assert table.loc["Model built (ViT)", "Pretraining"] == vit  # the ViT was pretrained too
     assert table.loc["Model built (ResNet-50)", "Fine-tuning"] == "–"  # its metrics.json has no `model` entry
     assert table.loc["Model built (ResNet-50)", "Pretraining"] == "–"
     assert table.loc["Input normalisation (grey)", "Fine-tuning"] == "mean 0.5, std 0.25"
+
+
+def test_table_1_describes_a_cnn_by_its_stages() -> None:
+    """A CNN has no ViT depth: Table 1 gives its stages (blocks, widths) and parameters, older runs what they hold."""
+    cnn = {"model_timm_name": "resnet10t", "model_depth": None, "model_width": 256, "model_n_parameters": 1_231_000,
+           "model_stage_blocks": [1, 1, 1, 1], "model_stage_widths": [32, 64, 128, 256]}
+    runs = pd.DataFrame([cnn, cnn | {"model_stage_blocks": None, "model_stage_widths": None}])
+    assert model_text(runs) == ("resnet10t: CNN, 4 stages of 1-1-1-1 blocks, widths 32-64-128-256, 1.23 M parameters; "
+                                "resnet10t: CNN, final width 256, 1.23 M parameters")
 
 
 def perturbed(value):
@@ -244,6 +213,48 @@ def test_significance_is_a_hierarchical_bootstrap(tables_dir: Path) -> None:
     assert row["n_runs_a"] == 4 and row["n_runs_b"] == 2 and row["n_images"] == N_TEST
     text = (tables_dir / "significance.md").read_text()
     assert "hierarchical bootstrap" in text and "resamples the runs" in text and "Difference (95% CI)" in text
+
+
+def test_verdict_judges_each_pretrained_init_against_its_baselines(tables_dir: Path) -> None:
+    verdict = pd.read_csv(tables_dir / "verdict.csv")
+    at_1 = verdict[verdict["fraction"] == 0.01].set_index(["init", "against"])
+    # Every pretrained ViT against scratch ViT; RGMIM and RGMIM-lung against MAE; the ResNet has no pretrained init.
+    assert set(at_1.index) == {("rgmim_r0.75_vit-t", "scratch"), ("rgmim-lung_r0.75_vit-t", "scratch"),
+                               ("mae_r0.75_vit-t", "scratch"), ("rgmim_r0.75_vit-t", "MAE"),
+                               ("rgmim-lung_r0.75_vit-t", "MAE")}
+    significance = pd.read_csv(tables_dir / "significance.csv").set_index(["fraction", "init_a", "init_b"])
+    row = at_1.loc[("rgmim-lung_r0.75_vit-t", "MAE")]
+    assert row["difference"] == pytest.approx(0.55 - np.mean([0.50, 0.55]))
+    stored = significance.loc[(0.01, "rgmim-lung_r0.75_vit-t", "mae_r0.75_vit-t")]
+    assert (row["ci_low"], row["ci_high"], row["p_value"]) == (stored["ci_low"], stored["ci_high"], stored["p_value"])
+    # A pair the bootstrap stored the other way round (MAE before MRM) is turned to init − reference.
+    flipped = oriented(significance.reset_index().assign(init_a="mae", init_b="mrm"), "mrm", "mae")
+    first = significance.iloc[0]
+    assert (flipped["difference"], flipped["ci_low"], flipped["ci_high"]) == (
+        -first["difference"], -first["ci_high"], -first["ci_low"])
+    assert (flipped["accuracy"], flipped["n_runs"]) == (first["accuracy_b"], first["n_runs_b"])
+    assert at_1.loc[("rgmim_r0.75_vit-t", "scratch"), "verdict"] == "better"
+    words = {"better", "worse", "cannot tell at this size"}
+    assert set(verdict["verdict"]) <= words
+    for _, r in verdict.iterrows():  # the word follows the interval
+        assert r["verdict"] == ("better" if r["ci_low"] > 0 else "worse" if r["ci_high"] < 0 else "cannot tell at this size")
+    intervals = pd.read_csv(tables_dir / "accuracy_intervals.csv").set_index(["fraction", "init"])
+    rgmim = intervals.loc[(0.01, "rgmim_r0.75_vit-t")]
+    assert rgmim["accuracy"] == pytest.approx(np.mean([0.60, 0.70, 0.65, 0.75]))
+    assert rgmim["ci_low"] < rgmim["accuracy"] < rgmim["ci_high"] and rgmim["n_runs"] == 4
+    assert rgmim["majority_share"] == pytest.approx(7 / 20)  # 20 test images over 3 classes: 7, 7, 6
+    text = (tables_dir / "verdict.md").read_text()
+    assert text.startswith("# Verdict") and "## 1% labels: 10 labelled images, 20 test images" in text
+
+
+def test_imagenet_transfer_is_judged_against_scratch() -> None:
+    """An init pretrained elsewhere (no pretraining seed of ours) is compared with, and judged against, scratch."""
+    inits = pd.DataFrame({"init": ["imagenet_resnet50", "scratch_resnet50", "scratch_vit"],
+                          "method": ["Transfer", "From Scratch", "From Scratch"],
+                          "architecture": ["ResNet-50", "ResNet-50", "ViT"], "pretrain_seed": [None, None, None],
+                          "mask_ratio": [None, None, None]})
+    assert comparisons(inits) == [("imagenet_resnet50", "scratch_resnet50")]
+    assert verdict_pairs(inits) == [("imagenet_resnet50", "scratch_resnet50", "scratch")]
 
 
 def test_main_mask_ratio_is_inferred(metrics_paths: list[Path]) -> None:

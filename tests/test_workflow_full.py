@@ -11,8 +11,9 @@ from conftest import snakemake
 
 pytestmark = pytest.mark.slow
 
-TABLES = ["label_fractions", "mask_ratio", "hyperparameters", "significance", "study"]
-FIGURES = ["valid_patches", "masking_illustration", "reconstructions", "pretrain_loss", "accuracy_vs_fraction",
+TABLES = ["verdict", "label_fractions", "mask_ratio", "hyperparameters", "significance", "study"]
+FIGURES = ["valid_patches", "masking_illustration", "reconstructions", "pretrain_loss", "accuracy_by_budget",
+           "significance_heatmap", "accuracy_vs_fraction",
            "auc_vs_fraction", "accuracy_vs_epoch", "accuracy_vs_mask_ratio", "confusion_matrices"]
 
 
@@ -71,6 +72,7 @@ def test_report_is_self_contained(tiny_run: Path):
     assert html.count("data:image/png;base64") >= len(FIGURES)
     assert not re.search(r"""src=["']https?://""", html)
     assert "Label fractions" in html and "patch_size" in html
+    assert html.index("<h2>Verdict") < html.index('alt="accuracy_by_budget"') < html.index("<h2>Tables</h2>")
 
 
 def test_snakemake_report_with_captions(tiny_run: Path):

@@ -8,6 +8,7 @@ import pandas as pd
 
 from cxrmim import registry
 from cxrmim.data.splits import configured_budgets
+from cxrmim.models.description import model_description
 from cxrmim.recipe import DEFAULT_BETAS, LR_REFERENCE_BATCH, FinetuneSettings
 
 # Config keys that do not change a result (where or how fast a job runs, which jobs exist): not in Table 1.
@@ -27,15 +28,15 @@ def encoder_text(config: dict[str, Any], key: str) -> str:
 
 
 def model_text(runs: pd.DataFrame) -> str:
-    """'vit_tiny_patch16_224: depth 4, width 128, 0.81 M parameters' for the distinct models the runs built."""
-    built = runs.dropna(subset=["model_timm_name"]).drop_duplicates(
-        ["model_timm_name", "model_depth", "model_width", "model_n_parameters"])
+    """'vit_tiny_patch16_224: ViT, 4 blocks, width 128, 0.68 M parameters' (CNNs: their stages) for the distinct
+    models the runs built."""
     texts = []
-    for _, model in built.iterrows():
-        depth = NONE if pd.isna(model["model_depth"]) else int(model["model_depth"])
-        texts.append(f"{model['model_timm_name']}: depth {depth}, width {int(model['model_width'])}, "
-                     f"{int(model['model_n_parameters']) / 1e6:.2f} M parameters")
-    return "; ".join(texts) or NONE
+    for _, model in runs.dropna(subset=["model_timm_name"]).iterrows():
+        summary = {key: model.get(f"model_{key}") for key in ("timm_name", "width", "n_parameters", "stage_blocks",
+                                                               "stage_widths")}
+        summary["depth"] = None if pd.isna(model["model_depth"]) else model["model_depth"]
+        texts.append(model_description(summary))
+    return "; ".join(dict.fromkeys(texts)) or NONE
 
 
 def built_model_rows(runs: pd.DataFrame | None) -> list[tuple[str, Any, Any]]:

@@ -1,5 +1,6 @@
-"""One self-contained HTML page: what the run shows (dataset, key comparisons, provenance) first, then the
-Markdown tables, every figure embedded as base64 PNG, and the config."""
+"""One self-contained HTML page: the verdict first (headline figure, generated sentences, a table per label budget),
+then the data and provenance, the Markdown tables (every pairwise comparison as a heatmap, its table folded),
+every figure embedded as base64 PNG, and the config."""
 
 from __future__ import annotations
 
@@ -13,7 +14,6 @@ import yaml
 
 from cxrmim.analysis.summary import (
     RunFiles,
-    comparison_sentences,
     dataset_sentences,
     images_per_class_and_split,
     pretraining_sentences,
@@ -36,10 +36,19 @@ figure img { max-width: 100%; }
 figcaption { font-size: 0.9em; color: #555; }
 .summary { background: #f6f8fb; border-left: 4px solid #4a78b5; padding: 0.2em 1em 0.5em; }
 pre { background: #f7f7f7; padding: 1em; overflow-x: auto; font-size: 0.85em; }
+.verdict { border-left: 4px solid #2a7a3a; padding: 0.2em 1em 0.5em; }
+td.better { font-weight: bold; color: #1a5e2a; }
+td.worse { font-weight: bold; color: #8a1c1c; }
+td.unclear { font-style: italic; color: #555; }
+details { margin: 0.5em 0 1.5em; }
+summary { cursor: pointer; font-weight: bold; }
 """
 
 
-TABLE_ORDER = ["label_fractions", "significance", "study", "mask_ratio", "hyperparameters"]  # results first, setup last
+TABLE_ORDER = ["verdict", "label_fractions", "significance", "study", "mask_ratio", "hyperparameters"]  # results first
+VERDICT, HEADLINE, HEATMAP = "verdict", "accuracy_by_budget", "significance_heatmap"  # placed with the verdict / comparisons
+# The verdict table's words get a style too; the words themselves carry the meaning (print, colour blindness).
+VERDICT_CLASSES = {"better": "better", "worse": "worse", "cannot tell at this size": "unclear"}
 
 
 def ordered_tables(tables_dir: str | Path) -> list[Path]:
@@ -54,12 +63,19 @@ def table_html(lines: list[str]) -> str:
     rows = [[html.escape(cell.strip()) for cell in line.strip().strip("|").split("|")] for line in lines]
     header, body = rows[0], rows[2:]  # rows[1] is the |---| rule
     head = "".join(f"<th>{cell}</th>" for cell in header)
-    cells = "".join("<tr>" + "".join(f"<td>{cell}</td>" for cell in row) + "</tr>" for row in body)
+    cells = "".join("<tr>" + "".join(cell_html(cell) for cell in row) + "</tr>" for row in body)
     return f"<table><thead><tr>{head}</tr></thead><tbody>{cells}</tbody></table>"
 
 
-def markdown_html(text: str) -> str:
-    """The Markdown subset the tables module writes: headings, pipe tables and paragraphs."""
+def cell_html(cell: str) -> str:
+    """A table cell, styled when it is a verdict word."""
+    style = VERDICT_CLASSES.get(cell)
+    return f'<td class="{style}">{cell}</td>' if style else f"<td>{cell}</td>"
+
+
+def markdown_html(text: str, before_tables: str = "", fold: str | None = None) -> str:
+    """The Markdown subset the tables module writes: headings, pipe tables and paragraphs; `before_tables` goes
+    in front of the first table, and with `fold` every table is folded under that summary line."""
     parts: list[str] = []
     table: list[str] = []
     for line in [*text.splitlines(), ""]:
@@ -67,7 +83,12 @@ def markdown_html(text: str) -> str:
             table.append(line)
             continue
         if table:
-            parts.append(table_html(table))
+            if before_tables:
+                parts.append(before_tables)
+                before_tables = ""
+            rows = f" ({len(table) - 2} rows)"
+            parts.append(f"<details><summary>{html.escape(fold)}{rows}</summary>{table_html(table)}</details>"
+                         if fold else table_html(table))
             table = []
         if line.startswith("#"):
             level = min(len(line) - len(line.lstrip("#")) + 1, 6)  # '#' -> h2 under the page's h1
@@ -90,17 +111,22 @@ def paragraphs(sentences: list[str], empty: str) -> str:
     return "".join(f"<p>{html.escape(s)}</p>" for s in sentences) or f"<p><em>{html.escape(empty)}</em></p>"
 
 
+def verdict_html(verdict_md: Path | None, headline: str) -> str:
+    """The first screen: the verdict's heading and sentences, the headline figure, then a table per budget."""
+    if verdict_md is None:
+        return f'<section class="verdict"><h2>Verdict</h2><p><em>no verdict table given</em></p>{headline}</section>'
+    text = verdict_md.read_text()
+    intro, _, budgets = text.partition("\n## ")
+    rest = markdown_html("## " + budgets) if budgets else ""
+    return f'<section class="verdict">{markdown_html(intro)}\n{headline}\n{rest}</section>'
+
+
 def summary_html(files: RunFiles, config: dict, repo: Path) -> str:
-    """The report's opening: dataset, key comparisons, pretraining masking and provenance."""
-    parts = ['<section class="summary"><h2>What this run shows</h2>', "<h3>Dataset</h3>",
+    """After the verdict: dataset, pretraining masking and provenance."""
+    parts = ['<section class="summary"><h2>The run: data and provenance</h2>', "<h3>Dataset</h3>",
              paragraphs(dataset_sentences(files), "no dataset summary given")]
     if files.split:
         parts.append(frame_html(images_per_class_and_split(files.split)))
-    comparisons = comparison_sentences(files.significance)
-    parts += ["<h3>Key comparisons</h3>",
-              "<ul>" + "".join(f"<li>{html.escape(s)}</li>" for s in comparisons) + "</ul>" if comparisons
-              else "<p><em>no significance table given</em></p>",
-              "<p>Intervals: hierarchical bootstrap over runs and test images (see the significance table).</p>"]
     masking = pretraining_sentences(files.pretrain_histories)
     if masking:
         parts += ["<h3>Pretraining masking</h3>", paragraphs(masking, "")]
@@ -157,12 +183,22 @@ def build_report(
     """The whole page as a string; `files` feed the opening summary, `repo` is where the commit is read."""
     captions = Path(captions_dir) if captions_dir else None
     config = load_config(config_source)
-    body = [f"<h1>{html.escape(title)}</h1>",
+    tables, figures = [Path(p) for p in tables], [Path(p) for p in figures]
+    # The heatmap goes above the significance table it draws; without that table it stays among the figures.
+    here = {HEADLINE} | ({HEATMAP} if any(p.stem == "significance" for p in tables) else set())
+    placed = {p.stem: figure_html(p, captions, config) for p in figures if p.stem in here}
+    verdict_md = next((p for p in tables if p.stem == VERDICT), None)
+    body = [f"<h1>{html.escape(title)}</h1>", verdict_html(verdict_md, placed.get(HEADLINE, "")),
             summary_html(files or RunFiles(), config, Path(repo) if repo else REPO_ROOT),
             "<h2>Tables</h2>"]
-    body += [f"<section>{markdown_html(Path(path).read_text())}</section>" for path in tables]
+    for path in tables:
+        if path.stem == VERDICT:
+            continue
+        folded = {"before_tables": placed.get(HEATMAP, ""), "fold": "Every pairwise comparison: show the table"}
+        body.append(f"<section>{markdown_html(path.read_text(), **(folded if path.stem == 'significance' else {}))}"
+                    "</section>")
     body.append("<h2>Figures</h2>")
-    body += [figure_html(Path(path), captions, config) for path in figures]
+    body += [figure_html(p, captions, config) for p in figures if p.stem not in placed]
     body += ["<h2>Configuration</h2>", f"<pre>{html.escape(config_yaml(config_source))}</pre>"]
     return (
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"

@@ -73,6 +73,8 @@ def built_model(metrics: dict) -> dict:
         "model_depth": model.get("depth"),
         "model_width": model.get("width"),
         "model_n_parameters": model.get("n_parameters"),
+        "model_stage_blocks": model.get("stage_blocks"),  # CNNs (None for ViTs and older metrics.json)
+        "model_stage_widths": model.get("stage_widths"),
         "input_norm": f"mean {numbers(norm['mean'])}, std {numbers(norm['std'])}" if norm.get("mean") else None,
         "device": metrics.get("device"),
     }

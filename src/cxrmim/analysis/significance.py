@@ -19,7 +19,8 @@ def method_text(runs: pd.DataFrame) -> str:
 def comparisons(at_fraction: pd.DataFrame) -> list[tuple[str, str]]:
     """(init A, init B) pairs: each pretrained init against every later pretrained init of its architecture
     (METHOD_ORDER) and against training that architecture from scratch; the first pretrained init (RGMIM in the
-    paper's order) also against the pretrained inits of other architectures (e.g. SimSiam / BYOL on ResNets)."""
+    paper's order) also against the pretrained inits of other architectures (e.g. SimSiam / BYOL on ResNets); inits
+    pretrained elsewhere (ImageNet) against scratch of their architecture."""
     inits = at_fraction.drop_duplicates("init").assign(_m=rank(at_fraction["method"], METHOD_ORDER))
     inits = inits.sort_values(["_m", "method", "init"])
     pretrained = inits[inits["pretrain_seed"].notna()]
@@ -32,6 +33,11 @@ def comparisons(at_fraction: pd.DataFrame) -> list[tuple[str, str]]:
         if position == 0:
             partners += list(pretrained[pretrained["architecture"] != a["architecture"]]["init"])
         pairs += [(a["init"], b) for b in partners]
+    # Inits pretrained elsewhere (ImageNet transfer, published encoders: no pretraining seed of ours) against scratch.
+    elsewhere = inits[inits["pretrain_seed"].isna() & (inits["method"] != SCRATCH)]
+    for _, a in elsewhere.iterrows():
+        scratch = inits[(inits["architecture"] == a["architecture"]) & (inits["method"] == SCRATCH)]
+        pairs += [(a["init"], b) for b in scratch["init"]]
     return pairs
 
 

@@ -8,13 +8,10 @@ from typing import Any
 
 import pandas as pd
 
+from cxrmim.analysis.markdown import markdown_table
 from cxrmim.analysis.runs import init_label, load_runs
 from cxrmim.analysis.significance import init_correctness
-from cxrmim.analysis.tables import (
-    STD_NOTE,
-    markdown_table,
-    mean_std,
-)
+from cxrmim.analysis.tables import STD_NOTE, mean_std
 from cxrmim.evaluation import hierarchical_bootstrap
 from cxrmim.io import write_text_atomic
 

@@ -1,5 +1,5 @@
-"""What a run shows, for the top of the report: the dataset, one sentence per key comparison, how pretraining
-masked, and provenance (commit, config digest, device, wall time per stage)."""
+"""The run behind the verdict, for the report: the dataset, how pretraining masked, and provenance (commit, config
+digest, device, wall time per stage)."""
 
 from __future__ import annotations
 
@@ -13,8 +13,7 @@ from typing import Any
 
 import pandas as pd
 
-from cxrmim.analysis.runs import fraction_label, load_pretrain_histories
-from cxrmim.analysis.significance import interval_text, p_text
+from cxrmim.analysis.runs import load_pretrain_histories
 from cxrmim.analysis.tables import percent
 
 PARTS = ["train", "val", "test"]
@@ -34,7 +33,6 @@ class RunFiles:
     split: Path | None = None  # split/split.csv
     lung_masks_summary: Path | None = None  # lung_masks/summary.json (predicted masks only)
     validity_summary: Path | None = None  # patch_validity/summary.csv
-    significance: Path | None = None  # tables/significance.csv
     metrics: list[Path] = field(default_factory=list)  # fine-tuning metrics.json
     pretrain_histories: list[Path] = field(default_factory=list)  # pretrain/<run>/history.csv
     benchmarks_dir: Path | None = None  # benchmarks/ (Snakemake benchmark TSVs)
@@ -88,43 +86,6 @@ def dataset_sentences(files: RunFiles) -> list[str]:
                 f"images without a usable mask: {int(row['n_without_mask'])}."
             )
     return sentences
-
-
-def comparison_sentences(significance_csv: Path | None) -> list[str]:
-    """One sentence per comparison at the lowest label fraction, with the largest fraction in brackets."""
-    if not significance_csv:
-        return []
-    table = pd.read_csv(significance_csv)
-    if table.empty:
-        return ["Nothing is compared at a label fraction: no two inits share one (count budgets and augmentation "
-                "presets are compared in the study table), or the task is multilabel."]
-    sentences = []
-    for _, rows in table.groupby(["init_a", "init_b"], sort=False):
-        rows = rows.sort_values("fraction")
-        low, high = rows.iloc[0], rows.iloc[-1]
-        a, b = low["comparison"].split(" vs ")
-        sentence = f"At {fraction_label(low['fraction'])} labels {a} {verdict(low)} {b}: {effect_text(low)}"
-        if len(rows) > 1:
-            sentence += f"; at {fraction_label(high['fraction'])}: {interval_text(high)}"
-        sentences.append(sentence + ".")
-    return sentences
-
-
-def verdict(row: pd.Series) -> str:
-    """'beats', 'is beaten by' or 'cannot be told apart from', from the 95% interval."""
-    if row["ci_low"] > 0:
-        return "beats"
-    if row["ci_high"] < 0:
-        return "is beaten by"
-    return "cannot be told apart from"
-
-
-def effect_text(row: pd.Series) -> str:
-    """'+0.097 test accuracy (95% CI +0.025 to +0.163, p = 0.010; 4 vs 2 runs on 120 test images)'."""
-    p_value = p_text(row["p_value"], row["n_bootstrap"])
-    return (f"{row['difference']:+.3f} test accuracy (95% CI {row['ci_low']:+.3f} to {row['ci_high']:+.3f}, "
-            f"p {p_value if p_value.startswith('<') else '= ' + p_value}; "
-            f"{int(row['n_runs_a'])} vs {int(row['n_runs_b'])} runs on {int(row['n_images'])} test images)")
 
 
 def pretraining_sentences(history_paths: Iterable[Path]) -> list[str]:

@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 
 from cxrmim.analysis.hyperparameters import hyperparameter_table
+from cxrmim.analysis.markdown import count_text, markdown_table
 from cxrmim.analysis.runs import (
     METHOD_ORDER,
     PRETRAIN_MEASURES,
@@ -27,6 +28,8 @@ from cxrmim.analysis.significance import (
     significance_markdown,
     significance_table,
 )
+from cxrmim.analysis.verdict import INTERVAL_COLUMNS, accuracy_intervals, verdict_table
+from cxrmim.analysis.verdict_text import verdict_markdown
 from cxrmim.io import write_text_atomic
 
 STD_NOTE = (
@@ -58,20 +61,6 @@ def mean_std(values: pd.Series) -> str:
     if len(values) == 1:
         return f"{values.iloc[0]:.3f}"
     return f"{values.mean():.3f} ± {values.std(ddof=1):.3f}"
-
-
-def markdown_table(table: pd.DataFrame) -> str:
-    """GitHub-flavoured Markdown table of a DataFrame's cells as strings."""
-    header = "| " + " | ".join(map(str, table.columns)) + " |"
-    rule = "|" + "|".join("---" for _ in table.columns) + "|"
-    body = ["| " + " | ".join(str(cell) for cell in row) + " |" for row in table.itertuples(index=False)]
-    return "\n".join([header, rule, *body]) + "\n"
-
-
-def count_text(counts: Iterable[int]) -> str:
-    """'4' when every cell has 4 runs, '2–4' when they differ."""
-    counts = sorted({int(c) for c in counts})
-    return str(counts[0]) if len(counts) == 1 else f"{counts[0]}–{counts[-1]}"
 
 
 def fraction_table(runs: pd.DataFrame, metric: str) -> pd.DataFrame:
@@ -158,7 +147,12 @@ def write_tables(
     ratio_table = mask_ratio_table(runs, load_pretrain_histories(pretrain_histories))
     significance = significance_table(main, n_bootstrap, int(tables_cfg.get("seed", 0)))
     hyperparameters = hyperparameter_table(config, runs)
+    verdict = verdict_table(main, significance)
+    intervals = (pd.DataFrame(columns=INTERVAL_COLUMNS) if main.empty or (main["task"] == "multilabel").any()
+                 else accuracy_intervals(main, n_bootstrap, int(tables_cfg.get("seed", 0))))
     outputs = {
+        "verdict": (verdict, verdict_markdown(verdict, intervals)),
+        "accuracy_intervals": (intervals, ""),  # the headline figure's data; its Markdown is the verdict's
         "label_fractions": (runs.drop(columns=["run_dir"]), label_fractions_md),
         "mask_ratio": (
             ratio_table,
@@ -178,6 +172,7 @@ def write_tables(
     written = {}
     for name, (csv_table, markdown) in outputs.items():
         write_text_atomic(out_dir / f"{name}.csv", csv_table.to_csv(index=False))
-        write_text_atomic(out_dir / f"{name}.md", markdown)
-        written[name] = out_dir / f"{name}.md"
+        if markdown:
+            write_text_atomic(out_dir / f"{name}.md", markdown)
+            written[name] = out_dir / f"{name}.md"
     return written

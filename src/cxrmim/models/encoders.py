@@ -164,14 +164,31 @@ def transfer_encoder(state: dict[str, torch.Tensor], model: nn.Module, source: s
 
 
 def model_summary(model: nn.Module, timm_name: str) -> dict[str, Any]:
-    """The model actually built: timm name, depth (ViT blocks, null for CNNs), width, encoder parameters."""
+    """The model actually built: timm name, depth (ViT blocks, null for CNNs), width, encoder parameters; CNNs also
+    their stages (blocks and output channels of each)."""
     head = {id(p) for p in model.get_classifier().parameters()}
-    return {
+    summary = {
         "timm_name": timm_name,
         "depth": len(model.blocks) if hasattr(model, "blocks") else None,
         "width": int(model.num_features),
         "n_parameters": sum(p.numel() for p in model.parameters() if id(p) not in head),
     }
+    if summary["depth"] is None:
+        stages = cnn_stages(model)
+        summary |= {"stage_blocks": [n for n, _ in stages], "stage_widths": [w for _, w in stages]}
+    return summary
+
+
+def cnn_stages(model: nn.Module) -> list[tuple[int, int]]:
+    """(blocks, output channels) per stage of a timm CNN: its feature levels that hold a sequence of blocks (a
+    ResNet's layer1..4, a ConvNeXt stage's blocks); the stem's level (a single activation) is not a stage."""
+    stages = []
+    for level in getattr(model, "feature_info", None) or []:
+        module = model.get_submodule(level["module"])
+        blocks = module if isinstance(module, nn.Sequential) else getattr(module, "blocks", None)
+        if isinstance(blocks, nn.Sequential):
+            stages.append((len(blocks), int(level["num_chs"])))
+    return stages
 
 
 def export_timm_folder(

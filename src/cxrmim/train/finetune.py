@@ -17,6 +17,7 @@ from torch import nn
 from cxrmim.data.tensors import BatchLoader
 from cxrmim.device import DeviceSetup, select_device
 from cxrmim.inits import InitSpec
+from cxrmim.models.description import model_description
 from cxrmim.models.encoders import (
     GREY_NORM,
     InputNorm,
@@ -228,10 +229,9 @@ def finetune(
     augment_generator = torch.Generator(device=setup.device).manual_seed(run_seed)
     val_images, test_images = data.val.images.to(setup.device), data.test.images.to(setup.device)
     log.info(
-        "init %s: %s (%d blocks, width %d, %.2fM parameters), input norm %s, %d train images, batch %d, "
-        "%d steps/epoch, peak lr %.3g, device %s",
-        init.name, built["timm_name"], built["depth"] or 0, built["width"], built["n_parameters"] / 1e6,
-        norm.as_dict(), len(data.train.labels), batch_size, steps_per_epoch, peak_lr, setup.device,
+        "init %s: %s, input norm %s, %d train images, batch %d, %d steps/epoch, peak lr %.3g, device %s",
+        init.name, model_description(built), norm.as_dict(), len(data.train.labels), batch_size, steps_per_epoch,
+        peak_lr, setup.device,
     )
 
     selection = SELECTION_COLUMN[data.task]
