@@ -19,7 +19,7 @@ from torch import nn
 from cxrmim.models.encoders import create_encoder
 from cxrmim.models.mae import MaskedAutoencoder, build_mae, prefix_padded, sincos_2d
 from cxrmim.models.masking import MaskPlan
-from cxrmim.models.report_text import ReportTransformer, masked_token_loss
+from cxrmim.models.report_text import ReportTransformer, scored_token_loss
 
 
 def patchify(images: torch.Tensor, patch_size: int) -> torch.Tensor:
@@ -99,8 +99,11 @@ class MaskedRecordModel(nn.Module):
         """MLM on the masked words, every token conditioned on the mean visible image token -> (loss, count, correct)."""
         context = self.image_to_text(latent[:, self.mae.n_prefix :].mean(dim=1))
         inputs = torch.where(masked, torch.full_like(ids, self.mask_id), ids)
-        logits = self.text_head(self.text(inputs, attention, context))
-        return masked_token_loss(logits, ids, masked)
+        features = self.text(inputs, attention, context)
+        # Only masked positions are scored, so only they meet the vocabulary projection (all B x L positions:
+        # ~1 TFLOP and GBs of logits per step at paper scale). Selecting them reads their count back: the one
+        # host sync of an MRM step, waiting only for the forward already queued.
+        return scored_token_loss(self.text_head(features[masked]), ids[masked], masked)
 
     def forward(self, images: torch.Tensor, plan: MaskPlan, report_ids: torch.Tensor | None = None,
                 report_attention: torch.Tensor | None = None, words_masked: torch.Tensor | None = None):  # fmt: skip

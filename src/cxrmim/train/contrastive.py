@@ -37,7 +37,7 @@ log = logging.getLogger("cxrmim.pretrain")
 EMBEDDING_COLUMNS = ("embedding_std", "embedding_std_ratio")
 VIEW_STREAM = 1  # EpochRandom stream of the augmentation draws
 # Settings keys that do not change the trained weights (the loop signs its own keys itself).
-UNSIGNED_KEYS = {"device", "compile", "num_workers", "resources"}
+UNSIGNED_KEYS = {"device", "cpu_fallback", "compile", "num_workers", "resources"}
 
 
 class JointEmbedding:
@@ -112,7 +112,8 @@ def run_contrastive(
     """Pretrain, checkpointing every epoch to out_dir/checkpoint.pt and resuming from it when present."""
     if method not in CONTRASTIVE_METHODS:
         raise ValueError(f"unknown contrastive method {method!r}; choose one of {list(CONTRASTIVE_METHODS)}")
-    setup = select_device(str(settings.get("device", "auto")))
+    setup = select_device(str(settings.get("device", "auto")), cpu_fallback=bool(settings.get("cpu_fallback", False)),
+                          fallback_key=f"contrastive.{method}.cpu_fallback")
     loop_settings = LoopSettings.from_settings(settings)
     # The same images (train + val, lung-mask QC applied) as masked-image pretraining.
     data = load_pretrain_data(prepared_dir, split_csv, validity_npz)

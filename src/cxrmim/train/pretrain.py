@@ -37,7 +37,7 @@ log = logging.getLogger("cxrmim.pretrain")
 MASKING_COLUMNS = ("fallback_count", "fallback_fraction", "visible_lung_fraction")
 HISTORY_COLUMNS = ["epoch", "loss", "lr", "images_per_s", *MASKING_COLUMNS, "seconds"]
 # `pretrain:` keys that do not change the trained weights (or are the loop's, which signs them itself).
-UNSIGNED_KEYS = {"device", "compile", "num_workers", "resources", "methods", "mask_ratios", "mask_ratio", "encoder", "seeds"}
+UNSIGNED_KEYS = {"device", "cpu_fallback", "compile", "num_workers", "resources", "methods", "mask_ratios", "mask_ratio", "encoder", "seeds"}
 MASK_STREAM, AUGMENT_STREAM = 0, 1  # EpochRandom streams
 
 
@@ -160,7 +160,8 @@ def run_pretraining(
     """
     if method not in PRETRAIN_METHODS:
         raise ValueError(f"unknown pretraining method {method!r}; choose one of {sorted(PRETRAIN_METHODS)}")
-    setup = select_device(str(settings.get("device", "auto")))
+    setup = select_device(str(settings.get("device", "auto")), cpu_fallback=bool(settings.get("cpu_fallback", False)),
+                          fallback_key="pretrain.cpu_fallback")
     loop_settings = LoopSettings.from_settings(settings)
     data = load_pretrain_data(prepared_dir, split_csv, validity_npz)
     with distributed_session(setup.device.type) as ddp:
