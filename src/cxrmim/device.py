@@ -14,12 +14,11 @@ from torch import nn
 log = logging.getLogger("cxrmim.device")
 
 REQUIRE_GPU_ENV = "CXRMIM_REQUIRE_GPU"  # set to 1 by a site whose scheduler is not SLURM
-# What SLURM sets in a job that was allocated GPUs (--gpus, --gres=gpu:N, --gpus-per-node, ...).
-SLURM_GPU_ENV = (
-    "SLURM_JOB_GPUS", "SLURM_STEP_GPUS", "SLURM_GPUS_ON_NODE", "SLURM_GPUS", "SLURM_GPUS_PER_NODE",
-    "SLURM_GPUS_PER_TASK",
-)  # fmt: skip
-NO_GPU_VALUES = ("", "0", "none", "(null)", "NoDevFiles", "-1")
+# What SLURM sets in a job that was allocated GPUs (--gpus, --gres=gpu:N, --gpus-per-node, ...): lists of GPU
+# ids ("0", "0,1": "0" is GPU number 0) and counts ("2", "a100:2": "0" is none).
+SLURM_GPU_IDS = ("SLURM_JOB_GPUS", "SLURM_STEP_GPUS", "CUDA_VISIBLE_DEVICES")
+SLURM_GPU_COUNTS = ("SLURM_GPUS_ON_NODE", "SLURM_GPUS", "SLURM_GPUS_PER_NODE", "SLURM_GPUS_PER_TASK")
+NO_GPU_IDS = ("", "-1", "NoDevFiles", "none", "(null)")
 BF16_MIN_CAPABILITY = 8  # Ampere and later run bf16 natively; older cards emulate it slowly: fp16 + GradScaler
 
 
@@ -89,15 +88,19 @@ def gpu_request(requested: str, environ: Mapping[str, str] | None = None) -> str
         return "the config sets device: cuda"
     if requested != "auto":
         return None
-    if environ.get(REQUIRE_GPU_ENV, "") not in NO_GPU_VALUES:
+    if environ.get(REQUIRE_GPU_ENV, "0") not in ("", "0"):
         return f"{REQUIRE_GPU_ENV}={environ[REQUIRE_GPU_ENV]}"
     if "SLURM_JOB_ID" not in environ:
         return None
-    for name in (*SLURM_GPU_ENV, "CUDA_VISIBLE_DEVICES"):
-        if environ.get(name, "") not in NO_GPU_VALUES:
-            return f"SLURM job {environ['SLURM_JOB_ID']} was allocated GPUs ({name}={environ[name]})"
+    job = environ["SLURM_JOB_ID"]
+    for name in SLURM_GPU_IDS:
+        if environ.get(name, "") not in NO_GPU_IDS:
+            return f"SLURM job {job} was allocated GPUs ({name}={environ[name]})"
+    for name in SLURM_GPU_COUNTS:
+        if environ.get(name, "0").rsplit(":", 1)[-1] not in ("", "0"):
+            return f"SLURM job {job} was allocated GPUs ({name}={environ[name]})"
     if "gpu" in environ.get("SLURM_TRES_PER_TASK", ""):
-        return f"SLURM job {environ['SLURM_JOB_ID']} asked for GPUs (SLURM_TRES_PER_TASK={environ['SLURM_TRES_PER_TASK']})"
+        return f"SLURM job {job} asked for GPUs (SLURM_TRES_PER_TASK={environ['SLURM_TRES_PER_TASK']})"
     return None
 
 
