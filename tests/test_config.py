@@ -68,7 +68,7 @@ def unused_subsections(name: str, merged: dict) -> set[str]:
         return {key for key in ("mrm", "medim") if not any(m.startswith(key) for m in methods)}
     if name == "contrastive":
         methods = set(merged["contrastive"].get("methods") or [])
-        return {key for key in ("simsiam", "byol", "encoders") if key not in methods and not (key == "encoders" and methods)}
+        return {key for key in ("simsiam", "byol") if key not in methods} | (set() if methods else {"encoders"})
     return set()
 
 

@@ -11,7 +11,13 @@ import torch
 from torch import nn
 
 import cxrmim.device as device_module
-from cxrmim.device import DeviceSetup, adamw, gpu_request, select_device, tune_for_device
+from cxrmim.device import (
+    DeviceSetup,
+    adamw,
+    gpu_request,
+    select_device,
+    tune_for_device,
+)
 from cxrmim.train.distributed import Distributed, prepare_model
 
 SLURM_GPU_JOB = {"SLURM_JOB_ID": "42", "SLURM_JOB_GPUS": "0", "CUDA_VISIBLE_DEVICES": "0"}
@@ -48,7 +54,7 @@ def test_gpu_request_is_read_from_the_config_and_the_scheduler(requested: str, e
 def test_gpu_job_without_a_usable_gpu_fails_fast_naming_the_reason_and_the_key(no_cuda: pytest.MonkeyPatch) -> None:
     for name, value in SLURM_GPU_JOB.items():
         no_cuda.setenv(name, value)
-    with pytest.raises(RuntimeError, match=r"needs a GPU \(SLURM job 42 .*SLURM_JOB_GPUS=0.*pretrain\.cpu_fallback: true"):
+    with pytest.raises(RuntimeError, match=r"needs a GPU \(SLURM job 42 .*SLURM_JOB_GPUS=0.*pretrain\.cpu_fallback"):
         select_device("auto", fallback_key="pretrain.cpu_fallback")
     with pytest.raises(RuntimeError, match="needs a GPU"):
         select_device("cuda")

@@ -16,7 +16,14 @@ from torch import nn
 from cxrmim.device import DeviceSetup, select_device
 from cxrmim.train.common import seed_everything, weight_decay_groups
 from cxrmim.train.distributed import Distributed, distributed_session
-from cxrmim.train.loop import EpochRandom, LoopSettings, Schedule, run_signature, run_training, split_batch
+from cxrmim.train.loop import (
+    EpochRandom,
+    LoopSettings,
+    Schedule,
+    run_signature,
+    run_training,
+    split_batch,
+)
 
 N_IMAGES, DIM = 30, 6
 

@@ -111,7 +111,10 @@ def cuda_autocast_dtype(index: int) -> torch.dtype:
 
 
 def select_device(
-    requested: str = "auto", local_rank: int | None = None, cpu_fallback: bool = False, fallback_key: str = "cpu_fallback"
+    requested: str = "auto",
+    local_rank: int | None = None,
+    cpu_fallback: bool = False,
+    fallback_key: str = "cpu_fallback",
 ) -> DeviceSetup:
     """Pick cuda, then mps, then cpu for 'auto'; honour an explicit request when it is available.
 

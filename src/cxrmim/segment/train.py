@@ -107,7 +107,8 @@ def train_segmenter(data: MaskedImages, settings: dict[str, Any], setup: DeviceS
     batch_size = min(int(settings["batch_size"]), len(train))
     loader = BatchLoader({"images": torch.from_numpy(data.images[train]), "masks": torch.from_numpy(data.masks[train])},
                          batch_size, setup, shuffle=True, seed=seed, drop_last=True)
-    optimizer = adamw(model.parameters(), setup, lr=float(settings["lr"]), weight_decay=float(settings.get("weight_decay", 1e-4)))
+    optimizer = adamw(model.parameters(), setup, lr=float(settings["lr"]),
+                      weight_decay=float(settings.get("weight_decay", 1e-4)))
     scaler = setup.grad_scaler()  # active under fp16 only; disabled it is the plain backward and step
     epochs = int(settings["epochs"])
     total, warmup = epochs * len(loader), min(len(loader), epochs * len(loader) // 5)

@@ -3,8 +3,9 @@
 A method supplies a model whose forward returns the loss or `(loss, stats)` (stats: named 0-d tensors summed
 over the micro-batch, left on the device) and a way to build each micro-batch's forward inputs; see `TrainingMethod`.
 The loop owns the rest: AdamW with timm's weight-decay groups, the MAE lr rule and per-step cosine schedule,
-gradient accumulation to exactly the configured effective batch on any number of processes, bf16 autocast (fp16
-with a GradScaler before compute capability 8), fused AdamW on CUDA, compile + DDP, epoch checkpoints with exact resume, and history.csv.
+gradient accumulation to exactly the configured effective batch on any number of processes, bf16 autocast
+(fp16 with a GradScaler before compute capability 8), fused AdamW on CUDA, compile + DDP, epoch checkpoints
+with exact resume, and history.csv.
 Every random draw of a method comes from `EpochRandom` streams seeded by (seed, epoch, rank), so a resumed
 run ends with exactly the weights of an uninterrupted one (bit-exact on CPU). Statistics are read from the
 device once per epoch: no host synchronisation inside a training step.
