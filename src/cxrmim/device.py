@@ -145,14 +145,15 @@ def select_device(
     return DeviceSetup(torch.device("cpu"), None, False)
 
 
-def is_cnn(model: nn.Module) -> bool:
-    """A convolutional network with BatchNorm (a ResNet, a U-Net on one), not a ViT (whose only conv is its stem)."""
+def has_batch_norm(model: nn.Module) -> bool:
+    """A network with BatchNorm: a ResNet (or a U-Net on one), or SimSiam/BYOL heads; not a bare ViT."""
     return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
 
 
 def tune_for_device(model: nn.Module, setup: DeviceSetup) -> nn.Module:
-    """CUDA CNNs: cudnn autotuning (fixed input shapes) and channels-last weights (tensor cores); else unchanged."""
-    if setup.device.type == "cuda" and is_cnn(model):
+    """CUDA, networks with BatchNorm (the CNNs): cudnn autotuning (fixed input shapes) and channels-last weights
+    (tensor cores); anything else is returned unchanged."""
+    if setup.device.type == "cuda" and has_batch_norm(model):
         torch.backends.cudnn.benchmark = True
         model = model.to(memory_format=torch.channels_last)
     return model

@@ -11,7 +11,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from cxrmim.device import DeviceSetup, is_cnn, tune_for_device
+from cxrmim.device import DeviceSetup, has_batch_norm, tune_for_device
 
 
 @dataclass
@@ -58,11 +58,12 @@ def distributed_session(device_type: str) -> Iterator[Distributed]:
 
 
 def syncs_batch_norm(model: nn.Module, setup: DeviceSetup, ddp: Distributed) -> bool:
-    """CNNs under DDP on CUDA share BatchNorm statistics over ranks, so they do not shrink with more GPUs.
+    """Networks with BatchNorm (CNNs, SimSiam/BYOL heads) under DDP on CUDA share its statistics over ranks,
+    so the batch they are computed on does not shrink with more GPUs.
 
     (torch's SyncBatchNorm runs on GPUs only; CPU DDP, the tests' gloo runs, keeps per-rank statistics.)
     """
-    return ddp.active and setup.device.type == "cuda" and is_cnn(model)
+    return ddp.active and setup.device.type == "cuda" and has_batch_norm(model)
 
 
 def prepare_model(model: nn.Module, setup: DeviceSetup, ddp: Distributed) -> nn.Module:
