@@ -23,10 +23,10 @@ from cxrmim.data.tensors import (
     augment_batch,
     normalise,
 )
-from cxrmim.device import DeviceSetup, adamw, select_device, tune_for_device
+from cxrmim.device import DeviceSetup, adamw, tune_for_device
 from cxrmim.segment.model import SegmenterSpec, build_segmenter, save_segmenter
 from cxrmim.segment.postprocess import dice_iou
-from cxrmim.segment.predict import segment
+from cxrmim.segment.predict import segment, segmenter_device
 from cxrmim.segment.qc import plot_mask_grid
 from cxrmim.segment.training_data import MaskedImages, load_training_sources
 from cxrmim.train.common import apply_lr, cosine_lr, seed_everything
@@ -84,12 +84,6 @@ def holdout_mask(data: MaskedImages, fraction: float, seed: int) -> np.ndarray:
     if fraction <= 0:
         return np.zeros(len(data), dtype=bool)
     return grouped_stratified_holdout(data.sources, data.groups, fraction, seed)
-
-
-def segmenter_device(settings: dict[str, Any]) -> DeviceSetup:
-    """The `lung_masks` section's device (a GPU job without a usable GPU fails unless cpu_fallback)."""
-    return select_device(settings.get("device", "auto"), cpu_fallback=bool(settings.get("cpu_fallback", False)),
-                         fallback_key="lung_masks.cpu_fallback")
 
 
 def train_segmenter(data: MaskedImages, settings: dict[str, Any], setup: DeviceSetup | None = None
