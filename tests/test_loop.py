@@ -191,7 +191,9 @@ def test_two_process_gloo_ddp_keeps_the_effective_batch(tmp_path: Path) -> None:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    torch.multiprocessing.spawn(ddp_worker, args=(port, str(tmp_path / "ddp"), settings), nprocs=2, join=True)
+    # fork: the ranks start without re-importing torch (the session runs torch single-threaded, so forking is safe)
+    torch.multiprocessing.start_processes(ddp_worker, args=(port, str(tmp_path / "ddp"), settings), nprocs=2,
+                                          start_method="fork")
     history = pd.read_csv(tmp_path / "ddp" / "history.csv")
     for rank in (0, 1):  # 15 images per rank: 3 micro-batches of 4, one optimiser step each (4 x 2 ranks = 8)
         assert json.loads((tmp_path / "ddp" / f"batches{rank}.json").read_text()) == [4] * 9
