@@ -51,7 +51,7 @@ def split_batch(settings: LoopSettings, world_size: int) -> tuple[int, int]:
     if effective % world:
         fits = sorted({max(world, effective - effective % world), effective + world - effective % world})
         raise ValueError(
-            f"pretraining effective_batch_size {effective} does not split over {world} processes (GPUs); set it to a "
+            f"effective_batch_size {effective} does not split over {world} processes (GPUs); set it to a "
             f"multiple of {world} (e.g. {' or '.join(map(str, fits))}) or change resources.gpu"
         )
     share = effective // world
@@ -60,7 +60,7 @@ def split_batch(settings: LoopSettings, world_size: int) -> tuple[int, int]:
         step = world * accum
         fits = sorted({max(step, effective - effective % step), effective + step - effective % step})
         raise ValueError(
-            f"pretraining effective_batch_size {effective} over {world} process(es) is {share} images each, which "
+            f"effective_batch_size {effective} over {world} process(es) is {share} images each, which "
             f"does not split into {accum} equal micro-batches of at most batch_size {settings.batch_size}; set "
             f"effective_batch_size to a multiple of {step} (e.g. {' or '.join(map(str, fits))}) or change batch_size"
         )
