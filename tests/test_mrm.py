@@ -78,6 +78,7 @@ def test_report_head_scores_masked_positions_only_with_the_full_loss():
     full_grads = torch.autograd.grad(full[0], list(model.text.parameters()) + [model.text_head.weight])
     rows: list[int] = []
     hook = model.text_head.register_forward_hook(lambda module, args, out: rows.append(args[0].shape[:-1].numel()))
+    model.score_masked_only = True  # what a GPU runs (the CPU default projects every position: same loss)
     gathered = model.forward_report(latent, ids, attention, masked)
     hook.remove()
     assert rows == [int(masked.sum())]  # the head projected the masked positions, not all 3 x 8
