@@ -4,18 +4,24 @@ report-aware methods (MRM, MedIM) next to MAE.
 
 Prints images/s per model size and method and the overhead of the two region-guided maskings over MAE's random
 masking in percent, on the current device, then MAE / MRM / MedIM images/s (48 report tokens, vocabulary 1000,
-text model 64-d, 1 layer):
+text model 64-d, 1 layer), then the MAE step as training runs it (autocast of the device, fused AdamW on CUDA)
+plain, with activation checkpointing and with torch.compile (CUDA only, as in training): img/s and peak memory
+(CUDA: peak allocated; CPU: peak resident set of the process during the steps).
     python benchmarks/pretrain_step.py --sizes cpu tiny --image-size 64 --patch-size 8 --batch-size 32
+    python benchmarks/pretrain_step.py --sizes paper --batch-size 256 --tables variants   # ViT-B/16, 224 px
 """
 
 from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 
 import torch
+from torch import nn
+from torch.utils.checkpoint import checkpoint
 
-from cxrmim.device import DeviceSetup, select_device
+from cxrmim.device import DeviceSetup, adamw, select_device
 from cxrmim.models.mae import MaskedAutoencoder
 from cxrmim.models.masking import METHOD_MASKING, lung_batch_masked
 
@@ -25,7 +31,15 @@ SIZES = {
     "tiny": ({"embed_dim": 192, "depth": 12, "num_heads": 3}, (128, 4, 4)),
     "small": ({"embed_dim": 384, "depth": 12, "num_heads": 6}, (256, 4, 8)),
     "base": ({"embed_dim": 768, "depth": 12, "num_heads": 12}, (512, 8, 16)),  # the paper's ViT-B + decoder
+    "paper": ({"embed_dim": 768, "depth": 12, "num_heads": 12}, (512, 8, 16)),  # ViT-B/16 at 224 px (Table 1)
 }
+GEOMETRY = {"paper": (224, 16)}  # (image size, patch size) a size fixes; the others take --image-size/--patch-size
+VARIANTS = ("plain", "checkpointing", "compile", "checkpointing+compile")
+
+
+def geometry(size: str, args: argparse.Namespace) -> tuple[int, int]:
+    """Image and patch size of one benchmark size."""
+    return GEOMETRY.get(size, (args.image_size, args.patch_size))
 
 
 def lung_validity(batch_size: int, grid: int, generator: torch.Generator) -> torch.Tensor:
@@ -130,6 +144,100 @@ def time_loss(model: torch.nn.Module, loss_fn, setup: DeviceSetup, batch_size: i
     return batch_size * repeats / (time.perf_counter() - started)
 
 
+class Checkpointed(nn.Module):
+    """A transformer block whose activations are recomputed in the backward pass (as timm's grad checkpointing)."""
+
+    def __init__(self, block: nn.Module) -> None:
+        super().__init__()
+        self.block = block
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The block, checkpointed while training."""
+        if self.training and torch.is_grad_enabled():
+            return checkpoint(self.block, x, use_reentrant=False)
+        return self.block(x)
+
+
+def checkpoint_blocks(model: MaskedAutoencoder) -> None:
+    """Checkpoint every encoder and decoder block (the MAE calls them one by one, so wrap them in place)."""
+    for blocks in (model.encoder.blocks, model.decoder_blocks):
+        for index, block in enumerate(blocks):
+            blocks[index] = Checkpointed(block)
+
+
+def proc_status_mb(field: str) -> float:
+    """One memory line of /proc/self/status (Linux), in MB."""
+    status = Path("/proc/self/status").read_text()
+    return int(next(line.split()[1] for line in status.splitlines() if line.startswith(field + ":"))) / 1024
+
+
+def reset_peak_memory(setup: DeviceSetup) -> float:
+    """Start a peak measurement; returns the baseline (CUDA: 0; CPU: the resident set now, MB)."""
+    if setup.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(setup.device)
+        return 0.0
+    Path("/proc/self/clear_refs").write_text("5")  # resets the peak resident set (VmHWM) to the current one
+    return proc_status_mb("VmRSS")
+
+
+def peak_memory_mb(setup: DeviceSetup, baseline: float) -> float:
+    """CUDA: peak allocated MB (model, optimizer state, activations). CPU: peak resident set above the baseline
+    (what the steps add: activations, gradients, optimizer state; the model and torch itself are in the baseline)."""
+    if setup.device.type == "cuda":
+        return torch.cuda.max_memory_allocated(setup.device) / 2**20
+    return proc_status_mb("VmHWM") - baseline
+
+
+def time_variant(size: str, variant: str, args: argparse.Namespace, setup: DeviceSetup) -> tuple[float, float]:
+    """(img/s, peak memory MB) of the MAE training step of one size in one variant."""
+    encoder_kwargs, decoder = SIZES[size]
+    image_size, patch_size = geometry(size, args)
+    torch.manual_seed(0)
+    model = MaskedAutoencoder({"timm_name": "vit_tiny_patch16_224", "kwargs": encoder_kwargs}, image_size,
+                              patch_size, "random", args.mask_ratio, *decoder).to(setup.device)  # fmt: skip
+    if "checkpointing" in variant:
+        checkpoint_blocks(model)
+    step_model = torch.compile(model) if "compile" in variant else model
+    optimizer = adamw([p for p in model.parameters() if p.requires_grad], setup, lr=1e-4)
+    generator = torch.Generator(device=setup.device).manual_seed(0)
+    images = torch.randn(args.batch_size, 1, image_size, image_size, device=setup.device)
+
+    def step() -> None:
+        with setup.autocast():
+            loss = step_model(images, None, generator)[0]
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    baseline = reset_peak_memory(setup)  # before the first step: optimizer state and gradients count
+    for _ in range(args.warmup):  # also compiles
+        step()
+    synchronise(setup)
+    started = time.perf_counter()
+    for _ in range(args.repeats):
+        step()
+    synchronise(setup)
+    rate = args.batch_size * args.repeats / (time.perf_counter() - started)
+    peak = peak_memory_mb(setup, baseline)
+    return rate, peak
+
+
+def print_variants(args: argparse.Namespace, setup: DeviceSetup) -> None:
+    """The MAE step per size and variant: img/s and peak memory."""
+    print(f"\nMAE step, batch {args.batch_size}, autocast {setup.autocast_dtype}")
+    memory = "peak MB" if setup.device.type == "cuda" else "peak MB (above RSS before)"
+    print(f"{'size':>6} {'image':>6} {'variant':>22} {'img/s':>10} {memory:>10}")
+    for size in args.sizes:
+        image_size, patch_size = geometry(size, args)
+        for variant in args.variants:
+            if "compile" in variant and setup.device.type != "cuda":
+                skipped = "skipped: training compiles on CUDA only"
+                print(f"{size:>6} {f'{image_size}/{patch_size}':>6} {variant:>22}   {skipped}")
+                continue
+            rate, peak = time_variant(size, variant, args, setup)
+            print(f"{size:>6} {f'{image_size}/{patch_size}':>6} {variant:>22} {rate:>10.1f} {peak:>10.0f}")
+
+
 def main() -> None:
     """Run the benchmark grid and print a table."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -143,19 +251,33 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="alternating timing rounds; the best is reported")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--no-report-methods", action="store_true", help="skip the MAE / MRM / MedIM comparison")
+    parser.add_argument("--tables", nargs="+", default=["masking", "report", "variants"],
+                        choices=["masking", "report", "variants"], help="which of the three tables to print")
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
     args = parser.parse_args()
     setup = select_device(args.device)
     print(f"device {setup.device}, image {args.image_size}px, patch {args.patch_size}, batch {args.batch_size}")
+    if "masking" in args.tables:
+        print_masking(args, setup)
+    if "report" in args.tables and not args.no_report_methods:
+        print_report_methods(args, setup)
+    if "variants" in args.tables:
+        print_variants(args, setup)
+
+
+def print_masking(args: argparse.Namespace, setup: DeviceSetup) -> None:
+    """Images/s of RGMIM, RGMIM-lung and MAE masking per size, and the overhead over MAE."""
     methods = list(METHOD_MASKING)  # rgmim, rgmim-lung, mae
     print(f"{'size':>6} {'params':>10} " + " ".join(f"{m + ' img/s':>17}" for m in methods) + " overhead vs mae")
     for size in args.sizes:
         encoder_kwargs, (dec_dim, dec_depth, dec_heads) = SIZES[size]
         encoder_cfg = {"timm_name": "vit_tiny_patch16_224", "kwargs": encoder_kwargs}
         models = {}
+        image_size, patch_size = geometry(size, args)
         for method in methods:
             torch.manual_seed(0)
             models[method] = MaskedAutoencoder(
-                encoder_cfg, args.image_size, args.patch_size, METHOD_MASKING[method], args.mask_ratio,
+                encoder_cfg, image_size, patch_size, METHOD_MASKING[method], args.mask_ratio,
                 dec_dim, dec_depth, dec_heads,
             ).to(setup.device)  # fmt: skip
         # Alternate the methods and keep each one's best round: shared machines make single timings noisy.
@@ -169,12 +291,16 @@ def main() -> None:
         rates = " ".join(f"{throughput[m]:>17.1f}" for m in methods)
         overheads = ", ".join(f"{m} {100 * (throughput['mae'] / throughput[m] - 1):+.1f}%" for m in methods if m != "mae")
         print(f"{size:>6} {params:>10,} {rates} {overheads}")
-    if args.no_report_methods:
-        return
+
+
+def print_report_methods(args: argparse.Namespace, setup: DeviceSetup) -> None:
+    """Images/s of MAE, MRM and MedIM (both settings) per size."""
     print(f"\n{'size':>6} " + " ".join(f"{name + ' img/s':>17}" for name in ("MAE", "MRM", "MedIM", "MedIM-cheap")))
     for size in args.sizes:
         encoder_kwargs, decoder = SIZES[size]
-        steps = report_steps({"timm_name": "vit_tiny_patch16_224", "kwargs": encoder_kwargs}, decoder, args, setup)
+        image_size, patch_size = geometry(size, args)
+        sized = argparse.Namespace(**{**vars(args), "image_size": image_size, "patch_size": patch_size})
+        steps = report_steps({"timm_name": "vit_tiny_patch16_224", "kwargs": encoder_kwargs}, decoder, sized, setup)
         throughput = dict.fromkeys(steps, 0.0)
         for _ in range(args.rounds):
             for name, (model, loss_fn) in steps.items():

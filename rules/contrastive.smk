@@ -35,9 +35,10 @@ rule contrastive_pretrain:
         settings=lambda wc: as_json(CONTRASTIVE[wc.method]),
         encoder=lambda wc: as_json(config["encoders"][wc.encoder]),
         prepared=folder_of("images"),
+        launch=launcher,
         out_dir=folder_of("encoder", "output"),
     shell:
-        "OMP_NUM_THREADS={threads} python {input.script} --prepared {params.prepared} --split {input.split} "
+        "OMP_NUM_THREADS={threads} {params.launch} {input.script} --prepared {params.prepared} --split {input.split} "
         "--validity {input.validity} --method {wildcards.method} --seed {wildcards.pseed} "
         "--encoder {params.encoder} --settings {params.settings} --out {params.out_dir} --log-file {log}"
 

@@ -1,3 +1,10 @@
+# Fine-tuning is one process: a job given several GPUs would use one and hold the others idle.
+if int(config["finetune"]["resources"]["gpu"]) > 1:
+    raise ValueError(
+        f"finetune.resources.gpu is {config['finetune']['resources']['gpu']}, but a fine-tuning job runs one "
+        "process on one GPU (the cluster runs many fine-tunes side by side instead); set finetune.resources.gpu: 1"
+    )
+
 FINETUNE_CHOICE_KEYS = ("inits", "imagenet_weights", "resources", "modes", "augment_presets", "ratios_at_every_budget")
 
 

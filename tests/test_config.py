@@ -7,6 +7,8 @@ import pytest
 import torch
 import yaml
 
+from cxrmim import registry
+
 from cxrmim.config import DEFAULT_CONFIG, REPO_ROOT, load_config, merge, validate_config
 from cxrmim.models.encoders import create_encoder, model_summary
 
@@ -51,13 +53,55 @@ def explicit_keys(section: dict, prefix: str = "") -> set[str]:
     return keys
 
 
-@pytest.mark.parametrize("section", ["pretrain", "finetune"])
-def test_paper_config_states_every_recipe_key(section: str):
-    """Nothing of the CPU default's recipe reaches the paper run unseen: each key is written in paper.yaml."""
-    default = yaml.safe_load(DEFAULT_CONFIG.read_text())[section]
-    paper = yaml.safe_load((REPO_ROOT / "configs" / "paper.yaml").read_text())[section]
-    missing = explicit_keys(default) - explicit_keys(paper)
-    assert not missing, f"configs/paper.yaml inherits {sorted(missing)} from workflow_config.yaml; state them"
+# Sections whose keys shape results (plots, resources and the `encoders` entries, keyed by architecture, do not
+# reach another config's runs through the merge), and keys that never change a number wherever they appear.
+RESULT_SECTIONS = ("dataset", "prepare", "lung_masks", "split", "label_fractions", "patch_validity", "text",
+                   "pretrain", "contrastive", "finetune", "tables")
+NOT_RESULT_KEYS = {"resources", "device", "cpu_fallback", "compile", "num_workers", "workers", "n_figure_images"}
+STUDY_CONFIGS = sorted((REPO_ROOT / "configs").glob("*.yaml"))
+
+
+def unused_subsections(name: str, merged: dict) -> set[str]:
+    """Subsections the merged config never reads: phantom settings of a real dataset, blocks of methods not run."""
+    if name == "dataset" and merged["dataset"]["kind"] != "synthetic":
+        return {"synthetic"}
+    if name in ("pretrain", "contrastive"):
+        methods = set(merged[name].get("methods") or [])
+        own = registry.own_sections(name)  # method -> its own subsection of this block
+        unused = {section for section in own.values() if not any(own.get(m) == section for m in methods)}
+        return unused | (set() if methods or name == "pretrain" else {"encoders"})
+    return set()
+
+
+def inherited_result_keys(name: str, stated: dict, merged: dict) -> list[str]:
+    """Keys of the CPU default's section `name` that shape results and that the config file does not state."""
+    default = yaml.safe_load(DEFAULT_CONFIG.read_text())[name]
+    skip = NOT_RESULT_KEYS | unused_subsections(name, merged)
+    missing = explicit_keys(default) - explicit_keys(stated)
+    return sorted(key for key in missing if not skip & set(key.split(".")))
+
+
+@pytest.mark.parametrize("path", STUDY_CONFIGS, ids=lambda p: p.name)
+def test_every_stated_section_states_every_key_that_shapes_results(path: Path):
+    """Nothing of the CPU default's recipe reaches another config's runs unseen: a section a config file writes
+    states each of its result-shaping keys (the recursive merge would keep the default's value for the rest)."""
+    stated = yaml.safe_load(path.read_text())
+    merged = load_config(path)
+    for name in RESULT_SECTIONS:
+        if name in stated:
+            missing = inherited_result_keys(name, stated[name], merged)
+            assert not missing, f"{path.name} inherits {name}: {missing} from workflow_config.yaml; state them"
+
+
+def test_paper_config_states_every_section_that_shapes_results():
+    """The paper recipe writes every result section, down to each method's block (SimSiam's views, MRM's text)."""
+    stated = yaml.safe_load((REPO_ROOT / "configs" / "paper.yaml").read_text())
+    assert not [name for name in RESULT_SECTIONS if name not in stated]
+    merged = load_config(REPO_ROOT / "configs" / "paper.yaml")
+    assert set(registry.own_sections("pretrain").values()) <= set(stated["pretrain"])
+    assert set(registry.methods(registry.JOINT)) <= set(stated["contrastive"])
+    for method in registry.methods(registry.JOINT):  # 224 px views, not the CPU default's 32
+        assert merged["contrastive"][method]["augment"]["view_size"] in (None, 224)
 
 
 def test_load_config_reads_files_and_inline_json(tmp_path: Path):

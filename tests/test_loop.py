@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import os
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -10,10 +13,18 @@ import pytest
 import torch
 from torch import nn
 
-from cxrmim.device import select_device
+from cxrmim.device import DeviceSetup, select_device
 from cxrmim.optim import seed_everything, weight_decay_groups
-from cxrmim.train.distributed import Distributed
-from cxrmim.train.loop import EpochRandom, LoopSettings, NonFiniteLoss, Schedule, run_training
+from cxrmim.train.distributed import Distributed, distributed_session
+from cxrmim.train.loop import (
+    EpochRandom,
+    LoopSettings,
+    NonFiniteLoss,
+    Schedule,
+    run_signature,
+    run_training,
+    split_batch,
+)
 
 N_IMAGES, DIM = 30, 6
 
@@ -116,6 +127,79 @@ def test_schedule_keeps_the_effective_batch_across_world_sizes() -> None:
     assert (single.accum, double.accum) == (4, 2)
     assert single.peak_lr == double.peak_lr == pytest.approx(0.1 * 16 / 256)
     assert single.total_steps == double.total_steps == 6
+
+
+@pytest.mark.parametrize(("batch", "effective", "world", "split"), [
+    (256, 256, 1, (256, 1)), (256, 256, 2, (128, 1)), (256, 256, 8, (32, 1)),  # the paper's batch on 1, 2, 8 GPUs
+    (64, 256, 2, (64, 2)), (32, 48, 1, (24, 2)), (32, 16, 1, (16, 1)),
+])  # fmt: skip
+def test_the_configured_effective_batch_is_what_trains(batch: int, effective: int, world: int, split: tuple) -> None:
+    """More GPUs shrink the per-GPU share; they never multiply the effective batch (and with it the peak lr)."""
+    settings = LoopSettings.from_settings(SETTINGS | {"batch_size": batch, "effective_batch_size": effective})
+    assert split_batch(settings, world) == split
+    schedule = Schedule.build(settings, 10, world)
+    assert schedule.micro_batch * schedule.accum * world == schedule.effective_batch == effective
+    assert schedule.peak_lr == pytest.approx(0.1 * effective / 256)
+
+
+def test_an_effective_batch_that_does_not_split_is_refused() -> None:
+    settings = LoopSettings.from_settings(SETTINGS | {"batch_size": 256, "effective_batch_size": 256})
+    with pytest.raises(ValueError, match=r"effective_batch_size 256 does not split over 3 processes.*255 or 258"):
+        split_batch(settings, 3)
+    odd = LoopSettings.from_settings(SETTINGS | {"batch_size": 32, "effective_batch_size": 33})
+    with pytest.raises(ValueError, match=r"33 images each.*multiple of 2 \(e.g. 32 or 34\)"):
+        split_batch(odd, 1)
+
+
+def test_signature_records_the_realised_effective_batch() -> None:
+    settings = LoopSettings.from_settings(SETTINGS)
+    method = ToyMethod()
+    schedule = Schedule.build(settings, 7, 1)
+    signed = json.loads(run_signature(method, settings, method.model, schedule))["loop"]
+    assert signed["realised_effective_batch"] == 8 and "batch_norm_batch" not in signed
+    bn = json.loads(run_signature(method, settings, method.model, schedule, batch_norm_batch=4))["loop"]
+    assert bn["batch_norm_batch"] == 4
+
+
+def test_fp16_loss_scaling_path_trains(tmp_path: Path) -> None:
+    """The GradScaler branch of a pre-Ampere GPU, run on the CPU (fp16 autocast, scaled backward and step)."""
+    seed_everything(3)
+    fp16 = DeviceSetup(torch.device("cpu"), torch.float16, False)
+    result = run_training(ToyMethod(), LoopSettings.from_settings(SETTINGS), fp16, Distributed(), tmp_path)
+    losses = [row["loss"] for row in result.history]
+    assert result.finished and all(torch.isfinite(torch.tensor(losses))) and losses[-1] < losses[0]
+
+
+def ddp_worker(rank: int, port: int, out: str, settings: dict[str, Any]) -> None:
+    """One of two torchrun-like gloo ranks training the toy method."""
+    os.environ.update(WORLD_SIZE="2", RANK=str(rank), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    with distributed_session("cpu") as ddp:
+        seed_everything(3)
+        method = ToyMethod()
+        run_training(method, LoopSettings.from_settings(settings), select_device("cpu"), ddp, Path(out))
+        Path(out, f"batches{rank}.json").write_text(json.dumps(method.batch_sizes))
+
+
+@pytest.mark.slow
+def test_two_process_gloo_ddp_keeps_the_effective_batch(tmp_path: Path) -> None:
+    """World size 2 with batch_size = effective batch: each rank runs half, the lr is the single process's."""
+    settings = SETTINGS | {"batch_size": 8, "effective_batch_size": 8}
+    seed_everything(3)
+    single = run_training(ToyMethod(), LoopSettings.from_settings(settings), select_device("cpu"), Distributed(),
+                          tmp_path / "single")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    # fork: the ranks start without re-importing torch (the session runs torch single-threaded, so forking is safe)
+    torch.multiprocessing.start_processes(ddp_worker, args=(port, str(tmp_path / "ddp"), settings), nprocs=2,
+                                          start_method="fork")
+    history = pd.read_csv(tmp_path / "ddp" / "history.csv")
+    for rank in (0, 1):  # 15 images per rank: 3 micro-batches of 4, one optimiser step each (4 x 2 ranks = 8)
+        assert json.loads((tmp_path / "ddp" / f"batches{rank}.json").read_text()) == [4] * 9
+    assert history["lr"].tolist() == [row["lr"] for row in single.history]  # not twice the peak lr
+    assert history["seen_per_epoch"].tolist() == [24.0] * 3  # both ranks' images, summed over ranks
 
 
 def test_weight_decay_groups_skip_norms_biases_and_tokens() -> None:

@@ -63,6 +63,33 @@ def test_super_resolution_target_shape_and_content():
     assert torch.allclose(downsample(images)[0, 0, 0, 0], images[0, 0, :2, :2].mean())
 
 
+def test_report_head_scores_masked_positions_only_with_the_full_loss():
+    """The vocabulary projection of the masked positions alone gives the loss (and gradients) of all positions."""
+    torch.manual_seed(0)
+    model = tiny_mrm(True)
+    latent = torch.randn(3, 5, TINY_ENCODER["kwargs"]["embed_dim"])
+    ids = torch.randint(5, 30, (3, 8))
+    attention = torch.ones(3, 8, dtype=torch.bool)
+    attention[2, 5:] = False
+    masked = (torch.rand(3, 8) < 0.5) & attention
+    context = model.image_to_text(latent[:, model.mae.n_prefix :].mean(dim=1))
+    inputs = torch.where(masked, torch.full_like(ids, model.mask_id), ids)
+    full = masked_token_loss(model.text_head(model.text(inputs, attention, context)), ids, masked)
+    full_grads = torch.autograd.grad(full[0], list(model.text.parameters()) + [model.text_head.weight])
+    rows: list[int] = []
+    hook = model.text_head.register_forward_hook(lambda module, args, out: rows.append(args[0].shape[:-1].numel()))
+    model.score_masked_only = True  # what a GPU runs (the CPU default projects every position: same loss)
+    gathered = model.forward_report(latent, ids, attention, masked)
+    hook.remove()
+    assert rows == [int(masked.sum())]  # the head projected the masked positions, not all 3 x 8
+    grads = torch.autograd.grad(gathered[0], list(model.text.parameters()) + [model.text_head.weight])
+    assert torch.allclose(gathered[0], full[0], rtol=1e-6, atol=0) and full[0] > 0
+    assert torch.equal(gathered[1], full[1]) and torch.equal(gathered[2], full[2])
+    assert all(torch.allclose(a, b, rtol=1e-5, atol=1e-8) for a, b in zip(grads, full_grads))
+    nothing = model.forward_report(latent, ids, attention, torch.zeros_like(masked))
+    assert nothing[0].item() == 0.0 and nothing[1].item() == 0.0  # no masked word: no NaN, nothing scored
+
+
 @pytest.fixture(scope="module")
 def phantoms(tmp_path_factory):
     """Prepared phantoms with reports and a tokenizer, shared by this module's training tests."""

@@ -61,6 +61,19 @@ def test_more_than_one_gpu_launches_torchrun(tmp_path: Path):
     assert "torchrun" not in single
 
 
+def test_contrastive_runs_torchrun_on_two_gpus_and_finetune_refuses_them(tmp_path: Path):
+    contrastive = REPO / "tests" / "configs" / "contrastive.yaml"
+    gpus = {"gpu": 2, "mem_mb": 1000, "runtime": 10, "cpus": 1}
+    two = override(tmp_path, "two", {"contrastive": {"resources": gpus}})
+    target = "results/tiny/pretrain/simsiam_resnet18_s0/encoder.safetensors"
+    out = snakemake(tmp_path, target, "-n", "-p", configs=(TINY_CONFIG, contrastive, two)).stdout
+    (command,) = shell_commands(out, "contrastive_pretrain")
+    assert "torchrun --standalone --nnodes 1 --nproc_per_node 2 " in command and "contrastive_pretrain.py" in command
+    refused = override(tmp_path, "refused", {"finetune": {"resources": gpus}})
+    result = snakemake(tmp_path, "-n", configs=(TINY_CONFIG, refused), check=False)
+    assert result.returncode != 0 and "finetune.resources.gpu is 2" in result.stdout + result.stderr
+
+
 def test_commands_and_inputs_use_workflow_paths_relative_to_the_workdir(tmp_path: Path):
     out = snakemake(tmp_path, "-n", "-p").stdout
     for rule in ("download", "prepare", "split", "pretrain", "finetune", "tables", "report"):

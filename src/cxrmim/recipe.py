@@ -27,6 +27,7 @@ class FinetuneSettings:
     crop_scale: tuple[float, float] = (1.0, 1.0)
     hflip: bool = False
     device: str = "auto"
+    cpu_fallback: bool = False  # a GPU job with no usable GPU may train on the CPU
     seed_offset: int = 0
     mode: str = "full"  # full network, or `probe`: the head only, on frozen features
     augment: str = "current"  # preset: none | current (crop_scale/hflip below) | classic | randaugment | native
@@ -47,6 +48,7 @@ class FinetuneSettings:
             crop_scale=tuple(augment.get("crop_scale", (1.0, 1.0))),
             hflip=bool(augment.get("hflip", False)),
             device=str(section.get("device", "auto")),
+            cpu_fallback=bool(section.get("cpu_fallback", False)),
             seed_offset=int(section.get("seed", 0)),
             mode=str(section.get("mode", "full")),
             augment=str(section.get("augment_preset", "current")),

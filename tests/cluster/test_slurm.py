@@ -1,5 +1,5 @@
 """The workflow on a real (one-node) SLURM through `--profile profiles/slurm`: jobs go through sbatch, GPU jobs
-get CUDA_VISIBLE_DEVICES yet train on the CPU, and the outputs equal a local run of the same config.
+get CUDA_VISIBLE_DEVICES yet train on the CPU (cpu_fallback: the GPU is fake), and the outputs equal a local run of the same config.
 
 Needs root and apt-get (CI has both); elsewhere it skips and says why. About 3 minutes on 2 cores."""
 
@@ -33,9 +33,10 @@ from slurm_harness import (
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
 # A cut-down tiny config: one pretraining run, a pretrained and a scratch init, one fraction, one seed.
+# The test node's GPU is a fake GRES: GPU jobs are allowed to fall back to the CPU (else they fail fast).
 REDUCED = {
-    "pretrain": {"methods": ["rgmim"], "mask_ratios": [0.75]},
-    "finetune": {"inits": ["rgmim", "scratch_vit-tiny"]},
+    "pretrain": {"methods": ["rgmim"], "mask_ratios": [0.75], "cpu_fallback": True},
+    "finetune": {"inits": ["rgmim", "scratch_vit-tiny"], "cpu_fallback": True},
     "label_fractions": {"fractions": [1.0], "seeds": [0]},
 }
 RESULTS = Path("results") / "tiny"
@@ -177,6 +178,7 @@ def test_gpu_jobs_got_a_gpu_yet_ran_on_cpu(runs, cluster):
     logs = runs["slurm"] / RESULTS / "logs"
     for log in [*logs.glob("pretrain/*.log"), *logs.glob("finetune/*/*.log")]:
         assert re.search(r"device cpu\b", log.read_text()), f"{log.name} does not say it ran on the CPU"
+        assert "cpu_fallback is true, training on the CPU" in log.read_text(), f"{log.name}: no fallback warning"
 
 
 def without_volatile(value):

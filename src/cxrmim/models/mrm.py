@@ -19,7 +19,11 @@ from torch import nn
 from cxrmim.models.encoders import create_encoder
 from cxrmim.models.mae import MaskedAutoencoder, build_mae, prefix_padded, sincos_2d
 from cxrmim.models.masking import MaskPlan
-from cxrmim.models.report_text import ReportTransformer, masked_token_loss
+from cxrmim.models.report_text import (
+    ReportTransformer,
+    masked_token_loss,
+    scored_token_loss,
+)
 
 
 def patchify(images: torch.Tensor, patch_size: int) -> torch.Tensor:
@@ -73,6 +77,7 @@ class MaskedRecordModel(nn.Module):
         self.super_resolution, self.report_loss = super_resolution, report_loss
         self.image_loss_weight = float(mrm.get("image_loss_weight", 1.0))
         self.mask_id = mask_id
+        self.score_masked_only: bool | None = None  # None: on accelerators (see forward_report)
         self.mae: MaskedAutoencoder = build_mae(encoder_cfg, image_size // 2, patch_size, "random", mask_ratio, settings)
         if super_resolution:
             self.mae.decoder_pred = nn.Linear(self.mae.decoder_pred.in_features, (2 * patch_size) ** 2)
@@ -99,8 +104,15 @@ class MaskedRecordModel(nn.Module):
         """MLM on the masked words, every token conditioned on the mean visible image token -> (loss, count, correct)."""
         context = self.image_to_text(latent[:, self.mae.n_prefix :].mean(dim=1))
         inputs = torch.where(masked, torch.full_like(ids, self.mask_id), ids)
-        logits = self.text_head(self.text(inputs, attention, context))
-        return masked_token_loss(logits, ids, masked)
+        features = self.text(inputs, attention, context)
+        # Only masked positions are scored, so only they need the vocabulary projection (all B x L positions:
+        # ~1 TFLOP and GBs of logits per step at paper scale). Selecting them reads their count back: the one
+        # host sync of an MRM step, waiting only for the forward already queued. On the CPU (small vocabularies)
+        # all positions are projected, which keeps CPU results bit-identical to earlier runs.
+        gather = features.device.type != "cpu" if self.score_masked_only is None else self.score_masked_only
+        if gather:
+            return scored_token_loss(self.text_head(features[masked]), ids[masked], masked)
+        return masked_token_loss(self.text_head(features), ids, masked)
 
     def forward(self, images: torch.Tensor, plan: MaskPlan, report_ids: torch.Tensor | None = None,
                 report_attention: torch.Tensor | None = None, words_masked: torch.Tensor | None = None):  # fmt: skip

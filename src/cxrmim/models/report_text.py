@@ -55,3 +55,12 @@ def masked_token_loss(logits: torch.Tensor, targets: torch.Tensor, masked: torch
     count = weight.sum()
     correct = ((logits.argmax(dim=-1) == targets).float() * weight).sum()
     return (per_token * weight).sum() / count.clamp_min(1.0), count, correct
+
+
+def scored_token_loss(logits: torch.Tensor, targets: torch.Tensor, masked: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """`masked_token_loss` from the masked positions' rows alone: (K, V) logits and (K,) targets of the K True
+    positions of `masked` (B, L) -> (loss, count, correct); equal to the full computation up to float rounding."""
+    count = masked.float().sum()  # on the device: K itself would be a host int
+    per_token = nn.functional.cross_entropy(logits.float(), targets, reduction="sum")
+    correct = (logits.argmax(dim=-1) == targets).float().sum()
+    return per_token / count.clamp_min(1.0), count, correct

@@ -61,11 +61,17 @@ def _write_atomic_npy(path: Path, array: np.ndarray) -> None:
         np.save(tmp, np.ascontiguousarray(array, dtype=np.uint8))
 
 
+def segmenter_device(settings: dict[str, Any]) -> DeviceSetup:
+    """The `lung_masks` section's device (a GPU job without a usable GPU fails unless cpu_fallback)."""
+    return select_device(settings.get("device", "auto"), cpu_fallback=bool(settings.get("cpu_fallback", False)),
+                         fallback_key="lung_masks.cpu_fallback")
+
+
 def run_lung_masks(prepared_dir: Path, weights: Path, settings: dict[str, Any], out_dir: Path,
                    figure: Path) -> pd.DataFrame:
     """Predict, clean and check a mask for every prepared image; write masks.npy, qc.csv, summary.json and the figure."""
     data = load_prepared(prepared_dir, mmap=False)
-    setup = select_device(settings.get("device", "auto"))
+    setup = segmenter_device(settings)
     model, spec = load_segmenter(weights, SegmenterSpec.from_settings(settings))
     log.info("segmenting %d images of %d px at %d px on %s (encoder %s)", len(data.images), data.image_size,
              spec.image_size, setup.device, spec.encoder)

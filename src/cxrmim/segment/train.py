@@ -23,11 +23,11 @@ from cxrmim.data.tensors import (
     augment_batch,
     normalise,
 )
-from cxrmim.device import DeviceSetup, select_device
+from cxrmim.device import DeviceSetup, adamw, tune_for_device
 from cxrmim.optim import apply_lr, cosine_lr, seed_everything
 from cxrmim.segment.model import SegmenterSpec, build_segmenter, save_segmenter
 from cxrmim.segment.postprocess import dice_iou
-from cxrmim.segment.predict import segment
+from cxrmim.segment.predict import segment, segmenter_device
 from cxrmim.segment.qc import plot_mask_grid
 from cxrmim.segment.training_data import MaskedImages, load_training_sources
 
@@ -91,18 +91,19 @@ def train_segmenter(data: MaskedImages, settings: dict[str, Any], setup: DeviceS
     """Train on the non-held-out images; every draw comes from `settings['seed']`."""
     seed = int(settings.get("seed", 0))
     seed_everything(seed)
-    setup = setup or select_device(settings.get("device", "auto"))
+    setup = setup or segmenter_device(settings)
     spec = SegmenterSpec.from_settings(settings)
     holdout = holdout_mask(data, float(settings.get("holdout_fraction", 0.2)), seed)
     train = np.flatnonzero(~holdout)
     if len(train) == 0:
         raise ValueError("lung_masks.holdout_fraction leaves no image to train on; lower it or add train_sources")
-    model = build_segmenter(spec).to(setup.device)
+    model = tune_for_device(build_segmenter(spec).to(setup.device), setup)  # CUDA: cudnn autotuning, channels-last
     batch_size = min(int(settings["batch_size"]), len(train))
     loader = BatchLoader({"images": torch.from_numpy(data.images[train]), "masks": torch.from_numpy(data.masks[train])},
                          batch_size, setup, shuffle=True, seed=seed, drop_last=True)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=float(settings["lr"]),
-                                  weight_decay=float(settings.get("weight_decay", 1e-4)))
+    optimizer = adamw(model.parameters(), setup, lr=float(settings["lr"]),
+                      weight_decay=float(settings.get("weight_decay", 1e-4)))
+    scaler = setup.grad_scaler()  # active under fp16 only; disabled it is the plain backward and step
     epochs = int(settings["epochs"])
     total, warmup = epochs * len(loader), min(len(loader), epochs * len(loader) // 5)
     augment = settings.get("augment") or {"crop_scale": [1.0, 1.0], "hflip": False}
@@ -123,8 +124,9 @@ def train_segmenter(data: MaskedImages, settings: dict[str, Any], setup: DeviceS
                 logits = model(images)
             loss = dice_bce_loss(logits.float(), masks.float())
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
             loss_sum += loss.detach()  # summed on the device, read once per epoch
             step += 1
         history.append({"epoch": epoch + 1, "loss": float(loss_sum) / len(loader),
@@ -165,7 +167,7 @@ def run_train_segmenter(settings: dict[str, Any], weights_out: Path, quality_out
     spec = SegmenterSpec.from_settings(settings)
     data = load_training_sources(settings.get("train_sources") or [], spec.image_size,
                                  int(settings.get("workers", 1)))
-    setup = select_device(settings.get("device", "auto"))
+    setup = segmenter_device(settings)
     log.info("training the lung segmenter on %d images at %d px on %s", len(data), spec.image_size, setup.device)
     trained = train_segmenter(data, settings, setup)
     save_segmenter(trained.model, spec, weights_out)

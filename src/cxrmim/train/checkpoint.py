@@ -60,14 +60,27 @@ def restore_rng(state: dict[str, Any]) -> None:
             torch.cuda.set_rng_state(cuda_state, index)
 
 
+def match_parameter_layout(optimizer: torch.optim.Optimizer) -> None:
+    """Optimizer state in its parameter's memory layout (loading gives contiguous tensors; a channels-last
+    parameter needs channels-last moments, as fused kernels walk both in storage order). A no-op when they match."""
+    for group in optimizer.param_groups:
+        for param in group["params"]:
+            state = optimizer.state.get(param, {})
+            for key, value in state.items():
+                if torch.is_tensor(value) and value.shape == param.shape and value.stride() != param.stride():
+                    state[key] = torch.empty_like(param, dtype=value.dtype).copy_(value)
+
+
 class Checkpointer:
     """One run's `checkpoint.pt`: written after every epoch, resumed when its signature matches, removed at the end."""
 
     def __init__(self, path: Path, signature: str) -> None:
         self.path, self.signature = path, signature
 
-    def resume(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[int, list[dict[str, Any]]]:
-        """Load a matching checkpoint into model and optimizer -> (epochs done, their history)."""
+    def resume(
+        self, model: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None = None
+    ) -> tuple[int, list[dict[str, Any]]]:
+        """Load a matching checkpoint into model, optimizer (and fp16 loss scaler) -> (epochs done, their history)."""
         checkpoint = load_checkpoint(self.path)
         if checkpoint is None:
             return 0, []
@@ -76,11 +89,15 @@ class Checkpointer:
             return 0, []
         model.load_state_dict(checkpoint["model"])
         optimizer.load_state_dict(checkpoint["optimizer"])
+        match_parameter_layout(optimizer)
+        if scaler is not None and checkpoint.get("scaler"):
+            scaler.load_state_dict(checkpoint["scaler"])
         restore_rng(checkpoint["rng"])
         return int(checkpoint["epoch"]), list(checkpoint["history"])
 
     def save(
-        self, model: nn.Module, optimizer: torch.optim.Optimizer, epoch: int, step: int, history: list[dict[str, Any]]
+        self, model: nn.Module, optimizer: torch.optim.Optimizer, epoch: int, step: int, history: list[dict[str, Any]],
+        scaler: torch.amp.GradScaler | None = None,
     ) -> None:
         """Everything needed to continue after `epoch` completed epochs (call on the main rank only)."""
         state = {
@@ -91,6 +108,7 @@ class Checkpointer:
             "rng": rng_state(),
             "history": history,
             "signature": self.signature,
+            "scaler": scaler.state_dict() if scaler is not None else {},  # empty unless fp16 loss scaling is on
         }
         atomic_save(state, self.path)
 

@@ -11,7 +11,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from cxrmim.device import DeviceSetup
+from cxrmim.device import DeviceSetup, has_batch_norm, tune_for_device
 
 
 @dataclass
@@ -57,14 +57,33 @@ def distributed_session(device_type: str) -> Iterator[Distributed]:
             dist.destroy_process_group()
 
 
+def syncs_batch_norm(model: nn.Module, setup: DeviceSetup, ddp: Distributed) -> bool:
+    """Networks with BatchNorm (CNNs, SimSiam/BYOL heads) under DDP on CUDA share its statistics over ranks,
+    so the batch they are computed on does not shrink with more GPUs.
+
+    (torch's SyncBatchNorm runs on GPUs only; CPU DDP, the tests' gloo runs, keeps per-rank statistics.)
+    """
+    return ddp.active and setup.device.type == "cuda" and has_batch_norm(model)
+
+
+def prepare_model(model: nn.Module, setup: DeviceSetup, ddp: Distributed) -> nn.Module:
+    """Before the optimizer is built: SyncBatchNorm where `syncs_batch_norm`, then the device's CNN tuning."""
+    if syncs_batch_norm(model, setup, ddp):
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    return tune_for_device(model, setup)
+
+
 def wrap_model(model: nn.Module, setup: DeviceSetup, ddp: Distributed, compile_model: bool) -> nn.Module:
-    """The module the loop calls: compiled first (CUDA only), then wrapped in DDP, as torch recommends."""
+    """The module the loop calls: compiled first (CUDA only), then wrapped in DDP, as torch recommends.
+
+    DDP's gradients are views into its all-reduce buckets (no copy per step, less memory).
+    """
     wrapped = model
     if compile_model and setup.device.type == "cuda":
         wrapped = torch.compile(wrapped)
     if ddp.active:
         device_ids = [setup.device.index] if setup.device.type == "cuda" else None
-        wrapped = nn.parallel.DistributedDataParallel(wrapped, device_ids=device_ids)
+        wrapped = nn.parallel.DistributedDataParallel(wrapped, device_ids=device_ids, gradient_as_bucket_view=True)
     return wrapped
 
 

@@ -15,7 +15,7 @@ from timm.optim import param_groups_layer_decay, param_groups_weight_decay
 from torch import nn
 
 from cxrmim.data.tensors import BatchLoader
-from cxrmim.device import DeviceSetup, select_device
+from cxrmim.device import DeviceSetup, adamw, select_device, tune_for_device
 from cxrmim.inits import InitSpec
 from cxrmim.models.description import model_description
 from cxrmim.models.encoders import (
@@ -153,7 +153,7 @@ class Schedule:
 def train_epoch(
     model: nn.Module, loader: BatchLoader, optimizer: torch.optim.Optimizer, schedule: Schedule,
     settings: FinetuneSettings, norm: InputNorm, setup: DeviceSetup, generator: torch.Generator, epoch: int,
-    sigmoid: bool = False,
+    sigmoid: bool = False, scaler: torch.amp.GradScaler | None = None,
 ) -> tuple[float, float]:
     """One pass over the loader; returns the mean training loss and the last learning rate used.
 
@@ -172,8 +172,13 @@ def train_epoch(
             logits = model(images)
         loss = task_loss(logits.float(), batch["label"], sigmoid)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        if scaler is None:
+            loss.backward()
+            optimizer.step()
+        else:  # fp16: scaled backward, a step that skips non-finite gradients (no host sync with fused AdamW)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
         loss_sum += loss.detach()
     return float(loss_sum) / steps, lr
 
@@ -193,7 +198,7 @@ def finetune(
     check_weights(init, weights)
     if len(data.train.labels) == 0:
         raise ValueError("the label subset is empty; raise the label budget")
-    setup = select_device(settings.device)
+    setup = select_device(settings.device, cpu_fallback=settings.cpu_fallback, fallback_key="finetune.cpu_fallback")
     run_seed = settings.seed_offset * 1_000_003 + seed
     seed_everything(run_seed)
     vit = is_vit(encoder_cfg)
@@ -206,7 +211,7 @@ def finetune(
     built = model_summary(model, encoder_cfg["timm_name"])
     if settings.mode == "probe":
         freeze_for_probe(model)
-    model.to(setup.device)
+    model = tune_for_device(model.to(setup.device), setup)  # CUDA CNNs: cudnn autotuning, channels-last
 
     # Never a batch larger than the subset, and only full batches: BatchNorm and the lr rule see one size.
     batch_size = min(settings.batch_size, len(data.train.labels))
@@ -222,9 +227,8 @@ def finetune(
     # configured one, and scaling by a 12-image subset left the head of 1% runs nearly untrained.
     peak_lr = settings.base_lr * settings.batch_size / LR_REFERENCE_BATCH
     layer_decay = settings.layer_decay if vit and settings.mode == "full" else None
-    optimizer = torch.optim.AdamW(
-        param_groups(model, settings.weight_decay, layer_decay), lr=peak_lr, betas=DEFAULT_BETAS
-    )
+    optimizer = adamw(param_groups(model, settings.weight_decay, layer_decay), setup, lr=peak_lr, betas=DEFAULT_BETAS)
+    scaler = setup.grad_scaler() if setup.grad_scaling else None
     # On the device: drawing there needs no host-to-device copy per step (same draws for a seed on one device).
     augment_generator = torch.Generator(device=setup.device).manual_seed(run_seed)
     val_images, test_images = data.val.images.to(setup.device), data.test.images.to(setup.device)
@@ -240,7 +244,7 @@ def finetune(
     schedule = Schedule(total_steps, warmup_steps, peak_lr)
     for epoch in range(settings.epochs):
         train_loss, lr = train_epoch(
-            model, loader, optimizer, schedule, settings, norm, setup, augment_generator, epoch, data.sigmoid
+            model, loader, optimizer, schedule, settings, norm, setup, augment_generator, epoch, data.sigmoid, scaler
         )
         val_probs = predict(model, val_images, norm, setup, data.sigmoid)
         test_probs = predict(model, test_images, norm, setup, data.sigmoid)

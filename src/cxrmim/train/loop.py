@@ -3,7 +3,9 @@
 A method supplies a model whose forward returns the loss or `(loss, stats)` (stats: named 0-d tensors summed
 over the micro-batch, left on the device) and a way to build each micro-batch's forward inputs; see `TrainingMethod`.
 The loop owns the rest: AdamW with timm's weight-decay groups, the MAE lr rule and per-step cosine schedule,
-gradient accumulation, bf16 autocast, compile + DDP, epoch checkpoints with exact resume, and history.csv.
+gradient accumulation to exactly the configured effective batch on any number of processes, bf16 autocast
+(fp16 with a GradScaler before compute capability 8), fused AdamW on CUDA, compile + DDP, epoch checkpoints
+with exact resume, and history.csv.
 Every random draw of a method comes from `EpochRandom` streams seeded by (seed, epoch, rank), so a resumed
 run ends with exactly the weights of an uninterrupted one (bit-exact on CPU). Statistics are read from the
 device once per epoch: no host synchronisation inside a training step. A loss that is not finite stops the run
@@ -28,17 +30,19 @@ from torch import nn
 from tqdm import tqdm
 
 from cxrmim.data.tensors import BatchLoader
-from cxrmim.device import DeviceSetup
+from cxrmim.device import DeviceSetup, adamw, has_batch_norm
 from cxrmim.io import atomic_path
 from cxrmim.optim import apply_lr, cosine_lr, weight_decay_groups
-from cxrmim.recipe import LR_REFERENCE_BATCH
+from cxrmim.train.batching import LoopSettings, Schedule, split_batch
 from cxrmim.train.checkpoint import Checkpointer
 from cxrmim.train.distributed import (
     Distributed,
     all_reduce_sum,
     barrier,
     gradient_sync,
+    prepare_model,
     ranks_agree,
+    syncs_batch_norm,
     wrap_model,
 )
 
@@ -89,62 +93,6 @@ class TrainingMethod(Protocol):
         """Write the trained weights (main rank, after the last epoch; the loop writes history.csv)."""
 
 
-@dataclass(frozen=True)
-class LoopSettings:
-    """The optimisation recipe, read from a `pretrain:` config section."""
-
-    epochs: int
-    batch_size: int
-    effective_batch_size: int
-    base_lr: float
-    weight_decay: float = 0.05
-    betas: tuple[float, float] = (0.9, 0.95)
-    warmup_epochs: float = 0.0
-    seed: int = 0
-    compile: bool = False
-
-    @classmethod
-    def from_settings(cls, settings: dict[str, Any]) -> LoopSettings:
-        """Pick the loop's keys out of a `pretrain:` section (defaults as in MAE)."""
-        batch_size = int(settings["batch_size"])
-        return cls(
-            epochs=int(settings["epochs"]),
-            batch_size=batch_size,
-            effective_batch_size=int(settings.get("effective_batch_size", batch_size)),
-            base_lr=float(settings["base_lr"]),
-            weight_decay=float(settings.get("weight_decay", 0.05)),
-            betas=tuple(float(b) for b in settings.get("betas", (0.9, 0.95))),
-            warmup_epochs=float(settings.get("warmup_epochs", 0)),
-            seed=int(settings.get("seed", 0)),
-            compile=bool(settings.get("compile", False)),
-        )
-
-
-@dataclass(frozen=True)
-class Schedule:
-    """Accumulation and learning-rate schedule, fixed once the loader and world size are known."""
-
-    accum: int
-    steps_per_epoch: int
-    total_steps: int
-    warmup_steps: int
-    peak_lr: float
-
-    @classmethod
-    def build(cls, settings: LoopSettings, micro_batches: int, world_size: int) -> Schedule:
-        """Micro-batches per optimiser step so that batch x steps x ranks reaches the effective batch."""
-        accum = max(1, round(settings.effective_batch_size / (settings.batch_size * world_size)))
-        steps_per_epoch = math.ceil(micro_batches / accum)
-        effective = settings.batch_size * accum * world_size
-        return cls(
-            accum=accum,
-            steps_per_epoch=steps_per_epoch,
-            total_steps=settings.epochs * steps_per_epoch,
-            warmup_steps=round(settings.warmup_epochs * steps_per_epoch),
-            peak_lr=settings.base_lr * effective / LR_REFERENCE_BATCH,
-        )
-
-
 @dataclass
 class LoopResult:
     """What a call to `run_training` did."""
@@ -173,9 +121,20 @@ def resolve_stop(stop_after_epochs: int | None) -> int | None:
     return int(value) if value else None
 
 
-def run_signature(method: TrainingMethod, settings: LoopSettings, model: nn.Module) -> str:
-    """Everything that changes the trained weights; a checkpoint from another signature is not resumed."""
+def run_signature(
+    method: TrainingMethod, settings: LoopSettings, model: nn.Module, schedule: Schedule | None = None,
+    batch_norm_batch: int | None = None,
+) -> str:
+    """Everything that changes the trained weights; a checkpoint from another signature is not resumed.
+
+    Besides the config: the realised effective batch (what sets the lr), and for BatchNorm networks the batch
+    their statistics see (the micro-batch, x the world size under SyncBatchNorm), which the world size changes.
+    """
     loop = {k: v for k, v in asdict(settings).items() if k != "compile"}
+    if schedule is not None:
+        loop["realised_effective_batch"] = schedule.effective_batch
+    if batch_norm_batch is not None:
+        loop["batch_norm_batch"] = batch_norm_batch
     # The tensor shapes catch architecture changes in the code, which the config alone does not show.
     tensors = sorted(f"{k}:{tuple(v.shape)}" for k, v in model.state_dict().items())
     return json.dumps({"method": method.signature(), "loop": loop, "tensors": tensors}, sort_keys=True, default=str)
@@ -191,22 +150,30 @@ def run_training(
 ) -> LoopResult:
     """Train `method.model`, checkpointing every epoch to out_dir/checkpoint.pt and resuming from it when present."""
     stop_after_epochs = resolve_stop(stop_after_epochs)
-    model = method.model.to(setup.device)
+    # SyncBatchNorm (CNNs under DDP on CUDA) and channels-last change modules in place: the method's own
+    # references (its backbone, which it exports) see the same modules.
+    model = prepare_model(method.model.to(setup.device), setup, ddp)
+    micro_batch, _ = split_batch(settings, ddp.world_size)
     loader = BatchLoader(
-        method.loader_tensors(), settings.batch_size, setup, shuffle=True, seed=settings.seed, drop_last=True,
+        method.loader_tensors(), micro_batch, setup, shuffle=True, seed=settings.seed, drop_last=True,
         rank=ddp.rank, world_size=ddp.world_size,
     )  # fmt: skip
     if len(loader) == 0:
         raise ValueError(
-            f"{loader.n} images are too few for one batch of {settings.batch_size} on each of {ddp.world_size} "
-            "rank(s); lower pretrain.batch_size"
+            f"{loader.n} images are too few for one micro-batch of {micro_batch} on each of {ddp.world_size} "
+            "rank(s); lower the effective batch size"
         )
     schedule = Schedule.build(settings, len(loader), ddp.world_size)
-    optimizer = torch.optim.AdamW(
-        weight_decay_groups(model, settings.weight_decay), lr=schedule.peak_lr, betas=settings.betas
+    optimizer = adamw(
+        weight_decay_groups(model, settings.weight_decay), setup, lr=schedule.peak_lr, betas=settings.betas
     )
-    checkpointer = Checkpointer(out_dir / "checkpoint.pt", run_signature(method, settings, model))
-    start_epoch, history = checkpointer.resume(model, optimizer)
+    bn_batch = None  # the batch BatchNorm statistics see, where there is BatchNorm
+    if has_batch_norm(model):
+        bn_batch = micro_batch * (ddp.world_size if syncs_batch_norm(model, setup, ddp) else 1)
+    signature = run_signature(method, settings, model, schedule, bn_batch)
+    checkpointer = Checkpointer(out_dir / "checkpoint.pt", signature)
+    scaler = setup.grad_scaler()
+    start_epoch, history = checkpointer.resume(model, optimizer, scaler)
     # The schedule position follows the epochs done, so a run resumed on another number of processes (other
     # accumulation, other micro-batches per rank) continues its own lr curve.
     step = start_epoch * schedule.steps_per_epoch
@@ -217,9 +184,10 @@ def run_training(
         for line in method.describe():
             log.info("%s", line)
         log.info(
-            "batch %d x %d accumulation step(s) x %d rank(s) = effective batch %d; peak lr %.3g; %d steps/epoch",
-            settings.batch_size, schedule.accum, ddp.world_size, settings.batch_size * schedule.accum * ddp.world_size,
-            schedule.peak_lr, schedule.steps_per_epoch,
+            "micro-batch %d x %d accumulation step(s) x %d rank(s) = effective batch %d (configured %d); "
+            "peak lr %.3g; %d steps/epoch",
+            schedule.micro_batch, schedule.accum, ddp.world_size, schedule.effective_batch,
+            settings.effective_batch_size, schedule.peak_lr, schedule.steps_per_epoch,
         )  # fmt: skip
     wrapped = wrap_model(model, setup, ddp, settings.compile)
 
@@ -228,7 +196,7 @@ def run_training(
         if stop_after_epochs is not None and epoch >= stop_after_epochs:
             log.warning("stopping after %d epoch(s) as requested (%s); checkpoint kept", epoch, STOP_ENV)
             return LoopResult(False, history, epochs_run)
-        row, step = run_epoch(method, wrapped, optimizer, loader, schedule, setup, ddp, settings, epoch, step)
+        row, step = run_epoch(method, wrapped, optimizer, scaler, loader, schedule, setup, ddp, settings, epoch, step)
         check_finite(row, epoch, settings.epochs)
         history.append(row)
         epochs_run += 1
@@ -238,7 +206,7 @@ def run_training(
                 "epoch %d/%d loss %.4f lr %.3g %.1f img/s %s %.1fs",
                 row["epoch"], settings.epochs, row["loss"], row["lr"], row["images_per_s"], extra, row["seconds"],
             )  # fmt: skip
-            checkpointer.save(model, optimizer, epoch + 1, step, history)
+            checkpointer.save(model, optimizer, epoch + 1, step, history, scaler)
         barrier(ddp)
 
     if not ranks_agree(model, ddp):
@@ -275,6 +243,7 @@ def run_epoch(
     method: TrainingMethod,
     wrapped: nn.Module,
     optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
     loader: BatchLoader,
     schedule: Schedule,
     setup: DeviceSetup,
@@ -309,9 +278,12 @@ def run_epoch(
             with setup.autocast():
                 output = wrapped(**inputs)
             loss, stats = output if isinstance(output, tuple) else (output, {})
-            (loss / group_size).backward()
+            # Disabled (CPU, bf16) the scaler returns the loss itself; under fp16 its step skips non-finite
+            # gradients without a host sync (fused AdamW reads the scaler's device flags).
+            scaler.scale(loss / group_size).backward()
         if is_group_end:
-            optimizer.step()
+            scaler.step(optimizer)
+            scaler.update()
             optimizer.zero_grad(set_to_none=True)
             step += 1
             if after_step is not None:

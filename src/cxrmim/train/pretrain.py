@@ -67,8 +67,9 @@ def run_pretraining(
     Joint-embedding methods take no `mask_ratio`; methods that read reports need `tokenizer` and `text` (the
     tokenizer rule's file and the `text:` config section).
     """
-    registry.method(method)  # an unknown name fails before any data is read
-    setup = select_device(str(settings.get("device", "auto")))
+    spec = registry.method(method)  # an unknown name fails before any data is read
+    setup = select_device(str(settings.get("device", "auto")), cpu_fallback=bool(settings.get("cpu_fallback", False)),
+                          fallback_key=f"{spec.section if spec.family == registry.JOINT else 'pretrain'}.cpu_fallback")
     loop_settings = LoopSettings.from_settings(settings)
     # Every method trains on the same images: train + val of the split, lung-mask QC exclusions applied.
     data = load_pretrain_data(prepared_dir, split_csv, validity_npz)
