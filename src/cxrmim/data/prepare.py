@@ -98,6 +98,10 @@ def source_records(kind: str, root: Path, dataset_cfg: dict[str, Any],
                             "report and their usual spellings)")
     raw = records
     mapped = apply_label_map(records, dataset_cfg.get("label_map") or {})
+    unmatched = sorted(set(dataset_cfg.get("keep_labels") or []) - {r.label for r in mapped})
+    if unmatched:  # a misspelt label would keep nothing of its class, silently
+        raise ValueError(f"dataset.keep_labels lists {unmatched}, which no image has (labels after "
+                         f"dataset.label_map: {sorted({r.label for r in mapped})}); fix the spelling")
     records, dropped = keep_labels(mapped, dataset_cfg.get("keep_labels") or [])
     if dropped:
         warnings.append(f"dataset.keep_labels {dataset_cfg['keep_labels']} dropped {dropped} images of other labels")
