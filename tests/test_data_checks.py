@@ -308,3 +308,16 @@ def test_prepared_summary_accounts_for_everything_seen(tmp_path):
         assert set(summary["classes"]) == {seen["labels"][lab]["became"] for lab in labels}
         outcomes["ok"] += 1
     assert outcomes["ok"] >= 3 and outcomes["error"] >= 3, outcomes  # both branches were exercised
+
+
+def test_provided_masks_failing_qc_are_named(caplog):
+    from cxrmim.data.validity import provided_mask_decisions
+
+    images = np.stack([texture(i) for i in range(3)])
+    masks = np.zeros((3, 64, 64), np.uint8)
+    masks[0, 16:48, 8:28] = masks[0, 16:48, 36:56] = 1
+    masks[2, 16:48, 8:28] = 1  # one lung only
+    with caplog.at_level(logging.WARNING):
+        decision = provided_mask_decisions(images, masks, np.array([True, False, True]), {"qc": {}, "qc_policy": "skip"})
+    assert decision.tolist() == ["mask", "none", "skip"]
+    assert "1 provided lung mask(s) fail QC (one_lung)" in caplog.text and "prepared index 2" in caplog.text
