@@ -7,7 +7,12 @@ import os
 from pathlib import Path
 from typing import Any
 
-from cxrmim.data.sources import IMAGE_SUFFIXES, SourceError, column_positions, read_manifest_table
+from cxrmim.data.sources import (
+    IMAGE_SUFFIXES,
+    SourceError,
+    column_positions,
+    read_manifest_table,
+)
 
 
 def _stat_line(path: Path) -> str:

@@ -21,7 +21,11 @@ PUBLIC = ("chexpert", "nih_cxr14", "mimic_cxr_jpg")
 def check_source(dataset_cfg: dict[str, Any], marker: Path | str | None = None) -> None:
     """Raise SourceError for a local source whose layout cannot be read (a missing one only after a good run)."""
     from cxrmim.data.public import label_files
-    from cxrmim.data.sources import column_positions, covid19_radiography_records, read_manifest_table
+    from cxrmim.data.sources import (
+        column_positions,
+        covid19_radiography_records,
+        read_manifest_table,
+    )
 
     kind, source = dataset_cfg.get("kind"), dataset_cfg.get("source")
     if kind == "synthetic" or not source or "://" in str(source):

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import codecs
-import csv
 import dataclasses
-import io
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from cxrmim.data.csvtext import SourceError, read_manifest_table
 from cxrmim.data.tasks import fold
 
 __all__ = [
@@ -56,11 +54,6 @@ MANIFEST_ALIASES = {
     "view_position": "view",
 }
 MAX_LISTED_PROBLEMS = 10
-FIELD_LIMIT = 1 << 30  # bytes per cell; csv's default (128 KiB) is shorter than some reports
-
-
-class SourceError(ValueError):
-    """A dataset source whose layout or manifest cannot be used; the message says how to fix it."""
 
 
 @dataclass(frozen=True)
@@ -227,51 +220,6 @@ def _cell(row: list[str], columns: dict[str, int], key: str) -> str | None:
     position = columns.get(key)
     value = row[position] if position is not None and position < len(row) else ""
     return value.strip() or None
-
-
-def _decode(csv_path: Path, raw: bytes) -> str:
-    """The manifest's text: UTF-8 (with or without BOM) or UTF-16 (Excel's 'Unicode Text'), else a fix."""
-    if raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
-        encoding = "utf-16"
-    elif b"\x00" in raw[:4096]:  # UTF-16 without a BOM: every other byte of ASCII text is zero
-        encoding = "utf-16-le" if raw[1:4096:2].count(0) > raw[0:4096:2].count(0) else "utf-16-be"
-    else:
-        encoding = "utf-8-sig"  # utf-8-sig: Excel writes a BOM
-    try:
-        return raw.decode(encoding)
-    except UnicodeDecodeError as err:
-        if encoding != "utf-8-sig":
-            raise SourceError(f"{csv_path}: looks like {encoding} text but does not decode (offset {err.start}); "
-                              "save the manifest as 'CSV UTF-8' (Excel) or UTF-8 text") from None
-        raise SourceError(
-            f"{csv_path}: not UTF-8 text (byte {err.object[err.start]:#04x} at offset {err.start}); save the manifest "
-            f"as UTF-8 (e.g. `iconv -f latin1 -t utf-8 {csv_path.name} > fixed.csv`, or 'CSV UTF-8' in Excel)"
-        ) from None
-
-
-def _delimiter(header_line: str) -> str:
-    """The header's delimiter: ',' when it has one, else ';', tab or '|' (European Excel, 'Text (Tab delimited)')."""
-    if "," in header_line:
-        return ","
-    counts = {d: header_line.count(d) for d in (";", "\t", "|")}
-    best = max(counts, key=counts.get)
-    return best if counts[best] else ","
-
-
-def read_manifest_table(csv_path: Path) -> tuple[list[str], list[tuple[int, list[str]]]]:
-    """Header and (line number, cells) rows of a manifest, whatever its encoding and delimiter."""
-    text = _decode(csv_path, Path(csv_path).read_bytes())
-    lines = text.splitlines(keepends=True)
-    delimiter = _delimiter(lines[0] if lines else "")
-    csv.field_size_limit(max(csv.field_size_limit(), FIELD_LIMIT))  # long free-text reports are legitimate
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
-    try:
-        header = [name.strip() for name in next(reader, [])]
-        rows = [(reader.line_num, row) for row in reader if row]  # csv gives [] for a blank line
-    except csv.Error as err:
-        raise SourceError(f"{csv_path}: line {reader.line_num}: cannot parse the CSV ({err}); check the quoting "
-                          "of that line (an unclosed \" makes the rest of the file one cell)") from None
-    return header, rows
 
 
 def _resolve(folder: Path, value: str) -> Path:
