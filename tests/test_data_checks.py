@@ -10,6 +10,7 @@ import os
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from PIL import Image
 from test_bad_inputs import texture
@@ -320,3 +321,23 @@ def test_provided_masks_failing_qc_are_named(caplog):
         decision = provided_mask_decisions(images, masks, np.array([True, False, True]), {"qc": {}, "qc_policy": "skip"})
     assert decision.tolist() == ["mask", "none", "skip"]
     assert "1 provided lung mask(s) fail QC (one_lung)" in caplog.text and "prepared index 2" in caplog.text
+
+
+def test_provided_mask_qc_table_and_figure_name_the_images(tmp_path):
+    from cxrmim.segment.qc import provided_mask_report
+
+    names = images_in(tmp_path, 4)
+    lungs = np.zeros((64, 64), np.uint8)
+    lungs[16:48, 8:28] = lungs[16:48, 36:56] = 255
+    one = lungs.copy()
+    one[:, 32:] = 0
+    for i, mask in enumerate([lungs, lungs, one, lungs]):
+        Image.fromarray(mask).save(tmp_path / f"m{i}.png")
+    marker = manifest(tmp_path, "image,label,mask\n" + "".join(
+        f"{n},{lab},{m}\n" for n, lab, m in zip(names, "ABAB", ["m0.png", "", "m2.png", "m3.png"])))
+    run(tmp_path, marker)
+    table = provided_mask_report(tmp_path / "out", {"qc_policy": "skip"}, tmp_path / "qc.csv", tmp_path / "qc.png")
+    written = pd.read_csv(tmp_path / "qc.csv", keep_default_na=False)
+    assert written["index"].tolist() == [0, 2, 3] and written["id"].tolist() == ["chk-000000", "chk-000002", "chk-000003"]
+    assert written.set_index("index").loc[2, "flags"] == "one_lung" and table["decision"].tolist() == ["mask", "skip", "mask"]
+    assert (tmp_path / "qc.png").stat().st_size > 1000
