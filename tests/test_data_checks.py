@@ -114,6 +114,8 @@ def test_two_candidate_label_files_are_an_error_and_the_one_used_is_named(tmp_pa
     assert summary["seen"]["label_files"]["labels"] == "Data_Entry_2017_v2020.csv"
     assert summary["seen"]["findings"]["Hernia"]["became"] == "kept"
     assert summary["seen"]["findings"]["Atelectasis"]["became"].startswith("ignored")
+    with pytest.raises(ValueError, match=r"spell findings differently \(spelling differs: 'Effusion' / 'effusion'\)"):
+        prepare(tmp_path / "source.json", {**dataset, "findings": ["effusion", "Hernia"]}, SETTINGS, tmp_path / "o2")
     (root / "Data_Entry_2017.csv").write_text((root / "Data_Entry_2017_v2020.csv").read_text())
     with pytest.raises(SourceError, match=r"several files could be the Data_Entry_2017\.csv: Data_Entry_2017\.csv, "
                                           r"Data_Entry_2017_v2020\.csv; keep the one"):
@@ -126,6 +128,8 @@ def test_listed_finding_without_an_image_is_an_error_naming_it(tmp_path):
         f"{n},{lab}\n" for n, lab in zip(names, ["A", "B|A", "No Finding", "B"])))
     with pytest.raises(ValueError, match=r"dataset\.findings lists \['Effusoin'\], which no image has"):
         run(tmp_path, marker, {"task": "multilabel", "findings": ["A", "B", "Effusoin"]})
+    with pytest.raises(ValueError, match=r"findings \['B'\] that dataset.findings does not list.*'B' / 'b'"):
+        run(tmp_path, marker, {"task": "multilabel", "findings": ["A", "b"]})
 
 
 def test_labels_differing_only_in_spelling_fail_until_merged(tmp_path):

@@ -17,6 +17,7 @@ def source_records(kind: str, root: Path, dataset_cfg: dict[str, Any],
     `report`, when given, receives what became of every label, finding, column, folder and label file seen.
     """
     from cxrmim.data.accounting import finding_fates, label_fates
+    from cxrmim.data.tasks import spelling_hint
     from cxrmim.data.public import (
         PUBLIC_KINDS,
         label_file_names,
@@ -44,6 +45,10 @@ def source_records(kind: str, root: Path, dataset_cfg: dict[str, Any],
         report["label_files"] = label_file_names(kind, root, labeler)
         if dataset_cfg.get("task") == "multilabel" and dataset_cfg.get("findings"):
             report["findings"] = finding_fates([r.label for r in records], list(dataset_cfg["findings"]))
+            hint = spelling_hint(report["findings"], dataset_cfg["findings"])
+            if hint:  # the listed spelling would match no image and the dataset's spelling would be dropped
+                raise ValueError(f"dataset.findings and the {kind} labels spell findings differently{hint}; "
+                                 "use the dataset's spelling in dataset.findings")
             records, changed = restrict_findings(records, list(dataset_cfg["findings"]))
             if changed:
                 warnings.append(f"{changed} images have findings outside dataset.findings; only the listed ones count")

@@ -75,7 +75,7 @@ class LabelTask:
             unknown = sorted(set(seen) - set(self.findings))
             if unknown:
                 raise ValueError(f"labels name findings {unknown} that dataset.findings does not list; add them "
-                                 "there or merge them with dataset.label_map")
+                                 f"there or merge them with dataset.label_map{spelling_hint(unknown, self.findings)}")
             absent = [f for f in self.findings if f not in seen]
             if absent:  # a typo or another dataset's finding: its AUC would be undefined, its mean quietly smaller
                 raise ValueError(f"dataset.findings lists {absent}, which no image has (findings seen: {seen}); "
@@ -108,6 +108,13 @@ class LabelTask:
             return label_matrix(labels, self.findings, uncertain)
         classes = sorted(set(labels))
         return label_matrix(labels, classes)
+
+
+def spelling_hint(names: Iterable[str], listed: Iterable[str]) -> str:
+    """'; note: X is spelt Y in dataset.findings' for names that match a listed one but for spelling ('' if none)."""
+    by_fold = {fold(n): n for n in listed}
+    pairs = [f"{n!r} / {by_fold[fold(n)]!r}" for n in names if fold(n) in by_fold and by_fold[fold(n)] != n]
+    return f" (spelling differs: {', '.join(pairs)})" if pairs else ""
 
 
 def _check_spellings(names: Sequence[str], what: str) -> None:
