@@ -68,6 +68,14 @@ def test_repeated_column_is_an_error_naming_it_and_the_file(tmp_path, header, ne
         manifest_records(tmp_path / "manifest.csv")
 
 
+def test_unused_columns_even_repeated_are_reported_not_fatal(tmp_path):
+    names = images_in(tmp_path, 4)
+    marker = manifest(tmp_path, "image,label,notes,Notes\n" + "".join(f"{n},{lab},x,y\n" for n, lab in zip(names, "ABAB")))
+    summary = run(tmp_path, marker)
+    assert summary["seen"]["columns"]["Notes"].startswith("ignored")
+    assert any("manifest columns ['notes', 'Notes'] are not used" in w for w in summary["warnings"])
+
+
 @pytest.mark.parametrize("dataset", [{}, {"label_map": {"*": "Finding"}}])
 def test_one_class_is_refused(tmp_path, dataset):
     names = images_in(tmp_path, 4)

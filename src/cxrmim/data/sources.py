@@ -178,6 +178,13 @@ def covid19_radiography_records(root: Path) -> tuple[list[SourceRecord], list[st
 # ----------------------------------------------------------------------------- CSV manifests
 
 
+def _canonical(key: str) -> str | None:
+    """The manifest column a folded header name fills ('patient_id', 'PatientID' -> patient_id), or None."""
+    if key in MANIFEST_REQUIRED + MANIFEST_OPTIONAL:
+        return key
+    return MANIFEST_ALIASES.get(key) or MANIFEST_ALIASES.get(key.replace("_", ""))
+
+
 def column_positions(csv_path: Path, header: list[str]) -> dict[str, int]:
     """Positions of the canonical columns in the header (spelling-insensitive, with aliases); repeats are errors."""
     keys = [fold(name).replace(" ", "_") for name in header]
@@ -186,14 +193,13 @@ def column_positions(csv_path: Path, header: list[str]) -> dict[str, int]:
         if key:
             by_key.setdefault(key, []).append(position)
     for key, positions in by_key.items():
-        if len(positions) > 1:
+        if len(positions) > 1 and _canonical(key):  # a repeated unused column changes nothing (and is reported)
             names = " and ".join(f"{header[i]!r} (column {i + 1})" for i in positions)
             raise SourceError(f"{csv_path}: the header repeats a column: {names}; keep one of them (which one "
                               "is meant cannot be guessed) or rename the other")
     columns: dict[str, int] = {}
     for key in MANIFEST_REQUIRED + MANIFEST_OPTIONAL:
-        spellings = [k for k in by_key if k == key or MANIFEST_ALIASES.get(k.replace("_", "")) == key
-                     or MANIFEST_ALIASES.get(k) == key]
+        spellings = [k for k in by_key if _canonical(k) == key]
         if len(spellings) > 1:
             names = ", ".join(repr(header[by_key[k][0]]) for k in spellings)
             raise SourceError(f"{csv_path}: columns {names} all name the {key}; keep one of them or rename the others")
