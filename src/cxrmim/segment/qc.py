@@ -150,7 +150,9 @@ def provided_mask_report(prepared_dir: str | Path, mask_qc: dict[str, Any], tabl
     table["decision"] = decide(table["plausible"].to_numpy(), mask_qc.get("qc_policy", "all_valid"))
     Path(table_csv).parent.mkdir(parents=True, exist_ok=True)
     table.to_csv(table_csv, index=False, float_format="%.4g")
-    picks = worst_first(table, "area_fraction")[: int(thresholds.get("n_figure_images", 24))]
+    # Every failing mask up to the figure's limit, else a few plausible ones to show what passed.
+    shown = min(int(thresholds.get("n_figure_images", 24)), max(6, int((table["plausible"] == 0).sum())))
+    picks = worst_first(table, "area_fraction")[:shown]
     plot_mask_grid(np.asarray(data.images[rows[picks]]), np.asarray(data.masks[rows[picks]]) > 0,
                    qc_titles(table, picks), figure)
     return table
