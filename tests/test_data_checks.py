@@ -353,3 +353,19 @@ def test_provided_mask_qc_table_and_figure_name_the_images(tmp_path):
     assert written["index"].tolist() == [0, 2, 3] and written["id"].tolist() == ["chk-000000", "chk-000002", "chk-000003"]
     assert written.set_index("index").loc[2, "flags"] == "one_lung" and table["decision"].tolist() == ["mask", "skip", "mask"]
     assert (tmp_path / "qc.png").stat().st_size > 1000
+
+
+def test_source_check_before_any_job_covers_rows_and_labels(tmp_path):
+    from cxrmim.data.source_check import check_source
+
+    names = images_in(tmp_path, 4)
+    manifest(tmp_path, "image,label\n" + rows(names, "ABAB") + "missing.png,A\n")
+    dataset = {"name": "chk", "kind": "manifest", "source": str(tmp_path / "manifest.csv")}
+    with pytest.raises(SourceError, match=r"row 5 \(line 6\): image file .*missing\.png not found"):
+        check_source(dataset)
+    manifest(tmp_path, "image,label\n" + rows(names, "AAAA"))
+    with pytest.raises(ValueError, match="at least two classes"):
+        check_source(dataset)
+    check_source({**dataset, "source": str(tmp_path / "gone.csv")})  # first run: the download job reports it
+    with pytest.raises(SourceError, match="does not exist"):
+        check_source({**dataset, "source": str(tmp_path / "gone.csv")}, tmp_path / "source.json")

@@ -1,9 +1,9 @@
 """Cheap checks of a dataset source made before any job runs, and the dataset keys each data stage depends on.
 
 A job that fails has already lost its outputs (Snakemake removes them when it starts), so a mistake found inside
-`download` or `prepare` would rerun every later stage once fixed. The layout mistakes a user makes most (a
-misspelt or repeated manifest column, a renamed folder, a second label file) are found here instead, while the
-outputs of the last good run are still in place.
+`download` or `prepare` would rerun every later stage once fixed. The mistakes a user makes most (a misspelt or
+repeated manifest column, a wrong path in a row, labels that do not fit the task, a renamed folder, a second label
+file) are found here instead, while the outputs of the last good run are still in place.
 """
 
 from __future__ import annotations
@@ -19,13 +19,10 @@ PUBLIC = ("chexpert", "nih_cxr14", "mimic_cxr_jpg")
 
 
 def check_source(dataset_cfg: dict[str, Any], marker: Path | str | None = None) -> None:
-    """Raise SourceError for a local source whose layout cannot be read (a missing one only after a good run)."""
+    """Raise for a local source that cannot be prepared as configured (a missing one only after a good run)."""
     from cxrmim.data.public import label_files
-    from cxrmim.data.sources import (
-        column_positions,
-        covid19_radiography_records,
-        read_manifest_table,
-    )
+    from cxrmim.data.records import source_records
+    from cxrmim.data.tasks import LabelTask
 
     kind, source = dataset_cfg.get("kind"), dataset_cfg.get("source")
     if kind == "synthetic" or not source or "://" in str(source):
@@ -36,11 +33,11 @@ def check_source(dataset_cfg: dict[str, Any], marker: Path | str | None = None) 
             raise SourceError(f"dataset.source {path} does not exist (renamed or moved?); restore it or fix "
                               "dataset.source (checked before any job, so the last run's results stay in place)")
         return
-    if kind == "manifest" and path.is_file():
-        column_positions(path, read_manifest_table(path)[0])
-    elif kind == "covid19_radiography" and path.is_dir():
-        covid19_radiography_records(path)
-    elif kind in PUBLIC and path.is_dir():
+    if (kind == "manifest" and path.is_file()) or (kind == "covid19_radiography" and path.is_dir()):
+        # Every listed file and the labels against the task: what the fingerprint stats anyway, plus the labels.
+        records, _, _ = source_records(kind, path, dataset_cfg)
+        LabelTask.from_config(dataset_cfg).check_labels([r.label for r in records])
+    elif kind in PUBLIC and path.is_dir():  # reading their label CSVs takes long: only their files are checked
         label_files(kind, path, dataset_cfg.get("labeler") or "chexpert")
 
 
