@@ -369,3 +369,53 @@ def test_source_check_before_any_job_covers_rows_and_labels(tmp_path):
     check_source({**dataset, "source": str(tmp_path / "gone.csv")})  # first run: the download job reports it
     with pytest.raises(SourceError, match="does not exist"):
         check_source({**dataset, "source": str(tmp_path / "gone.csv")}, tmp_path / "source.json")
+
+
+def test_prepared_summary_accounts_for_every_folder_and_label_file(tmp_path):
+    """Random class-folder trees (spelling variants, clashes, empty classes, foreign folders) and NIH folders with
+    extra label files: each fails naming the cause or is accounted for in summary.json `seen`."""
+    import shutil
+
+    from cxrmim.data.sources import KAGGLE_BY_FOLD
+    from cxrmim.data.tasks import fold
+
+    rng = np.random.default_rng(1)
+    names = ["COVID", "covid", "COVID-19", "Normal", "NORMAL", "Viral_Pneumonia", "Lung Opacity", "Other", "old"]
+    outcomes = {"ok": 0, "error": 0}
+    for case in range(10):
+        chosen = {str(n): int(rng.integers(0, 3)) for n in rng.choice(names, rng.integers(2, 6), replace=False)}
+        root = kaggle_tree(tmp_path / f"db{case}", chosen)
+        marker = tmp_path / f"db{case}.json"
+        marker.write_text(json.dumps({"root": str(root)}))
+        classes = [KAGGLE_BY_FOLD.get(fold(n)) for n in chosen]
+        try:
+            summary = prepare(marker, {"name": "k", "kind": "covid19_radiography"}, SETTINGS, tmp_path / f"o{case}")
+        except (SourceError, ValueError) as err:
+            text = str(err)
+            clash = len({c for c in classes if c}) < len([c for c in classes if c])
+            missing = not {"COVID", "Normal"} <= set(classes)
+            few = len({c for c, n in zip(classes, chosen.values()) if c and n}) < 2
+            assert ("are all the class" in text and clash) or ("missing" in text and missing) or (
+                "at least two classes" in text and few) or ("no images left" in text and few), (chosen, text)
+            outcomes["error"] += 1
+            continue
+        seen = summary["seen"]
+        assert set(seen["folders"]) == set(chosen)
+        for name, fate in seen["folders"].items():
+            label = KAGGLE_BY_FOLD.get(fold(name))
+            assert fate == (f"class {label}" if label else fate) and (label or fate.startswith("ignored"))
+            if label and not chosen[name]:
+                assert any(f"{label}: no images found" in w for w in summary["warnings"])
+        assert sum(e["images"] for e in seen["labels"].values()) == sum(
+            n for name, n in chosen.items() if KAGGLE_BY_FOLD.get(fold(name)))
+        outcomes["ok"] += 1
+    assert min(outcomes.values()) >= 2, outcomes
+    for case, extra in enumerate(["Data_Entry_2017.csv", "old/Data_Entry_2017.csv", "Data_Entry_2017_v2.csv"]):
+        root = nih_tree(tmp_path / f"nih{case}")
+        (root / extra).parent.mkdir(exist_ok=True)
+        shutil.copy(root / "Data_Entry_2017_v2020.csv", root / extra)
+        marker = tmp_path / f"nih{case}.json"
+        marker.write_text(json.dumps({"root": str(root)}))
+        dataset = {"name": "n", "kind": "nih_cxr14", "task": "multilabel", "findings": ["Effusion", "Hernia"]}
+        with pytest.raises(SourceError, match=f"several files could be.*{extra}"):
+            prepare(marker, dataset, SETTINGS, tmp_path / f"n{case}")

@@ -31,20 +31,18 @@ SEARCH_DEPTH = 3  # folder levels searched below dataset.source for the CSVs (ar
 
 
 def _find(root: Path, patterns: tuple[str, ...], what: str) -> Path | None:
-    """The file matching one of `patterns` at the shallowest level (root, then up to SEARCH_DEPTH folders below).
+    """The one file matching `patterns` in root or up to SEARCH_DEPTH folders below it, or None.
 
-    Two candidates at that level (e.g. Data_Entry_2017.csv and Data_Entry_2017_v2020.csv) are an error: the labels
-    would depend on which sorts first.
+    Two candidates anywhere in that range (Data_Entry_2017.csv and Data_Entry_2017_v2020.csv, or a copy in a
+    sub-folder) are an error: the labels would depend on which one sorts or lies first.
     """
-    for depth in range(SEARCH_DEPTH + 1):
-        found = sorted({path for pattern in patterns for path in root.glob("*/" * depth + pattern)})
-        if len(found) > 1:
-            names = ", ".join(str(path.relative_to(root)) for path in found)
-            raise SourceError(f"{root}: several files could be the {what}: {names}; keep the one to use and move "
-                              "the others out of dataset.source, so the labels are the ones you mean")
-        if found:
-            return found[0]
-    return None
+    found = sorted({path for depth in range(SEARCH_DEPTH + 1) for pattern in patterns
+                    for path in root.glob("*/" * depth + pattern)})
+    if len(found) > 1:
+        names = ", ".join(str(path.relative_to(root)) for path in found)
+        raise SourceError(f"{root}: several files could be the {what}: {names}; keep the one to use and move "
+                          "the others out of dataset.source, so the labels are the ones you mean")
+    return found[0] if found else None
 
 
 def _require(root: Path, patterns: tuple[str, ...], what: str) -> Path:
