@@ -7,7 +7,12 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from cxrmim.data.csvtext import SourceError, read_manifest_table
+from cxrmim.data.csvtext import (
+    SourceError,
+    column_positions,
+    manifest_columns,
+    read_manifest_table,
+)
 from cxrmim.data.tasks import fold
 
 __all__ = [
@@ -40,19 +45,6 @@ KAGGLE_CLASSES = {
 # Every release has these two; Lung_Opacity only appeared in v4.
 KAGGLE_REQUIRED = ("COVID", "Normal")
 
-MANIFEST_REQUIRED = ("image", "label")
-MANIFEST_OPTIONAL = ("mask", "patient_id", "view", "report")
-# Common alternative column names, used only when the canonical column is absent.
-MANIFEST_ALIASES = {
-    "finding": "label",
-    "path": "image",
-    "filename": "image",
-    "mask_path": "mask",
-    "patientid": "patient_id",
-    "patient": "patient_id",
-    "viewposition": "view",
-    "view_position": "view",
-}
 MAX_LISTED_PROBLEMS = 10
 
 
@@ -176,49 +168,6 @@ def covid19_radiography_records(root: Path) -> tuple[list[SourceRecord], list[st
 
 
 # ----------------------------------------------------------------------------- CSV manifests
-
-
-def _canonical(key: str) -> str | None:
-    """The manifest column a folded header name fills ('patient_id', 'PatientID' -> patient_id), or None."""
-    if key in MANIFEST_REQUIRED + MANIFEST_OPTIONAL:
-        return key
-    return MANIFEST_ALIASES.get(key) or MANIFEST_ALIASES.get(key.replace("_", ""))
-
-
-def column_positions(csv_path: Path, header: list[str]) -> dict[str, int]:
-    """Positions of the canonical columns in the header (spelling-insensitive, with aliases); repeats are errors."""
-    keys = [fold(name).replace(" ", "_") for name in header]
-    by_key: dict[str, list[int]] = {}
-    for position, key in enumerate(keys):
-        if key:
-            by_key.setdefault(key, []).append(position)
-    for key, positions in by_key.items():
-        if len(positions) > 1 and _canonical(key):  # a repeated unused column changes nothing (and is reported)
-            names = " and ".join(f"{header[i]!r} (column {i + 1})" for i in positions)
-            raise SourceError(f"{csv_path}: the header repeats a column: {names}; keep one of them (which one "
-                              "is meant cannot be guessed) or rename the other")
-    columns: dict[str, int] = {}
-    for key in MANIFEST_REQUIRED + MANIFEST_OPTIONAL:
-        spellings = [k for k in by_key if _canonical(k) == key]
-        if len(spellings) > 1:
-            names = ", ".join(repr(header[by_key[k][0]]) for k in spellings)
-            raise SourceError(f"{csv_path}: columns {names} all name the {key}; keep one of them or rename the others")
-        if spellings:
-            columns[key] = by_key[spellings[0]][0]
-    absent = [key for key in MANIFEST_REQUIRED if key not in columns]
-    if absent:
-        raise SourceError(
-            f"{csv_path}: missing required column {', '.join(absent)} (found: {', '.join(header) or 'no header'}); "
-            "the manifest needs columns image,label (optional mask,patient_id,view,report)"
-        )
-    return columns
-
-
-def manifest_columns(csv_path: Path) -> dict[str, str]:
-    """What became of each header column of a manifest: the canonical column it fills, or 'ignored'."""
-    header, _ = read_manifest_table(csv_path)
-    used = {position: key for key, position in column_positions(csv_path, header).items()}
-    return {name: used.get(i, "ignored (not a manifest column)") for i, name in enumerate(header)}
 
 
 def _cell(row: list[str], columns: dict[str, int], key: str) -> str | None:
