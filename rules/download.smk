@@ -1,4 +1,8 @@
 from cxrmim.data.fingerprint import dataset_fingerprint, dataset_input_files
+from cxrmim.data.source_check import check_source, dataset_params
+
+# A layout mistake fails here, before any job has removed the outputs of the last good run.
+check_source(config["dataset"], f"{RESULTS}/download/source.json")
 
 
 rule download:
@@ -6,7 +10,9 @@ rule download:
     input:
         script=script("download.py"),
         code=script_code("download.py"),
-        data=lambda wildcards: dataset_input_files(config["dataset"]),
+        # Ancient: the fingerprint param below holds the manifest's bytes, so restoring a file after a mistake
+        # (same bytes, newer mtime) reruns nothing, while any real edit still does.
+        data=lambda wildcards: [ancient(f) for f in dataset_input_files(config["dataset"])],
     output:
         marker=f"{RESULTS}/download/source.json",
     log:
@@ -20,7 +26,7 @@ rule download:
         mem_mb=job_resource("download", "mem_mb"),
         runtime=job_resource("download", "runtime"),
     params:
-        dataset=as_json(config["dataset"]),
+        dataset=as_json(dataset_params(config["dataset"])),
         raw_dir=f"{RESOURCES_DIR}/raw",
         # Size and mtime of every listed image and mask: a fixed image or mask reruns download, then prepare.
         fingerprint=lambda wildcards: dataset_fingerprint(config["dataset"]),

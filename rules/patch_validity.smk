@@ -14,6 +14,9 @@ rule patch_validity:
             caption="../docs/captions/valid_patches.rst",
             category="Data",
         ),
+        # The dataset's own lung masks, checked as predicted ones are (lung_masks/qc.csv): which ones fail and why.
+        mask_qc=f"{RESULTS}/patch_validity/provided_mask_qc.csv",
+        mask_qc_figure=f"{RESULTS}/figures/provided_mask_qc.png",
     log:
         f"{LOGS}/patch_validity.log",
     benchmark:
@@ -33,4 +36,5 @@ rule patch_validity:
     shell:
         "python {input.script} --prepared {params.prepared} --settings {params.settings} "
         "--out {output.validity} --summary {output.summary} --figure {output.figure} {params.masks} "
-        "--mask-qc {params.mask_qc} --log {log}"
+        "--mask-qc {params.mask_qc} --mask-qc-table {output.mask_qc} "
+        "--mask-qc-figure {output.mask_qc_figure} --log {log}"

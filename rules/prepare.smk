@@ -24,7 +24,7 @@ rule prepare:
     params:
         settings=as_json(config["prepare"]),
         # The reading side of the dataset section (name, labels, views) decides the cache's content too.
-        dataset=as_json(config["dataset"]),
+        dataset=as_json(dataset_params(config["dataset"])),
         out_dir=folder_of("images", "output"),
     shell:
         "python {input.script} --marker {input.marker} --dataset {params.dataset} "

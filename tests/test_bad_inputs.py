@@ -74,8 +74,10 @@ def test_tiny_image_is_rejected_with_the_setting(tmp_path):
     marker = write_dataset(tmp_path, rows, images)
     summary, manifest = run_prepare(tmp_path, marker)
     assert summary["n_skipped_bad"] == 1 and len(manifest) == 4
-    with pytest.raises(ValueError, match=r"tiny\.png: image of 1x1 px is below prepare\.min_image_side"):
+    with pytest.raises(ValueError, match=r"manifest row 5 \(source \w+\): image of 1x1 px is below prepare\.min_image_side"):
         run_prepare(tmp_path, marker, on_bad_image="fail")
+    with pytest.raises(ValueError, match=r"tiny\.png: image of 1x1 px is below prepare\.min_image_side"):
+        run_prepare(tmp_path, marker, on_bad_image="fail", source_paths="relative")
 
 
 @pytest.mark.parametrize("fmt", ["PNG", "JPEG"])
@@ -154,7 +156,9 @@ def test_copy_with_another_label_fails_unless_resolved(tmp_path):
     rows.append({"image": "again.png", "label": "Z"})
     marker = write_dataset(tmp_path, rows, images)
     with pytest.raises(ValueError, match=r"(?s)conflicting labels.*img2\.png.*again\.png.*prepare\.duplicates\.conflicts"):
-        run_prepare(tmp_path, marker)
+        run_prepare(tmp_path, marker, source_paths="relative")
+    with pytest.raises(ValueError, match=r"(?s)conflicting labels.*manifest row 3 .*manifest row 7 "):
+        run_prepare(tmp_path, marker)  # source_paths: hash names rows, not the files (names can identify patients)
     assert not (tmp_path / "out" / "images.npy").exists() and not list((tmp_path / "out").glob("*.tmp.npy"))
     _summary, manifest = run_prepare(tmp_path, marker, duplicates={"conflicts": "drop"})
     assert len(manifest) == 5 and "Z" not in set(manifest["label"])
@@ -179,7 +183,7 @@ def test_all_mismatched_masks_listed_with_a_fix_that_applies(tmp_path):
         rows[i]["mask"] = f"m{i}.png"
     marker = write_dataset(tmp_path, rows, images)
     with pytest.raises(ValueError) as error:
-        run_prepare(tmp_path, marker)
+        run_prepare(tmp_path, marker, source_paths="relative")
     text = str(error.value)
     assert "2 mask(s)" in text and "m1.png" in text and "m2.png" in text and "m0.png" not in text
     assert "set prepare.on_bad_image: skip" not in text and "empty the mask cell" in text
@@ -192,7 +196,7 @@ def test_huge_image_names_the_limit_not_corruption(tmp_path):
     marker = write_dataset(tmp_path, rows, images)
     with pytest.raises(ValueError, match=r"big\.png: image larger than the decompression-bomb guard.*"
                                          r"prepare\.max_image_pixels"):
-        run_prepare(tmp_path, marker, on_bad_image="fail", max_image_pixels=20_000)
+        run_prepare(tmp_path, marker, on_bad_image="fail", max_image_pixels=20_000, source_paths="relative")
     summary, _ = run_prepare(tmp_path, marker, max_image_pixels=0)
     assert summary["n_skipped_bad"] == 0 and summary["n_images"] == 4
 

@@ -72,6 +72,26 @@ def test_data_edits_rerun_prepare_and_downstream(tmp_path: Path):
     assert len(pd.read_csv(tmp_path / "results" / "edits" / "prepared" / "manifest.csv")) == 17
     assert planned_rules(tmp_path, config) == set()
 
+    # A user mistake costs an error before any job, not a rerun: the last run's outputs stay in place.
+    prepared = tmp_path / "results" / "edits" / "prepared" / "images.npy"
+    good = csv.read_bytes()
+    csv.write_bytes(good.replace(b"label", b"lable", 1))  # a misspelt header
+    failed = snakemake(tmp_path, TARGET, configs=(config,), check=False)
+    assert failed.returncode != 0 and "missing required column label" in failed.stdout + failed.stderr
+    assert prepared.is_file() and (tmp_path / "results" / "edits" / "download" / "source.json").is_file()
+    csv.write_bytes(good)  # fixed: same bytes, newer mtime
+    assert planned_rules(tmp_path, config) == set()
+    (tmp_path / "data").rename(tmp_path / "data_renamed")
+    failed = snakemake(tmp_path, TARGET, "-n", configs=(config,), check=False)
+    assert failed.returncode != 0 and "does not exist (renamed or moved?)" in failed.stdout + failed.stderr
+    (tmp_path / "data_renamed").rename(tmp_path / "data")
+    assert planned_rules(tmp_path, config) == set()
+    # Keys that cannot change a stage's output are not its params: phantom settings on a manifest dataset.
+    settings = yaml.safe_load(config.read_text())
+    settings["dataset"]["synthetic"] = {"n_images": 77}
+    config.write_text(yaml.safe_dump(settings))
+    assert planned_rules(tmp_path, config) == set()
+
 
 def test_fingerprint_follows_files_of_every_kind(tmp_path: Path):
     csv = write_manifest_dataset(tmp_path / "data", n=3)

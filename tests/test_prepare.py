@@ -43,7 +43,7 @@ def make_dataset(tmp_path: Path, mask_shape: tuple[int, int] = (40, 40), corrupt
 
 def test_mask_with_another_aspect_ratio_names_both_files(tmp_path: Path):
     marker = make_dataset(tmp_path, mask_shape=(40, 80))
-    settings = {"image_size": 16, "on_bad_image": "skip", "workers": 1}
+    settings = {"image_size": 16, "on_bad_image": "skip", "workers": 1, "source_paths": "relative"}
     with pytest.raises(ValueError, match=r"img3\.png.*mask3\.png|mask3\.png.*img3\.png"):
         prepare(marker, DATASET, settings, tmp_path / "out")
     assert not (tmp_path / "out" / "images.npy").exists()
@@ -63,7 +63,8 @@ def test_corrupt_image_skipped_or_fatal_by_config(tmp_path: Path):
     summary = prepare(marker, DATASET, {"image_size": 16, "on_bad_image": "skip", "workers": 2}, tmp_path / "skip")
     assert summary["n_images"] == 4 and summary["n_skipped_bad"] == 1
     with pytest.raises(ValueError, match="broken.png.*on_bad_image"):
-        prepare(marker, DATASET, {"image_size": 16, "on_bad_image": "fail", "workers": 1}, tmp_path / "fail")
+        prepare(marker, DATASET, {"image_size": 16, "on_bad_image": "fail", "workers": 1, "source_paths": "relative"},
+                tmp_path / "fail")
 
 
 @pytest.mark.parametrize("method", ["percentile", "clahe"])

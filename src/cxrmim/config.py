@@ -42,6 +42,10 @@ def check_consistency(config: dict[str, Any], source: str = "config") -> None:
     """Rules across sections that a JSON schema cannot express (also called by the Snakefile before any job)."""
     image_size = (config.get("prepare") or {}).get("image_size")
     patch_size = (config.get("patch_validity") or {}).get("patch_size")
+    if isinstance(image_size, int) and isinstance(patch_size, int) and 0 < image_size < patch_size:
+        raise ValueError(f"{source}: patch_validity.patch_size {patch_size} is larger than prepare.image_size "
+                         f"{image_size}: the image would hold no patch; use a patch size below the image size "
+                         f"(e.g. {max(1, image_size // 8)}) or a larger image (a multiple of {patch_size})")
     if isinstance(image_size, int) and isinstance(patch_size, int) and patch_size > 0 and image_size % patch_size:
         fits = [p for p in range(patch_size - 4, patch_size + 5) if p > 0 and image_size % p == 0]
         raise ValueError(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from typing import BinaryIO
 
@@ -10,6 +11,30 @@ import numpy as np
 import pandas as pd
 
 from cxrmim.io import atomic_path, write_text_atomic
+
+
+def cache_bytes(n_rows: int, size: int) -> int:
+    """Bytes the images and masks .npy files of a cache take (headers aside)."""
+    return 2 * n_rows * size * size
+
+
+def disk_full_message(out_dir: Path, n_rows: int, size: int) -> str:
+    """What to say when the cache does not fit: where, how much it needs, how much is free."""
+    free = shutil.disk_usage(_existing(out_dir)).free
+    return (f"{out_dir}: the disk is full: the prepared cache of {n_rows} images at {size} px needs "
+            f"{cache_bytes(n_rows, size) / 1e9:.2f} GB and {free / 1e9:.2f} GB are free there (nothing was left "
+            "behind); free space on that filesystem or move results/ to a larger one")
+
+
+def check_free_space(out_dir: Path, n_rows: int, size: int) -> None:
+    """Fail before writing anything when the filesystem of out_dir cannot hold the cache."""
+    if shutil.disk_usage(_existing(out_dir)).free < cache_bytes(n_rows, size):
+        raise ValueError(disk_full_message(out_dir, n_rows, size).replace("the disk is full", "not enough disk space"))
+
+
+def _existing(path: Path) -> Path:
+    """The path itself or its nearest existing parent folder (where free space is measured)."""
+    return next((p for p in [Path(path), *Path(path).absolute().parents] if p.exists()), Path("."))
 
 
 class CacheWriter:
@@ -24,7 +49,13 @@ class CacheWriter:
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self.n_rows, self.row_bytes = n_rows, size * size
         self.tmp = {name: self.out_dir / f"{name}.tmp.npy" for name in ("images", "masks")}
-        self.handles = {name: _open_npy(path, (n_rows, size, size)) for name, path in self.tmp.items()}
+        self.handles: dict[str, BinaryIO] = {}
+        try:
+            for name, path in self.tmp.items():
+                self.handles[name] = _open_npy(path, (n_rows, size, size))
+        except BaseException:
+            self.discard()  # the first file must not stay behind when the second cannot be made
+            raise
         self.offsets = {name: handle.tell() for name, handle in self.handles.items()}
 
     def write(self, row: int, image: np.ndarray, mask: np.ndarray | None) -> None:
@@ -59,7 +90,10 @@ class CacheWriter:
     def discard(self) -> None:
         """Remove the temporary files (the stage failed); earlier final files stay untouched."""
         for handle in self.handles.values():
-            handle.close()
+            try:
+                handle.close()
+            except OSError:  # a full disk can fail the close's flush too; the file is removed next anyway
+                pass
         self.handles.clear()
         for path in list(self.tmp.values()) + list(self.out_dir.glob("*.kept.tmp.npy")):
             path.unlink(missing_ok=True)

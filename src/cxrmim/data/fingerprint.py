@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import os
 from pathlib import Path
 from typing import Any
 
 from cxrmim import registry
-from cxrmim.data.sources import IMAGE_SUFFIXES, MANIFEST_ALIASES
-
-PATH_COLUMNS = {"image", "mask"} | {alias for alias, key in MANIFEST_ALIASES.items() if key in ("image", "mask")}
+from cxrmim.data.sources import (
+    IMAGE_SUFFIXES,
+    SourceError,
+    column_positions,
+    read_manifest_table,
+)
 
 
 def _stat_line(path: Path) -> str:
@@ -25,14 +27,13 @@ def _stat_line(path: Path) -> str:
 
 def manifest_files(csv_path: Path) -> list[Path]:
     """Every image and mask path a manifest lists (resolved like the reader does); [] when unreadable."""
-    folder = csv_path.parent
     try:
-        with csv_path.open(newline="", encoding="utf-8-sig") as handle:
-            reader = csv.DictReader(handle)
-            columns = [c for c in reader.fieldnames or [] if c and c.strip().lower() in PATH_COLUMNS]
-            values = [(row.get(c) or "").strip() for row in reader for c in columns]
-    except (OSError, UnicodeDecodeError, csv.Error):
+        header, rows = read_manifest_table(csv_path)
+        positions = [i for key, i in column_positions(csv_path, header).items() if key in ("image", "mask")]
+    except (OSError, SourceError):
         return []  # prepare reports the unreadable manifest with its fix
+    values = [row[i].strip() for _, row in rows for i in positions if i < len(row)]
+    folder = csv_path.parent
     return [p if p.is_absolute() else folder / p for p in (Path(v).expanduser() for v in values if v)]
 
 

@@ -66,6 +66,7 @@ def load_record(record: Any, options: LoadOptions) -> LoadedImage:
         BadImageError,
         check_mask_fits,
         check_min_side,
+        check_not_blank,
         read_grey,
         read_mask,
         resize_to_grid,
@@ -74,6 +75,7 @@ def load_record(record: Any, options: LoadOptions) -> LoadedImage:
     try:
         grey = read_grey(record.image)
         check_min_side(record.image, grey.shape, options.min_side)
+        check_not_blank(record.image, grey)
         raw_mask = read_mask(record.mask) if record.mask is not None else None
     except BadImageError as err:
         return LoadedImage(None, None, str(err))

@@ -16,6 +16,8 @@ BACKGROUND_LEVEL = 0.1
 MAX_AIR_COVERAGE = 0.5
 # A (near) constant image holds no anatomy, whatever the network says about it.
 BLANK_IMAGE_STD = 2.0
+QC_COLUMNS = ["area_fraction", "n_components", "lung_ratio", "border_fraction", "background_fraction", "confidence",
+              "flags", "plausible"]
 POLICY_DECISIONS = {"skip": "skip", "all_valid": "all_valid", "keep": "mask"}
 
 

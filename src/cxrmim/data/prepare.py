@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
@@ -22,6 +23,7 @@ from cxrmim.data.loading import (
     pixel_digest,
     raise_mask_problems,
 )
+from cxrmim.data.records import named_messages, source_records
 from cxrmim.text.reports import write_reports
 
 __all__ = ["MANIFEST_COLUMNS", "LoadedImage", "load_records", "prepare", "pseudonym", "source_records"]
@@ -51,42 +53,8 @@ class Rows:
     warnings: list[str] = field(default_factory=list)
     uncertain: list[tuple[str, ...]] = field(default_factory=list)  # per row, findings labelled uncertain
     official: list[str] = field(default_factory=list)  # per row, the official split part ("" without one)
-
-
-def source_records(kind: str, root: Path, dataset_cfg: dict[str, Any]) -> tuple[list[Any], list[str], Path]:
-    """Source records of a real dataset after label mapping and view filtering, warnings, and the path base."""
-    from cxrmim.data.public import PUBLIC_KINDS, public_records, restrict_findings
-    from cxrmim.data.sources import (
-        apply_label_map,
-        covid19_radiography_records,
-        filter_views,
-        keep_labels,
-        manifest_records,
-    )
-
-    if kind == "covid19_radiography":
-        records, warnings = covid19_radiography_records(root)
-        base = root
-    elif kind in PUBLIC_KINDS:
-        records, warnings = public_records(kind, root, dataset_cfg.get("uncertain") or "ignore",
-                                           dataset_cfg.get("labeler") or "chexpert")
-        if dataset_cfg.get("task") == "multilabel" and dataset_cfg.get("findings"):
-            records, changed = restrict_findings(records, list(dataset_cfg["findings"]))
-            if changed:
-                warnings.append(f"{changed} images have findings outside dataset.findings; only the listed ones count")
-        base = root
-    else:
-        records, warnings, base = manifest_records(root), [], root.parent
-    records = apply_label_map(records, dataset_cfg.get("label_map") or {})
-    records, dropped = keep_labels(records, dataset_cfg.get("keep_labels") or [])
-    if dropped:
-        warnings.append(f"dataset.keep_labels {dataset_cfg['keep_labels']} dropped {dropped} images of other labels")
-    records, dropped = filter_views(records, dataset_cfg.get("views") or [])
-    if dropped:
-        warnings.append(f"view filter {dataset_cfg['views']} dropped {dropped} images")
-    if not records:
-        raise ValueError(f"{root}: no images left to prepare (check dataset.views and the source)")
-    return records, warnings, base
+    raw_labels: list[str] = field(default_factory=list)  # per row, the label as the source spells it
+    seen: dict[str, Any] = field(default_factory=dict)  # what became of every label, column, folder, file seen
 
 
 def source_value(path: Path, base: Path, mode: str) -> str:
@@ -101,14 +69,22 @@ def source_value(path: Path, base: Path, mode: str) -> str:
 
 def _real_rows(kind: str, root: Path, dataset_cfg: dict, prepare_cfg: dict, options: LoadOptions) -> Rows:
     """Rows of a COVID-19 Radiography Database folder or manifest, read in worker processes."""
-    records, warnings, base = source_records(kind, root, dataset_cfg)
+    seen: dict[str, Any] = {}
+    records, warnings, base = source_records(kind, root, dataset_cfg, seen)
     mode = prepare_cfg.get("source_paths", "hash")
+    sources = [source_value(r.image, base, mode) for r in records]
     items = iter_loaded(records, options, int(prepare_cfg.get("workers", 1)), progress="prepare: images read")
+    paths = [str(r.image) for r in records]
+    if mode != "relative":  # messages and logs name the row and its hash; source_paths: relative shows paths
+        where = "manifest row" if kind == "manifest" else "source item"
+        paths = [f"{where} {i + 1} (source {h})" for i, h in zip(seen.pop("positions"), sources)]
+        items = named_messages(items, records, paths)
+    seen.pop("positions", None)
     return Rows(items=items, labels=[r.label for r in records], groups=[r.group for r in records],
                 views=[r.view or "" for r in records], reports=[r.report or "" for r in records],
-                sources=[source_value(r.image, base, mode) for r in records],
-                paths=[str(r.image) for r in records], warnings=warnings,
-                uncertain=[r.uncertain for r in records], official=[r.official or "" for r in records])
+                sources=sources, paths=paths, warnings=warnings,
+                uncertain=[r.uncertain for r in records], official=[r.official or "" for r in records],
+                raw_labels=seen.pop("raw_labels"), seen=seen)
 
 
 def _npz_rows(path: Path, key: str) -> Iterator[np.ndarray]:
@@ -143,12 +119,15 @@ def _synthetic_rows(raw_file: Path, options: LoadOptions, label_map: dict[str, s
     """Rows of the generated phantoms (their ids are not file names, so `source` is kept readable)."""
     from cxrmim.data.sources import map_label
 
+    from cxrmim.data.accounting import label_fates
+
     with np.load(raw_file) as raw:
-        labels, reports, patients = raw["labels"].tolist(), raw["reports"].tolist(), raw["patient_ids"].tolist()
-    labels = [map_label(label, label_map) for label in labels]
+        raw_labels, reports, patients = raw["labels"].tolist(), raw["reports"].tolist(), raw["patient_ids"].tolist()
+    labels = [map_label(label, label_map) for label in raw_labels]
     sources = [f"phantom/{i:06d}" for i in range(len(labels))]
     return Rows(items=_synthetic_items(raw_file, options, len(labels)), labels=labels, groups=patients,
-                views=["PA"] * len(labels), reports=reports, sources=sources, paths=sources)
+                views=["PA"] * len(labels), reports=reports, sources=sources, paths=sources, raw_labels=raw_labels,
+                seen={"labels": label_fates(raw_labels, labels, [True] * len(labels))})
 
 
 def _stream(rows: Rows, writer: Any) -> dict[str, Any]:
@@ -196,7 +175,8 @@ def _manifest(rows: Rows, keep: np.ndarray, groups: list[str], has_mask: np.ndar
 
 def prepare(marker: Path, dataset_cfg: dict[str, Any], prepare_cfg: dict[str, Any], out_dir: Path) -> dict[str, Any]:
     """Run the stage: stream every image into a temporary memory-mapped cache, check it, then move it into place."""
-    from cxrmim.data.cache import CacheWriter
+    from cxrmim.data.accounting import prepared_counts
+    from cxrmim.data.cache import CacheWriter, check_free_space, disk_full_message
     from cxrmim.data.duplicates import resolve_duplicates
     from cxrmim.data.tasks import LabelTask
 
@@ -208,9 +188,13 @@ def prepare(marker: Path, dataset_cfg: dict[str, Any], prepare_cfg: dict[str, An
         kind, root, dataset_cfg, prepare_cfg, options)
     for message in rows.warnings:
         log.warning("%s", message)
+    for role, name in (rows.seen.get("label_files") or {}).items():
+        log.info("%s file: %s", role, name or "absent")
     task.check_labels(rows.labels)  # labels are known before any image is read: fail fast on a task mismatch
-    writer = CacheWriter(Path(out_dir), len(rows.labels), options.size)
+    check_free_space(Path(out_dir), len(rows.labels), options.size)
+    writer = None
     try:
+        writer = CacheWriter(Path(out_dir), len(rows.labels), options.size)
         seen = _stream(rows, writer)
         raise_mask_problems(seen["mask_problems"])
         _check_bad(seen["bad"], prepare_cfg.get("on_bad_image", "skip"))
@@ -238,11 +222,19 @@ def prepare(marker: Path, dataset_cfg: dict[str, Any], prepare_cfg: dict[str, An
             "n_without_mask": int(len(manifest) - manifest["has_mask"].sum()), "image_size": options.size,
             "labels": manifest["label"].value_counts().sort_index().to_dict(), "warnings": rows.warnings,
             "duplicates": dup.clusters,
+            "seen": prepared_counts(rows.seen, rows.raw_labels, keep),
         }
         writer.commit(keep, manifest, summary, labels=task.matrix(manifest["label"].tolist(), uncertain))
         write_reports(out_dir, manifest)  # cleaned, sentence-split reports for the tokenizer and report-aware methods
+    except OSError as err:
+        if writer is not None:
+            writer.discard()
+        if err.errno == errno.ENOSPC:
+            raise ValueError(disk_full_message(Path(out_dir), len(rows.labels), options.size)) from None
+        raise
     except BaseException:
-        writer.discard()
+        if writer is not None:
+            writer.discard()
         raise
     log.info("prepared %d images (%d skipped, %d duplicate sets)", len(manifest), len(seen["bad"]),
              len(dup.clusters))

@@ -15,7 +15,7 @@ import pandas as pd
 from cxrmim.data.sources import SourceError, SourceRecord
 from cxrmim.data.tasks import NO_FINDING, join_findings
 
-__all__ = ["CHEXPERT_FINDINGS", "NIH_FINDINGS", "PUBLIC_KINDS", "public_records"]
+__all__ = ["CHEXPERT_FINDINGS", "NIH_FINDINGS", "PUBLIC_KINDS", "label_file_names", "label_files", "public_records"]
 
 CHEXPERT_FINDINGS = (
     "Enlarged Cardiomediastinum", "Cardiomegaly", "Lung Opacity", "Lung Lesion", "Edema", "Consolidation",
@@ -30,23 +30,56 @@ LABELERS = ("chexpert", "negbio")  # MIMIC-CXR-JPG's two label files
 SEARCH_DEPTH = 3  # folder levels searched below dataset.source for the CSVs (archives often add one or two)
 
 
-def _find(root: Path, patterns: tuple[str, ...]) -> Path | None:
-    """The first file matching one of `patterns` in root or up to SEARCH_DEPTH folders below it."""
-    for depth in range(SEARCH_DEPTH + 1):
-        for pattern in patterns:
-            found = sorted(root.glob("*/" * depth + pattern))
-            if found:
-                return found[0]
-    return None
+def _find(root: Path, patterns: tuple[str, ...], what: str) -> Path | None:
+    """The one file matching `patterns` in root or up to SEARCH_DEPTH folders below it, or None.
+
+    Two candidates anywhere in that range (Data_Entry_2017.csv and Data_Entry_2017_v2020.csv, or a copy in a
+    sub-folder) are an error: the labels would depend on which one sorts or lies first.
+    """
+    found = sorted({path for depth in range(SEARCH_DEPTH + 1) for pattern in patterns
+                    for path in root.glob("*/" * depth + pattern)})
+    if len(found) > 1:
+        names = ", ".join(str(path.relative_to(root)) for path in found)
+        raise SourceError(f"{root}: several files could be the {what}: {names}; keep the one to use and move "
+                          "the others out of dataset.source, so the labels are the ones you mean")
+    return found[0] if found else None
 
 
 def _require(root: Path, patterns: tuple[str, ...], what: str) -> Path:
     """A file that must exist, or a SourceError naming it and where it was looked for."""
-    found = _find(root, patterns)
+    found = _find(root, patterns, what)
     if found is None:
         raise SourceError(f"{root}: {what} not found (looked for {' or '.join(patterns)} up to {SEARCH_DEPTH} folders "
                           "down); point dataset.source at the dataset's folder as downloaded")
     return found
+
+
+def label_files(kind: str, root: Path, labeler: str = "chexpert") -> dict[str, Path | None]:
+    """The label, split and report files a public kind reads (None: optional and absent); ambiguity is an error."""
+    root = Path(root)
+    if kind == "chexpert":
+        return {part: _find(root, (f"CheXpert-v1.0*/{name}", name), f"CheXpert {name}")
+                for part, name in (("train", "train.csv"), ("test", "valid.csv"))}
+    if kind == "nih_cxr14":
+        entry = _require(root, ("Data_Entry_2017*.csv",), "Data_Entry_2017.csv")
+        lists = {part: entry.parent / name for part, name in (("train", "train_val_list.txt"),
+                                                                ("test", "test_list.txt"))}
+        return {"labels": entry, **{part: path if path.is_file() else None for part, path in lists.items()}}
+    if labeler not in LABELERS:
+        raise SourceError(f"dataset.labeler is {labeler!r}; use one of {list(LABELERS)}")
+    return {
+        "metadata": _require(root, ("mimic-cxr-2.0.0-metadata.csv*",), "mimic-cxr-2.0.0-metadata.csv"),
+        "labels": _require(root, (f"mimic-cxr-2.0.0-{labeler}.csv*",),
+                           f"mimic-cxr-2.0.0-{labeler}.csv (dataset.labeler: {labeler})"),
+        "split": _find(root, ("mimic-cxr-2.0.0-split.csv*",), "mimic-cxr-2.0.0-split.csv"),
+        "reports": _find(root, ("mimic-cxr-reports",), "mimic-cxr-reports folder"),
+    }
+
+
+def label_file_names(kind: str, root: Path, labeler: str = "chexpert") -> dict[str, str]:
+    """label_files as paths relative to root ('' when absent), for source.json, summary.json and the log."""
+    root = Path(root)
+    return {role: str(path.relative_to(root)) if path else "" for role, path in label_files(kind, root, labeler).items()}
 
 
 def _observations(row: pd.Series, names: tuple[str, ...], policy: str) -> tuple[str, tuple[str, ...]]:
@@ -76,8 +109,7 @@ def _kept(records: list[SourceRecord], missing: int, root: Path, where: str) -> 
 
 def chexpert_records(root: Path, policy: str = "ignore") -> tuple[list[SourceRecord], list[str]]:
     """CheXpert-v1.0(-small): train.csv (official train) and valid.csv (official test); patient from the path."""
-    csvs = {part: _find(root, (f"CheXpert-v1.0*/{name}", name)) for part, name in
-            (("train", "train.csv"), ("test", "valid.csv"))}
+    csvs = label_files("chexpert", root)
     if not any(csvs.values()):
         raise SourceError(f"{root}: CheXpert train.csv / valid.csv not found; point dataset.source at the folder "
                           "holding CheXpert-v1.0-small (or CheXpert-v1.0)")
@@ -109,16 +141,17 @@ def chexpert_records(root: Path, policy: str = "ignore") -> tuple[list[SourceRec
 
 def nih_records(root: Path) -> tuple[list[SourceRecord], list[str]]:
     """NIH ChestX-ray14: Data_Entry_2017*.csv, images in images*/ (or images*/images/), official split lists."""
-    entry = _require(root, ("Data_Entry_2017*.csv",), "Data_Entry_2017.csv")
+    files = label_files("nih_cxr14", root)
+    entry = files["labels"]
     base = entry.parent
     folders = [f for f in sorted(base.glob("images*")) if f.is_dir()]
     if not folders:
         raise SourceError(f"{base}: no images*/ folder next to {entry.name}; extract the image archives there")
     images = {p.name: p for folder in folders for p in folder.rglob("*.png")}
     official = {}
-    for part, name in (("train", "train_val_list.txt"), ("test", "test_list.txt")):
-        listed = base / name
-        if listed.is_file():
+    for part in ("train", "test"):
+        listed = files[part]
+        if listed is not None:
             official.update({line.strip(): part for line in listed.read_text().splitlines() if line.strip()})
     table = pd.read_csv(entry, dtype=str, keep_default_na=False)
     absent = [c for c in ("Image Index", "Finding Labels", "Patient ID") if c not in table.columns]
@@ -173,17 +206,13 @@ def mimic_records(root: Path, policy: str = "ignore",
 
     `labeler` picks the label CSV: chexpert (mimic-cxr-2.0.0-chexpert.csv) or negbio (-negbio.csv, the paper's).
     """
-    metadata = pd.read_csv(_require(root, ("mimic-cxr-2.0.0-metadata.csv*",), "mimic-cxr-2.0.0-metadata.csv"),
-                           dtype=str, keep_default_na=False)
-    if labeler not in LABELERS:
-        raise SourceError(f"dataset.labeler is {labeler!r}; use one of {list(LABELERS)}")
-    label_csv = _require(root, (f"mimic-cxr-2.0.0-{labeler}.csv*",),
-                         f"mimic-cxr-2.0.0-{labeler}.csv (dataset.labeler: {labeler})")
-    labels = pd.read_csv(label_csv, dtype=str, keep_default_na=False).set_index(["subject_id", "study_id"])
-    split_csv = _find(root, ("mimic-cxr-2.0.0-split.csv*",))
+    files = label_files("mimic_cxr_jpg", root, labeler)
+    metadata = pd.read_csv(files["metadata"], dtype=str, keep_default_na=False)
+    labels = pd.read_csv(files["labels"], dtype=str, keep_default_na=False).set_index(["subject_id", "study_id"])
+    split_csv = files["split"]
     official = {} if split_csv is None else dict(pd.read_csv(split_csv, dtype=str)[["dicom_id", "split"]].values)
+    reports_dir = files["reports"]
     files = _mimic_images(root)
-    reports_dir = _find(root, ("mimic-cxr-reports",))
     records, missing = [], 0
     for _, row in metadata.iterrows():
         subject, study = row["subject_id"], row["study_id"]

@@ -6,7 +6,7 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from cxrmim.data.grid import binarise_mask, resize_to_grid
 
@@ -15,6 +15,7 @@ __all__ = [
     "binarise_mask",
     "check_mask_fits",
     "check_min_side",
+    "check_not_blank",
     "dicom_view",
     "read_dicom",
     "read_grey",
@@ -28,6 +29,9 @@ BOMB_HINT = "if the image is genuine, raise prepare.max_image_pixels (0 = no lim
 DEFAULT_MAX_PIXELS = 89_478_485  # PIL's own default decompression-bomb limit
 # Little-endian (group, element) of the tags a DICOM file without its 128-byte preamble usually starts with.
 BARE_DICOM_STARTS = (b"\x02\x00", b"\x08\x00")
+# Leading bytes of the formats PIL reads (PNG, JPEG, BMP, TIFF both byte orders, GIF, JPEG 2000).
+PIL_SIGNATURES = (b"\x89PNG", b"\xff\xd8\xff", b"BM", b"II*\x00", b"MM\x00*", b"GIF8", b"\x00\x00\x00\x0cjP")
+EXIF_ORIENTATION = 0x0112
 
 # Only these elements are ever parsed from a DICOM file: patient identifiers, dates and
 # free text are never read, so they cannot leak into arrays, logs or error messages.
@@ -73,12 +77,14 @@ def _bad(path: Path | str, problem: str, fix: str = SKIP_HINT) -> BadImageError:
 
 
 def _is_dicom(path: Path) -> bool:
-    """True for a .dcm/.dicom suffix, the 'DICM' magic after the preamble, or a bare DICOM data set by content."""
-    if path.suffix.lower() in DICOM_SUFFIXES:
-        return True
+    """DICOM by content first (the 'DICM' magic, another format's signature), then by suffix or a bare data set."""
     with path.open("rb") as handle:
         head = handle.read(132)
     if head[128:132] == b"DICM" or head[:4] == b"DICM":
+        return True
+    if head.startswith(PIL_SIGNATURES):  # a PNG or JPEG named .dcm is still a PNG or JPEG
+        return False
+    if path.suffix.lower() in DICOM_SUFFIXES:
         return True
     return head[:2] in BARE_DICOM_STARTS and _parses_as_dicom(path)
 
@@ -100,6 +106,12 @@ def _check_file(path: Path) -> None:
         raise _bad(path, "file not found or not a regular file", "check the path in the source or manifest")
     if path.stat().st_size == 0:
         raise _bad(path, "empty file (0 bytes)")
+    try:
+        with path.open("rb"):
+            pass
+    except OSError as err:  # permission denied, I/O error: a bad file, counted like any other
+        raise _bad(path, f"cannot be read ({err.strerror or type(err).__name__})",
+                   f"make it readable (e.g. chmod a+r), {SKIP_HINT}") from None
 
 
 def _check_shape(path: Path, array: np.ndarray) -> np.ndarray:
@@ -148,6 +160,9 @@ def _decode_pil_checked(path: Path) -> np.ndarray:
     try:
         with Image.open(path) as image:
             image.load()  # decode now so truncated files fail here, not later
+            if image.getexif().get(EXIF_ORIENTATION, 1) not in (1, None):
+                # viewers show the rotated image, and masks are drawn on what a viewer shows
+                image = ImageOps.exif_transpose(image)
             if image.mode in EIGHT_BIT_MODES:
                 # ITU-R 601 luminance for colour and palette images; alpha is dropped
                 image = image.convert("L") if image.mode != "L" else image
@@ -280,6 +295,13 @@ def check_min_side(path: Path | str, shape: tuple[int, ...], min_side: int) -> N
         raise _bad(path, f"image of {shape[0]}x{shape[1]} px is below prepare.min_image_side ({min_side} px): "
                    "too small to be a radiograph (a thumbnail or a placeholder?)",
                    f"replace it with the full image, {SKIP_HINT}")
+
+
+def check_not_blank(path: Path | str, grey: np.ndarray) -> None:
+    """Raise BadImageError for an image whose pixels all have one value (min-max scaling makes deep ones zero)."""
+    if float(grey.max()) <= float(grey.min()):
+        raise _bad(path, "every pixel has the same value (a blank image or a failed export): it carries no "
+                   "information", f"re-export it, {SKIP_HINT}")
 
 
 def read_mask(path: Path | str) -> np.ndarray:

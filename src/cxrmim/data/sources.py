@@ -2,21 +2,32 @@
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from cxrmim.data.csvtext import (
+    SourceError,
+    column_positions,
+    manifest_columns,
+    read_manifest_table,
+)
+from cxrmim.data.tasks import fold
+
 __all__ = [
     "SourceError",
     "SourceRecord",
     "apply_label_map",
+    "column_positions",
     "covid19_radiography_records",
     "filter_views",
+    "kaggle_folders",
     "keep_labels",
+    "manifest_columns",
     "manifest_records",
     "map_label",
+    "read_manifest_table",
 ]
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".dcm", ".dicom"}
@@ -34,24 +45,7 @@ KAGGLE_CLASSES = {
 # Every release has these two; Lung_Opacity only appeared in v4.
 KAGGLE_REQUIRED = ("COVID", "Normal")
 
-MANIFEST_REQUIRED = ("image", "label")
-MANIFEST_OPTIONAL = ("mask", "patient_id", "view", "report")
-# Common alternative column names, used only when the canonical column is absent.
-MANIFEST_ALIASES = {
-    "finding": "label",
-    "path": "image",
-    "filename": "image",
-    "mask_path": "mask",
-    "patientid": "patient_id",
-    "patient": "patient_id",
-    "viewposition": "view",
-    "view_position": "view",
-}
 MAX_LISTED_PROBLEMS = 10
-
-
-class SourceError(ValueError):
-    """A dataset source whose layout or manifest cannot be used; the message says how to fix it."""
 
 
 @dataclass(frozen=True)
@@ -71,13 +65,16 @@ class SourceRecord:
 # ----------------------------------------------------------------------------- Kaggle layout
 
 
-def _class_folders(folder: Path) -> dict[str, Path]:
-    """Map known class labels to their sub-folders of `folder` (case-insensitive names)."""
-    found: dict[str, Path] = {}
+KAGGLE_BY_FOLD = {fold(name): label for name, label in KAGGLE_CLASSES.items()}
+
+
+def _class_folders(folder: Path) -> dict[str, list[Path]]:
+    """Known class labels and the sub-folders of `folder` whose names are a spelling of them."""
+    found: dict[str, list[Path]] = {}
     for child in sorted(folder.iterdir()) if folder.is_dir() else []:
-        label = KAGGLE_CLASSES.get(child.name.strip().lower())
-        if child.is_dir() and label and label not in found:
-            found[label] = child
+        label = KAGGLE_BY_FOLD.get(fold(child.name))
+        if child.is_dir() and label:
+            found.setdefault(label, []).append(child)
     return found
 
 
@@ -89,6 +86,15 @@ def _find_kaggle_root(root: Path) -> Path:
         if len(_class_folders(candidate)) >= 2:
             return candidate
     return root
+
+
+def kaggle_folders(root: Path) -> dict[str, str]:
+    """What became of every sub-folder of the database's class-folder level: 'class <label>' or why it is ignored."""
+    base = _find_kaggle_root(Path(root))
+    classes = {child: label for label, paths in _class_folders(base).items() for child in paths}
+    return {child.name: f"class {classes[child]}" if child in classes else
+            "ignored: not a class folder of the database (known: " + ", ".join(sorted(set(KAGGLE_CLASSES.values())))
+            + ")" for child in sorted(base.iterdir()) if child.is_dir() and not child.name.startswith(".")}
 
 
 def _image_files(folder: Path) -> list[Path]:
@@ -133,7 +139,15 @@ def covid19_radiography_records(root: Path) -> tuple[list[SourceRecord], list[st
             f"{root}: not a folder; set dataset.source to the extracted {KAGGLE_FOLDER} folder or its archive"
         )
     base = _find_kaggle_root(root)
-    classes = _class_folders(base)
+    folders = _class_folders(base)
+    repeated = {label: paths for label, paths in folders.items() if len(paths) > 1}
+    if repeated:
+        label, paths = next(iter(sorted(repeated.items())))
+        raise SourceError(
+            f"{base}: folders {', '.join(p.name for p in paths)} are all the class {label} (names differing only in "
+            "spelling or release); merge their images into one folder or move the extra one out of the dataset"
+        )
+    classes = {label: paths[0] for label, paths in folders.items()}
     missing = [label for label in KAGGLE_REQUIRED if label not in classes]
     if missing:
         found = sorted(child.name for child in base.iterdir()) or ["nothing"]
@@ -145,6 +159,7 @@ def covid19_radiography_records(root: Path) -> tuple[list[SourceRecord], list[st
     records: list[SourceRecord] = []
     absent = sorted(set(KAGGLE_CLASSES.values()) - set(classes))
     warnings = [f"{label}: class folder missing (older release?)" for label in absent]
+    warnings += [f"folder {name}: {what}" for name, what in kaggle_folders(root).items() if what.startswith("ignored")]
     for label, folder in sorted(classes.items()):
         class_records, class_warnings = _class_records(label, folder)
         records += class_records
@@ -155,27 +170,11 @@ def covid19_radiography_records(root: Path) -> tuple[list[SourceRecord], list[st
 # ----------------------------------------------------------------------------- CSV manifests
 
 
-def _column_map(csv_path: Path, header: list[str]) -> dict[str, str]:
-    """Map canonical column names to the header's names (trimmed, case-insensitive, with aliases)."""
-    by_lower = {name.strip().lower(): name for name in header if name}
-    columns = {key: by_lower[key] for key in MANIFEST_REQUIRED + MANIFEST_OPTIONAL if key in by_lower}
-    for alias, key in MANIFEST_ALIASES.items():
-        if key not in columns and alias in by_lower:
-            columns[key] = by_lower[alias]
-    absent = [key for key in MANIFEST_REQUIRED if key not in columns]
-    if absent:
-        raise SourceError(
-            f"{csv_path}: missing required column {', '.join(absent)} (found: {', '.join(header) or 'no header'}); "
-            "the manifest needs columns image,label (optional mask,patient_id,view,report)"
-        )
-    return columns
-
-
-def _cell(row: dict[str, str | None], columns: dict[str, str], key: str) -> str | None:
+def _cell(row: list[str], columns: dict[str, int], key: str) -> str | None:
     """Trimmed value of a canonical column in a row, or None when absent or empty."""
-    value = row.get(columns[key]) if key in columns else None
-    value = (value or "").strip()
-    return value or None
+    position = columns.get(key)
+    value = row[position] if position is not None and position < len(row) else ""
+    return value.strip() or None
 
 
 def _resolve(folder: Path, value: str) -> Path:
@@ -185,7 +184,7 @@ def _resolve(folder: Path, value: str) -> Path:
 
 
 def _manifest_row(
-    folder: Path, row: dict[str, str | None], columns: dict[str, str]
+    folder: Path, row: list[str], columns: dict[str, int]
 ) -> tuple[SourceRecord | None, str | None]:
     """Turn one CSV row into a record, or return the problem with the fix."""
     image, label = _cell(row, columns, "image"), _cell(row, columns, "label")
@@ -226,24 +225,16 @@ def manifest_records(csv_path: Path) -> list[SourceRecord]:
     csv_path = Path(csv_path)
     if not csv_path.is_file():
         raise SourceError(f"{csv_path}: manifest not found; set dataset.source to an existing CSV file")
-    folder = csv_path.parent
+    header, rows = read_manifest_table(csv_path)
+    columns = column_positions(csv_path, header)
     records: list[SourceRecord] = []
     problems: list[str] = []
-    try:
-        with csv_path.open(newline="", encoding="utf-8-sig") as handle:  # utf-8-sig: Excel writes a BOM
-            reader = csv.DictReader(handle)
-            columns = _column_map(csv_path, list(reader.fieldnames or []))
-            for row_number, row in enumerate(reader, start=1):
-                record, problem = _manifest_row(folder, row, columns)
-                if problem:
-                    problems.append(f"row {row_number} (line {reader.line_num}): {problem}")
-                else:
-                    records.append(record)
-    except UnicodeDecodeError as err:
-        raise SourceError(
-            f"{csv_path}: not UTF-8 text (byte {err.object[err.start]:#04x} at offset {err.start}); save the manifest "
-            f"as UTF-8 (e.g. `iconv -f latin1 -t utf-8 {csv_path.name} > fixed.csv`, or 'CSV UTF-8' in Excel)"
-        ) from None
+    for row_number, (line, row) in enumerate(rows, start=1):
+        record, problem = _manifest_row(csv_path.parent, row, columns)
+        if problem:
+            problems.append(f"row {row_number} (line {line}): {problem}")
+        else:
+            records.append(record)
     _raise_problems(csv_path, problems)
     if not records:
         raise SourceError(f"{csv_path}: the manifest has no rows; add one row per image")

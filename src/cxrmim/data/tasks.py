@@ -6,18 +6,24 @@ A multilabel image's `label` is its findings joined by `|` ("No Finding" when no
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-__all__ = ["NO_FINDING", "SEPARATOR", "UNCERTAIN", "LabelTask", "findings_of", "join_findings", "label_matrix"]
+__all__ = ["NO_FINDING", "SEPARATOR", "UNCERTAIN", "LabelTask", "findings_of", "fold", "join_findings", "label_matrix"]
 
 NO_FINDING = "No Finding"
 SEPARATOR = "|"
 UNCERTAIN = 255
 TASKS = ("multiclass", "binary", "multilabel")
+
+
+def fold(name: str) -> str:
+    """A name's spelling-insensitive form: case, spaces, '_' and '-' ignored ('Viral_Pneumonia' = 'viral pneumonia')."""
+    return re.sub(r"[\s_\-]+", " ", str(name).strip().casefold()).strip()
 
 
 def findings_of(label: str) -> list[str]:
@@ -64,18 +70,28 @@ class LabelTask:
         """Fail when the prepared labels do not fit the task (the message names the config key to change)."""
         classes = sorted(set(labels))
         if self.kind == "multilabel":
-            unknown = sorted({f for label in classes for f in findings_of(label)} - set(self.findings))
+            seen = sorted({f for label in classes for f in findings_of(label)})
+            _check_spellings(seen, "findings")
+            unknown = sorted(set(seen) - set(self.findings))
             if unknown:
                 raise ValueError(f"labels name findings {unknown} that dataset.findings does not list; add them "
-                                 "there or merge them with dataset.label_map")
+                                 f"there or merge them with dataset.label_map{spelling_hint(unknown, self.findings)}")
+            absent = [f for f in self.findings if f not in seen]
+            if absent:  # a typo or another dataset's finding: its AUC would be undefined, its mean quietly smaller
+                raise ValueError(f"dataset.findings lists {absent}, which no image has (findings seen: {seen}); "
+                                 "fix the spelling or remove them from dataset.findings")
             return
         with_separator = [c for c in classes if SEPARATOR in c]
         if with_separator:
             raise ValueError(f"labels {with_separator[:5]} hold several findings ('|'); set dataset.task: multilabel "
                              "with dataset.findings, or map them to single classes with dataset.label_map")
+        _check_spellings(classes, "labels")
         if self.kind == "binary" and (len(classes) != 2 or self.positive not in classes):
             raise ValueError(f"dataset.task is binary with positive {self.positive!r}, but the labels are {classes}; "
                              "merge them into two classes with dataset.label_map (e.g. every finding -> Finding)")
+        if len(classes) < 2:  # one class: every metric is trivially perfect
+            raise ValueError(f"every image has the label {classes}: a classifier needs at least two classes; check "
+                             "the label column and dataset.label_map / dataset.keep_labels (a '*' key merges all)")
 
     def summary(self, labels: Sequence[str]) -> dict[str, Any]:
         """The task's entries of prepared/summary.json."""
@@ -92,6 +108,24 @@ class LabelTask:
             return label_matrix(labels, self.findings, uncertain)
         classes = sorted(set(labels))
         return label_matrix(labels, classes)
+
+
+def spelling_hint(names: Iterable[str], listed: Iterable[str]) -> str:
+    """'; note: X is spelt Y in dataset.findings' for names that match a listed one but for spelling ('' if none)."""
+    by_fold = {fold(n): n for n in listed}
+    pairs = [f"{n!r} / {by_fold[fold(n)]!r}" for n in names if fold(n) in by_fold and by_fold[fold(n)] != n]
+    return f" (spelling differs: {', '.join(pairs)})" if pairs else ""
+
+
+def _check_spellings(names: Sequence[str], what: str) -> None:
+    """Fail when names differ only in case, spaces, '_' or '-' (e.g. Normal / normal): one class split in two."""
+    variants: dict[str, list[str]] = {}
+    for name in names:
+        variants.setdefault(fold(name), []).append(name)
+    clashes = [sorted(v) for v in variants.values() if len(v) > 1]
+    if clashes:
+        raise ValueError(f"{what} {clashes} differ only in spelling, so one class would count as several; merge "
+                         f"them with dataset.label_map (e.g. {{{clashes[0][1]!r}: {clashes[0][0]!r}}}) or fix the source")
 
 
 def label_matrix(labels: Sequence[str], columns: Sequence[str],

@@ -106,9 +106,11 @@ def provided_mask_decisions(images: np.ndarray, masks: np.ndarray, has_mask: np.
         table = qc_table(images[rows], masks[rows].astype(bool), None, mask_qc.get("qc") or {})
         decision[rows] = decide(table["plausible"].to_numpy(), mask_qc.get("qc_policy", "all_valid"))
         failed = table["flags"].to_numpy() != ""
-        for flag, count in table["flags"][failed].str.split(";").explode().value_counts().items():
-            log.warning("%d provided lung mask(s) fail QC (%s): lung_masks.qc_policy=%s applies", count, flag,
-                        mask_qc.get("qc_policy", "all_valid"))
+        flags = pd.Series(table["flags"].to_numpy(), index=rows)[failed].str.split(";").explode()
+        for flag, where in flags.groupby(flags).groups.items():  # name the images (prepared index) to look at
+            log.warning("%d provided lung mask(s) fail QC (%s): lung_masks.qc_policy=%s applies; prepared index %s",
+                        len(where), flag, mask_qc.get("qc_policy", "all_valid"),
+                        ", ".join(map(str, list(where)[:20])) + (" ..." if len(where) > 20 else ""))
     return decision
 
 
