@@ -30,6 +30,7 @@ from cxrmim.train.loop import (
     LoopSettings,
     run_training,
 )
+from cxrmim.train.memory import Probe
 from cxrmim.train.pretrain_data import PretrainData, load_pretrain_data
 
 log = logging.getLogger("cxrmim.pretrain")
@@ -48,10 +49,16 @@ class JointEmbedding:
 
     def __init__(self, data: PretrainData, method: str, encoder_cfg: dict[str, Any], settings: dict[str, Any]) -> None:
         self.data, self.method, self.encoder_cfg, self.settings = data, method, encoder_cfg, settings
+        self.config_section = f"contrastive.{method}"  # named in the memory advice
         self.augment = ViewAugment.from_config(settings.get("augment"))
         self.backbone = create_encoder(encoder_cfg, data.image_size, data.patch_size, num_classes=0)
         self.model = build_siamese(method, self.backbone, settings)
         self.embedding_dim = int(settings["heads"]["projection_dim"])
+
+    def activation_probes(self) -> list[Probe]:
+        """The backbone on both views (BYOL's target runs without gradients; the small heads are not counted)."""
+        size = self.augment.view_size or self.data.image_size
+        return [Probe(self.backbone, (1, size, size), times=2.0)]
 
     def loader_tensors(self) -> dict[str, torch.Tensor]:
         """The uint8 images; views are made on the device per batch."""
@@ -115,7 +122,7 @@ def run_contrastive(
     setup = select_device(str(settings.get("device", "auto")))
     loop_settings = LoopSettings.from_settings(settings)
     # The same images (train + val, lung-mask QC applied) as masked-image pretraining.
-    data = load_pretrain_data(prepared_dir, split_csv, validity_npz)
+    data = load_pretrain_data(prepared_dir, split_csv, validity_npz, lung_masks=False)  # views of the images only
     with distributed_session(setup.device.type) as ddp:
         seed_everything(loop_settings.seed)  # identical initial weights on every rank and every resume
         joint = JointEmbedding(data, method, encoder_cfg, settings)

@@ -31,6 +31,7 @@ from cxrmim.device import DeviceSetup
 from cxrmim.io import atomic_path
 from cxrmim.recipe import LR_REFERENCE_BATCH
 from cxrmim.train.checkpoint import Checkpointer
+from cxrmim.models.encoders import enable_grad_checkpointing
 from cxrmim.train.common import apply_lr, cosine_lr, weight_decay_groups
 from cxrmim.train.distributed import (
     Distributed,
@@ -40,10 +41,12 @@ from cxrmim.train.distributed import (
     ranks_agree,
     wrap_model,
 )
+from cxrmim.train.memory import plan_memory
 
 log = logging.getLogger("cxrmim.pretrain")
 
 STOP_ENV = "CXRMIM_STOP_AFTER_EPOCHS"
+UNSIGNED_LOOP_KEYS = {"compile", "data_placement", "grad_checkpointing"}  # they change no trained weight
 
 
 class EpochRandom:
@@ -101,6 +104,8 @@ class LoopSettings:
     warmup_epochs: float = 0.0
     seed: int = 0
     compile: bool = False
+    data_placement: str = "auto"  # auto | device | host: where the images live (cxrmim.data.placement)
+    grad_checkpointing: bool = False  # recompute activations in backward: less memory, same weights
 
     @classmethod
     def from_settings(cls, settings: dict[str, Any]) -> LoopSettings:
@@ -116,6 +121,8 @@ class LoopSettings:
             warmup_epochs=float(settings.get("warmup_epochs", 0)),
             seed=int(settings.get("seed", 0)),
             compile=bool(settings.get("compile", False)),
+            data_placement=str(settings.get("data_placement", "auto")),
+            grad_checkpointing=bool(settings.get("grad_checkpointing", False)),
         )
 
 
@@ -174,7 +181,7 @@ def resolve_stop(stop_after_epochs: int | None) -> int | None:
 
 def run_signature(method: TrainingMethod, settings: LoopSettings, model: nn.Module) -> str:
     """Everything that changes the trained weights; a checkpoint from another signature is not resumed."""
-    loop = {k: v for k, v in asdict(settings).items() if k != "compile"}
+    loop = {k: v for k, v in asdict(settings).items() if k not in UNSIGNED_LOOP_KEYS}
     # The tensor shapes catch architecture changes in the code, which the config alone does not show.
     tensors = sorted(f"{k}:{tuple(v.shape)}" for k, v in model.state_dict().items())
     return json.dumps({"method": method.signature(), "loop": loop, "tensors": tensors}, sort_keys=True, default=str)
@@ -191,9 +198,16 @@ def run_training(
     """Train `method.model`, checkpointing every epoch to out_dir/checkpoint.pt and resuming from it when present."""
     stop_after_epochs = resolve_stop(stop_after_epochs)
     model = method.model.to(setup.device)
+    if settings.grad_checkpointing:
+        enable_grad_checkpointing(model)
+    tensors = method.loader_tensors()
+    placement = plan_memory(
+        model, getattr(method, "activation_probes", list)(), tensors, settings.batch_size, setup,
+        settings.data_placement, settings.grad_checkpointing, getattr(method, "config_section", "pretrain"),
+    )  # fmt: skip
     loader = BatchLoader(
-        method.loader_tensors(), settings.batch_size, setup, shuffle=True, seed=settings.seed, drop_last=True,
-        rank=ddp.rank, world_size=ddp.world_size,
+        tensors, settings.batch_size, setup, shuffle=True, seed=settings.seed, drop_last=True,
+        rank=ddp.rank, world_size=ddp.world_size, placement=placement,
     )  # fmt: skip
     if len(loader) == 0:
         raise ValueError(

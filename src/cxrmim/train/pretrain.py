@@ -30,6 +30,7 @@ from cxrmim.train.common import seed_everything
 from cxrmim.train.distributed import distributed_session
 from cxrmim.train.launch import add_run_arguments, report_unfinished, start_run
 from cxrmim.train.loop import EpochRandom, LoopSettings, run_training
+from cxrmim.train.memory import Probe, mae_probes
 from cxrmim.train.pretrain_data import PretrainData, batch_inputs, load_pretrain_data
 
 log = logging.getLogger("cxrmim.pretrain")
@@ -71,6 +72,10 @@ class MaskedImageModeling:
         # lung_ratio shares one masked count for the whole run (max_i k_i over the un-augmented validity), so no
         # step reads it from the device and every batch has the same shapes; other strategies use their own.
         self.n_masked = lung_batch_masked(data.valid, mask_ratio) if self.mae.masking_name == "lung_ratio" else None
+
+    def activation_probes(self) -> list[Probe]:
+        """The parts whose activations the memory estimate counts (`cxrmim.train.memory`)."""
+        return mae_probes(self.mae, self.mask_ratio)
 
     def loader_tensors(self) -> dict[str, torch.Tensor]:
         """Images plus masks (augmented runs) or the validity map."""
@@ -162,7 +167,8 @@ def run_pretraining(
         raise ValueError(f"unknown pretraining method {method!r}; choose one of {sorted(PRETRAIN_METHODS)}")
     setup = select_device(str(settings.get("device", "auto")))
     loop_settings = LoopSettings.from_settings(settings)
-    data = load_pretrain_data(prepared_dir, split_csv, validity_npz)
+    # MRM and MedIM mask at random or by the report: they never read the lung masks.
+    data = load_pretrain_data(prepared_dir, split_csv, validity_npz, lung_masks=method in METHOD_MASKING)
     with distributed_session(setup.device.type) as ddp:
         seed_everything(loop_settings.seed)  # identical initial weights on every rank and every resume
         if method in METHOD_MASKING:

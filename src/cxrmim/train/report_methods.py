@@ -17,6 +17,7 @@ from cxrmim.models.encoders import write_encoder_files
 from cxrmim.text.keywords import knowledge_words
 from cxrmim.text.reports import REPORTS_FILE, load_reports
 from cxrmim.text.tokenizer import MASK, ReportTensors, encode_reports, load_tokenizer
+from cxrmim.train.memory import Probe, mae_probes
 from cxrmim.train.pretrain import UNSIGNED_KEYS
 from cxrmim.train.pretrain_data import PretrainData
 
@@ -48,6 +49,11 @@ class ReportMethodOutputs:
     settings: dict[str, Any]
     text: dict[str, Any]
     reports: ReportTensors | None
+
+    def activation_probes(self) -> list[Probe]:
+        """The image autoencoder's parts (twice for MedIM's both views); the small text model is not counted."""
+        both = bool((self.settings.get("medim") or {}).get("both_views", True)) and self.method == "medim"
+        return mae_probes(self.core.mae, self.mask_ratio, 2.0 if both else 1.0)
 
     def signature(self) -> dict[str, Any]:
         """Method, ratio, architecture, the method's settings, the text settings and the data's shape."""
