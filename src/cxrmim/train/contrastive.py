@@ -38,7 +38,7 @@ log = logging.getLogger("cxrmim.pretrain")
 EMBEDDING_COLUMNS = ("embedding_std", "embedding_std_ratio")
 VIEW_STREAM = 1  # EpochRandom stream of the augmentation draws
 # Settings keys that do not change the trained weights (the loop signs its own keys itself).
-UNSIGNED_KEYS = {"device", "compile", "num_workers", "resources"}
+UNSIGNED_KEYS = {"device", "compile", "num_workers", "resources", "data_placement", "grad_checkpointing"}
 
 
 class JointEmbedding:

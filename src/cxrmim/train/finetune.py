@@ -34,7 +34,6 @@ from cxrmim.recipe import DEFAULT_BETAS, LR_REFERENCE_BATCH, FinetuneSettings
 from cxrmim.train.common import apply_lr, cosine_lr, seed_everything
 from cxrmim.train.finetune_augment import applied_preset, augment_images
 from cxrmim.train.finetune_data import FinetuneData, FinetuneResult, prediction_table
-from cxrmim.train.memory import model_probes, plan_memory
 from cxrmim.train.finetune_task import (
     SELECTION_COLUMN,
     epoch_metrics,
@@ -43,6 +42,7 @@ from cxrmim.train.finetune_task import (
     select_epoch,
     task_loss,
 )
+from cxrmim.train.memory import model_probes, plan_memory
 
 log = logging.getLogger("cxrmim.finetune")
 

@@ -29,9 +29,9 @@ from tqdm import tqdm
 from cxrmim.data.tensors import BatchLoader
 from cxrmim.device import DeviceSetup
 from cxrmim.io import atomic_path
+from cxrmim.models.encoders import enable_grad_checkpointing
 from cxrmim.recipe import LR_REFERENCE_BATCH
 from cxrmim.train.checkpoint import Checkpointer
-from cxrmim.models.encoders import enable_grad_checkpointing
 from cxrmim.train.common import apply_lr, cosine_lr, weight_decay_groups
 from cxrmim.train.distributed import (
     Distributed,

@@ -38,7 +38,8 @@ log = logging.getLogger("cxrmim.pretrain")
 MASKING_COLUMNS = ("fallback_count", "fallback_fraction", "visible_lung_fraction")
 HISTORY_COLUMNS = ["epoch", "loss", "lr", "images_per_s", *MASKING_COLUMNS, "seconds"]
 # `pretrain:` keys that do not change the trained weights (or are the loop's, which signs them itself).
-UNSIGNED_KEYS = {"device", "compile", "num_workers", "resources", "methods", "mask_ratios", "mask_ratio", "encoder", "seeds"}
+UNSIGNED_KEYS = {"device", "compile", "num_workers", "resources", "methods", "mask_ratios", "mask_ratio", "encoder", "seeds",
+                 "data_placement", "grad_checkpointing"}
 MASK_STREAM, AUGMENT_STREAM = 0, 1  # EpochRandom streams
 
 
