@@ -9,6 +9,7 @@ from cxrmim.config import check_consistency
 
 # one spelling of budgets in file names (the package uses the same helpers)
 from cxrmim.data.splits import budget_tag, configured_budgets, fraction_tag
+from cxrmim.resources import job_mem_mb  # mem_mb from the cache's size (torch-free)
 from cxrmim.inits import (
     CONTRASTIVE_METHODS,
     MASKED_METHODS,
@@ -79,6 +80,21 @@ def job_resource(rule_name, key):
     """mem_mb or runtime for rules without their own config section, from `resources.<rule>` or `resources.default`."""
     section = config["resources"]
     return grows(section.get(rule_name, {}).get(key, section["default"][key]))
+
+
+def data_mem(rule_name, configured=None):
+    """mem_mb sized from the prepared cache (cxrmim.resources; the configured value is the floor), x the attempt.
+
+    Without `configured`, the floor is `resources.<rule>` or `resources.default`, as in job_resource.
+    """
+    if configured is None:
+        configured = config["resources"].get(rule_name, config["resources"]["default"])["mem_mb"]
+
+    def mem_mb(wildcards, input, attempt):
+        method = wildcards.get("method")
+        return job_mem_mb(rule_name, input.images, configured, config, method) * attempt
+
+    return mem_mb
 
 
 def as_json(value):

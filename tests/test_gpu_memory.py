@@ -214,3 +214,29 @@ def test_memory_estimate_is_within_a_factor_of_two_of_the_measured_cpu_peak() ->
     assert estimate_memory(model, [Probe(model, (1, 64, 64))], 48, CPU, True).activations < estimate.activations / 3
     assert per_sample_activations(Probe(model, (1, 64, 64), times=2.0)) == 2 * per_sample_activations(
         Probe(model, (1, 64, 64)))
+
+
+def test_mem_mb_follows_the_cache_size_and_keeps_the_configured_floor(tmp_path: Path) -> None:
+    from cxrmim.resources import job_mem_mb
+
+    config = {
+        "dataset": {"kind": "mimic_cxr_jpg"}, "prepare": {"image_size": 224}, "patch_validity": {"patch_size": 16},
+        "lung_masks": {"image_size": 256},
+        "pretrain": {"augment": {"crop_scale": [0.8, 1.0]}, "device": "auto", "resources": {"gpu": 1}},
+        "finetune": {"device": "auto", "resources": {"gpu": 0}},
+    }  # fmt: skip
+    images = tmp_path / "images.npy"
+    with pytest.raises(FileNotFoundError):  # Snakemake asks again once prepare has written the cache
+        job_mem_mb("pretrain", str(images), 32000, config, "rgmim")
+    with open(images, "wb") as handle:  # MIMIC-CXR at 224 px: 377k images, 18.9 GB (sparse file)
+        handle.truncate(377_000 * 224 * 224)
+    assert job_mem_mb("pretrain", str(images), 32000, config, "rgmim") == 32000  # on a GPU: the floor
+    config["pretrain"]["device"] = "cpu"
+    assert job_mem_mb("pretrain", str(images), 32000, config, "rgmim") > 2 * 18_900 * 1.25  # images and masks
+    assert 18_900 * 1.25 < job_mem_mb("pretrain", str(images), 32000, config, "mae") < 2 * 18_900  # no masks
+    assert job_mem_mb("finetune", str(images), 16000, config) > 18_900 * 1.25  # a CPU job holds its parts
+    assert 4000 <= job_mem_mb("lung_masks", str(images), 4000, config) < 6000  # one chunk, not 76 GB
+    assert 2000 <= job_mem_mb("patch_validity", str(images), 2000, config) < 4000
+    assert job_mem_mb("patch_validity", str(images), 90000, config) == 90000  # a larger configured value stays
+    synthetic = config | {"dataset": {"kind": "synthetic", "synthetic": {"n_images": 100}}}
+    assert job_mem_mb("finetune", str(tmp_path / "none.npy"), 6000, synthetic) == 6000  # from the config
