@@ -16,6 +16,7 @@ import pytest
 import torch
 from conftest import REPO
 from test_finetune import PATCH, SETTINGS, TINY_VIT, make_cache
+from test_host_sync import host_reads  # noqa: F401 (a fixture)
 from test_lung_masks import SMALL
 from test_pretrain import TINY_ENCODER, build_tiny_cache, tiny_settings
 
@@ -95,6 +96,17 @@ def test_forced_host_path_gives_identical_pretraining_and_finetuning(cache: dict
         result = finetune(data, parse_init("scratch_vit"), TINY_VIT, settings, seed=0, fraction=1.0, patch_size=PATCH)
         metrics.append((result.metrics["val"], result.metrics["test"], result.history.to_dict()))
     assert metrics[0] == metrics[1]
+
+
+def test_host_path_reads_no_tensor_inside_a_step(tmp_path: Path, host_reads) -> None:  # noqa: F811
+    labelled = make_cache(tmp_path, ["A", "B"], {"train": 16, "val": 4, "test": 4})
+    data = load_finetune_data(labelled["prepared"], labelled["split"], labelled["subset"])
+    settings = FinetuneSettings.from_config({**SETTINGS, "epochs": 2, "batch_size": 4, "min_steps": 24,
+                                             "data_placement": "host", "effective_batch_size": 8})
+    result = finetune(data, parse_init("scratch_vit"), TINY_VIT, settings, seed=0, fraction=1.0, patch_size=PATCH)
+    assert result.metrics["steps"] == 24 and result.metrics["effective_batch_size"] == 8 and host_reads
+    micro_batches = 2 * result.metrics["steps"]
+    assert not {site: n for site, n in host_reads.items() if n >= micro_batches // 2}
 
 
 def test_validity_is_memory_mapped_and_masks_are_read_only_for_lung_masking(

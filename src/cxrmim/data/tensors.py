@@ -147,15 +147,16 @@ class BatchLoader:
 
     def host_epoch(self, epoch: int) -> Iterator[dict[str, torch.Tensor]]:
         """Host placement: gather on the host, copy asynchronously; batch i+1 is sent before batch i is used."""
-        order = self.order(epoch)
+        order = self.order(epoch).numpy()  # host indices: slicing them reads no tensor
 
         def send(batch_index: int) -> dict[str, torch.Tensor]:
             ids = order[batch_index * self.batch_size : (batch_index + 1) * self.batch_size]
             return {k: to_device(v.gather(ids), self.setup) for k, v in self.host.items()}
 
-        ahead = send(0) if len(self) else None
-        for batch_index in range(len(self)):
-            batch, ahead = ahead, (send(batch_index + 1) if batch_index + 1 < len(self) else None)
+        n_batches = len(self)
+        ahead = send(0) if n_batches else None
+        for batch_index in range(n_batches):
+            batch, ahead = ahead, (send(batch_index + 1) if batch_index + 1 < n_batches else None)
             yield batch
 
 

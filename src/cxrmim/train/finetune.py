@@ -221,7 +221,6 @@ def finetune(
     built = model_summary(model, encoder_cfg["timm_name"])
     if settings.mode == "probe":
         freeze_for_probe(model)
-    model.to(setup.device)
     if settings.grad_checkpointing:
         enable_grad_checkpointing(model)
 
@@ -233,6 +232,7 @@ def finetune(
         model, model_probes(model, data.image_size), train | {"val": data.val.images, "test": data.test.images},
         batch_size, setup, settings.data_placement, settings.grad_checkpointing, "finetune",
     )  # fmt: skip
+    model.to(setup.device)
     loader = BatchLoader(
         train, batch_size, setup, shuffle=True, seed=run_seed, drop_last=True, min_batches=min_batches,
         placement=placement,

@@ -197,14 +197,14 @@ def run_training(
 ) -> LoopResult:
     """Train `method.model`, checkpointing every epoch to out_dir/checkpoint.pt and resuming from it when present."""
     stop_after_epochs = resolve_stop(stop_after_epochs)
-    model = method.model.to(setup.device)
     if settings.grad_checkpointing:
-        enable_grad_checkpointing(model)
+        enable_grad_checkpointing(method.model)
     tensors = method.loader_tensors()
     placement = plan_memory(
-        model, getattr(method, "activation_probes", list)(), tensors, settings.batch_size, setup,
+        method.model, getattr(method, "activation_probes", list)(), tensors, settings.batch_size, setup,
         settings.data_placement, settings.grad_checkpointing, getattr(method, "config_section", "pretrain"),
     )  # fmt: skip
+    model = method.model.to(setup.device)
     loader = BatchLoader(
         tensors, settings.batch_size, setup, shuffle=True, seed=settings.seed, drop_last=True,
         rank=ddp.rank, world_size=ddp.world_size, placement=placement,

@@ -53,6 +53,9 @@ def per_sample_activations(probe: Probe) -> int:
     """Activation bytes per sample: batches of 2 and 4 differenced, so saved weights (shared) cancel out (2, not
     1: BatchNorm refuses a single value per channel)."""
     meta = copy.deepcopy(probe.module).to("meta").train()  # a copy: the real module's weights and state stay
+    for part in meta.modules():  # measure every activation; the checkpointing factor is applied afterwards
+        if getattr(part, "grad_checkpointing", False):
+            part.grad_checkpointing = False
     two, four = saved_bytes(meta, (2, *probe.shape)), saved_bytes(meta, (4, *probe.shape))
     return round(max(four - two, 0) / 2 * probe.times)
 
@@ -143,7 +146,11 @@ def plan_memory(
     model: nn.Module, probes: Sequence[Probe], tensors: dict, batch_size: int, setup: DeviceSetup, requested: str,
     checkpointing: bool, section: str,
 ) -> str:
-    """Estimate the job, place its data (device when it fits with room, else host) and log both -> placement."""
+    """Estimate the job, place its data (device when it fits with room, else host) and log both -> placement.
+
+    Call it before the model moves to the device: the meta copies are then made from host memory, and the
+    device's free memory does not already exclude the weights the estimate counts.
+    """
     model_only = estimate_memory(model, probes, batch_size, setup, checkpointing)
     data_bytes = data_nbytes(tensors)
     placement = choose_placement(requested, setup, data_bytes, model_only.model)
