@@ -2,7 +2,8 @@
 
 The cache's size is known once prepare has written images.npy: Snakemake evaluates a resource that reads a
 missing input later, when the job is ready to run. The configured mem_mb stays a floor; a job whose data
-needs more asks for more. What a job holds in host memory, beside a torch process (`BASE_MB`):
+needs more asks for more. What a job holds in host memory, beside a torch process (`BASE_MB`, or the
+configured value when that is smaller):
 - pretrain, contrastive_pretrain, finetune on the CPU: the images they use (and pretraining's lung masks for
   augmented RGMIM / RGMIM-lung); on a GPU the data goes to the device in chunks or streams from the
   memory map (`cxrmim.data.placement`), so only per-image metadata stays (validity, report tensors);
@@ -64,5 +65,6 @@ def job_mem_mb(rule: str, images_npy: str, configured: int, config: dict[str, An
     size = int(config["prepare"]["image_size"])
     images = cache_bytes(images_npy, size, config)
     n = images // (size * size)
-    need = BASE_MB[rule] + SLACK * data_bytes(rule, images, n, size, config, method) / MB
+    # A configured value below the usual process size is taken as the process's own need (tiny CPU runs).
+    need = min(int(configured), BASE_MB[rule]) + SLACK * data_bytes(rule, images, n, size, config, method) / MB
     return max(int(configured), round(need))
