@@ -9,7 +9,6 @@ from cxrmim.config import check_consistency
 
 # one spelling of budgets in file names (the package uses the same helpers)
 from cxrmim.data.splits import budget_tag, configured_budgets, fraction_tag
-from cxrmim.resources import job_mem_mb  # mem_mb from the cache's size (torch-free)
 from cxrmim.inits import (
     CONTRASTIVE_METHODS,
     MASKED_METHODS,
@@ -18,6 +17,7 @@ from cxrmim.inits import (
     parse_init,
     pretrain_run_name,
 )  # one spelling of run names (torch-free)
+from cxrmim.resources import job_mem_mb  # mem_mb from the cache's size (torch-free)
 
 check_consistency(config)  # what the schema cannot check (patch size vs image size), before any job runs
 

@@ -79,7 +79,10 @@ def test_placement_follows_the_devices_free_memory(monkeypatch: pytest.MonkeyPat
         choose_placement("gpu", cuda, 1, 1)
 
 
-def test_forced_host_path_gives_identical_pretraining_and_finetuning(cache: dict[str, Path], tmp_path: Path) -> None:
+def test_forced_host_path_gives_identical_pretraining_and_finetuning(
+    cache: dict[str, Path], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level("INFO")
     runs = {}
     for placement in ("auto", "host"):
         settings = tiny_settings(epochs=2, data_placement=placement)
@@ -88,6 +91,8 @@ def test_forced_host_path_gives_identical_pretraining_and_finetuning(cache: dict
         runs[placement] = pd.read_csv(tmp_path / placement / "history.csv").drop(columns=["images_per_s", "seconds"])
         assert result.finished
     pd.testing.assert_frame_equal(runs["auto"], runs["host"], check_exact=True)
+    assert "device path (device cpu)" in caplog.text and "host path (device cpu)" in caplog.text
+    assert "estimated device memory" in caplog.text and "activations" in caplog.text
     labelled = make_cache(tmp_path / "ft", ["A", "B", "C"], {"train": 12, "val": 6, "test": 6})
     data = load_finetune_data(labelled["prepared"], labelled["split"], labelled["subset"])
     metrics = []
