@@ -257,3 +257,18 @@ def test_mem_mb_follows_the_cache_size_and_keeps_the_configured_floor(tmp_path: 
     assert job_mem_mb("patch_validity", str(images), 90000, config) == 90000  # a larger configured value stays
     synthetic = config | {"dataset": {"kind": "synthetic", "synthetic": {"n_images": 100}}}
     assert job_mem_mb("finetune", str(tmp_path / "none.npy"), 6000, synthetic) == 6000  # from the config
+
+
+def test_a_job_that_will_not_fit_says_what_to_change(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    from cxrmim.train.memory import MemoryEstimate, log_estimate
+
+    cuda = replace(CPU, device=torch.device("cuda", 0), autocast_dtype=torch.bfloat16, pin_memory=True)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (24 * 10**9, 24 * 10**9))
+    caplog.set_level("INFO")
+    fits = MemoryEstimate(10**9, 10**9, 2 * 10**9, 10 * 10**9)
+    log_estimate(fits, cuda, 256, False, "pretrain")
+    assert "estimated device memory 14.00 GB" in caplog.text and "will not fit" not in caplog.text
+    log_estimate(replace(fits, activations=28 * 10**9, data=3 * 10**9), cuda, 256, False, "finetune")
+    assert "will not fit in 24.0 GB" in caplog.text
+    for advice in ("finetune.data_placement: host", "finetune.grad_checkpointing: true", "halve finetune.batch_size"):
+        assert advice in caplog.text

@@ -14,8 +14,7 @@ import torch
 from timm.optim import param_groups_layer_decay, param_groups_weight_decay
 from torch import nn
 
-from cxrmim.data.placement import Rows
-from cxrmim.data.tensors import BatchLoader, to_device
+from cxrmim.data.tensors import BatchLoader
 from cxrmim.device import DeviceSetup, select_device
 from cxrmim.inits import InitSpec
 from cxrmim.models.encoders import (
@@ -38,16 +37,13 @@ from cxrmim.train.finetune_task import (
     SELECTION_COLUMN,
     epoch_metrics,
     freeze_for_probe,
-    probabilities,
+    predict,
     select_epoch,
     task_loss,
 )
 from cxrmim.train.memory import model_probes, plan_memory
 
 log = logging.getLogger("cxrmim.finetune")
-
-EVAL_BATCH = 256
-
 
 def architecture_label(encoder_cfg: dict[str, Any]) -> str:
     """The entry's `label`, else the architecture as named in the paper's tables (ViT / ResNet-50), else timm's name."""
@@ -121,27 +117,6 @@ def param_groups(model: nn.Module, weight_decay: float, layer_decay: float | Non
     if layer_decay is None:
         return param_groups_weight_decay(model, weight_decay, no_decay)
     return param_groups_layer_decay(model, weight_decay, no_decay, layer_decay=layer_decay)
-
-
-@torch.no_grad()
-def predict(
-    model: nn.Module, images: torch.Tensor | Rows, norm: InputNorm, setup: DeviceSetup, sigmoid: bool = False
-) -> np.ndarray:
-    """Output probabilities (N, C) for uint8 images on the device (or host rows, sent a chunk at a time
-    asynchronously); one copy back at the end."""
-    model.eval()
-    outputs = []
-    for start in range(0, len(images), EVAL_BATCH):
-        if isinstance(images, Rows):
-            chunk = to_device(images.gather(np.arange(start, min(start + EVAL_BATCH, len(images)))), setup)
-        else:
-            chunk = images[start : start + EVAL_BATCH]
-        with setup.autocast():
-            logits = model(norm.apply(chunk))
-        outputs.append(probabilities(logits.float(), sigmoid))
-    if not outputs:
-        return np.zeros((0, 0), dtype=np.float32)
-    return torch.cat(outputs).cpu().numpy()
 
 
 @dataclass(frozen=True)
