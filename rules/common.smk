@@ -9,6 +9,7 @@ from cxrmim import registry
 from cxrmim.codebase import module_closure  # the package modules a script imports (torch-free)
 from cxrmim.inits import parse_init  # one spelling of run names
 from cxrmim.plan import Plan, check, parse_variant, variant_pattern
+from cxrmim.resources import job_mem_mb  # mem_mb from the cache's size (torch-free)
 
 check(config)  # what the schema cannot check (patch size vs image size, inits, methods), before any job runs
 PLAN = Plan(config)
@@ -72,6 +73,21 @@ def job_resource(rule_name, key):
     """mem_mb or runtime for rules without their own config section, from `resources.<rule>` or `resources.default`."""
     section = config["resources"]
     return grows(section.get(rule_name, {}).get(key, section["default"][key]))
+
+
+def data_mem(rule_name, configured=None):
+    """mem_mb sized from the prepared cache (cxrmim.resources; the configured value is the floor), x the attempt.
+
+    Without `configured`, the floor is `resources.<rule>` or `resources.default`, as in job_resource.
+    """
+    if configured is None:
+        configured = config["resources"].get(rule_name, config["resources"]["default"])["mem_mb"]
+
+    def mem_mb(wildcards, input, attempt):
+        method = wildcards.get("method")
+        return job_mem_mb(rule_name, input.images, configured, config, method) * attempt
+
+    return mem_mb
 
 
 def as_json(value):

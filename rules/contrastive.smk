@@ -28,7 +28,7 @@ rule contrastive_pretrain:
     threads: CONTRASTIVE.get("resources", {}).get("cpus", 1)
     resources:
         gpu=CONTRASTIVE.get("resources", {}).get("gpu", 0),
-        mem_mb=grows(CONTRASTIVE.get("resources", {}).get("mem_mb", 4000)),
+        mem_mb=data_mem("contrastive_pretrain", CONTRASTIVE.get("resources", {}).get("mem_mb", 4000)),
         runtime=grows(CONTRASTIVE.get("resources", {}).get("runtime", 60)),
     params:
         # Only this method's block: tuning BYOL never reruns SimSiam.

@@ -35,7 +35,7 @@ rule finetune:
     threads: config["finetune"]["resources"]["cpus"]
     resources:
         gpu=config["finetune"]["resources"]["gpu"],
-        mem_mb=grows(config["finetune"]["resources"]["mem_mb"]),
+        mem_mb=data_mem("finetune", config["finetune"]["resources"]["mem_mb"]),
         runtime=grows(config["finetune"]["resources"]["runtime"]),
     params:
         settings=as_json(section("finetune", drop=FINETUNE_CHOICE_KEYS)),

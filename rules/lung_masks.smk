@@ -76,7 +76,7 @@ rule lung_masks:
     threads: LUNG_MASKS["resources"]["cpus"]
     resources:
         gpu=LUNG_MASKS["resources"]["gpu"],
-        mem_mb=grows(LUNG_MASKS["resources"]["mem_mb"]),
+        mem_mb=data_mem("lung_masks", LUNG_MASKS["resources"]["mem_mb"]),
         runtime=grows(LUNG_MASKS["resources"]["runtime"]),
     params:
         settings=as_json({k: v for k, v in LUNG_MASKS.items() if k in PREDICT_KEYS}),

@@ -24,7 +24,7 @@ rule patch_validity:
     conda:
         "../envs/data.yaml"
     resources:
-        mem_mb=job_resource("patch_validity", "mem_mb"),
+        mem_mb=data_mem("patch_validity"),
         runtime=job_resource("patch_validity", "runtime"),
     params:
         settings=as_json(config["patch_validity"]),

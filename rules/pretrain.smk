@@ -32,7 +32,7 @@ rule pretrain:
     threads: config["pretrain"]["resources"]["cpus"]
     resources:
         gpu=config["pretrain"]["resources"]["gpu"],
-        mem_mb=grows(config["pretrain"]["resources"]["mem_mb"]),
+        mem_mb=data_mem("pretrain", config["pretrain"]["resources"]["mem_mb"]),
         runtime=grows(config["pretrain"]["resources"]["runtime"]),
     params:
         settings=lambda wc: as_json(pretrain_settings(wc.method)),

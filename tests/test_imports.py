@@ -12,7 +12,7 @@ FORBIDDEN = {"cxrmim.analysis": "cxrmim.train", "cxrmim.train": "cxrmim.analysis
 # (training and analysis run apart: tables never need torch training code; segment and diagnostics likewise).
 LAYERS = (
     ("cxrmim.registry", "cxrmim.pixels", "cxrmim.io", "cxrmim.device"),
-    ("cxrmim.cli", "cxrmim.codebase"),
+    ("cxrmim.cli", "cxrmim.codebase", "cxrmim.resources"),
     ("cxrmim.text",),
     ("cxrmim.data",),
     ("cxrmim.config", "cxrmim.inits", "cxrmim.recipe", "cxrmim.evaluation", "cxrmim.optim", "cxrmim.models"),

@@ -31,6 +31,17 @@ class FinetuneSettings:
     seed_offset: int = 0
     mode: str = "full"  # full network, or `probe`: the head only, on frozen features
     augment: str = "current"  # preset: none | current (crop_scale/hflip below) | classic | randaugment | native
+    effective_batch_size: int | None = None  # batch per optimiser step (accumulated micro-batches); None = batch_size
+    data_placement: str = "auto"  # auto | device | host (cxrmim.data.placement)
+    grad_checkpointing: bool = False  # recompute activations in backward: less memory, same weights
+
+    @property
+    def accumulation(self) -> int:
+        """Micro-batches of `batch_size` per optimiser step."""
+        effective = self.effective_batch_size or self.batch_size
+        if effective % self.batch_size:
+            raise ValueError(f"finetune.effective_batch_size {effective} is not a multiple of batch_size {self.batch_size}")
+        return effective // self.batch_size
 
     @classmethod
     def from_config(cls, section: dict[str, Any]) -> FinetuneSettings:
@@ -52,4 +63,7 @@ class FinetuneSettings:
             seed_offset=int(section.get("seed", 0)),
             mode=str(section.get("mode", "full")),
             augment=str(section.get("augment_preset", "current")),
+            effective_batch_size=int(section["effective_batch_size"]) if section.get("effective_batch_size") else None,
+            data_placement=str(section.get("data_placement", "auto")),
+            grad_checkpointing=bool(section.get("grad_checkpointing", False)),
         )

@@ -19,6 +19,7 @@ import torch  # noqa: E402
 from safetensors import safe_open  # noqa: E402
 from safetensors.torch import load_file  # noqa: E402
 
+from cxrmim.data.npz import npz_member  # noqa: E402
 from cxrmim.data.tensors import PIXEL_MEAN, PIXEL_STD, load_prepared, normalise  # noqa: E402
 from cxrmim.inits import PRETRAIN_METHODS  # noqa: E402
 from cxrmim.models.mae import MaskedAutoencoder  # noqa: E402
@@ -51,9 +52,9 @@ def load_examples(prepared_dir: str | Path, split_csv: str | Path, validity_npz:
     first = test.groupby("label").head(1)
     picks = pd.concat([first, test.drop(first.index)]).head(n)
     indices = picks["index"].to_numpy(dtype=np.int64)
-    with np.load(validity_npz) as validity:
-        valid, masks = validity["valid"][indices], validity["masks"][indices]
-        patch_size = int(validity["patch_size"])
+    # Memory-mapped: only the n pictured masks are read.
+    valid, masks = npz_member(validity_npz, "valid")[indices], npz_member(validity_npz, "masks")[indices]
+    patch_size = int(npz_member(validity_npz, "patch_size"))
     return Examples(
         np.asarray(prepared.images[indices]), masks, valid,
         picks["label"].astype(str).tolist(), patch_size,

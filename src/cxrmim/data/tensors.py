@@ -12,6 +12,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
+from cxrmim.data.placement import Rows, as_rows
 from cxrmim.device import DeviceSetup
 from cxrmim.pixels import PIXEL_MEAN, PIXEL_STD
 
@@ -86,11 +87,16 @@ def augment_batch(
 
 
 class BatchLoader:
-    """Shuffled mini-batches sliced from in-memory tensors (pinned on accelerators), seeded per epoch."""
+    """Shuffled mini-batches, seeded per epoch, gathered on the device or (host placement) from host memory.
+
+    `placement` "device" copies the data to the device once and gathers batches there: no per-step transfer.
+    "host" keeps it in host memory (a memory map of the cache stays one) and sends each batch with an
+    asynchronous copy from pinned memory, one batch ahead; the batches are the same (`cxrmim.data.placement`).
+    """
 
     def __init__(
         self,
-        tensors: dict[str, torch.Tensor],
+        tensors: dict[str, Rows | torch.Tensor | np.ndarray],
         batch_size: int,
         setup: DeviceSetup,
         shuffle: bool,
@@ -99,15 +105,15 @@ class BatchLoader:
         min_batches: int = 0,
         rank: int = 0,
         world_size: int = 1,
+        placement: str = "device",
     ) -> None:
-        self.setup = setup
-        # uint8 X-ray caches are small next to accelerator memory (21k images at 224 px is 1 GB), so they are
-        # copied once through pinned memory and batches are then gathered on the device: no per-step transfer.
-        self.tensors = {
-            k: (v.pin_memory().to(setup.device, non_blocking=True) if setup.pin_memory else v.to(setup.device))
-            for k, v in tensors.items()
-        }
-        self.n = len(next(iter(tensors.values())))
+        if placement not in ("device", "host"):
+            raise ValueError(f"placement must be device or host (auto is decided before); got {placement!r}")
+        self.setup, self.placement = setup, placement
+        rows = {k: as_rows(v) for k, v in tensors.items()}
+        self.host = rows if placement == "host" else {}
+        self.tensors = {k: v.materialise(setup.device) for k, v in rows.items()} if placement == "device" else {}
+        self.n = len(next(iter(rows.values())))
         self.batch_size, self.shuffle, self.seed, self.drop_last = batch_size, shuffle, seed, drop_last
         self.min_batches, self.rank, self.world_size = min_batches, rank, world_size
 
@@ -129,7 +135,34 @@ class BatchLoader:
 
     def epoch(self, epoch: int) -> Iterator[dict[str, torch.Tensor]]:
         """Yield batches as dicts of device tensors."""
+        if self.placement == "host":
+            yield from self.host_epoch(epoch)
+            return
         order = self.order(epoch).to(self.setup.device)
         for batch_index in range(len(self)):
             ids = order[batch_index * self.batch_size : (batch_index + 1) * self.batch_size]
             yield {k: v[ids] for k, v in self.tensors.items()}
+
+    def host_epoch(self, epoch: int) -> Iterator[dict[str, torch.Tensor]]:
+        """Host placement: gather on the host, copy asynchronously; batch i+1 is sent before batch i is used."""
+        order = self.order(epoch).numpy()  # host indices: slicing them reads no tensor
+
+        def send(batch_index: int) -> dict[str, torch.Tensor]:
+            ids = order[batch_index * self.batch_size : (batch_index + 1) * self.batch_size]
+            return {k: to_device(v.gather(ids), self.setup) for k, v in self.host.items()}
+
+        n_batches = len(self)
+        ahead = send(0) if n_batches else None
+        for batch_index in range(n_batches):
+            batch, ahead = ahead, (send(batch_index + 1) if batch_index + 1 < n_batches else None)
+            yield batch
+
+
+def to_device(tensor: torch.Tensor, setup: DeviceSetup) -> torch.Tensor:
+    """Host tensor -> device; from pinned memory and without waiting on accelerators (the copy is queued)."""
+    if setup.device.type == "cpu":
+        return tensor
+    if setup.pin_memory:
+        # The caching host allocator keeps the pinned buffer until the queued copy has run.
+        return tensor.pin_memory().to(setup.device, non_blocking=True)
+    return tensor.to(setup.device)

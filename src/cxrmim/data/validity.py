@@ -15,6 +15,8 @@ from cxrmim.io import atomic_path
 
 log = logging.getLogger(__name__)
 
+CHUNK = 2048  # images read at a time from memory-mapped stacks
+
 
 def compute_validity(masks: np.ndarray, has_mask: np.ndarray, patch_size: int, threshold: float, policy: str,
                      ids: list[str], fallback: np.ndarray | None = None) -> dict[str, np.ndarray]:
@@ -96,14 +98,18 @@ def read_mask_status(status_csv: Path, manifest: pd.DataFrame) -> pd.DataFrame:
 
 
 def provided_mask_decisions(images: np.ndarray, masks: np.ndarray, has_mask: np.ndarray,
-                            mask_qc: dict[str, Any]) -> np.ndarray:
-    """Per image 'mask' | 'all_valid' | 'skip' | 'none': the dataset's own masks checked like predicted ones."""
+                            mask_qc: dict[str, Any], chunk: int = CHUNK) -> np.ndarray:
+    """Per image 'mask' | 'all_valid' | 'skip' | 'none': the dataset's own masks checked like predicted ones.
+
+    Read `chunk` images at a time, so memory-mapped stacks are never copied whole (QC is per image)."""
     from cxrmim.data.mask_qc import decide, qc_table
 
     decision = np.full(len(masks), "none", dtype=object)
     rows = np.flatnonzero(has_mask)
     if len(rows):
-        table = qc_table(images[rows], masks[rows].astype(bool), None, mask_qc.get("qc") or {})
+        thresholds = mask_qc.get("qc") or {}
+        table = pd.concat([qc_table(images[part], masks[part].astype(bool), None, thresholds)
+                           for part in np.array_split(rows, max(1, -(-len(rows) // chunk)))], ignore_index=True)
         decision[rows] = decide(table["plausible"].to_numpy(), mask_qc.get("qc_policy", "all_valid"))
         failed = table["flags"].to_numpy() != ""
         flags = pd.Series(table["flags"].to_numpy(), index=rows)[failed].str.split(";").explode()
@@ -129,7 +135,7 @@ def run_patch_validity(prepared_dir: Path, settings: dict[str, Any], out_npz: Pa
     masks, has_mask = np.asarray(data.masks), data.manifest["has_mask"].to_numpy().astype(bool)
     fallback, include = None, np.ones(len(has_mask), dtype=bool)
     if masks_npy is not None:
-        masks = np.load(masks_npy)
+        masks = np.load(masks_npy, mmap_mode="r")
         if masks.shape != data.masks.shape:
             raise ValueError(f"{masks_npy} has shape {masks.shape}, the prepared cache {data.masks.shape}; "
                              "re-run the lung_masks rule")
@@ -148,9 +154,11 @@ def run_patch_validity(prepared_dir: Path, settings: dict[str, Any], out_npz: Pa
     has_mask = result["has_mask"]
     # The masks travel with the validity so pretraining (which recomputes validity after augmentation) uses the
     # same masks, provided or predicted, as this stage. The temporary name keeps `.npz`, so numpy adds no suffix.
+    # Stored uncompressed, so pretraining memory-maps the masks (`cxrmim.data.npz`); numpy writes a memory map
+    # into the archive in 16 MB pieces, so the masks are never in memory whole here either.
     with atomic_path(out_npz) as tmp:
-        np.savez_compressed(tmp, **result, masks=masks.astype(np.uint8), include=include, patch_size=patch_size,
-                            image_size=data.image_size, threshold=threshold)
+        np.savez(tmp, **result, masks=masks if masks.dtype == np.uint8 else masks.astype(np.uint8), include=include,
+                 patch_size=patch_size, image_size=data.image_size, threshold=threshold)
     summary = validity_summary(result["valid"], has_mask, data.manifest["label"])
     summary.to_csv(summary_csv, index=False)
     # One example per class first, so the figure shows every class when possible.

@@ -225,3 +225,16 @@ def write_encoder_files(
     kwargs = timm_kwargs(encoder_cfg, image_size, patch_size, num_classes=0)
     save_encoder(model, out_dir / "encoder.safetensors", encoder_cfg["timm_name"], kwargs, norm)
     export_timm_folder(model, encoder_cfg, image_size, patch_size, norm, out_dir / "timm")
+
+
+def enable_grad_checkpointing(model: nn.Module) -> int:
+    """Activation checkpointing on every part that supports it (timm models, our MAE) -> parts switched."""
+    parts = [m for m in model.modules() if callable(getattr(m, "set_grad_checkpointing", None))]
+    for part in parts:
+        try:
+            part.set_grad_checkpointing(True)
+        except (NotImplementedError, AssertionError) as err:  # timm models without support say so
+            raise ValueError(f"{type(part).__name__} has no activation checkpointing; set grad_checkpointing: false") from err
+    if not parts:
+        raise ValueError(f"{type(model).__name__} has no activation checkpointing; set grad_checkpointing: false")
+    return len(parts)

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from timm.models.vision_transformer import Block
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from cxrmim.models.encoders import IN_CHANS, create_encoder, is_vit
 from cxrmim.models.masking import MaskPlan, masking_for
@@ -40,6 +41,16 @@ def prefix_padded(pos: torch.Tensor, n_prefix: int) -> torch.Tensor:
     return torch.cat([torch.zeros(n_prefix, pos.shape[1]), pos], dim=0).unsqueeze(0)
 
 
+def run_blocks(blocks: nn.ModuleList, x: torch.Tensor, checkpointing: bool) -> torch.Tensor:
+    """Transformer blocks in turn; checkpointed ones recompute in backward with the same drop-path draws."""
+    for block in blocks:
+        if checkpointing and torch.is_grad_enabled():
+            x = checkpoint(block, x, use_reentrant=False)  # preserves the RNG state: drop path draws repeat
+        else:
+            x = block(x)
+    return x
+
+
 class MaskedAutoencoder(nn.Module):
     """ViT masked autoencoder on one grey channel; the masking strategy is chosen by name."""
 
@@ -60,6 +71,7 @@ class MaskedAutoencoder(nn.Module):
             raise ValueError(f"masked image modeling needs a ViT encoder; got {encoder_cfg['timm_name']}")
         self.encoder = create_encoder(encoder_cfg, image_size, patch_size, num_classes=0)
         self.image_size, self.patch_size = image_size, patch_size
+        self.grad_checkpointing = False  # set_grad_checkpointing: recompute block activations in backward
         self.grid_size = image_size // patch_size
         self.n_patches = self.grid_size**2
         self.masking_name = masking
@@ -90,6 +102,11 @@ class MaskedAutoencoder(nn.Module):
         self.decoder_norm = nn.LayerNorm(decoder_embed_dim)
         self.decoder_pred = nn.Linear(decoder_embed_dim, patch_size**2 * IN_CHANS)
         self.init_weights()
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Keep only block inputs in the forward and recompute the rest in backward (timm's switch, for MAE)."""
+        self.grad_checkpointing = enable
+        self.encoder.set_grad_checkpointing(enable)
 
     def init_weights(self) -> None:
         """MAE initialisation: patch embedding as a xavier linear, 0.02-normal tokens, xavier linears, unit norms."""
@@ -155,8 +172,7 @@ class MaskedAutoencoder(nn.Module):
         if prefix is not None:
             x = torch.cat([prefix, x], dim=1)
         x = self.encoder.norm_pre(x)
-        for block in self.encoder.blocks:
-            x = block(x)
+        x = run_blocks(self.encoder.blocks, x, self.grad_checkpointing)
         return self.encoder.norm(x)
 
     def forward_decoder(self, latent: torch.Tensor, plan: MaskPlan) -> torch.Tensor:
@@ -167,8 +183,7 @@ class MaskedAutoencoder(nn.Module):
         tokens = torch.cat([visible, self.mask_token.expand(x.shape[0], n_masked, -1)], dim=1)
         tokens = torch.gather(tokens, 1, plan.ids_restore.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
         x = torch.cat([prefix, tokens], dim=1) + self.decoder_pos_embed
-        for block in self.decoder_blocks:
-            x = block(x)
+        x = run_blocks(self.decoder_blocks, x, self.grad_checkpointing)
         x = self.decoder_pred(self.decoder_norm(x))
         return x[:, self.n_prefix :]
 

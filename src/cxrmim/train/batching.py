@@ -23,6 +23,8 @@ class LoopSettings:
     warmup_epochs: float = 0.0
     seed: int = 0
     compile: bool = False
+    data_placement: str = "auto"  # auto | device | host: where the images live (cxrmim.data.placement)
+    grad_checkpointing: bool = False  # recompute activations in backward: less memory, same weights
 
     @classmethod
     def from_settings(cls, settings: dict[str, Any]) -> LoopSettings:
@@ -38,6 +40,8 @@ class LoopSettings:
             warmup_epochs=float(settings.get("warmup_epochs", 0)),
             seed=int(settings.get("seed", 0)),
             compile=bool(settings.get("compile", False)),
+            data_placement=str(settings.get("data_placement", "auto")),
+            grad_checkpointing=bool(settings.get("grad_checkpointing", False)),
         )
 
 

@@ -21,6 +21,7 @@ from cxrmim.data.views import ViewAugment, two_views
 from cxrmim.models.encoders import create_encoder, write_encoder_files
 from cxrmim.models.joint_embedding import build_joint_embedding
 from cxrmim.train.loop import EpochRandom
+from cxrmim.train.memory import Probe
 from cxrmim.train.method_base import SECTION_UNSIGNED_KEYS, MethodBase, RunInputs, check_spec, parameter_count
 from cxrmim.train.pretrain_data import PretrainData
 
@@ -42,6 +43,7 @@ class JointEmbedding(MethodBase):
     def __init__(self, data: PretrainData, method: str, encoder_cfg: dict[str, Any], settings: dict[str, Any],
                  make_model: ModelFactory = build_joint_embedding) -> None:  # fmt: skip
         self.data, self.method, self.encoder_cfg, self.settings = data, method, encoder_cfg, settings
+        self.config_section = f"contrastive.{method}"  # named in the memory advice
         self.augment = ViewAugment.from_config(settings.get("augment"))
         self.backbone = create_encoder(encoder_cfg, data.image_size, data.patch_size, num_classes=0)
         self.model = make_model(method, self.backbone, settings)
@@ -51,6 +53,11 @@ class JointEmbedding(MethodBase):
         self.loss_terms: tuple[str, ...] = tuple(self.model.loss_terms)
         self.stat_names = ("embedding_std", *self.loss_terms)
         self.history_columns = (*EMBEDDING_COLUMNS, *self.loss_terms)
+
+    def activation_probes(self) -> list[Probe]:
+        """The backbone on both views (BYOL's target runs without gradients; the small heads are not counted)."""
+        size = self.augment.view_size or self.data.image_size
+        return [Probe(self.backbone, (1, size, size), times=2.0)]
 
     def loader_tensors(self) -> dict[str, torch.Tensor]:
         """The uint8 images; views are made on the device per batch."""

@@ -22,6 +22,7 @@ from cxrmim.models.encoders import (
     GREY_NORM,
     InputNorm,
     create_encoder,
+    enable_grad_checkpointing,
     imagenet_encoder,
     is_vit,
     load_encoder_weights,
@@ -37,15 +38,13 @@ from cxrmim.train.finetune_task import (
     SELECTION_COLUMN,
     epoch_metrics,
     freeze_for_probe,
-    probabilities,
+    predict,
     select_epoch,
     task_loss,
 )
+from cxrmim.train.memory import model_probes, plan_memory
 
 log = logging.getLogger("cxrmim.finetune")
-
-EVAL_BATCH = 256
-
 
 def architecture_label(encoder_cfg: dict[str, Any]) -> str:
     """The entry's `label`, else the architecture as named in the paper's tables (ViT / ResNet-50), else timm's name."""
@@ -121,22 +120,6 @@ def param_groups(model: nn.Module, weight_decay: float, layer_decay: float | Non
     return param_groups_layer_decay(model, weight_decay, no_decay, layer_decay=layer_decay)
 
 
-@torch.no_grad()
-def predict(
-    model: nn.Module, images: torch.Tensor, norm: InputNorm, setup: DeviceSetup, sigmoid: bool = False
-) -> np.ndarray:
-    """Output probabilities (N, C) for uint8 images already on the device; one copy back at the end."""
-    model.eval()
-    outputs = []
-    for start in range(0, len(images), EVAL_BATCH):
-        with setup.autocast():
-            logits = model(norm.apply(images[start : start + EVAL_BATCH]))
-        outputs.append(probabilities(logits.float(), sigmoid))
-    if not outputs:
-        return np.zeros((0, 0), dtype=np.float32)
-    return torch.cat(outputs).cpu().numpy()
-
-
 @dataclass(frozen=True)
 class Schedule:
     """Warmup then cosine decay, evaluated per optimiser step."""
@@ -153,34 +136,44 @@ class Schedule:
 def train_epoch(
     model: nn.Module, loader: BatchLoader, optimizer: torch.optim.Optimizer, schedule: Schedule,
     settings: FinetuneSettings, norm: InputNorm, setup: DeviceSetup, generator: torch.Generator, epoch: int,
-    sigmoid: bool = False, scaler: torch.amp.GradScaler | None = None,
+    sigmoid: bool = False, scaler: torch.amp.GradScaler | None = None, accumulation: int = 1,
 ) -> tuple[float, float]:
     """One pass over the loader; returns the mean training loss and the last learning rate used.
 
-    Nothing in the step waits for the device: augmentation is drawn by a generator on the device and the loss
-    is summed there, read once per epoch.
+    Every `accumulation` micro-batches make one optimiser step (gradients of their mean loss). Nothing in the
+    step waits for the device: augmentation is drawn by a generator on the device and the loss is summed
+    there, read once per epoch.
     """
     model.train(settings.mode == "full")  # a probe keeps the frozen encoder's BatchNorm statistics and no dropout
     loss_sum = torch.zeros((), device=setup.device)  # summed on the device: no host sync per step
-    steps = len(loader)  # the same every epoch (BatchLoader repeats data up to min_batches)
+    micro_batches = len(loader)  # the same every epoch (BatchLoader repeats data up to min_batches)
+    steps = math.ceil(micro_batches / accumulation)
     lr = schedule.lr(epoch * steps)
+    optimizer.zero_grad(set_to_none=True)
     for index, batch in enumerate(loader.epoch(epoch)):
-        lr = schedule.lr(epoch * steps + index)
-        apply_lr(optimizer, lr)
+        group_start = index - index % accumulation
+        group_size = min(accumulation, micro_batches - group_start)
+        if index == group_start:
+            lr = schedule.lr(epoch * steps + index // accumulation)
+            apply_lr(optimizer, lr)
         images = augment_images(batch["image"], norm, settings, generator)
         with setup.autocast():
             logits = model(images)
         loss = task_loss(logits.float(), batch["label"], sigmoid)
-        optimizer.zero_grad(set_to_none=True)
+        scaled = loss / group_size
         if scaler is None:
-            loss.backward()
-            optimizer.step()
+            scaled.backward()
         else:  # fp16: scaled backward, a step that skips non-finite gradients (no host sync with fused AdamW)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
+            scaler.scale(scaled).backward()
+        if index == group_start + group_size - 1:
+            if scaler is None:
+                optimizer.step()
+            else:
+                scaler.step(optimizer)
+                scaler.update()
+            optimizer.zero_grad(set_to_none=True)
         loss_sum += loss.detach()
-    return float(loss_sum) / steps, lr
+    return float(loss_sum) / micro_batches, lr
 
 
 def finetune(
@@ -211,32 +204,43 @@ def finetune(
     built = model_summary(model, encoder_cfg["timm_name"])
     if settings.mode == "probe":
         freeze_for_probe(model)
-    model = tune_for_device(model.to(setup.device), setup)  # CUDA CNNs: cudnn autotuning, channels-last
+    if settings.grad_checkpointing:
+        enable_grad_checkpointing(model)
 
     # Never a batch larger than the subset, and only full batches: BatchNorm and the lr rule see one size.
-    batch_size = min(settings.batch_size, len(data.train.labels))
-    min_batches = math.ceil(settings.min_steps / settings.epochs) if settings.min_steps else 0
+    batch_size, accumulation = min(settings.batch_size, len(data.train.labels)), settings.accumulation
+    min_batches = math.ceil(settings.min_steps / settings.epochs) * accumulation if settings.min_steps else 0
+    train = {"image": data.train.images, "label": data.train.labels}
+    placement = plan_memory(
+        model, model_probes(model, data.image_size), train | {"val": data.val.images, "test": data.test.images},
+        batch_size, setup, settings.data_placement, settings.grad_checkpointing, "finetune",
+    )  # fmt: skip
+    model = tune_for_device(model.to(setup.device), setup)  # CUDA CNNs: cudnn autotuning, channels-last
     loader = BatchLoader(
-        {"image": data.train.images, "label": data.train.labels}, batch_size, setup,
-        shuffle=True, seed=run_seed, drop_last=True, min_batches=min_batches,
+        train, batch_size, setup, shuffle=True, seed=run_seed, drop_last=True, min_batches=min_batches,
+        placement=placement,
     )
-    steps_per_epoch = len(loader)
+    steps_per_epoch = math.ceil(len(loader) / accumulation)
     total_steps = steps_per_epoch * settings.epochs
     warmup_steps = round(settings.warmup_epochs * steps_per_epoch)
     # The configured batch sets the lr even when the subset is smaller: a full-batch step is no noisier than a
     # configured one, and scaling by a 12-image subset left the head of 1% runs nearly untrained.
-    peak_lr = settings.base_lr * settings.batch_size / LR_REFERENCE_BATCH
+    peak_lr = settings.base_lr * settings.batch_size * accumulation / LR_REFERENCE_BATCH  # the effective batch
     layer_decay = settings.layer_decay if vit and settings.mode == "full" else None
     optimizer = adamw(param_groups(model, settings.weight_decay, layer_decay), setup, lr=peak_lr, betas=DEFAULT_BETAS)
     scaler = setup.grad_scaler() if setup.grad_scaling else None
     # On the device: drawing there needs no host-to-device copy per step (same draws for a seed on one device).
     augment_generator = torch.Generator(device=setup.device).manual_seed(run_seed)
-    val_images, test_images = data.val.images.to(setup.device), data.test.images.to(setup.device)
+    val_images, test_images = data.val.images, data.test.images
+    if placement == "device":
+        val_images, test_images = val_images.materialise(setup.device), test_images.materialise(setup.device)
     log.info(
         "init %s: %s, input norm %s, %d train images, batch %d, %d steps/epoch, peak lr %.3g, device %s",
         init.name, model_description(built), norm.as_dict(), len(data.train.labels), batch_size, steps_per_epoch,
         peak_lr, setup.device,
     )
+    if accumulation > 1:
+        log.info("%d micro-batches of %d per step: effective batch %d", accumulation, batch_size, batch_size * accumulation)
 
     selection = SELECTION_COLUMN[data.task]
     history: list[dict[str, Any]] = []
@@ -244,7 +248,8 @@ def finetune(
     schedule = Schedule(total_steps, warmup_steps, peak_lr)
     for epoch in range(settings.epochs):
         train_loss, lr = train_epoch(
-            model, loader, optimizer, schedule, settings, norm, setup, augment_generator, epoch, data.sigmoid, scaler
+            model, loader, optimizer, schedule, settings, norm, setup, augment_generator, epoch, data.sigmoid, scaler,
+            accumulation,
         )
         val_probs = predict(model, val_images, norm, setup, data.sigmoid)
         test_probs = predict(model, test_images, norm, setup, data.sigmoid)
@@ -286,6 +291,7 @@ def finetune(
         "selection": selection if len(data.val.labels) else "last_epoch",
         "peak_lr": peak_lr,
         "batch_size": batch_size,
+        "effective_batch_size": batch_size * accumulation,
         "steps": total_steps,
         "device": str(setup.device),
         "val": best_val,

@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from cxrmim.data.placement import Rows
 from cxrmim.data.tensors import load_prepared
 from cxrmim.io import write_text_atomic
 
@@ -26,7 +27,7 @@ class Part:
     (binary: one column, the positive class; multilabel: one column per finding).
     """
 
-    images: torch.Tensor
+    images: Rows  # uint8 (N, S, S): rows of the memory-mapped cache, read when the loader places them
     labels: torch.Tensor
     rows: pd.DataFrame  # index, id, label
 
@@ -101,8 +102,7 @@ def load_finetune_data(
 
     def part(rows: pd.DataFrame) -> Part:
         rows = rows[["index", "id", "label"]].reset_index(drop=True)
-        images = torch.from_numpy(np.asarray(prepared.images[rows["index"].to_numpy()]))
-        return Part(images, targets(rows), rows)
+        return Part(Rows(prepared.images, rows["index"].to_numpy(np.int64)), targets(rows), rows)
 
     return FinetuneData(
         task=task,

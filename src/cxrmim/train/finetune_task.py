@@ -9,8 +9,12 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from cxrmim import registry
+from cxrmim.data.placement import Rows
+from cxrmim.data.tensors import to_device
+from cxrmim.device import DeviceSetup
 from cxrmim.evaluation import (
     UNCERTAIN,
     binary_metrics,
@@ -18,11 +22,13 @@ from cxrmim.evaluation import (
     classification_metrics,
     multilabel_metrics,
 )
+from cxrmim.models.encoders import InputNorm
 
 # Validation column that picks the epoch: accuracy needs a threshold for binary tasks, so AUC is threshold-free
 # there; mean AUC is the multilabel headline number.
 SELECTION_COLUMN = {"multiclass": "val_accuracy", "binary": "val_auc", "multilabel": "val_auc_mean"}
 FINETUNE_MODES = registry.names(registry.FINETUNE_MODES)  # declared in cxrmim.registry
+EVAL_BATCH = 256
 
 
 def task_loss(logits: torch.Tensor, targets: torch.Tensor, sigmoid: bool) -> torch.Tensor:
@@ -73,3 +79,24 @@ def freeze_for_probe(model: torch.nn.Module) -> None:
     """Linear probe: only the classification head trains; the encoder's weights stay as initialised."""
     model.requires_grad_(False)
     model.get_classifier().requires_grad_(True)
+
+
+@torch.no_grad()
+def predict(
+    model: nn.Module, images: torch.Tensor | Rows, norm: InputNorm, setup: DeviceSetup, sigmoid: bool = False
+) -> np.ndarray:
+    """Output probabilities (N, C) for uint8 images on the device (or host rows, sent a chunk at a time
+    asynchronously); one copy back at the end."""
+    model.eval()
+    outputs = []
+    for start in range(0, len(images), EVAL_BATCH):
+        if isinstance(images, Rows):
+            chunk = to_device(images.gather(np.arange(start, min(start + EVAL_BATCH, len(images)))), setup)
+        else:
+            chunk = images[start : start + EVAL_BATCH]
+        with setup.autocast():
+            logits = model(norm.apply(chunk))
+        outputs.append(probabilities(logits.float(), sigmoid))
+    if not outputs:
+        return np.zeros((0, 0), dtype=np.float32)
+    return torch.cat(outputs).cpu().numpy()

@@ -32,6 +32,7 @@ from tqdm import tqdm
 from cxrmim.data.tensors import BatchLoader
 from cxrmim.device import DeviceSetup, adamw, has_batch_norm
 from cxrmim.io import atomic_path
+from cxrmim.models.encoders import enable_grad_checkpointing
 from cxrmim.optim import apply_lr, cosine_lr, weight_decay_groups
 from cxrmim.train.batching import LoopSettings, Schedule, split_batch
 from cxrmim.train.checkpoint import Checkpointer
@@ -45,10 +46,12 @@ from cxrmim.train.distributed import (
     syncs_batch_norm,
     wrap_model,
 )
+from cxrmim.train.memory import plan_memory
 
 log = logging.getLogger("cxrmim.pretrain")
 
 STOP_ENV = "CXRMIM_STOP_AFTER_EPOCHS"
+UNSIGNED_LOOP_KEYS = {"compile", "data_placement", "grad_checkpointing"}  # they change no trained weight
 
 
 class EpochRandom:
@@ -130,7 +133,7 @@ def run_signature(
     Besides the config: the realised effective batch (what sets the lr), and for BatchNorm networks the batch
     their statistics see (the micro-batch, x the world size under SyncBatchNorm), which the world size changes.
     """
-    loop = {k: v for k, v in asdict(settings).items() if k != "compile"}
+    loop = {k: v for k, v in asdict(settings).items() if k not in UNSIGNED_LOOP_KEYS}
     if schedule is not None:
         loop["realised_effective_batch"] = schedule.effective_batch
     if batch_norm_batch is not None:
@@ -150,13 +153,20 @@ def run_training(
 ) -> LoopResult:
     """Train `method.model`, checkpointing every epoch to out_dir/checkpoint.pt and resuming from it when present."""
     stop_after_epochs = resolve_stop(stop_after_epochs)
+    if settings.grad_checkpointing:
+        enable_grad_checkpointing(method.model)
+    micro_batch, _ = split_batch(settings, ddp.world_size)
+    tensors = method.loader_tensors()
+    placement = plan_memory(
+        method.model, getattr(method, "activation_probes", list)(), tensors, micro_batch, setup,
+        settings.data_placement, settings.grad_checkpointing, getattr(method, "config_section", "pretrain"),
+    )  # fmt: skip
     # SyncBatchNorm (CNNs under DDP on CUDA) and channels-last change modules in place: the method's own
     # references (its backbone, which it exports) see the same modules.
     model = prepare_model(method.model.to(setup.device), setup, ddp)
-    micro_batch, _ = split_batch(settings, ddp.world_size)
     loader = BatchLoader(
-        method.loader_tensors(), micro_batch, setup, shuffle=True, seed=settings.seed, drop_last=True,
-        rank=ddp.rank, world_size=ddp.world_size,
+        tensors, micro_batch, setup, shuffle=True, seed=settings.seed, drop_last=True,
+        rank=ddp.rank, world_size=ddp.world_size, placement=placement,
     )  # fmt: skip
     if len(loader) == 0:
         raise ValueError(

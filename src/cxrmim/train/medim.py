@@ -53,7 +53,7 @@ class ReportGuidedMasking(ReportMethodOutputs):
 
     def loader_tensors(self) -> dict[str, torch.Tensor]:
         """Images (with masks when augmenting) plus the report tensors."""
-        return self.data.loader_tensors(self.augment) | self.reports.as_dict()
+        return self.data.loader_tensors(self.augment, lung=False) | self.reports.as_dict()  # report-guided, not lung
 
     def make_batch(self, batch: dict[str, torch.Tensor], rng: EpochRandom) -> dict[str, Any]:
         """Normalised (augmented) images, the reports, the SDM sentence of each and the masking noise."""

@@ -17,6 +17,7 @@ from cxrmim.models.encoders import write_encoder_files
 from cxrmim.models.mae import MaskedAutoencoder, build_mae
 from cxrmim.models.masking import MaskPlan, lung_batch_masked
 from cxrmim.train.loop import EpochRandom
+from cxrmim.train.memory import Probe, mae_probes
 from cxrmim.train.method_base import MethodBase, RunInputs, check_spec
 from cxrmim.train.pretrain_data import PretrainData, batch_inputs
 
@@ -56,6 +57,10 @@ class MaskedImageModeling(MethodBase):
         # lung_ratio shares one masked count for the whole run (max_i k_i over the un-augmented validity), so no
         # step reads it from the device and every batch has the same shapes; other strategies use their own.
         self.n_masked = lung_batch_masked(data.valid, mask_ratio) if self.mae.masking_name == "lung_ratio" else None
+
+    def activation_probes(self) -> list[Probe]:
+        """The parts whose activations the memory estimate counts (`cxrmim.train.memory`)."""
+        return mae_probes(self.mae, self.mask_ratio)
 
     def loader_tensors(self) -> dict[str, torch.Tensor]:
         """Images plus masks (augmented runs) or the validity map."""

@@ -75,7 +75,7 @@ class MaskedRecordModeling(ReportMethodOutputs):
 
     def loader_tensors(self) -> dict[str, torch.Tensor]:
         """Images (with masks when augmenting) plus the report tensors."""
-        tensors = self.data.loader_tensors(self.augment)
+        tensors = self.data.loader_tensors(self.augment, lung=False)  # random masking reads no lung validity
         return tensors | (self.reports.as_dict() if self.reports is not None else {})
 
     def make_batch(self, batch: dict[str, torch.Tensor], rng: EpochRandom) -> dict[str, Any]:

@@ -71,8 +71,9 @@ def run_pretraining(
     setup = select_device(str(settings.get("device", "auto")), cpu_fallback=bool(settings.get("cpu_fallback", False)),
                           fallback_key=f"{spec.section if spec.family == registry.JOINT else 'pretrain'}.cpu_fallback")
     loop_settings = LoopSettings.from_settings(settings)
-    # Every method trains on the same images: train + val of the split, lung-mask QC exclusions applied.
-    data = load_pretrain_data(prepared_dir, split_csv, validity_npz)
+    # Every method trains on the same images: train + val of the split, lung-mask QC exclusions applied. Only the
+    # masked family reads the lung masks (RGMIM's masking; MAE's visible-lung statistic); the others never open them.
+    data = load_pretrain_data(prepared_dir, split_csv, validity_npz, lung_masks=spec.family == registry.MASKED)
     run = RunInputs(encoder_cfg, settings, mask_ratio, Path(prepared_dir), Path(tokenizer) if tokenizer else None, text)
     with distributed_session(setup.device.type) as ddp:
         seed_everything(loop_settings.seed)  # identical initial weights on every rank and every resume

@@ -11,7 +11,9 @@ import numpy as np
 import pandas as pd
 import torch
 
+from cxrmim.data.npz import npz_member
 from cxrmim.data.patches import patch_coverage, valid_patches
+from cxrmim.data.placement import Rows
 from cxrmim.data.tensors import augment_batch, load_prepared, normalise
 
 log = logging.getLogger("cxrmim.pretrain")
@@ -21,10 +23,10 @@ PRETRAIN_PARTS = ("train", "val")  # unlabelled use of the training images; the 
 
 @dataclass
 class PretrainData:
-    """The pretraining images with their lung masks and per-patch validity, in memory."""
+    """The pretraining images (memory-mapped rows of the cache) with their lung masks and per-patch validity."""
 
-    images: torch.Tensor  # uint8 (N, S, S)
-    masks: torch.Tensor  # uint8 (N, S, S)
+    images: Rows  # uint8 (N, S, S) rows of prepared/images.npy
+    masks: Rows | None  # uint8 (N, S, S) rows of validity.npz's masks; None when the method reads no masks
     valid: torch.Tensor  # bool (N, n_patches), from validity.npz
     has_mask: torch.Tensor  # bool (N,)
     image_size: int
@@ -32,15 +34,26 @@ class PretrainData:
     threshold: float
     indices: torch.Tensor | None = None  # long (N,): each image's row in the prepared cache (aligns its report)
 
-    def loader_tensors(self, augment: dict[str, Any] | None) -> dict[str, torch.Tensor]:
-        """What a batch needs: the masks when validity is recomputed after augmentation, else the validity."""
+    def loader_tensors(self, augment: dict[str, Any] | None, lung: bool = True) -> dict[str, Rows | torch.Tensor]:
+        """What a batch needs: the masks when validity is recomputed after augmentation, else the validity;
+        the images alone for a method whose masking reads no lung validity (`lung` False)."""
+        if not lung:
+            return {"images": self.images}
         if augment:
+            if self.masks is None:
+                raise ValueError("augmented lung-guided pretraining needs the lung masks: load them (lung_masks=True)")
             return {"images": self.images, "masks": self.masks, "has_mask": self.has_mask}
         return {"images": self.images, "valid": self.valid}
 
 
-def load_pretrain_data(prepared_dir: str | Path, split_csv: str | Path, validity_npz: str | Path) -> PretrainData:
-    """Select the train+val images of the prepared cache and their patch validity."""
+def load_pretrain_data(
+    prepared_dir: str | Path, split_csv: str | Path, validity_npz: str | Path, lung_masks: bool = True
+) -> PretrainData:
+    """Select the train+val images of the prepared cache and their patch validity.
+
+    Images and masks stay memory-mapped (only their rows are listed): the loader copies what the job uses to the
+    device, or gathers batches from the map. `lung_masks` False: the masks are not opened at all.
+    """
     prepared = load_prepared(prepared_dir)
     split = pd.read_csv(split_csv, keep_default_na=False)
     chosen = split[split["part"].isin(PRETRAIN_PARTS)].sort_values("index")
@@ -53,10 +66,12 @@ def load_pretrain_data(prepared_dir: str | Path, split_csv: str | Path, validity
         if stale.any():
             raise ValueError(f"{split_csv} does not match the prepared manifest (ids differ); re-run split")
     with np.load(validity_npz) as validity:
-        valid, masks, has_mask = validity["valid"], validity["masks"], validity["has_mask"]
-        include = validity["include"] if "include" in validity else np.ones(len(valid), dtype=bool)
-        image_size, patch_size = int(validity["image_size"]), int(validity["patch_size"])
-        threshold = float(validity["threshold"])
+        names = set(validity.files)
+    valid, has_mask = npz_member(validity_npz, "valid"), npz_member(validity_npz, "has_mask")
+    include = npz_member(validity_npz, "include") if "include" in names else np.ones(len(valid), dtype=bool)
+    image_size, patch_size = int(npz_member(validity_npz, "image_size")), int(npz_member(validity_npz, "patch_size"))
+    threshold = float(npz_member(validity_npz, "threshold"))
+    masks = npz_member(validity_npz, "masks") if lung_masks else None
     if image_size != prepared.image_size or len(valid) != len(prepared.images):
         raise ValueError(f"{validity_npz} does not match the prepared cache; re-run the patch_validity rule")
     # Images whose predicted lung mask failed QC under lung_masks.qc_policy: skip take no part in pretraining.
@@ -64,8 +79,8 @@ def load_pretrain_data(prepared_dir: str | Path, split_csv: str | Path, validity
     if len(indices) < len(ids):
         log.info("%d image(s) excluded by the lung-mask QC policy", len(ids) - len(indices))
     return PretrainData(
-        images=torch.from_numpy(np.ascontiguousarray(prepared.images[indices])),
-        masks=torch.from_numpy(np.ascontiguousarray(masks[indices])),
+        images=Rows(prepared.images, indices),
+        masks=None if masks is None else Rows(masks, indices),
         valid=torch.from_numpy(np.ascontiguousarray(valid[indices])).bool(),
         has_mask=torch.from_numpy(np.ascontiguousarray(has_mask[indices])).bool(),
         image_size=image_size,
@@ -77,11 +92,13 @@ def load_pretrain_data(prepared_dir: str | Path, split_csv: str | Path, validity
 
 def batch_inputs(
     batch: dict[str, torch.Tensor], data: PretrainData, augment: dict[str, Any] | None, generator: torch.Generator
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Normalised (augmented) images and the patch validity that matches them."""
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Normalised (augmented) images and the patch validity that matches them (None when the batch has none)."""
     images = normalise(batch["images"])
     if not augment:
-        return images, batch["valid"]
+        return images, batch.get("valid")
+    if "masks" not in batch:  # a method that reads no lung validity: the same draws, images only
+        return augment_batch(images, None, augment.get("crop_scale", (1.0, 1.0)), bool(augment.get("hflip")), generator)
     images, masks = augment_batch(
         images, batch["masks"].unsqueeze(1), augment.get("crop_scale", (1.0, 1.0)), bool(augment.get("hflip")), generator
     )

@@ -18,6 +18,7 @@ from cxrmim.registry import Method
 from cxrmim.text.keywords import knowledge_words
 from cxrmim.text.reports import REPORTS_FILE, load_reports
 from cxrmim.text.tokenizer import MASK, ReportTensors, encode_reports, load_tokenizer
+from cxrmim.train.memory import Probe, mae_probes
 from cxrmim.train.method_base import MethodBase, RunInputs, check_spec, parameter_count
 from cxrmim.train.pretrain_data import PretrainData
 
@@ -54,6 +55,11 @@ class ReportMethodOutputs(MethodBase):
     mask_ratio: float
     text: dict[str, Any]
     reports: ReportTensors | None
+
+    def activation_probes(self) -> list[Probe]:
+        """The image autoencoder's parts (twice for MedIM's both views); the small text model is not counted."""
+        both = bool((self.settings.get("medim") or {}).get("both_views", True)) and self.method == "medim"
+        return mae_probes(self.core.mae, self.mask_ratio, 2.0 if both else 1.0)
 
     def own_signature(self) -> dict[str, Any]:
         """Masking ratio, patch size and the text settings."""
