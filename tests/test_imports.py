@@ -76,7 +76,8 @@ def layer_of(part: str) -> int:
 def import_graph(root: Path) -> dict[str, set[str]]:
     """Module -> the package modules it imports (function-level imports included), under root/cxrmim."""
     modules = {module_name(path, root): path for path in sorted((root / "cxrmim").rglob("*.py"))}
-    return {name: {m for m in imported_modules(path, root) if m in modules and m != name} for name, path in modules.items()}
+    imports = {name: imported_modules(path, root) for name, path in modules.items()}
+    return {name: {m for m in found if m in modules and m != name} for name, found in imports.items()}
 
 
 def wrong_way_imports(root: Path) -> list[str]:

@@ -28,7 +28,7 @@ def imported_modules(path: Path) -> set[str]:
             names.add(node.module)
             # `from cxrmim.data import splits` imports the module cxrmim.data.splits.
             names |= {f"{node.module}.{alias.name}" for alias in node.names}
-        elif isinstance(node, ast.Call) and DYNAMIC_IMPORT in (getattr(node.func, "attr", None), getattr(node.func, "id", None)):
+        elif isinstance(node, ast.Call) and DYNAMIC_IMPORT in {getattr(node.func, a, None) for a in ("attr", "id")}:
             names |= set(builder_modules())
     return names
 

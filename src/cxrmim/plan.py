@@ -211,7 +211,8 @@ def check_inits(config: dict[str, Any]) -> None:
                 "local weights file (no downloads at run time), or remove it from finetune.inits"
             )
     if config["pretrain"]["encoder"] not in encoders:
-        raise ValueError(f"pretrain.encoder {config['pretrain']['encoder']!r} is not in encoders (known: {sorted(encoders)})")
+        encoder = config["pretrain"]["encoder"]
+        raise ValueError(f"pretrain.encoder {encoder!r} is not in encoders (known: {sorted(encoders)})")
 
 
 def check_contrastive(config: dict[str, Any]) -> None:

@@ -99,6 +99,7 @@ def hyperparameter_table(config: dict[str, Any], runs: pd.DataFrame | None = Non
     fractions = config.get("label_fractions") or {}
     split = config.get("split") or {}
     validity = config.get("patch_validity") or {}
+    own_sections = dict.fromkeys(registry.own_sections().values())  # MRM's, MedIM's recipe subsections
     rows = [
         ("Methods", listed(pre.get("methods")), listed(fine_raw.get("inits"))),
         ("Epochs", pre.get("epochs"), fine.epochs),
@@ -128,7 +129,7 @@ def hyperparameter_table(config: dict[str, Any], runs: pd.DataFrame | None = Non
         ("Encoder", encoder_text(config, pre.get("encoder", "vit")), "per init (see encoders)"),
         ("Decoder (dim, depth, heads)", ", ".join(str(decoder.get(k)) for k in ("embed_dim", "depth", "num_heads")),
          NONE),
-        *((recipe_label(key), settings_text(pre.get(key)), NONE) for key in dict.fromkeys(registry.own_sections().values())),
+        *((recipe_label(key), settings_text(pre.get(key)), NONE) for key in own_sections),
         ("Seeds", listed(pre.get("seeds")), subset_seeds_text(fractions)),
         ("Label fractions", NONE, listed(fractions.get("fractions"))),
         ("Split: test, validation fraction (seed)",
