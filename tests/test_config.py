@@ -8,7 +8,6 @@ import torch
 import yaml
 
 from cxrmim import registry
-
 from cxrmim.config import DEFAULT_CONFIG, REPO_ROOT, load_config, merge, validate_config
 from cxrmim.models.encoders import create_encoder, model_summary
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 from pathlib import Path
@@ -90,10 +91,9 @@ class CacheWriter:
     def discard(self) -> None:
         """Remove the temporary files (the stage failed); earlier final files stay untouched."""
         for handle in self.handles.values():
-            try:
+            # A full disk can fail the close's flush too; the file is removed next anyway.
+            with contextlib.suppress(OSError):
                 handle.close()
-            except OSError:  # a full disk can fail the close's flush too; the file is removed next anyway
-                pass
         self.handles.clear()
         for path in list(self.tmp.values()) + list(self.out_dir.glob("*.kept.tmp.npy")):
             path.unlink(missing_ok=True)

@@ -117,9 +117,8 @@ def _synthetic_items(raw_file: Path, options: LoadOptions, total: int) -> Iterat
 
 def _synthetic_rows(raw_file: Path, options: LoadOptions, label_map: dict[str, str]) -> Rows:
     """Rows of the generated phantoms (their ids are not file names, so `source` is kept readable)."""
-    from cxrmim.data.sources import map_label
-
     from cxrmim.data.accounting import label_fates
+    from cxrmim.data.sources import map_label
 
     with np.load(raw_file) as raw:
         raw_labels, reports, patients = raw["labels"].tolist(), raw["reports"].tolist(), raw["patient_ids"].tolist()

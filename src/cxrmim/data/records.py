@@ -17,7 +17,6 @@ def source_records(kind: str, root: Path, dataset_cfg: dict[str, Any],
     `report`, when given, receives what became of every label, finding, column, folder and label file seen.
     """
     from cxrmim.data.accounting import finding_fates, label_fates
-    from cxrmim.data.tasks import spelling_hint
     from cxrmim.data.public import (
         PUBLIC_KINDS,
         label_file_names,
@@ -33,6 +32,7 @@ def source_records(kind: str, root: Path, dataset_cfg: dict[str, Any],
         manifest_columns,
         manifest_records,
     )
+    from cxrmim.data.tasks import spelling_hint
 
     report = {} if report is None else report
     if kind == "covid19_radiography":

@@ -7,8 +7,8 @@ is an `encoder.safetensors` that fine-tuning loads like any other.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
