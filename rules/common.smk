@@ -9,6 +9,7 @@ from cxrmim.config import check_consistency
 
 # one spelling of budgets in file names (the package uses the same helpers)
 from cxrmim.data.splits import budget_tag, configured_budgets, fraction_tag
+from cxrmim.external_formats import resolve_external
 from cxrmim.inits import (
     CONTRASTIVE_METHODS,
     MASKED_METHODS,
@@ -17,6 +18,7 @@ from cxrmim.inits import (
     parse_init,
     pretrain_run_name,
 )  # one spelling of run names (torch-free)
+from cxrmim.recipe import check_recipes, init_settings
 
 check_consistency(config)  # what the schema cannot check (patch size vs image size), before any job runs
 
@@ -146,6 +148,9 @@ def check_inits():
                 raise ValueError(f"finetune.inits has {init!r} but pretrain.methods does not; add it there")
             continue
         spec = parse_init(init)
+        if spec.external is not None:
+            check_external(spec)
+            continue
         if spec.encoder_key not in encoders:
             raise ValueError(
                 f"finetune.inits has {init!r} but encoders has no {spec.encoder_key!r}; "
@@ -162,8 +167,30 @@ def check_inits():
         )
 
 
+def check_external(spec):
+    """An external init has its entry, a known format, an `encoders` architecture and its file in place."""
+    entries = config.get("external_inits") or {}
+    if spec.external not in entries:
+        raise ValueError(
+            f"finetune.inits has {spec.name!r} but external_inits has no {spec.external!r}; "
+            f"known external inits: {sorted(entries)}"
+        )
+    ext = resolve_external(spec.external, entries[spec.external])
+    if ext.encoder not in config["encoders"]:
+        raise ValueError(
+            f"external_inits.{spec.external}.encoder {ext.encoder!r} is not in encoders; add an entry with the "
+            f"checkpoint's architecture (known: {sorted(config['encoders'])})"
+        )
+    if not Path(ext.path).exists():
+        raise FileNotFoundError(
+            f"external_inits.{spec.external}.path {ext.path} does not exist; point it at the downloaded "
+            f"checkpoint, or remove {spec.name} from finetune.inits"
+        )
+
+
 check_inits()
 check_contrastive()
+check_recipes(config["finetune"])
 FRACTIONS = [fraction_tag(f) for f in config["label_fractions"]["fractions"]]  # "0.01", "1": fractions only
 # Every label budget as its path tag: frac<fraction> (label_fractions.fractions), n<count> (label_fractions.counts).
 BUDGETS = configured_budgets(config["label_fractions"])
@@ -236,12 +263,28 @@ def finetune_weights(wildcards):
         return [f"{RESULTS}/pretrain/{wildcards.init}/encoder.safetensors"]
     if spec.kind == "imagenet":
         return [config["finetune"]["imagenet_weights"][spec.encoder_key]]
+    if spec.external is not None:
+        return [config["external_inits"][spec.external]["path"]]
     return []
 
 
 def encoder_of(init):
     """The `encoders` entry a fine-tuning init uses."""
-    return parse_init(init).encoder_key
+    spec = parse_init(init)
+    return config["external_inits"][spec.external]["encoder"] if spec.external else spec.encoder_key
+
+
+def weights_args(wildcards, input):
+    """--weights of the init's file, plus --external with its external_inits entry for a published encoder
+    (one param, so runs of the other inits keep their recorded params)."""
+    args = f"--weights {input.weights}" if input.weights else ""
+    key = parse_init(wildcards.init).external
+    return f"{args} --external {as_json(config['external_inits'][key])}" if key else args
+
+
+def finetune_settings(wildcards):
+    """The finetune section this init trains with (its recipe merged over it), as the script's --settings."""
+    return as_json(init_settings(config["finetune"], wildcards.init, drop=FINETUNE_CHOICE_KEYS))
 
 
 # Lung masks for datasets without them (rules/lung_masks.smk).

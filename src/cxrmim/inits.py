@@ -4,7 +4,8 @@ Torch-free on purpose: `rules/common.smk` imports it while Snakemake builds the 
 
 - pretraining run / pretrained init: `<method>_r<ratio>_<encoder>_s<pretrain seed>`, e.g. `rgmim_r0.75_vit-cpu_s0`;
 - contrastive run / init (no masking ratio): `<method>_<encoder>_s<pretrain seed>`, e.g. `simsiam_resnet10t_s0`;
-- baselines: `scratch_<encoder>` and `imagenet_<encoder>`.
+- baselines: `scratch_<encoder>` and `imagenet_<encoder>`;
+- published encoders: `external_<key>`, the key of an `external_inits:` entry (see the block at the end).
 Encoder keys (the `encoders:` entries) use letters, digits and hyphens; method names letters, digits and hyphens.
 """
 
@@ -76,6 +77,11 @@ class InitSpec:
         return self.kind in PRETRAIN_METHODS
 
     @property
+    def external(self) -> str | None:
+        """The `external_inits:` key of a published encoder; None for every other init."""
+        return self.name[len(EXTERNAL_PREFIX):] if self.kind == EXTERNAL_KIND else None
+
+    @property
     def needs_weights(self) -> bool:
         """Everything except training from scratch starts from a weights file."""
         return self.kind != "scratch"
@@ -84,6 +90,9 @@ class InitSpec:
 def parse_init(name: str) -> InitSpec:
     """Parse `<method>_r<ratio>_<encoder>_s<seed>`, `<method>_<encoder>_s<seed>` (contrastive),
     `scratch_<encoder>` or `imagenet_<encoder>`."""
+    external = parse_external(name)
+    if external is not None:
+        return external
     match = PRETRAINED_INIT.match(name)
     if match and match["method"] in MASKED_METHODS:
         return InitSpec(name, match["method"], match["encoder"], float(match["ratio"]), int(match["seed"]))
@@ -95,6 +104,22 @@ def parse_init(name: str) -> InitSpec:
         return InitSpec(name, kind, encoder_key)
     raise ValueError(
         f"unknown init {name!r}: expected <{'|'.join(MASKED_METHODS)}>_r<ratio>_<encoder>_s<seed>, "
-        f"<{'|'.join(CONTRASTIVE_METHODS)}>_<encoder>_s<seed>, scratch_<encoder> or imagenet_<encoder> "
+        f"<{'|'.join(CONTRASTIVE_METHODS)}>_<encoder>_s<seed>, scratch_<encoder>, imagenet_<encoder> or "
+        "external_<external_inits key> "
         "(encoder keys: letters, digits, hyphens)"
     )
+
+
+# --- External inits (issue #22): published encoders named in `external_inits:` (cxrmim.external_formats). ---
+# The encoder architecture is the entry's `encoder`, known only from the config: encoder_key stays empty here.
+EXTERNAL_KIND = "external"
+EXTERNAL_PREFIX = "external_"
+METHOD_LABELS[EXTERNAL_KIND] = "External"  # fallback; a run's table label is the entry's `label`
+
+
+def parse_external(name: str) -> InitSpec | None:
+    """`external_<key>` -> its InitSpec (kind external); None for any other name."""
+    key = name[len(EXTERNAL_PREFIX):] if name.startswith(EXTERNAL_PREFIX) else None
+    if key is None or not re.fullmatch(NAME_PART, key):
+        return None
+    return InitSpec(name, EXTERNAL_KIND, encoder_key="")

@@ -11,6 +11,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from cxrmim.external_formats import summary_text
+from cxrmim.recipe import DEFAULT_RECIPE
+
 # Row order of the paper's Table 2: self-supervised methods first, then the baselines; others go last.
 METHOD_ORDER = ["RGMIM", "RGMIM-lung", "MAE", "BYOL", "SimSiam", "Transfer", "From Scratch"]
 ARCHITECTURE_ORDER = ["ViT", "ResNet-50"]
@@ -41,6 +44,8 @@ def load_runs(metrics_paths: Iterable[str | Path]) -> pd.DataFrame:
         row["augment_applied"] = metrics.get("augment_applied", row["augment"])  # what `native` resolved to
         row["budget"] = metrics.get("budget") or f"frac{row['fraction']:g}"
         row["n_labels"] = metrics.get("n_labels", row["n_train"])
+        row["recipe"] = metrics.get("recipe", DEFAULT_RECIPE)  # runs before per-init recipes: the one recipe
+        row["external"] = summary_text(metrics["external"]) if metrics.get("external") else None
         row["run_dir"] = str(path.parent)
         rows.append(row)
     if not rows:
