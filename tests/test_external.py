@@ -8,11 +8,13 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from external_checkpoints import ENCODERS, VIT_DIM, write_all, write_mrm
 
+from cxrmim.config import DEFAULT_CONFIG, REPO_ROOT, merge, validate_config
 from cxrmim.external_formats import resolve_external
 from cxrmim.models.external import load_external
-from cxrmim.recipe import FinetuneSettings, check_recipes, init_settings
+from cxrmim.recipe import LR_REFERENCE_BATCH, FinetuneSettings, check_recipes, init_settings
 from cxrmim.train.finetune_optim import Schedule, build_optimizer
 
 IMAGE_SIZE = 32  # a 2 x 2 grid of 16-px patches: the 14 x 14 positions must be resampled
@@ -139,3 +141,17 @@ def test_sgd_and_the_step_schedule():
     settings = FinetuneSettings(epochs=1, batch_size=2, base_lr=1.0, optimizer="sgd", momentum=0.8)
     optimizer = build_optimizer(torch.nn.Linear(2, 2), settings, 0.5, None)
     assert isinstance(optimizer, torch.optim.SGD) and optimizer.param_groups[0]["momentum"] == 0.8
+
+
+def test_the_documented_nih_config_is_valid_and_resolves():
+    """docs/external-encoders.md's example: schema-valid over paper.yaml, formats resolve, recipes check."""
+    text = (REPO_ROOT / "docs" / "external-encoders.md").read_text()
+    example = yaml.safe_load(text.split("```yaml\n", 1)[1].split("```", 1)[0])
+    config = merge(merge(yaml.safe_load(DEFAULT_CONFIG.read_text()),
+                         yaml.safe_load((REPO_ROOT / "configs" / "paper.yaml").read_text())), example)
+    validate_config(config, "docs/external-encoders.md")
+    resolved = {key: resolve_external(key, entry) for key, entry in config["external_inits"].items()}
+    assert resolved["mrm"].norm == {"mean": 0.4978, "std": 0.2449} and resolved["medmae-vitb"].pool == "avg-fcnorm"
+    check_recipes(config["finetune"])
+    sgd = FinetuneSettings.from_config(init_settings(config["finetune"], "external_mrm"))
+    assert sgd.base_lr * sgd.batch_size / LR_REFERENCE_BATCH == pytest.approx(0.03)  # MRM's NIH 1% lr

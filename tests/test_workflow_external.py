@@ -9,14 +9,14 @@ from pathlib import Path
 import pytest
 import timm
 import yaml
+from conftest import REPO, snakemake
+from external_checkpoints import ENCODERS, write_all
 from safetensors.torch import save_file
 
-from conftest import REPO, snakemake
 from cxrmim.analysis.hyperparameters import hyperparameter_table
 from cxrmim.analysis.runs import load_runs
 from cxrmim.inits import parse_init
 from cxrmim.train.finetune import build_model
-from external_checkpoints import ENCODERS, write_all
 
 pytestmark = pytest.mark.slow
 
