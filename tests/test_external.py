@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from external_checkpoints import ENCODERS, VIT_DIM, write_all, write_mrm
+from external_checkpoints import ENCODERS, VIT_DIM, vit_encoder_state, write_all, write_mrm
 
 from cxrmim.config import DEFAULT_CONFIG, REPO_ROOT, merge, validate_config
 from cxrmim.external_formats import resolve_external
@@ -155,3 +155,19 @@ def test_the_documented_nih_config_is_valid_and_resolves():
     check_recipes(config["finetune"])
     sgd = FinetuneSettings.from_config(init_settings(config["finetune"], "external_mrm"))
     assert sgd.base_lr * sgd.batch_size / LR_REFERENCE_BATCH == pytest.approx(0.03)  # MRM's NIH 1% lr
+
+
+def test_a_prefixed_vit_loads_under_its_prefix_with_the_class_token(tmp_path):
+    """MedIM/MGCA's ViT-B: BLIP-style (timm-named) encoder under img_encoder_q.model., read by the class token."""
+    encoder = vit_encoder_state()
+    state = {f"img_encoder_q.model.{k}": v for k, v in encoder.items()} | {
+        "img_encoder_q.global_embed.head.0.weight": torch.randn(8, VIT_DIM), "img_decoder_q.conv.weight": torch.randn(4)}
+    path = tmp_path / "medim_last.ckpt"
+    torch.save({"epoch": 49, "state_dict": state}, path)
+    model, _, info = load("medim", {"path": str(path), "format": "prefixed", "encoder": "vit-ext"})
+    assert torch.equal(model.blocks[0].attn.qkv.weight, encoder["blocks.0.attn.qkv.weight"])
+    assert model.global_pool == "token" and isinstance(model.norm, torch.nn.LayerNorm) and info["prefix"]
+    renamed = {k.replace("img_encoder_q.model.", "student.backbone."): v for k, v in state.items()}
+    torch.save({"state_dict": renamed}, path)
+    model, _, _ = load("any", {"path": str(path), "format": "prefixed", "encoder": "vit-ext", "prefix": "student.backbone."})
+    assert torch.equal(model.cls_token, encoder["cls_token"])

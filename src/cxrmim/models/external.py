@@ -78,7 +78,8 @@ def encoder_state(ext: ExternalInit, obj: Any) -> dict[str, torch.Tensor]:
         obj = kept
     bad = [k for k, v in obj.items() if not isinstance(v, torch.Tensor)]
     if bad:
-        raise ValueError(f"{ext.path}: entries that are not tensors: {bad[:LISTED]}")
+        raise ValueError(f"{ext.path}: entries that are not tensors: {bad[:LISTED]}; if the weights sit under one of "
+                         f"them, set external_inits.{ext.key}.container to it")
     return dict(obj)
 
 
