@@ -154,8 +154,9 @@ def load_external(
     check_strict(state, model, ext, heads + (("fc_norm.",) if ext.pool == "avg-fcnorm" and vit else ()))
     model.load_state_dict(state, strict=False)  # only the new head (and fc_norm) stay at their fresh init
     norm = InputNorm(ext.norm["mean"], ext.norm["std"])
-    info = ext.summary() | {"patch_size": patch if vit else None, "dropped_keys": len(dropped),
+    pool = ext.pool if vit else "global average (CNN)"  # `pool` chooses among ViT poolings only
+    info = ext.summary() | {"pool": pool, "patch_size": patch if vit else None, "dropped_keys": len(dropped),
                             "loaded_keys": len(state), "input_norm": norm.as_dict()}
     log.info("external init %s: %s loaded strictly (%d tensors, %d dropped by the format), pool %s, input norm %s",
-             ext.key, ext.format.name, len(state), len(dropped), ext.pool, norm.as_dict())
+             ext.key, ext.format.name, len(state), len(dropped), pool, norm.as_dict())
     return model, norm, info
