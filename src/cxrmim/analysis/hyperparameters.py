@@ -58,7 +58,9 @@ def built_model_rows(runs: pd.DataFrame | None) -> list[tuple[str, Any, Any]]:
 def schedule_text(fine: FinetuneSettings) -> str:
     """'warmup + cosine' or 'warmup + steps x0.1 at 0.5, 0.75 of training' (the steps as configured)."""
     steps = f"steps x{fine.lr_gamma:g} at {listed(list(fine.lr_milestones)) or NONE} of training"
-    return "warmup + " + (steps if fine.schedule == "step" else f"{fine.schedule} (lr_steps unused: {steps})")
+    if fine.schedule == "step":
+        return f"warmup + {steps}"
+    return f"warmup + {fine.schedule}" + (f" (lr_steps unused: {steps})" if fine.lr_milestones else "")
 
 
 def recipe_rows(recipes: Any) -> list[tuple[str, Any, Any]]:
