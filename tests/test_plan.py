@@ -24,13 +24,13 @@ def config(**sections: dict) -> dict:
 
 def test_default_plan_names_every_run():
     plan = Plan(DEFAULT)
-    assert plan.pretrain_seeds == [0] and plan.budgets == ["frac0.01", "frac1"]
+    assert plan.pretrain_seeds == [0] and plan.budgets == ["frac0.01", "frac0.1", "frac1"]
     assert plan.pretrain_runs == sorted(f"{m}_r0.75_vit-cpu_s0" for m in DEFAULT["pretrain"]["methods"])
-    assert plan.contrastive_runs == ["simsiam_resnet10t-half_s0", "byol_resnet10t-half_s0"]
+    assert plan.contrastive_runs == [f"{m}_resnet10t-half_s0" for m in DEFAULT["contrastive"]["methods"]]
     assert plan.main_inits[-2:] == ["scratch_vit-cpu", "scratch_resnet10t-half"]
     runs = plan.finetune_runs()
-    # 9 inits x 2 budgets x 2 subset seeds, one variant; no extra ratios.
-    assert len(runs) == 36 and len(set(runs)) == 36
+    # 11 inits x 3 budgets x 2 subset seeds, one variant; no extra ratios.
+    assert len(runs) == 66 and len(set(runs)) == 66
     assert "finetune/medim_r0.75_vit-cpu_s0/frac0.01_seed1" in runs
     assert plan.report_figure_runs() == {"mrm_reconstructions": "mrm_r0.75_vit-cpu_s0",
                                          "medim_masks": "medim_r0.75_vit-cpu_s0"}  # fmt: skip
