@@ -7,11 +7,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import yaml
 
 from cxrmim import registry
-from cxrmim.analysis.figures import PALETTE
-from cxrmim.analysis.runs import METHOD_ORDER
+from cxrmim.analysis.figures import PALETTE, method_colour
+from cxrmim.analysis.runs import METHOD_ORDER, method_rank
 from cxrmim.codebase import package_file
 from cxrmim.config import load_config
 from cxrmim.external_formats import FORMATS
@@ -101,6 +102,10 @@ def test_tables_figures_and_argparse_derive_from_it():
     # A published encoder's rows carry its config label, in the place and colour of the external init kind.
     assert registry.place_label("MRM (released)", "external_mrm") == "External" and "External" in METHOD_ORDER
     assert registry.place_label("MRM", "mrm_r0.75_vit_s0") == "MRM"
+    runs = pd.DataFrame({"method": ["MRM (released)", "From Scratch", "RGMIM"],
+                         "init": ["external_mrm", "scratch_vit", "rgmim_r0.75_vit_s0"]})
+    assert list(method_rank(runs)) == [METHOD_ORDER.index("External"), METHOD_ORDER.index("From Scratch"), 0]
+    assert method_colour("MRM (released)", "external_mrm") == PALETTE["External"] != method_colour("MRM (released)")
     assert parse_init("imagenet_vit").weights_key == "imagenet_weights" and not parse_init("scratch_vit").needs_weights
     common = ["--prepared", "p", "--split", "s", "--validity", "v", "--encoder", "{}", "--settings", "{}", "--out", "o"]
     for name in registry.methods():
