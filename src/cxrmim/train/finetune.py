@@ -71,7 +71,7 @@ def check_weights(init: InitSpec, weights: str | None) -> None:
             f"or remove {init.name} from finetune.inits"
         )
     elif init.entries is not None:
-        where = f"external_inits.{init.entry}.path"
+        where = f"{init.entries}.{init.entry}.path"
         fix = "point it at the downloaded checkpoint (file or folder)"
     else:
         where = f"pretrain output of {init.name}"
@@ -192,7 +192,7 @@ def finetune(
     external_info, method = None, init.method
     if init.entries is not None:
         if external is None:
-            raise ValueError(f"init {init.name}: its external_inits.{init.entry} entry was not given (--external)")
+            raise ValueError(f"init {init.name}: its {init.entries}.{init.entry} entry was not given (--external)")
         ext = resolve_external(init.entry, external)
         model, norm, external_info = load_external(
             ext, encoder_cfg, data.image_size, len(data.classes), settings.drop_path
