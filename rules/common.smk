@@ -118,7 +118,8 @@ def all_targets():
 
 
 def finetune_weights(wildcards):
-    """Weights a fine-tuning run starts from: a pretrained encoder, a local file (ImageNet, ...), or none."""
+    """Weights a fine-tuning run starts from: a pretrained encoder, a local file (ImageNet, a published encoder), or
+    none."""
     spec = parse_init(wildcards.init)
     if spec.pretrained:
         return [f"{RESULTS}/pretrain/{wildcards.init}/encoder.safetensors"]
