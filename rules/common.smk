@@ -9,6 +9,7 @@ from cxrmim import registry
 from cxrmim.codebase import module_closure  # the package modules a script imports (torch-free)
 from cxrmim.inits import parse_init  # one spelling of run names
 from cxrmim.plan import Plan, check, parse_variant, variant_pattern
+from cxrmim.recipe import init_settings
 from cxrmim.resources import job_mem_mb  # mem_mb from the cache's size (torch-free)
 
 check(config)  # what the schema cannot check (patch size vs image size, inits, methods), before any job runs
@@ -133,18 +134,34 @@ def all_targets():
 
 
 def finetune_weights(wildcards):
-    """Weights a fine-tuning run starts from: a pretrained encoder, a local file (ImageNet, ...), or none."""
+    """Weights a fine-tuning run starts from: a pretrained encoder, a local file (ImageNet, a published encoder), or
+    none."""
     spec = parse_init(wildcards.init)
     if spec.pretrained:
         return [f"{RESULTS}/pretrain/{wildcards.init}/encoder.safetensors"]
     if spec.weights_key:
         return [config["finetune"][spec.weights_key][spec.encoder_key]]
+    if spec.entries:
+        return [config[spec.entries][spec.entry]["path"]]
     return []
 
 
 def encoder_of(init):
     """The `encoders` entry a fine-tuning init uses."""
-    return parse_init(init).encoder_key
+    return PLAN.encoder_of(init)
+
+
+def weights_args(wildcards, input):
+    """--weights of the init's file, plus --external with its external_inits entry for a published encoder
+    (one param, so runs of the other inits keep their recorded params)."""
+    args = f"--weights {input.weights}" if input.weights else ""
+    spec = parse_init(wildcards.init)
+    return f"{args} --external {as_json(config[spec.entries][spec.entry])}" if spec.entries else args
+
+
+def finetune_settings(wildcards):
+    """The finetune section this init trains with (its recipe merged over it), as the script's --settings."""
+    return as_json(init_settings(config["finetune"], wildcards.init, drop=FINETUNE_CHOICE_KEYS))
 
 
 # Lung masks for datasets without them (rules/lung_masks.smk).

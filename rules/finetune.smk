@@ -38,10 +38,10 @@ rule finetune:
         mem_mb=data_mem("finetune", config["finetune"]["resources"]["mem_mb"]),
         runtime=grows(config["finetune"]["resources"]["runtime"]),
     params:
-        settings=as_json(section("finetune", drop=FINETUNE_CHOICE_KEYS)),
+        settings=finetune_settings,
         encoder=lambda wc: as_json(config["encoders"][encoder_of(wc.init)]),
         patch_size=config["patch_validity"]["patch_size"],
-        weights=lambda wc, input: f"--weights {input.weights}" if input.weights else "",
+        weights=weights_args,
         prepared=folder_of("images"),
         out_dir=folder_of("metrics", "output"),
         variant=variant_args,

@@ -31,6 +31,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--init", required=True, help="rgmim_r0.75_vit-b16_s0, scratch_vit-b16, imagenet_resnet50, ...")
     parser.add_argument("--encoder", required=True, help="JSON (inline or file) of the encoders: entry")
     parser.add_argument("--weights", default=None, help="encoder.safetensors, or a local ImageNet weights file for timm (.safetensors/.pth)")
+    parser.add_argument("--external", default=None, help="JSON (inline or file) of the init's external_inits: entry")
     parser.add_argument("--patch-size", type=int, default=None, help="ViT patch size when the weights carry none")
     parser.add_argument("--settings", required=True, help="JSON (inline or file) of the finetune: section")
     parser.add_argument("--seed", type=int, required=True, help="label-fraction seed")
@@ -78,6 +79,7 @@ def main(argv: list[str] | None = None) -> None:
         budget=budget,
         weights=args.weights,
         patch_size=args.patch_size,
+        external=parse_json_arg(args.external) if args.external else None,
     )
     write_result(result, args.out)
 

@@ -15,8 +15,9 @@ import torch
 from cxrmim.inits import parse_init
 from cxrmim.models.encoders import InputNorm, create_encoder, save_encoder, timm_kwargs
 from cxrmim.recipe import FinetuneSettings
-from cxrmim.train.finetune import build_model, finetune, param_groups, select_epoch
+from cxrmim.train.finetune import build_model, finetune, select_epoch
 from cxrmim.train.finetune_data import load_finetune_data, write_result
+from cxrmim.train.finetune_optim import param_groups
 
 IMAGE = 32
 PATCH = 8

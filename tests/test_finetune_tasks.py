@@ -16,9 +16,10 @@ from cxrmim.evaluation import binary_metrics, choose_threshold, multilabel_metri
 from cxrmim.inits import parse_init
 from cxrmim.models.encoders import GREY_NORM, create_encoder
 from cxrmim.recipe import FinetuneSettings
-from cxrmim.train.finetune import finetune, param_groups
+from cxrmim.train.finetune import finetune
 from cxrmim.train.finetune_augment import AUGMENT_PRESETS, applied_preset, augment_images
 from cxrmim.train.finetune_data import load_finetune_data
+from cxrmim.train.finetune_optim import param_groups
 from cxrmim.train.finetune_task import freeze_for_probe, task_loss
 
 FINDINGS = ["Effusion", "Nodule"]

@@ -32,8 +32,9 @@ from cxrmim.recipe import FinetuneSettings
 from cxrmim.segment.model import SegmenterSpec, build_segmenter, save_segmenter
 from cxrmim.segment.predict import run_lung_masks
 from cxrmim.train import pretrain_data
-from cxrmim.train.finetune import Schedule, build_model, finetune, train_epoch
+from cxrmim.train.finetune import build_model, finetune, train_epoch
 from cxrmim.train.finetune_data import load_finetune_data
+from cxrmim.train.finetune_optim import Schedule
 from cxrmim.train.memory import Probe, estimate_memory, per_sample_activations
 from cxrmim.train.pretrain import run_pretraining
 

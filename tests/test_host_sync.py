@@ -44,16 +44,20 @@ def host_reads(monkeypatch: pytest.MonkeyPatch) -> collections.Counter:
     return counts
 
 
-@pytest.mark.parametrize(("task", "preset", "mode"), [
-    ("multiclass", "current", "full"), ("binary", "randaugment", "full"), ("binary", "classic", "probe"),
+SGD_RECIPE = {"optimizer": "sgd", "schedule": "step", "lr_steps": {"milestones": [0.5]}, "clip_grad": 1.0}
+
+
+@pytest.mark.parametrize(("task", "preset", "mode", "recipe"), [
+    ("multiclass", "current", "full", {}), ("binary", "randaugment", "full", {}), ("binary", "classic", "probe", {}),
+    ("multiclass", "current", "full", SGD_RECIPE),
 ])
 def test_finetuning_reads_the_device_once_per_epoch_not_per_step(
-    tmp_path: Path, host_reads, task: str, preset: str, mode: str
+    tmp_path: Path, host_reads, task: str, preset: str, mode: str, recipe: dict
 ) -> None:
     cache = make_cache(tmp_path, ["A", "B"], {"train": 16, "val": 4, "test": 4})
     data = load_finetune_data(cache["prepared"], cache["split"], cache["subset"], task, positive="B")
     settings = FinetuneSettings.from_config({**SETTINGS, "epochs": 2, "batch_size": 4, "min_steps": 24,
-                                             "augment_preset": preset, "mode": mode})
+                                             "augment_preset": preset, "mode": mode, **recipe})
     result = finetune(data, parse_init("scratch_vit-tiny"), TINY_VIT, settings, seed=0, fraction=1.0,
                       patch_size=PATCH)
     steps = result.metrics["steps"]

@@ -11,11 +11,12 @@ FORBIDDEN = {"cxrmim.analysis": "cxrmim.train", "cxrmim.train": "cxrmim.analysis
 # Bottom to top; a module may import its own part and the layers below. Parts of one layer never import each other
 # (training and analysis run apart: tables never need torch training code; segment and diagnostics likewise).
 LAYERS = (
-    ("cxrmim.registry", "cxrmim.pixels", "cxrmim.io", "cxrmim.device"),
+    ("cxrmim.registry", "cxrmim.external_formats", "cxrmim.pixels", "cxrmim.io", "cxrmim.device"),
     ("cxrmim.cli", "cxrmim.codebase", "cxrmim.resources"),
     ("cxrmim.text",),
     ("cxrmim.data",),
-    ("cxrmim.config", "cxrmim.inits", "cxrmim.recipe", "cxrmim.evaluation", "cxrmim.optim", "cxrmim.models"),
+    ("cxrmim.config", "cxrmim.inits", "cxrmim.evaluation", "cxrmim.optim", "cxrmim.models"),
+    ("cxrmim.recipe",),  # per-init recipes: merged config sections, keyed by init names
     ("cxrmim.plan",),
     ("cxrmim.segment", "cxrmim.diagnostics"),
     ("cxrmim.train", "cxrmim.analysis"),

@@ -24,13 +24,13 @@ def config(**sections: dict) -> dict:
 
 def test_default_plan_names_every_run():
     plan = Plan(DEFAULT)
-    assert plan.pretrain_seeds == [0] and plan.budgets == ["frac0.01", "frac1"]
+    assert plan.pretrain_seeds == [0] and plan.budgets == ["frac0.01", "frac0.1", "frac1"]
     assert plan.pretrain_runs == sorted(f"{m}_r0.75_vit-cpu_s0" for m in DEFAULT["pretrain"]["methods"])
-    assert plan.contrastive_runs == ["simsiam_resnet10t-half_s0", "byol_resnet10t-half_s0"]
+    assert plan.contrastive_runs == [f"{m}_resnet10t-half_s0" for m in DEFAULT["contrastive"]["methods"]]
     assert plan.main_inits[-2:] == ["scratch_vit-cpu", "scratch_resnet10t-half"]
     runs = plan.finetune_runs()
-    # 9 inits x 2 budgets x 2 subset seeds, one variant; no extra ratios.
-    assert len(runs) == 36 and len(set(runs)) == 36
+    # 11 inits x 3 budgets x 2 subset seeds, one variant; no extra ratios.
+    assert len(runs) == 66 and len(set(runs)) == 66
     assert "finetune/medim_r0.75_vit-cpu_s0/frac0.01_seed1" in runs
     assert plan.report_figure_runs() == {"mrm_reconstructions": "mrm_r0.75_vit-cpu_s0",
                                          "medim_masks": "medim_r0.75_vit-cpu_s0"}  # fmt: skip
@@ -86,3 +86,30 @@ def test_checks_refuse_a_config_with_the_fix(sections: dict, message: str):
 
 def test_the_default_config_passes():
     check(DEFAULT)
+
+
+def test_external_inits_are_checked_and_planned_from_their_entry(tmp_path):
+    """`external_<key>`: its external_inits entry exists, has a known format, an encoders architecture and its file;
+    recipes list configured inits only; the plan takes the architecture from the entry."""
+    weights = tmp_path / "MRM.pth"
+    weights.write_bytes(b"")
+    entry = {"path": str(weights), "format": "mrm", "encoder": "vit-cpu", "label": "MRM (released)"}
+    inits = {"inits": ["rgmim", "external_mrm"]}
+    good = config(finetune=inits) | {"external_inits": {"mrm": entry}}
+    check(good)
+    plan = Plan(good)
+    assert "external_mrm" in plan.main_inits and plan.encoder_of("external_mrm") == "vit-cpu"
+    assert plan.encoder_of(plan.main_inits[0]) == DEFAULT["pretrain"]["encoder"]
+    assert "finetune/external_mrm/frac1_seed0" in plan.finetune_runs()
+    bad = {
+        "external_inits has no 'mrm'": {},
+        "external_inits.mrm.encoder 'nope' is not in encoders": {"mrm": entry | {"encoder": "nope"}},
+        "external_inits.mrm.format 'pt' is unknown": {"mrm": entry | {"format": "pt"}},
+    }
+    for message, entries in bad.items():
+        with pytest.raises(ValueError, match=re.escape(message)):
+            check(good | {"external_inits": entries})
+    with pytest.raises(FileNotFoundError, match="external_inits.mrm.path .* does not exist"):
+        check(good | {"external_inits": {"mrm": entry | {"path": str(tmp_path / "missing.pth")}}})
+    with pytest.raises(ValueError, match="finetune.recipes.sgd.inits has 'mae', which is not in finetune.inits"):
+        check(config(finetune={**inits, "recipes": {"sgd": {"inits": ["mae"]}}}) | {"external_inits": {"mrm": entry}})

@@ -7,14 +7,16 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import yaml
 
 from cxrmim import registry
-from cxrmim.analysis.figures import PALETTE
-from cxrmim.analysis.runs import METHOD_ORDER
+from cxrmim.analysis.figures import PALETTE, method_colour
+from cxrmim.analysis.runs import METHOD_ORDER, method_rank
 from cxrmim.codebase import package_file
 from cxrmim.config import load_config
-from cxrmim.inits import NAME_PART, parse_init
+from cxrmim.external_formats import FORMATS
+from cxrmim.inits import NAME_PART, init_name_pattern, parse_init
 from cxrmim.models.masking import MASKING
 from cxrmim.train.pretrain import parse_args
 
@@ -36,12 +38,33 @@ def test_schema_enums_are_the_registry():
         "contrastive.methods": (SCHEMA["contrastive"]["properties"]["methods"], registry.methods(registry.JOINT)),
         "finetune.modes": (finetune["modes"], registry.names(registry.FINETUNE_MODES)),
         "finetune.augment_presets": (finetune["augment_presets"], registry.names(registry.AUGMENT_PRESETS)),
+        "finetune.recipes.*.current_preset": (finetune["recipes"]["additionalProperties"]["properties"]
+                                              ["current_preset"], registry.names(registry.AUGMENT_PRESETS)),
+        "external_inits.*.format": (SCHEMA["external_inits"]["additionalProperties"]["properties"]["format"],
+                                    list(FORMATS)),
         "dataset.kind": (SCHEMA["dataset"]["properties"]["kind"], registry.names(registry.DATASET_KINDS)),
         "lung_masks.train_sources.kind": (source["items"]["properties"]["kind"],
                                           [k.name for k in registry.DATASET_KINDS if k.segmenter_source]),
     }  # fmt: skip
     for where, (node, names) in expected.items():
         assert sorted(enum(node)) == sorted(names), f"schemas/config.schema.yaml {where} != cxrmim.registry"
+
+
+def alternatives(pattern: str) -> set[str]:
+    """The alternatives of a `^(a|b|...)$` pattern."""
+    assert pattern.startswith("^(") and pattern.endswith(")$"), pattern
+    return set(pattern[2:-2].split("|"))
+
+
+def test_schema_init_pattern_is_the_registry():
+    """finetune.inits allows every method and `<kind>_<key>` of every init kind (external_<key> too), no other."""
+    pattern = SCHEMA["finetune"]["properties"]["inits"]["items"]["pattern"]
+    assert alternatives(pattern) == alternatives(init_name_pattern()), "schemas/config.schema.yaml finetune.inits"
+    assert {f"{k.name}_{NAME_PART}" for k in registry.INIT_KINDS} | set(registry.methods()) == alternatives(pattern)
+    for name in ("external_mrm", "imagenet_vit-b16", "scratch_resnet50", "simsiam"):
+        assert re.fullmatch(pattern, name), name
+    spec = parse_init("external_medical-mae")
+    assert (spec.entries, spec.entry, spec.encoder_key, spec.needs_weights) == ("external_inits", "medical-mae", "", True)
 
 
 def test_every_method_section_is_in_the_schema_and_the_default_config():
@@ -76,6 +99,13 @@ def test_tables_figures_and_argparse_derive_from_it():
     assert METHOD_ORDER.index("MRM") < METHOD_ORDER.index("Transfer")  # MRM / MedIM no longer sort after baselines
     assert PALETTE["RGMIM-lung"] != PALETTE["SimSiam"]
     assert set(PALETTE) == set(METHOD_ORDER)
+    # A published encoder's rows carry its config label, in the place and colour of the external init kind.
+    assert registry.place_label("MRM (released)", "external_mrm") == "External" and "External" in METHOD_ORDER
+    assert registry.place_label("MRM", "mrm_r0.75_vit_s0") == "MRM"
+    runs = pd.DataFrame({"method": ["MRM (released)", "From Scratch", "RGMIM"],
+                         "init": ["external_mrm", "scratch_vit", "rgmim_r0.75_vit_s0"]})
+    assert list(method_rank(runs)) == [METHOD_ORDER.index("External"), METHOD_ORDER.index("From Scratch"), 0]
+    assert method_colour("MRM (released)", "external_mrm") == PALETTE["External"] != method_colour("MRM (released)")
     assert parse_init("imagenet_vit").weights_key == "imagenet_weights" and not parse_init("scratch_vit").needs_weights
     common = ["--prepared", "p", "--split", "s", "--validity", "v", "--encoder", "{}", "--settings", "{}", "--out", "o"]
     for name in registry.methods():

@@ -4,7 +4,8 @@ Torch-free on purpose: `rules/common.smk` imports it while Snakemake builds the 
 
 - pretraining run / pretrained init: `<method>_r<ratio>_<encoder>_s<pretrain seed>`, e.g. `rgmim_r0.75_vit-cpu_s0`;
 - contrastive run / init (no masking ratio): `<method>_<encoder>_s<pretrain seed>`, e.g. `simsiam_resnet10t_s0`;
-- baselines (`cxrmim.registry.INIT_KINDS`): `scratch_<encoder>`, `imagenet_<encoder>`, ...
+- baselines (`cxrmim.registry.INIT_KINDS`): `scratch_<encoder>`, `imagenet_<encoder>`, ...; a kind with
+  `entries` is named by a key of that config mapping instead: `external_<external_inits key>` (published encoders).
 Encoder keys (the `encoders:` entries) use letters, digits and hyphens; method names letters, digits and hyphens.
 """
 
@@ -51,9 +52,10 @@ class InitSpec:
 
     name: str
     kind: str  # a registry method name or init kind (scratch, imagenet, ...)
-    encoder_key: str  # key of the `encoders:` entry the name refers to
+    encoder_key: str  # key of the `encoders:` entry the name refers to; "" for an `entries` kind (its entry says)
     mask_ratio: float | None = None
     pretrain_seed: int | None = None
+    entry: str | None = None  # key of its `entries` mapping (e.g. external_inits) for such a kind
 
     @property
     def method(self) -> str:
@@ -71,25 +73,39 @@ class InitSpec:
         return None if self.pretrained else INIT_KINDS[self.kind].weights_key
 
     @property
+    def entries(self) -> str | None:
+        """The config mapping (e.g. `external_inits`) whose entry `entry` defines this init; None for the others."""
+        return None if self.pretrained else INIT_KINDS[self.kind].entries
+
+    @property
     def needs_weights(self) -> bool:
         """Everything except training from scratch starts from a weights file."""
-        return self.pretrained or self.weights_key is not None
+        return self.pretrained or self.weights_key is not None or self.entries is not None
 
 
 def parse_init(name: str) -> InitSpec:
     """Parse `<method>_r<ratio>_<encoder>_s<seed>`, `<method>_<encoder>_s<seed>` (contrastive) or
-    `<init kind>_<encoder>` (scratch, imagenet, ...)."""
+    `<init kind>_<key>` (scratch, imagenet, external, ...)."""
     match = PRETRAINED_INIT.match(name)
     if match and match["method"] in MASKED_METHODS:
         return InitSpec(name, match["method"], match["encoder"], float(match["ratio"]), int(match["seed"]))
     match = CONTRASTIVE_INIT.match(name)
     if match and match["method"] in CONTRASTIVE_METHODS:
         return InitSpec(name, match["method"], match["encoder"], None, int(match["seed"]))
-    kind, _, encoder_key = name.partition("_")
-    if kind in BASELINES and re.fullmatch(NAME_PART, encoder_key):
-        return InitSpec(name, kind, encoder_key)
+    kind, _, key = name.partition("_")
+    if kind in BASELINES and re.fullmatch(NAME_PART, key):
+        if INIT_KINDS[kind].entries:  # the architecture is the entry's `encoder`, known only from the config
+            return InitSpec(name, kind, "", entry=key)
+        return InitSpec(name, kind, key)
+    kinds = [f"{k.name}_<{k.entries + ' key' if k.entries else 'encoder'}>" for k in registry.INIT_KINDS]
     raise ValueError(
         f"unknown init {name!r}: expected <{'|'.join(MASKED_METHODS)}>_r<ratio>_<encoder>_s<seed>, "
-        f"<{'|'.join(CONTRASTIVE_METHODS)}>_<encoder>_s<seed> or <{'|'.join(BASELINES)}>_<encoder> "
-        "(encoder keys: letters, digits, hyphens)"
+        f"<{'|'.join(CONTRASTIVE_METHODS)}>_<encoder>_s<seed> or {', '.join(kinds)} "
+        "(keys: letters, digits, hyphens)"
     )
+
+
+def init_name_pattern() -> str:
+    """The schema's `finetune.inits` item pattern: a method, or `<init kind>_<key>` (from the registry)."""
+    kinds = "|".join(f"{k.name}_{NAME_PART}" for k in registry.INIT_KINDS)
+    return f"^({'|'.join(PRETRAIN_METHODS)}|{kinds})$"

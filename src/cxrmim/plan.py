@@ -9,12 +9,15 @@ a plan over several datasets (a pretraining corpus and evaluation datasets) adds
 from __future__ import annotations
 
 from functools import cached_property
+from pathlib import Path
 from typing import Any
 
 from cxrmim import registry
 from cxrmim.config import check_consistency
 from cxrmim.data.splits import budget_tag, configured_budgets
-from cxrmim.inits import parse_init, pretrain_run_name
+from cxrmim.external_formats import resolve_external
+from cxrmim.inits import InitSpec, parse_init, pretrain_run_name
+from cxrmim.recipe import check_recipes
 
 DEFAULT_VARIANT = ("full", "current")  # (mode, augmentation preset) of run folders without a suffix
 
@@ -88,6 +91,10 @@ class Plan:
         if not registry.method(init).has_mask_ratio:
             return self.contrastive_run_names(init)
         return self.run_names(init, self.config["pretrain"]["mask_ratio"])
+
+    def encoder_of(self, init: str) -> str:
+        """The `encoders` key a concrete init uses: its name's, or its config entry's `encoder` (external inits)."""
+        return encoder_key(self.config, parse_init(init))
 
     @cached_property
     def main_inits(self) -> list[str]:
@@ -176,6 +183,12 @@ def check(config: dict[str, Any]) -> None:
     check_methods(config)
     check_inits(config)
     check_contrastive(config)
+    check_recipes(config["finetune"])  # recipes list configured inits, each init in one recipe at most
+
+
+def encoder_key(config: dict[str, Any], spec: InitSpec) -> str:
+    """The `encoders` key of an init: the one in its name, or its `entries` entry's `encoder`."""
+    return config[spec.entries][spec.entry]["encoder"] if spec.entries else spec.encoder_key
 
 
 def check_methods(config: dict[str, Any]) -> None:
@@ -200,6 +213,9 @@ def check_inits(config: dict[str, Any]) -> None:
                 raise ValueError(f"finetune.inits has {init!r} but {where} does not; add it there")
             continue
         spec = parse_init(init)
+        if spec.entries:
+            check_entry(config, spec)
+            continue
         if spec.encoder_key not in encoders:
             raise ValueError(
                 f"finetune.inits has {init!r} but encoders has no {spec.encoder_key!r}; "
@@ -213,6 +229,31 @@ def check_inits(config: dict[str, Any]) -> None:
     if config["pretrain"]["encoder"] not in encoders:
         encoder = config["pretrain"]["encoder"]
         raise ValueError(f"pretrain.encoder {encoder!r} is not in encoders (known: {sorted(encoders)})")
+
+
+def check_entry(config: dict[str, Any], spec: InitSpec) -> None:
+    """An init named by a config entry (a published encoder) has its entry, a known format, an `encoders`
+    architecture and its file in place."""
+    entries = config.get(spec.entries) or {}
+    if spec.entry not in entries:
+        raise ValueError(
+            f"finetune.inits has {spec.name!r} but {spec.entries} has no {spec.entry!r}; "
+            f"known {spec.entries}: {sorted(entries)}"
+        )
+    entry = entries[spec.entry]
+    if spec.kind == "external":  # the one entries kind today: a known format, an input norm where it has none
+        resolve_external(spec.entry, entry)
+    where = f"{spec.entries}.{spec.entry}"
+    if entry["encoder"] not in config["encoders"]:
+        raise ValueError(
+            f"{where}.encoder {entry['encoder']!r} is not in encoders; add an entry with the "
+            f"checkpoint's architecture (known: {sorted(config['encoders'])})"
+        )
+    if not Path(entry["path"]).exists():
+        raise FileNotFoundError(
+            f"{where}.path {entry['path']} does not exist; point it at the downloaded "
+            f"checkpoint, or remove {spec.name} from finetune.inits"
+        )
 
 
 def check_contrastive(config: dict[str, Any]) -> None:

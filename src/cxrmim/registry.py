@@ -57,12 +57,17 @@ class Method:
 
 @dataclass(frozen=True)
 class InitKind:
-    """A fine-tuning init that is not a pretraining run of this workflow, named `<kind>_<encoder key>`."""
+    """A fine-tuning init that is not a pretraining run of this workflow, named `<kind>_<key>`.
+
+    The key is an `encoders` key, or, with `entries`, a key of that top-level config mapping, whose entry names
+    the weights file (`path`), the architecture (`encoder`, an `encoders` key) and the row label (`label`).
+    """
 
     name: str
-    label: str
+    label: str  # table label (an `entries` kind: the fallback; each entry's own `label` names its rows)
     colour: str
     weights_key: str | None = None  # config mapping `finetune.<weights_key>.<encoder key>` -> a local weights file
+    entries: str | None = None  # config mapping whose keys the name's suffix is (e.g. `external_inits`)
 
 
 @dataclass(frozen=True)
@@ -106,6 +111,8 @@ METHODS = (
 )  # fmt: skip
 INIT_KINDS = (
     InitKind("imagenet", "Transfer", "#2ca02c", weights_key="imagenet_weights"),
+    # Published encoders (docs/external-encoders.md): `external_<external_inits key>`.
+    InitKind("external", "External", "#000075", entries="external_inits"),
     InitKind("scratch", "From Scratch", "#7f7f7f"),
 )
 DATASET_KINDS = (
@@ -162,6 +169,15 @@ def label_order() -> list[str]:
 def palette() -> dict[str, str]:
     """Table label -> colour, one per method and init kind."""
     return {m.label: m.colour for m in METHODS} | {k.label: k.colour for k in INIT_KINDS}
+
+
+def place_label(label: str, init: str) -> str:
+    """The registry label whose row order and colour a run takes: its own, or, for an init whose label comes from
+    its config entry (a published encoder's `label`), its init kind's."""
+    if label in labels().values():
+        return label
+    kind = init.partition("_")[0]
+    return next((k.label for k in INIT_KINDS if k.name == kind and k.entries), label)
 
 
 def own_sections(block: str = "pretrain") -> dict[str, str]:

@@ -36,8 +36,9 @@ FALLBACK_COLOURS = sns.color_palette("colorblind", 10)
 ARCHITECTURE_DASHES = {"ViT": "", "ResNet-50": (4, 2)}
 
 
-def method_colour(method: str) -> Any:
-    """Colour of a method; methods outside PALETTE get a stable colour from their name."""
+def method_colour(method: str, init: str = "") -> Any:
+    """Colour of a method (a published encoder's label: its init kind's); others get a stable colour from their name."""
+    method = registry.place_label(method, init)
     if method in PALETTE:
         return PALETTE[method]
     return FALLBACK_COLOURS[sum(map(ord, method)) % len(FALLBACK_COLOURS)]
@@ -45,7 +46,7 @@ def method_colour(method: str) -> Any:
 
 def label_palette(runs: pd.DataFrame) -> dict[str, Any]:
     """Legend label -> its method's colour."""
-    return {label: method_colour(method) for label, method in zip(runs["label"], runs["method"])}
+    return {label: method_colour(m, i) for label, m, i in zip(runs["label"], runs["method"], runs["init"])}
 
 
 def dashes_for(runs: pd.DataFrame) -> dict[str, Any]:
@@ -172,7 +173,7 @@ def confusion_matrices(runs: pd.DataFrame) -> plt.Figure:
             matrix = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)
             draw_matrix(ax, matrix, classes, show_rows=col == 0)
             ax.set_title(f"{run['label']}\n{fraction_label(fraction)}, {seed_text(run)}", fontsize="small",
-                         color=method_colour(run["method"]))
+                         color=method_colour(run["method"], run["init"]))
             ax.set_xlabel("predicted")
             ax.set_ylabel("true" if col == 0 else "")
     return figure

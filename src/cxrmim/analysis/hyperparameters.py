@@ -9,13 +9,14 @@ import pandas as pd
 from cxrmim import registry
 from cxrmim.data.splits import configured_budgets
 from cxrmim.models.description import model_description
-from cxrmim.recipe import DEFAULT_BETAS, LR_REFERENCE_BATCH, FinetuneSettings
+from cxrmim.recipe import DEFAULT_BETAS, DEFAULT_RECIPE, LR_REFERENCE_BATCH, FinetuneSettings
 
 # Config keys that do not change a result (where or how fast a job runs, which jobs exist): not in Table 1.
 # Every other key of these sections has a row; tests/test_tables.py checks the schema against this list.
 NOT_IN_TABLE_1 = {
-    "pretrain": {"device", "compile", "num_workers", "resources"},
-    "finetune": {"imagenet_weights", "device", "num_workers", "resources"},
+    "pretrain": {"device", "cpu_fallback", "compile", "num_workers", "resources", "data_placement", "grad_checkpointing"},
+    "finetune": {"imagenet_weights", "device", "cpu_fallback", "num_workers", "resources", "data_placement",
+                 "grad_checkpointing"},
 }
 NONE = "–"
 
@@ -51,6 +52,28 @@ def built_model_rows(runs: pd.DataFrame | None) -> list[tuple[str, Any, Any]]:
         rows.append((f"Model built ({architecture})", text if pretrained else NONE, text))
     norms = "; ".join(runs["input_norm"].dropna().unique()) or NONE
     rows.append(("Input normalisation (grey)", norms if runs["pretrain_seed"].notna().any() else NONE, norms))
+    if "external" in runs:
+        external = runs.dropna(subset=["external"]).drop_duplicates(["init", "external"])
+        rows += [(f"External init {r['method']} ({r['init']})", NONE, r["external"]) for _, r in external.iterrows()]
+    return rows
+
+
+def schedule_text(fine: FinetuneSettings) -> str:
+    """'warmup + cosine' or 'warmup + steps x0.1 at 0.5, 0.75 of training' (the steps as configured)."""
+    steps = f"steps x{fine.lr_gamma:g} at {listed(list(fine.lr_milestones)) or NONE} of training"
+    if fine.schedule == "step":
+        return f"warmup + {steps}"
+    return f"warmup + {fine.schedule}" + (f" (lr_steps unused: {steps})" if fine.lr_milestones else "")
+
+
+def recipe_rows(recipes: Any) -> list[tuple[str, Any, Any]]:
+    """One row per `finetune.recipes` entry: the inits it applies to and the keys it merges over `finetune:`."""
+    if not isinstance(recipes, dict):
+        return [("Per-init recipes", NONE, listed(recipes))]
+    rows = [("Per-init recipes", NONE, f"{DEFAULT_RECIPE} (finetune section) for every init not listed below")]
+    for name, recipe in recipes.items():
+        keys = {k: v for k, v in recipe.items() if k != "inits"}
+        rows.append((f"Recipe {name}: {listed(recipe.get('inits'))}", NONE, settings_text(keys) or "same"))
     return rows
 
 
@@ -103,12 +126,16 @@ def hyperparameter_table(config: dict[str, Any], runs: pd.DataFrame | None = Non
     rows = [
         ("Methods", listed(pre.get("methods")), listed(fine_raw.get("inits"))),
         ("Epochs", pre.get("epochs"), fine.epochs),
-        ("Batch size (effective)", pre.get("effective_batch_size", pre.get("batch_size")), fine.batch_size),
+        ("Batch size (effective)", pre.get("effective_batch_size", pre.get("batch_size")), fine.effective_batch_size or fine.batch_size),
         ("Batch per step (accumulation)", pre.get("batch_size"), fine.batch_size),
         ("Base learning rate", pre.get("base_lr"), fine.base_lr),
         ("Peak learning rate", f"base × batch / {LR_REFERENCE_BATCH}", f"base × batch / {LR_REFERENCE_BATCH}"),
         ("Weight decay", pre.get("weight_decay"), fine.weight_decay),
-        ("Momentum β1, β2", listed(pre.get("betas")), listed(DEFAULT_BETAS)),
+        ("Optimiser", "AdamW", {"adamw": "AdamW", "sgd": "SGD"}.get(fine.optimizer, fine.optimizer)),
+        ("SGD momentum", NONE, fine.momentum if fine.optimizer == "sgd" else f"({fine.momentum:g}, unused)"),
+        ("Momentum β1, β2", listed(pre.get("betas")), listed(DEFAULT_BETAS) if fine.optimizer == "adamw" else NONE),
+        ("Learning-rate schedule", "warmup + cosine", schedule_text(fine)),
+        ("Gradient clipping (max norm)", NONE, fine.clip_grad),
         ("Warmup epochs", pre.get("warmup_epochs"), fine.warmup_epochs),
         ("Layer-wise lr decay", NONE, fine.layer_decay),
         ("Drop path", NONE, fine.drop_path),
@@ -130,6 +157,7 @@ def hyperparameter_table(config: dict[str, Any], runs: pd.DataFrame | None = Non
         ("Decoder (dim, depth, heads)", ", ".join(str(decoder.get(k)) for k in ("embed_dim", "depth", "num_heads")),
          NONE),
         *((recipe_label(key), settings_text(pre.get(key)), NONE) for key in own_sections),
+        *(recipe_rows(fine_raw["recipes"]) if "recipes" in fine_raw else []),
         ("Seeds", listed(pre.get("seeds")), subset_seeds_text(fractions)),
         ("Label fractions", NONE, listed(fractions.get("fractions"))),
         ("Split: test, validation fraction (seed)",

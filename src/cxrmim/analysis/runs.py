@@ -12,8 +12,11 @@ import numpy as np
 import pandas as pd
 
 from cxrmim import registry
+from cxrmim.external_formats import summary_text
+from cxrmim.recipe import DEFAULT_RECIPE
 
 # Row order of the paper's Table 2: self-supervised methods first, then the baselines (cxrmim.registry); others last.
+# A published encoder's rows carry its config label and take the place of its init kind (registry.place_label).
 METHOD_ORDER = registry.label_order()
 ARCHITECTURE_ORDER = ["ViT", "ResNet-50"]
 IDENTITY = ["method", "architecture", "init", "mask_ratio", "fraction", "pretrain_seed", "seed"]
@@ -43,6 +46,8 @@ def load_runs(metrics_paths: Iterable[str | Path]) -> pd.DataFrame:
         row["augment_applied"] = metrics.get("augment_applied", row["augment"])  # what `native` resolved to
         row["budget"] = metrics.get("budget") or f"frac{row['fraction']:g}"
         row["n_labels"] = metrics.get("n_labels", metrics.get("n_train"))  # n_train: files written before n_labels
+        row["recipe"] = metrics.get("recipe", DEFAULT_RECIPE)  # runs before per-init recipes: the one recipe
+        row["external"] = summary_text(metrics["external"]) if metrics.get("external") else None
         row["run_dir"] = str(path.parent)
         rows.append(row)
     if not rows:
@@ -110,9 +115,15 @@ def rank(values: pd.Series, order: list[str]) -> pd.Series:
     return values.map(lambda v: order.index(v) if v in order else len(order))
 
 
+def method_rank(runs: pd.DataFrame) -> pd.Series:
+    """Position of each run's method in METHOD_ORDER; a published encoder's label takes its init kind's place."""
+    places = [registry.place_label(m, i) for m, i in zip(runs["method"], runs["init"])]
+    return rank(pd.Series(places, index=runs.index, dtype=object), METHOD_ORDER)
+
+
 def sort_runs(runs: pd.DataFrame) -> pd.DataFrame:
     """Paper order: method, architecture, then init, fraction, pretraining seed and subset seed."""
-    keyed = runs.assign(_m=rank(runs["method"], METHOD_ORDER), _a=rank(runs["architecture"], ARCHITECTURE_ORDER))
+    keyed = runs.assign(_m=method_rank(runs), _a=rank(runs["architecture"], ARCHITECTURE_ORDER))
     keyed = keyed.sort_values(["_m", "method", "_a", "architecture", "init", "fraction", "pretrain_seed", "seed"])
     return keyed.drop(columns=["_m", "_a"]).reset_index(drop=True)
 

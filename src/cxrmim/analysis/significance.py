@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from cxrmim.analysis.runs import METHOD_ORDER, correctness, fraction_label, rank
+from cxrmim.analysis.runs import correctness, fraction_label, method_rank
 from cxrmim.evaluation import hierarchical_bootstrap
 
 SCRATCH = "From Scratch"
@@ -21,7 +21,8 @@ def comparisons(at_fraction: pd.DataFrame) -> list[tuple[str, str]]:
     (METHOD_ORDER) and against training that architecture from scratch; the first pretrained init (RGMIM in the
     paper's order) also against the pretrained inits of other architectures (e.g. SimSiam / BYOL on ResNets); inits
     pretrained elsewhere (ImageNet) against scratch of their architecture."""
-    inits = at_fraction.drop_duplicates("init").assign(_m=rank(at_fraction["method"], METHOD_ORDER))
+    inits = at_fraction.drop_duplicates("init")
+    inits = inits.assign(_m=method_rank(inits))
     inits = inits.sort_values(["_m", "method", "init"])
     pretrained = inits[inits["pretrain_seed"].notna()]
     pairs = []

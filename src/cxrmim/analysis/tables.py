@@ -13,7 +13,6 @@ import pandas as pd
 from cxrmim.analysis.hyperparameters import hyperparameter_table
 from cxrmim.analysis.markdown import count_text, markdown_table
 from cxrmim.analysis.runs import (
-    METHOD_ORDER,
     PRETRAIN_MEASURES,
     default_variant,
     fraction_label,
@@ -21,7 +20,7 @@ from cxrmim.analysis.runs import (
     load_pretrain_histories,
     load_runs,
     main_runs,
-    rank,
+    method_rank,
 )
 from cxrmim.analysis.significance import (
     significance_heading,
@@ -102,7 +101,7 @@ def mask_ratio_table(runs: pd.DataFrame, histories: pd.DataFrame | None = None) 
         return pd.DataFrame(columns=columns)
     measures = (histories.groupby("init")[PRETRAIN_MEASURES].mean() if histories is not None and not histories.empty
                 else pd.DataFrame(columns=PRETRAIN_MEASURES))
-    data = data.assign(_m=rank(data["method"], METHOD_ORDER))
+    data = data.assign(_m=method_rank(data))
     data = data.sort_values(["_m", "method", "architecture", "mask_ratio"])
     rows = []
     for init, group in data.groupby("init", sort=False):

@@ -48,7 +48,7 @@ def headline_figure(intervals: pd.DataFrame) -> plt.Figure:
             data = data.sort_values("fraction")
             # A small sideways shift per init (log axis) keeps equal means from hiding one another's markers.
             x = data["fraction"] * 10 ** (DODGE * (position - (n_inits - 1) / 2))
-            colour = method_colour(data["method"].iloc[0])
+            colour = method_colour(data["method"].iloc[0], init)
             pretrained = bool(data["pretrained"].iloc[0])
             ax.fill_between(x, data["ci_low"], data["ci_high"], color=colour,
                             alpha=0.15 if pretrained else 0.08, linewidth=0)

@@ -56,23 +56,32 @@ def is_vit(encoder_cfg: dict[str, Any]) -> bool:
     return encoder_cfg["timm_name"].startswith(("vit", "deit"))
 
 
+# ViT pooling -> timm (global_pool, fc_norm): avg = GAP over LN(z_L) as in RGMIM eq. (4), the workflow's own;
+# avg-fcnorm = MAE/MRM fine-tuning (patch-token mean, then a new LayerNorm); token = the class token (MGCA).
+VIT_POOLS = {"avg": ("avg", False), "avg-fcnorm": ("avg", True), "token": ("token", False)}
+
+
 def timm_kwargs(
-    encoder_cfg: dict[str, Any], image_size: int, patch_size: int, num_classes: int, drop_path: float = 0.0
+    encoder_cfg: dict[str, Any], image_size: int, patch_size: int, num_classes: int, drop_path: float = 0.0,
+    pool: str | None = None,
 ) -> dict[str, Any]:
-    """The keyword arguments that recreate this encoder with `timm.create_model`."""
+    """The keyword arguments that recreate this encoder with `timm.create_model` (ViT pooling: avg unless given)."""
     kwargs: dict[str, Any] = dict(encoder_cfg.get("kwargs") or {})
-    kwargs.update(num_classes=num_classes, in_chans=IN_CHANS, drop_path_rate=drop_path)
+    kwargs.update(num_classes=num_classes, in_chans=IN_CHANS)
+    if not encoder_cfg["timm_name"].startswith("densenet"):  # timm's DenseNet has no drop path
+        kwargs.update(drop_path_rate=drop_path)
     if is_vit(encoder_cfg):
-        # GAP over LN(z_L) as in RGMIM eq. (4): average pooling of the final-normed patch tokens.
-        kwargs.update(img_size=image_size, patch_size=patch_size, global_pool="avg", fc_norm=False)
+        global_pool, fc_norm = VIT_POOLS[pool or "avg"]
+        kwargs.update(img_size=image_size, patch_size=patch_size, global_pool=global_pool, fc_norm=fc_norm)
     return kwargs
 
 
 def create_encoder(
-    encoder_cfg: dict[str, Any], image_size: int, patch_size: int, num_classes: int = 0, drop_path: float = 0.0
+    encoder_cfg: dict[str, Any], image_size: int, patch_size: int, num_classes: int = 0, drop_path: float = 0.0,
+    pool: str | None = None,
 ) -> nn.Module:
     """Create a randomly initialised timm model (ViT or CNN) for grey images."""
-    kwargs = timm_kwargs(encoder_cfg, image_size, patch_size, num_classes, drop_path)
+    kwargs = timm_kwargs(encoder_cfg, image_size, patch_size, num_classes, drop_path, pool)
     return timm.create_model(encoder_cfg["timm_name"], pretrained=False, **kwargs)
 
 

@@ -4,18 +4,18 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
-from timm.optim import param_groups_layer_decay, param_groups_weight_decay
 from torch import nn
 
 from cxrmim.data.tensors import BatchLoader
-from cxrmim.device import DeviceSetup, adamw, select_device, tune_for_device
+from cxrmim.device import DeviceSetup, select_device, tune_for_device
+from cxrmim.external_formats import resolve_external
 from cxrmim.inits import InitSpec
 from cxrmim.models.description import model_description
 from cxrmim.models.encoders import (
@@ -30,10 +30,12 @@ from cxrmim.models.encoders import (
     read_encoder_metadata,
     transfer_encoder,
 )
-from cxrmim.optim import apply_lr, cosine_lr, seed_everything
-from cxrmim.recipe import DEFAULT_BETAS, LR_REFERENCE_BATCH, FinetuneSettings
+from cxrmim.models.external import load_external
+from cxrmim.optim import apply_lr, seed_everything
+from cxrmim.recipe import LR_REFERENCE_BATCH, FinetuneSettings
 from cxrmim.train.finetune_augment import applied_preset, augment_images
 from cxrmim.train.finetune_data import FinetuneData, FinetuneResult, prediction_table
+from cxrmim.train.finetune_optim import Schedule, build_optimizer, clip_gradients, schedule_for
 from cxrmim.train.finetune_task import (
     SELECTION_COLUMN,
     epoch_metrics,
@@ -67,6 +69,9 @@ def check_weights(init: InitSpec, weights: str | None) -> None:
             f"encoders.{init.encoder_key} architecture (nothing is downloaded at run time), "
             f"or remove {init.name} from finetune.inits"
         )
+    elif init.entries is not None:
+        where = f"{init.entries}.{init.entry}.path"
+        fix = "point it at the downloaded checkpoint (file or folder)"
     else:
         where = f"pretrain output of {init.name}"
         fix = "run the pretrain rule first"
@@ -111,26 +116,6 @@ def build_model(
     return model, GREY_NORM
 
 
-def param_groups(model: nn.Module, weight_decay: float, layer_decay: float | None) -> list[dict[str, Any]]:
-    """AdamW groups from timm: no decay on norms, biases and tokens; with layer_decay (ViTs) each layer gets
-    lr_scale = layer_decay^(distance to the head), embeddings being layer 0 and norm/head the last (BEiT/MAE)."""
-    no_decay = model.no_weight_decay() if hasattr(model, "no_weight_decay") else ()
-    if layer_decay is None:
-        return param_groups_weight_decay(model, weight_decay, no_decay)
-    return param_groups_layer_decay(model, weight_decay, no_decay, layer_decay=layer_decay)
-
-
-@dataclass(frozen=True)
-class Schedule:
-    """Warmup then cosine decay, evaluated per optimiser step."""
-
-    total_steps: int
-    warmup_steps: int
-    peak_lr: float
-
-    def lr(self, step: int) -> float:
-        """Learning rate at a global step."""
-        return cosine_lr(step, self.total_steps, self.warmup_steps, self.peak_lr)
 
 
 def train_epoch(
@@ -166,6 +151,9 @@ def train_epoch(
         else:  # fp16: scaled backward, a step that skips non-finite gradients (no host sync with fused AdamW)
             scaler.scale(scaled).backward()
         if index == group_start + group_size - 1:
+            if scaler is not None and settings.clip_grad is not None:
+                scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
+            clip_gradients(model, settings.clip_grad)
             if scaler is None:
                 optimizer.step()
             else:
@@ -186,8 +174,12 @@ def finetune(
     weights: str | None = None,
     patch_size: int | None = None,
     budget: str | None = None,
+    external: dict[str, Any] | None = None,
 ) -> FinetuneResult:
-    """Train one classifier and evaluate val and test after every epoch; report the best-validation epoch."""
+    """Train one classifier and evaluate val and test after every epoch; report the best-validation epoch.
+
+    `external` is the init's `external_inits:` entry when it is a published encoder.
+    """
     check_weights(init, weights)
     if len(data.train.labels) == 0:
         raise ValueError("the label subset is empty; raise the label budget")
@@ -196,11 +188,23 @@ def finetune(
     seed_everything(run_seed)
     vit = is_vit(encoder_cfg)
     configured_preset = settings.augment
-    settings = replace(settings, augment=applied_preset(settings.augment, vit))
-    patch = resolve_patch_size(init, weights, patch_size, data.image_size) if vit else int(patch_size or 16)
-    model, norm = build_model(
-        init, encoder_cfg, weights, data.image_size, patch, len(data.classes), settings.drop_path
-    )
+    # A recipe may say what `current` means for its inits (e.g. medical_mae's RandAugment).
+    preset = settings.current_preset if settings.augment == "current" else settings.augment
+    settings = replace(settings, augment=applied_preset(preset, vit))
+    external_info, method = None, init.method
+    if init.entries is not None:
+        if external is None:
+            raise ValueError(f"init {init.name}: its {init.entries}.{init.entry} entry was not given (--external)")
+        ext = resolve_external(init.entry, external)
+        model, norm, external_info = load_external(
+            ext, encoder_cfg, data.image_size, len(data.classes), settings.drop_path
+        )
+        method = ext.label
+    else:
+        patch = resolve_patch_size(init, weights, patch_size, data.image_size) if vit else int(patch_size or 16)
+        model, norm = build_model(
+            init, encoder_cfg, weights, data.image_size, patch, len(data.classes), settings.drop_path
+        )
     built = model_summary(model, encoder_cfg["timm_name"])
     if settings.mode == "probe":
         freeze_for_probe(model)
@@ -227,7 +231,7 @@ def finetune(
     # configured one, and scaling by a 12-image subset left the head of 1% runs nearly untrained.
     peak_lr = settings.base_lr * settings.batch_size * accumulation / LR_REFERENCE_BATCH  # the effective batch
     layer_decay = settings.layer_decay if vit and settings.mode == "full" else None
-    optimizer = adamw(param_groups(model, settings.weight_decay, layer_decay), setup, lr=peak_lr, betas=DEFAULT_BETAS)
+    optimizer = build_optimizer(model, settings, peak_lr, layer_decay, setup)
     scaler = setup.grad_scaler() if setup.grad_scaling else None
     # On the device: drawing there needs no host-to-device copy per step (same draws for a seed on one device).
     augment_generator = torch.Generator(device=setup.device).manual_seed(run_seed)
@@ -235,9 +239,10 @@ def finetune(
     if placement == "device":
         val_images, test_images = val_images.materialise(setup.device), test_images.materialise(setup.device)
     log.info(
-        "init %s: %s, input norm %s, %d train images, batch %d, %d steps/epoch, peak lr %.3g, device %s",
+        "init %s: %s, input norm %s, %d train images, batch %d, %d steps/epoch, %s %s peak lr %.3g (recipe %s), "
+        "device %s",
         init.name, model_description(built), norm.as_dict(), len(data.train.labels), batch_size, steps_per_epoch,
-        peak_lr, setup.device,
+        settings.optimizer, settings.schedule, peak_lr, settings.recipe, setup.device,
     )
     if accumulation > 1:
         log.info("%d micro-batches of %d per step: effective batch %d", accumulation, batch_size, batch_size * accumulation)
@@ -245,7 +250,7 @@ def finetune(
     selection = SELECTION_COLUMN[data.task]
     history: list[dict[str, Any]] = []
     epoch_results: list[tuple[dict, dict, np.ndarray]] = []  # (val, test, test probs) per epoch, chosen later
-    schedule = Schedule(total_steps, warmup_steps, peak_lr)
+    schedule = schedule_for(settings, total_steps, warmup_steps, peak_lr)
     for epoch in range(settings.epochs):
         train_loss, lr = train_epoch(
             model, loader, optimizer, schedule, settings, norm, setup, augment_generator, epoch, data.sigmoid, scaler,
@@ -272,7 +277,7 @@ def finetune(
     best_val, best_test, best_probs = epoch_results[best_epoch - 1]
     metrics = {
         "init": init.name,
-        "method": init.method,
+        "method": method,
         "architecture": architecture_label(encoder_cfg),
         "model": built,
         "input_norm": norm.as_dict(),
@@ -282,6 +287,10 @@ def finetune(
         "mode": settings.mode,
         "augment": configured_preset,
         "augment_applied": settings.augment,
+        "recipe": settings.recipe,
+        "optimizer": settings.optimizer,
+        "schedule": settings.schedule,
+        "external": external_info,
         "budget": budget if budget is not None else f"frac{fraction:g}",
         "fraction": None if fraction is None else float(fraction),
         "n_labels": len(data.train.labels),
