@@ -17,8 +17,8 @@ MAX_AIR_COVERAGE = 0.5
 # Upright score = lateral droop of the lungs + RING_WEIGHT x how much better the mask's border fits the image's
 # lung edges than its top-bottom mirror does (ring RING_WIDTH of the side wide). Both terms change sign when the mask
 # is flipped, so a flipped mask scores exactly minus its upright self. Measured (docs/data-checks.md): upright Cohen
-# COVID masks >= +0.26 (median 1.13), phantoms >= +0.32 (median 1.3); the flipped ones <= -0.26: the 0 default
-# leaves a margin of 0.26 each side.
+# COVID masks >= +0.32 (median 1.17), phantoms >= +0.31 (median 1.42); the flipped ones <= -0.31: the 0 default
+# leaves a margin of 0.3 each side.
 RING_WIDTH = 0.03
 RING_WEIGHT = 5.0
 # A (near) constant image holds no anatomy, whatever the network says about it.
@@ -85,8 +85,9 @@ def lung_droop(mask: np.ndarray) -> float:
 
 def _edge_contrast(image: np.ndarray, mask: np.ndarray, width: int) -> float:
     """Mean grey level just outside the mask's border minus just inside (lungs are darker than their border)."""
-    outside = ndimage.binary_dilation(mask, iterations=width) & ~mask
-    inside = mask & ~ndimage.binary_erosion(mask, iterations=width)
+    size = 2 * width + 1  # square rings: separable filters, fast at paper scale
+    outside = ndimage.maximum_filter(mask, size=size, mode="constant", cval=0) & ~mask
+    inside = mask & ~ndimage.minimum_filter(mask, size=size, mode="constant", cval=0)
     return float(image[outside].mean() - image[inside].mean()) if outside.any() and inside.any() else 0.0
 
 
