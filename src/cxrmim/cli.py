@@ -10,15 +10,48 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+_CONFIGURED = False  # setup_logging ran in this process
+
+
+class LogFile(logging.FileHandler):
+    """The rule's log file; when it cannot be written (a full disk) it says so once on stderr and stops trying.
+
+    The stderr handler comes first, so every message has reached the user before this one fails, and the failure
+    is one line instead of logging's traceback, which would hide the real error under a second one.
+    """
+
+    failed = False
+
+    def emit(self, record: logging.LogRecord) -> None:
+        """Write the record, unless an earlier write failed."""
+        if not self.failed:
+            super().emit(record)
+
+    def handleError(self, record: logging.LogRecord) -> None:  # noqa: N802 - logging's name
+        """Note once on stderr that the log file is lost, why, and that stderr has every message."""
+        self.failed = True
+        _note_log_lost(self.baseFilename, sys.exc_info()[1])
+
+
+def _note_log_lost(log_file: str | Path, err: BaseException | None) -> None:
+    """One stderr line: the log file cannot be written, why, and where the messages go instead."""
+    reason = getattr(err, "strerror", None) or err
+    sys.stderr.write(f"cxrmim: cannot write the log file {log_file} ({reason}); messages go to stderr only\n")
+
 
 def setup_logging(log_file: str | Path | None = None, level: int = logging.INFO) -> None:
-    """Log to stderr and, when given, to the rule's log file."""
+    """Log to stderr and, when given and writable, to the rule's log file."""
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
     if log_file:
-        Path(log_file).parent.mkdir(parents=True, exist_ok=True)
-        handlers.append(logging.FileHandler(log_file, mode="w"))
+        try:
+            Path(log_file).parent.mkdir(parents=True, exist_ok=True)
+            handlers.append(LogFile(log_file, mode="w"))
+        except OSError as err:  # a full or read-only disk must not replace the stage's own error with this one
+            _note_log_lost(log_file, err)
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         handlers=handlers, force=True)
+    global _CONFIGURED
+    _CONFIGURED = True
 
 
 def run_main(main: Callable[[], object]) -> None:
@@ -52,7 +85,7 @@ def _raised_in_library(err: BaseException) -> bool:
 
 def _log_to_argv_file() -> None:
     """Set up logging from the command's own `--log FILE` when the stage failed before doing so itself."""
-    if any(isinstance(h, logging.FileHandler) for h in logging.getLogger().handlers):
+    if _CONFIGURED:  # the stage set up its logging (its log file too, if that was writable)
         return
     argv = sys.argv[1:]
     log_file = next((argv[i + 1] for i, arg in enumerate(argv[:-1]) if arg == "--log"), None)
