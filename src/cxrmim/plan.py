@@ -176,6 +176,24 @@ def check(config: dict[str, Any]) -> None:
     check_methods(config)
     check_inits(config)
     check_contrastive(config)
+    check_reports(config)
+
+
+def check_reports(config: dict[str, Any]) -> None:
+    """Methods that learn from reports (and so the tokenizer) are asked for only on a dataset with reports."""
+    from cxrmim.data.kinds import has_reports
+
+    asked = [*config["pretrain"]["methods"], *config["finetune"]["inits"]]
+    readers = [m for m in dict.fromkeys(asked) if m in registry.BY_NAME and registry.method(m).reads_reports]
+    dataset = config["dataset"]
+    if not readers or has_reports(dataset) is not False:
+        return
+    why = "its manifest has no report column" if dataset["kind"] == "manifest" else f"kind {dataset['kind']}"
+    raise ValueError(
+        f"{', '.join(readers)} learn from report text, but dataset {dataset['name']!r} has no reports ({why}); "
+        f"drop {', '.join(readers)} from pretrain.methods and finetune.inits, or pretrain on a corpus with reports "
+        "(mimic_cxr_jpg, a manifest with a report column, or the phantoms)"
+    )
 
 
 def check_methods(config: dict[str, Any]) -> None:
