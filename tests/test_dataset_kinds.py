@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 from PIL import Image
 from test_bad_inputs import texture
 
@@ -28,6 +29,18 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid  # noqa: E402
 
 SETTINGS = {"image_size": 32, "on_bad_image": "skip", "workers": 1, "min_image_side": 16}
 RSNA_HEADER = "patientId,x,y,width,height,Target\n"
+
+
+def test_every_kind_names_functions_that_exist_and_the_data_stages_import_them():
+    from conftest import REPO
+
+    from cxrmim.codebase import module_closure
+
+    for kind in registry.DATASET_KINDS:
+        for path in (kind.reader, kind.label_files):
+            assert path is None or callable(registry.load_function(path)), (kind.name, path)
+    closure = {p.name for p in module_closure(REPO / "scripts" / "prepare.py")}
+    assert {"rsna.py", "covid_chestxray.py", "public.py", "sources.py"} <= closure  # editing a reader reruns prepare
 
 
 def write_dicom(path: Path, seed: int, view: str) -> None:
@@ -197,24 +210,24 @@ def test_report_methods_refused_on_a_dataset_without_reports(tmp_path):
 @pytest.mark.slow
 def test_kaggle_tree_default_config_refused_then_planned_without_report_methods(tmp_path):
     """The default config on a fake COVID-19 Radiography tree: refused when the DAG is built (nothing runs);
-    with the report methods dropped, as docs/datasets.md's example states them, every job plans."""
-    from conftest import snakemake
+    with the methods docs/datasets.md's example states, every job plans and no tokenizer is among them."""
+    from conftest import REPO, snakemake
 
     source = kaggle_tree(tmp_path / "db")
-    dataset = f"dataset: {{name: covid_radiography, kind: covid19_radiography, source: {source}}}\n"
+    dataset = {"name": "covid_radiography", "kind": "covid19_radiography", "source": str(source)}
     first = tmp_path / "covid.yaml"
-    first.write_text(dataset)
+    first.write_text(yaml.safe_dump({"dataset": dataset}))
     refused = snakemake(tmp_path, "-n", configs=(first,), check=False)
     assert refused.returncode != 0
-    assert "mrm, medim learn from report text, but dataset 'covid_radiography' has no reports" in refused.stdout + refused.stderr
+    assert ("mrm, medim learn from report text, but dataset 'covid_radiography' has no reports"
+            in refused.stdout + refused.stderr)
     assert not (tmp_path / "results").exists()
-    config = load_config()
-    readers = set(registry.methods(reads_reports=True))
-    methods = [m for m in config["pretrain"]["methods"] if m not in readers]
-    inits = [m for m in config["finetune"]["inits"] if m not in readers]
-    pruned = tmp_path / "covid_image_only.yaml"
-    pruned.write_text(dataset + f"pretrain: {{methods: [{', '.join(methods)}]}}\n"
-                      f"finetune: {{inits: [{', '.join(inits)}]}}\n")
+    blocks = re.findall(r"```yaml\n(.*?)```", (REPO / "docs" / "datasets.md").read_text(), flags=re.S)
+    example = yaml.safe_load(next(b for b in blocks if "kind: covid19_radiography" in b))
+    example["dataset"]["source"] = str(source)
+    pruned = tmp_path / "covid_as_documented.yaml"
+    pruned.write_text(yaml.safe_dump(example))
     planned = snakemake(tmp_path, "-n", configs=(pruned,))
     jobs = dict(re.findall(r"^(\w+)\s+(\d+)$", planned.stdout, flags=re.M))
-    assert "tokenizer" not in jobs and jobs["pretrain"] == str(len(methods)) and jobs["report"] == "1"
+    assert "tokenizer" not in jobs and jobs["report"] == "1"
+    assert jobs["pretrain"] == str(len(example["pretrain"]["methods"]))

@@ -47,7 +47,10 @@ def has_reports(dataset_cfg: dict[str, Any]) -> bool | None:
     if declared is not None:
         return declared
     path = Path(str(dataset_cfg.get("source") or "")).expanduser()
-    if "://" in str(dataset_cfg.get("source") or "") or not path.is_file() or path.suffix.lower() != ".csv":
+    if "://" in str(dataset_cfg.get("source") or "") or not path.is_file():
         return None
-    header, _ = read_manifest_table(path)
-    return "report" in column_positions(path, header)
+    try:
+        header, _ = read_manifest_table(path)
+        return "report" in column_positions(path, header)
+    except SourceError:  # the source check names what is wrong with the file
+        return None
