@@ -173,6 +173,16 @@ def test_covid_chestxray_views_and_config(tmp_path):
         validate_config(config)
 
 
+def test_an_option_of_another_kind_is_refused():
+    config = load_config()
+    check({**config, "dataset": {**config["dataset"], "covid_task": "finding"}})  # its default: changes nothing
+    with pytest.raises(ValueError, match=r"dataset.covid_task set, but kind synthetic does not read it "
+                                         r"\(only covid_chestxray\)"):
+        check({**config, "dataset": {**config["dataset"], "covid_task": "viral"}})
+    with pytest.raises(ValueError, match=r"dataset.uncertain set, but kind synthetic"):
+        check({**config, "dataset": {**config["dataset"], "uncertain": "ones"}})
+
+
 # ----------------------------------------------------------------------------- report methods need reports
 
 

@@ -176,7 +176,20 @@ def check(config: dict[str, Any]) -> None:
     check_methods(config)
     check_inits(config)
     check_contrastive(config)
+    check_dataset_options(config)
     check_reports(config)
+
+
+def check_dataset_options(config: dict[str, Any]) -> None:
+    """No `dataset.<key>` that only other kinds read is set away from its default (it would be silently unused)."""
+    from cxrmim.data.kinds import foreign_options
+
+    dataset = config["dataset"]
+    foreign = foreign_options(dataset)
+    if foreign:
+        readers = {k.name for k in registry.DATASET_KINDS for key, _ in k.options if key in foreign}
+        raise ValueError(f"dataset.{', dataset.'.join(foreign)} set, but kind {dataset['kind']} does not read it "
+                         f"(only {', '.join(sorted(readers))}); remove it or fix dataset.kind")
 
 
 def check_reports(config: dict[str, Any]) -> None:

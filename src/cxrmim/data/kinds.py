@@ -8,12 +8,22 @@ from typing import Any
 from cxrmim import registry
 from cxrmim.data.sources import KindRead, SourceError
 
-__all__ = ["has_reports", "kind_options", "label_file_names", "label_file_paths", "read_kind"]
+__all__ = ["foreign_options", "has_reports", "kind_options", "label_file_names", "label_file_paths", "read_kind"]
+
+GENERIC = {"views"}  # every kind's filter (cxrmim.data.records); a reader may read it too
 
 
 def kind_options(kind: str, dataset_cfg: dict[str, Any]) -> dict[str, Any]:
     """The `dataset.<key>`s a kind's reader takes (registry `options`), defaults filled in."""
     return {key: dataset_cfg.get(key) or default for key, default in registry.dataset_kind(kind).options}
+
+
+def foreign_options(dataset_cfg: dict[str, Any]) -> list[str]:
+    """`dataset.<key>`s set away from their default that only other kinds read (they would change nothing here)."""
+    own = {key for key, _ in registry.dataset_kind(dataset_cfg["kind"]).options}
+    others = {key: default for kind in registry.DATASET_KINDS for key, default in kind.options
+              if key not in own and key not in GENERIC}
+    return sorted(k for k, default in others.items() if dataset_cfg.get(k) not in (None, default))
 
 
 def read_kind(kind: str, root: Path, dataset_cfg: dict[str, Any]) -> KindRead:
