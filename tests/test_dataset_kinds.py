@@ -4,7 +4,6 @@ the real column layouts, and the refusal of report methods on a dataset without 
 from __future__ import annotations
 
 import copy
-import json
 import re
 from pathlib import Path
 
@@ -94,15 +93,22 @@ def test_rsna_one_labelled_image_per_patient(tmp_path):
 
 
 def test_rsna_prepares_with_summary_accounting(tmp_path):
+    from cxrmim.data.acquire import acquire
+
     root = rsna_tree(tmp_path / "rsna")
     marker = tmp_path / "source.json"
-    marker.write_text(json.dumps({"root": str(root)}))
-    dataset = {"name": "rsna", "kind": "rsna_pneumonia", "task": "binary", "positive": "Pneumonia"}
+    dataset = {"name": "rsna", "kind": "rsna_pneumonia", "source": str(root), "task": "binary",
+               "positive": "Pneumonia"}
+    info = acquire(dataset, tmp_path / "raw", marker)
+    assert info["label_files"] == {"labels": "stage_2_train_labels.csv"} and info["fingerprint"]
     summary = prepare(marker, dataset, SETTINGS, tmp_path / "out")
     assert summary["labels"] == {"Normal": 2, "Pneumonia": 2} and summary["classes"] == ["Normal", "Pneumonia"]
     assert summary["seen"]["label_files"] == {"labels": "stage_2_train_labels.csv"}
     assert summary["seen"]["labels"]["Pneumonia"]["prepared"] == 2
     assert np.load(tmp_path / "out" / "images.npy").shape == (4, 32, 32)
+    (root / "stage_2_train_labels.csv").rename(root / "labels.csv")
+    with pytest.raises(SourceError, match="stage_2_train_labels.csv not found"):
+        check_source(dataset)  # at DAG build, before any job
 
 
 METADATA = ("patientid,offset,sex,age,finding,RT_PCR_positive,survival,view,modality,date,location,folder,"
