@@ -20,6 +20,17 @@ MULTILABEL_PHANTOMS = {"task": "multilabel", "findings": PHANTOM_FINDINGS,
                        "synthetic": {"multi_finding": True, "finding_probability": 0.35}}
 
 
+def image_only_methods() -> dict:
+    """`pretrain.methods` and `finetune.inits` of the default config without the methods that read reports: what a
+    config states for a dataset without reports (cxrmim.plan.check_reports refuses those methods there)."""
+    from cxrmim import registry
+    from cxrmim.config import load_config
+
+    default, readers = load_config(), set(registry.methods(reads_reports=True))
+    return {"pretrain": {"methods": [m for m in default["pretrain"]["methods"] if m not in readers]},
+            "finetune": {"inits": [m for m in default["finetune"]["inits"] if m not in readers]}}
+
+
 def snakemake(workdir: Path, *args: str, configs: tuple[Path, ...] = (TINY_CONFIG,), check: bool = True,
               project: Path = REPO) -> subprocess.CompletedProcess:
     """Run the workflow of `project` (this repository, or a copy) in `workdir` with its default config + `configs`."""

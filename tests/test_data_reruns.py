@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from conftest import snakemake
+from conftest import image_only_methods, snakemake
 from PIL import Image
 
 from cxrmim.data.fingerprint import dataset_fingerprint
@@ -49,7 +49,8 @@ def test_data_edits_rerun_prepare_and_downstream(tmp_path: Path):
     config = tmp_path / "edits.yaml"
     config.write_text(yaml.safe_dump({"dataset": {"name": "edits", "kind": "manifest", "source": str(csv)},
                                       "prepare": {"image_size": 32, "workers": 1, "min_image_side": 16},
-                                      "patch_validity": {"patch_size": 8, "no_mask_policy": "all_valid"}}))
+                                      "patch_validity": {"patch_size": 8, "no_mask_policy": "all_valid"},
+                                      **image_only_methods()}))
     snakemake(tmp_path, TARGET, configs=(config,))
     assert planned_rules(tmp_path, config) == set(), "an untouched dataset must rerun nothing"
     data_stages = {"download", "prepare", "split"}

@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from conftest import MULTILABEL_PHANTOMS, PHANTOM_FINDINGS, snakemake
+from conftest import MULTILABEL_PHANTOMS, PHANTOM_FINDINGS, image_only_methods, snakemake
 
 pytestmark = pytest.mark.slow
 
@@ -80,7 +80,8 @@ def test_bad_config_key_is_named(tmp_path: Path):
 
 def manifest_config(tmp_path: Path, csv: Path, name: str, extra: dict | None = None) -> Path:
     """A config override pointing the tiny workflow at a manifest CSV."""
-    override = {"dataset": {"name": name, "kind": "manifest", "source": str(csv)}, **(extra or {})}
+    override = {"dataset": {"name": name, "kind": "manifest", "source": str(csv)}, **image_only_methods(),
+                **(extra or {})}
     path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump(override))
     return path

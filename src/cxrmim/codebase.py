@@ -11,11 +11,11 @@ import ast
 from functools import cache
 from pathlib import Path
 
-from cxrmim.registry import builder_modules
+from cxrmim.registry import builder_modules, reader_modules
 
 PACKAGE = Path(__file__).resolve().parent
-# A call of this name imports a module the registry names (each method's builder), not a static import.
-DYNAMIC_IMPORT = "load_builder"
+# A call of one of these names imports modules the registry names (method builders, dataset readers).
+DYNAMIC_IMPORTS = {"load_builder": builder_modules, "load_reader": reader_modules}
 
 
 def imported_modules(path: Path) -> set[str]:
@@ -28,8 +28,9 @@ def imported_modules(path: Path) -> set[str]:
             names.add(node.module)
             # `from cxrmim.data import splits` imports the module cxrmim.data.splits.
             names |= {f"{node.module}.{alias.name}" for alias in node.names}
-        elif isinstance(node, ast.Call) and DYNAMIC_IMPORT in {getattr(node.func, a, None) for a in ("attr", "id")}:
-            names |= set(builder_modules())
+        elif isinstance(node, ast.Call):
+            for called in {getattr(node.func, a, None) for a in ("attr", "id")} & set(DYNAMIC_IMPORTS):
+                names |= set(DYNAMIC_IMPORTS[called]())
     return names
 
 

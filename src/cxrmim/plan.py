@@ -184,11 +184,42 @@ def check(config: dict[str, Any]) -> None:
     check_inits(config)
     check_contrastive(config)
     check_recipes(config["finetune"])  # recipes list configured inits, each init in one recipe at most
+    check_dataset_options(config)
+    check_reports(config)
 
 
 def encoder_key(config: dict[str, Any], spec: InitSpec) -> str:
     """The `encoders` key of an init: the one in its name, or its `entries` entry's `encoder`."""
     return config[spec.entries][spec.entry]["encoder"] if spec.entries else spec.encoder_key
+
+
+def check_dataset_options(config: dict[str, Any]) -> None:
+    """No `dataset.<key>` that only other kinds read is set away from its default (it would be silently unused)."""
+    from cxrmim.data.kinds import foreign_options
+
+    dataset = config["dataset"]
+    foreign = foreign_options(dataset)
+    if foreign:
+        readers = {k.name for k in registry.DATASET_KINDS for key, _ in k.options if key in foreign}
+        raise ValueError(f"dataset.{', dataset.'.join(foreign)} set, but kind {dataset['kind']} does not read it "
+                         f"(only {', '.join(sorted(readers))}); remove it or fix dataset.kind")
+
+
+def check_reports(config: dict[str, Any]) -> None:
+    """Methods that learn from reports (and so the tokenizer) are asked for only on a dataset with reports."""
+    from cxrmim.data.kinds import has_reports
+
+    asked = [*config["pretrain"]["methods"], *config["finetune"]["inits"]]
+    readers = [m for m in dict.fromkeys(asked) if m in registry.BY_NAME and registry.method(m).reads_reports]
+    dataset = config["dataset"]
+    if not readers or has_reports(dataset) is not False:
+        return
+    why = "its manifest has no report column" if dataset["kind"] == "manifest" else f"kind {dataset['kind']}"
+    raise ValueError(
+        f"{', '.join(readers)} learn from report text, but dataset {dataset['name']!r} has no reports ({why}); "
+        f"drop {', '.join(readers)} from pretrain.methods and finetune.inits, or pretrain on a corpus with reports "
+        "(mimic_cxr_jpg, a manifest with a report column, or the phantoms)"
+    )
 
 
 def check_methods(config: dict[str, Any]) -> None:

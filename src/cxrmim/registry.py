@@ -72,11 +72,16 @@ class InitKind:
 
 @dataclass(frozen=True)
 class DatasetKind:
-    """A `dataset.kind`: where records come from and what the dataset brings."""
+    """A `dataset.kind`: the function that reads it, the dataset keys it takes and what the dataset brings."""
 
     name: str
-    reader: str | None  # "module:function" listing its records; None = generated (synthetic) or a manifest
-    label_files: bool = False  # labels live in CSV files beside the images (they count in the data fingerprint)
+    reader: str | None  # "module:function"(root, options) -> data.kind_read.KindRead; None = generated (synthetic)
+    options: tuple[tuple[str, Any], ...] = ()  # `dataset.<key>`s the reader takes, with their defaults
+    label_files: str | None = None  # "module:function"(root, options) -> {role: Path | None}: its label CSVs
+    check: str = "records"  # source check at DAG build: "records" reads every row, "files" finds the label files
+    findings: bool = False  # labels are sets of findings: `dataset.findings` chooses which count
+    has_reports: bool | None = False  # reports for the report-aware methods; None = the source says (its header)
+    file_source: bool = False  # `dataset.source` is a file (a manifest CSV), image paths relative to its folder
     segmenter_source: bool = False  # may be a `lung_masks.train_sources` kind (it has lung masks)
 
 
@@ -115,14 +120,22 @@ INIT_KINDS = (
     InitKind("external", "External", "#000075", entries="external_inits"),
     InitKind("scratch", "From Scratch", "#7f7f7f"),
 )
+PUBLIC_OPTIONS = (("uncertain", "ignore"), ("labeler", "chexpert"))
 DATASET_KINDS = (
-    DatasetKind("synthetic", None, segmenter_source=True),
-    DatasetKind("covid19_radiography", "cxrmim.data.sources:covid19_radiography_records", segmenter_source=True),
-    DatasetKind("manifest", None, segmenter_source=True),
-    DatasetKind("mimic_cxr_jpg", "cxrmim.data.public:mimic_records", label_files=True),
-    DatasetKind("chexpert", "cxrmim.data.public:chexpert_records", label_files=True),
-    DatasetKind("nih_cxr14", "cxrmim.data.public:nih_records", label_files=True),
-)
+    DatasetKind("synthetic", None, has_reports=True, segmenter_source=True),
+    DatasetKind("covid19_radiography", "cxrmim.data.sources:read_covid19_radiography", segmenter_source=True),
+    DatasetKind("manifest", "cxrmim.data.sources:read_manifest", has_reports=None, file_source=True,
+                segmenter_source=True),
+    DatasetKind("mimic_cxr_jpg", "cxrmim.data.public:read_mimic", PUBLIC_OPTIONS,
+                "cxrmim.data.public:mimic_files", check="files", findings=True, has_reports=True),
+    DatasetKind("chexpert", "cxrmim.data.public:read_chexpert", PUBLIC_OPTIONS, "cxrmim.data.public:chexpert_files",
+                check="files", findings=True),
+    DatasetKind("nih_cxr14", "cxrmim.data.public:read_nih", PUBLIC_OPTIONS, "cxrmim.data.public:nih_files",
+                check="files", findings=True),
+    DatasetKind("rsna_pneumonia", "cxrmim.data.rsna:read_rsna", (), "cxrmim.data.rsna:rsna_files", check="files"),
+    DatasetKind("covid_chestxray", "cxrmim.data.covid_chestxray:read_covid_chestxray", (("covid_task", "finding"), ("views", ())),
+                "cxrmim.data.covid_chestxray:metadata_files"),
+)  # fmt: skip
 AUGMENT_PRESETS = (
     Choice("none", "no augmentation"),
     Choice("current", "crop_scale / hflip of finetune.augment"),
@@ -194,6 +207,31 @@ def load_builder(name: str) -> Any:
     """
     module, _, attribute = method(name).builder.partition(":")
     return getattr(import_module(module), attribute)
+
+
+def dataset_kind(name: str) -> DatasetKind:
+    """The registry entry of a dataset kind, with the known kinds in the error."""
+    kinds = {k.name: k for k in DATASET_KINDS}
+    if name not in kinds:
+        raise ValueError(f"unknown dataset.kind {name!r}; choose one of {list(kinds)}")
+    return kinds[name]
+
+
+def load_function(path: str) -> Any:
+    """The function a registry entry names as "module:function", imported now."""
+    module, _, attribute = path.partition(":")
+    return getattr(import_module(module), attribute)
+
+
+def load_reader(kind: str, what: str = "reader") -> Any:
+    """A dataset kind's `reader` (or `label_files`) function, imported now (`cxrmim.codebase` counts its module)."""
+    return load_function(getattr(dataset_kind(kind), what))
+
+
+def reader_modules() -> tuple[str, ...]:
+    """The modules the dataset kinds' readers and label-file finders live in."""
+    paths = [p for k in DATASET_KINDS for p in (k.reader, k.label_files) if p]
+    return tuple(dict.fromkeys(p.partition(":")[0] for p in paths))
 
 
 def builder_modules() -> tuple[str, ...]:

@@ -65,11 +65,12 @@ def _fetch_real(dataset_cfg: dict[str, Any], raw_dir: Path) -> dict[str, Any]:
             f"dataset.source is empty for dataset.kind={dataset_cfg['kind']!r}; set it to the dataset's folder, "
             "archive, manifest CSV or URL (with dataset.sha256)"
         )
-    from cxrmim.data.public import label_file_names
-    from cxrmim.data.source_check import PUBLIC, check_source
+    from cxrmim import registry
+    from cxrmim.data.kinds import label_file_names
+    from cxrmim.data.source_check import check_source
 
     kind = dataset_cfg["kind"]
-    if kind == "manifest":
+    if registry.dataset_kind(kind).file_source:
         path = Path(source).expanduser()
         if not path.is_file():
             raise FileNotFoundError(f"dataset.source: manifest CSV not found: {path}")
@@ -78,8 +79,8 @@ def _fetch_real(dataset_cfg: dict[str, Any], raw_dir: Path) -> dict[str, Any]:
     root = Path(fetch_source(str(source), raw_dir, sha256=dataset_cfg.get("sha256"))).resolve()
     check_source({**dataset_cfg, "source": str(root)})
     info: dict[str, Any] = {"root": str(root)}
-    if kind in PUBLIC:  # the label files read, named where the user looks (also in the log and summary.json)
-        info["label_files"] = label_file_names(kind, root, dataset_cfg.get("labeler") or "chexpert")
+    if registry.dataset_kind(kind).label_files:  # the label files read, named where the user looks (log, summary)
+        info["label_files"] = label_file_names(kind, root, dataset_cfg)
         for role, name in info["label_files"].items():
             log.info("%s file: %s", role, name or "absent")
     return info

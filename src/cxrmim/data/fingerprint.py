@@ -54,16 +54,16 @@ def dataset_fingerprint(dataset_cfg: dict[str, Any]) -> str:
     """SHA-256 over the source's files: a manifest's bytes plus every listed file's size and mtime, a folder's
     image files, or a local archive's size and mtime. Synthetic data (and URLs, checked by sha256) give ''."""
     source = dataset_cfg.get("source")
-    if dataset_cfg.get("kind") == "synthetic" or not source or "://" in str(source):
+    entry = registry.dataset_kind(dataset_cfg["kind"])
+    if entry.reader is None or not source or "://" in str(source):
         return ""
     path = Path(str(source)).expanduser()
     digest = hashlib.sha256()
-    if path.is_file() and dataset_cfg.get("kind") == "manifest":
+    if path.is_file() and entry.file_source:
         digest.update(path.read_bytes())
         lines = [_stat_line(p) for p in manifest_files(path)]
     elif path.is_dir():
-        labelled = dataset_cfg.get("kind") in {k.name for k in registry.DATASET_KINDS if k.label_files}
-        suffixes = IMAGE_SUFFIXES | LABEL_SUFFIXES if labelled else IMAGE_SUFFIXES
+        suffixes = IMAGE_SUFFIXES | LABEL_SUFFIXES if entry.label_files else IMAGE_SUFFIXES
         lines = [_stat_line(p) for p in folder_files(path, suffixes)]
     else:
         lines = [_stat_line(path)]

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
-from cxrmim.data.sources import SourceError, SourceRecord
+from cxrmim.data.sources import KindRead, SourceError, SourceRecord
 from cxrmim.data.tasks import NO_FINDING, join_findings
 
-__all__ = ["CHEXPERT_FINDINGS", "NIH_FINDINGS", "PUBLIC_KINDS", "label_file_names", "label_files", "public_records"]
+__all__ = ["CHEXPERT_FINDINGS", "NIH_FINDINGS", "label_files", "public_records"]
 
 CHEXPERT_FINDINGS = (
     "Enlarged Cardiomediastinum", "Cardiomegaly", "Lung Opacity", "Lung Lesion", "Edema", "Consolidation",
@@ -74,12 +75,6 @@ def label_files(kind: str, root: Path, labeler: str = "chexpert") -> dict[str, P
         "split": _find(root, ("mimic-cxr-2.0.0-split.csv*",), "mimic-cxr-2.0.0-split.csv"),
         "reports": _find(root, ("mimic-cxr-reports",), "mimic-cxr-reports folder"),
     }
-
-
-def label_file_names(kind: str, root: Path, labeler: str = "chexpert") -> dict[str, str]:
-    """label_files as paths relative to root ('' when absent), for source.json, summary.json and the log."""
-    root = Path(root)
-    return {role: str(path.relative_to(root)) if path else "" for role, path in label_files(kind, root, labeler).items()}
 
 
 def _observations(row: pd.Series, names: tuple[str, ...], policy: str) -> tuple[str, tuple[str, ...]]:
@@ -236,9 +231,6 @@ def mimic_records(root: Path, policy: str = "ignore",
     return records, warnings + more
 
 
-PUBLIC_KINDS = {"chexpert": chexpert_records, "nih_cxr14": nih_records, "mimic_cxr_jpg": mimic_records}
-
-
 def restrict_findings(records: list[SourceRecord], findings: list[str]) -> tuple[list[SourceRecord], int]:
     """Labels keeping only the listed findings (e.g. CheXpert's 5 competition tasks), and how many images lost one.
 
@@ -270,3 +262,42 @@ def public_records(kind: str, root: Path, policy: str = "ignore",
     if kind == "mimic_cxr_jpg":
         return mimic_records(root, policy, labeler)
     return nih_records(root) if kind == "nih_cxr14" else chexpert_records(root, policy)
+
+
+# ----------------------------------------------------------------------------- the kinds' registry functions
+
+
+def chexpert_files(root: Path, options: dict[str, Any]) -> dict[str, Path | None]:
+    """CheXpert's label CSVs (registry `label_files`)."""
+    return label_files("chexpert", root)
+
+
+def nih_files(root: Path, options: dict[str, Any]) -> dict[str, Path | None]:
+    """NIH ChestX-ray14's label CSV and split lists (registry `label_files`)."""
+    return label_files("nih_cxr14", root)
+
+
+def mimic_files(root: Path, options: dict[str, Any]) -> dict[str, Path | None]:
+    """MIMIC-CXR-JPG's metadata, label (dataset.labeler) and split CSVs and report folder (registry `label_files`)."""
+    return label_files("mimic_cxr_jpg", root, options["labeler"])
+
+
+def _read(kind: str, root: Path, options: dict[str, Any]) -> KindRead:
+    """One public kind's records with dataset.uncertain and dataset.labeler."""
+    records, warnings = public_records(kind, root, options["uncertain"], options["labeler"])
+    return KindRead(records, warnings, Path(root))
+
+
+def read_chexpert(root: Path, options: dict[str, Any]) -> KindRead:
+    """The `chexpert` kind (registry `reader`)."""
+    return _read("chexpert", root, options)
+
+
+def read_nih(root: Path, options: dict[str, Any]) -> KindRead:
+    """The `nih_cxr14` kind (registry `reader`)."""
+    return _read("nih_cxr14", root, options)
+
+
+def read_mimic(root: Path, options: dict[str, Any]) -> KindRead:
+    """The `mimic_cxr_jpg` kind (registry `reader`)."""
+    return _read("mimic_cxr_jpg", root, options)

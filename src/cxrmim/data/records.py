@@ -16,50 +16,29 @@ def source_records(kind: str, root: Path, dataset_cfg: dict[str, Any],
 
     `report`, when given, receives what became of every label, finding, column, folder and label file seen.
     """
+    from cxrmim import registry
     from cxrmim.data.accounting import finding_fates, label_fates
-    from cxrmim.data.public import (
-        PUBLIC_KINDS,
-        label_file_names,
-        public_records,
-        restrict_findings,
-    )
-    from cxrmim.data.sources import (
-        apply_label_map,
-        covid19_radiography_records,
-        filter_views,
-        kaggle_folders,
-        keep_labels,
-        manifest_columns,
-        manifest_records,
-    )
+    from cxrmim.data.kinds import label_file_names, read_kind
+    from cxrmim.data.public import restrict_findings
+    from cxrmim.data.sources import apply_label_map, filter_views, keep_labels
     from cxrmim.data.tasks import spelling_hint
 
     report = {} if report is None else report
-    if kind == "covid19_radiography":
-        records, warnings = covid19_radiography_records(root)
-        report["folders"] = kaggle_folders(root)
-        base = root
-    elif kind in PUBLIC_KINDS:
-        labeler = dataset_cfg.get("labeler") or "chexpert"
-        records, warnings = public_records(kind, root, dataset_cfg.get("uncertain") or "ignore", labeler)
-        report["label_files"] = label_file_names(kind, root, labeler)
-        if dataset_cfg.get("task") == "multilabel" and dataset_cfg.get("findings"):
-            report["findings"] = finding_fates([r.label for r in records], list(dataset_cfg["findings"]))
-            hint = spelling_hint(report["findings"], dataset_cfg["findings"])
-            if hint:  # the listed spelling would match no image and the dataset's spelling would be dropped
-                raise ValueError(f"dataset.findings and the {kind} labels spell findings differently{hint}; "
-                                 "use the dataset's spelling in dataset.findings")
-            records, changed = restrict_findings(records, list(dataset_cfg["findings"]))
-            if changed:
-                warnings.append(f"{changed} images have findings outside dataset.findings; only the listed ones count")
-        base = root
-    else:
-        records, warnings, base = manifest_records(root), [], root.parent
-        report["columns"] = manifest_columns(root)
-        ignored = [name for name, what in report["columns"].items() if what.startswith("ignored")]
-        if ignored:
-            warnings.append(f"manifest columns {ignored} are not used (used: image, label, mask, patient_id, view, "
-                            "report and their usual spellings)")
+    entry = registry.dataset_kind(kind)
+    read = read_kind(kind, root, dataset_cfg)
+    records, warnings, base = read.records, read.warnings, read.base
+    if entry.label_files:
+        report["label_files"] = label_file_names(kind, root, dataset_cfg)
+    report.update(read.seen)
+    if entry.findings and dataset_cfg.get("task") == "multilabel" and dataset_cfg.get("findings"):
+        report["findings"] = finding_fates([r.label for r in records], list(dataset_cfg["findings"]))
+        hint = spelling_hint(report["findings"], dataset_cfg["findings"])
+        if hint:  # the listed spelling would match no image and the dataset's spelling would be dropped
+            raise ValueError(f"dataset.findings and the {kind} labels spell findings differently{hint}; "
+                             "use the dataset's spelling in dataset.findings")
+        records, changed = restrict_findings(records, list(dataset_cfg["findings"]))
+        if changed:
+            warnings.append(f"{changed} images have findings outside dataset.findings; only the listed ones count")
     raw = records
     mapped = apply_label_map(records, dataset_cfg.get("label_map") or {})
     unmatched = sorted(set(dataset_cfg.get("keep_labels") or []) - {r.label for r in mapped})

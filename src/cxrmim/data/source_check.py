@@ -11,21 +11,21 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from cxrmim import registry
 from cxrmim.data.sources import SourceError
 
 __all__ = ["check_source", "dataset_params"]
 
-PUBLIC = ("chexpert", "nih_cxr14", "mimic_cxr_jpg")
-
 
 def check_source(dataset_cfg: dict[str, Any], marker: Path | str | None = None) -> None:
     """Raise for a local source that cannot be prepared as configured (a missing one only after a good run)."""
-    from cxrmim.data.public import label_files
+    from cxrmim.data.kinds import label_file_paths
     from cxrmim.data.records import source_records
     from cxrmim.data.tasks import LabelTask
 
     kind, source = dataset_cfg.get("kind"), dataset_cfg.get("source")
-    if kind == "synthetic" or not source or "://" in str(source):
+    entry = registry.dataset_kind(kind)
+    if entry.reader is None or not source or "://" in str(source):
         return
     path = Path(str(source)).expanduser()
     if not path.exists():
@@ -33,12 +33,14 @@ def check_source(dataset_cfg: dict[str, Any], marker: Path | str | None = None) 
             raise SourceError(f"dataset.source {path} does not exist (renamed or moved?); restore it or fix "
                               "dataset.source (checked before any job, so the last run's results stay in place)")
         return
-    if (kind == "manifest" and path.is_file()) or (kind == "covid19_radiography" and path.is_dir()):
+    if path.is_file() != entry.file_source:  # an archive, still to extract (or a folder given for a manifest)
+        return
+    if entry.check == "records":
         # Every listed file and the labels against the task: what the fingerprint stats anyway, plus the labels.
         records, _, _ = source_records(kind, path, dataset_cfg)
         LabelTask.from_config(dataset_cfg).check_labels([r.label for r in records])
-    elif kind in PUBLIC and path.is_dir():  # reading their label CSVs takes long: only their files are checked
-        label_files(kind, path, dataset_cfg.get("labeler") or "chexpert")
+    else:  # reading their label CSVs takes long: only their files are checked
+        label_file_paths(kind, path, dataset_cfg)
 
 
 def dataset_params(dataset_cfg: dict[str, Any]) -> dict[str, Any]:

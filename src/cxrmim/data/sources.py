@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from cxrmim.data.csvtext import (
     SourceError,
@@ -16,6 +17,7 @@ from cxrmim.data.csvtext import (
 from cxrmim.data.tasks import fold
 
 __all__ = [
+    "KindRead",
     "SourceError",
     "SourceRecord",
     "apply_label_map",
@@ -27,6 +29,8 @@ __all__ = [
     "manifest_columns",
     "manifest_records",
     "map_label",
+    "read_covid19_radiography",
+    "read_manifest",
     "read_manifest_table",
 ]
 
@@ -60,6 +64,16 @@ class SourceRecord:
     report: str | None = None
     official: str | None = None  # the dataset's official split part (train / test), when it has one
     uncertain: tuple[str, ...] = ()  # findings labelled uncertain (left out of training and metrics)
+
+
+@dataclass
+class KindRead:
+    """What a dataset kind's reader returns (registry.DatasetKind.reader): records, warnings, path base, `seen`."""
+
+    records: list[SourceRecord]
+    warnings: list[str]
+    base: Path  # what `prepare.source_paths: relative` paths are relative to
+    seen: dict[str, Any] = field(default_factory=dict)  # what became of its folders, columns, rows (summary.json)
 
 
 # ----------------------------------------------------------------------------- Kaggle layout
@@ -167,6 +181,12 @@ def covid19_radiography_records(root: Path) -> tuple[list[SourceRecord], list[st
     return sorted(records, key=lambda r: (r.label, r.image.name)), warnings
 
 
+def read_covid19_radiography(root: Path, options: dict[str, Any]) -> KindRead:
+    """The `covid19_radiography` kind: its records and what became of every class-level folder."""
+    records, warnings = covid19_radiography_records(root)
+    return KindRead(records, warnings, Path(root), {"folders": kaggle_folders(root)})
+
+
 # ----------------------------------------------------------------------------- CSV manifests
 
 
@@ -239,6 +259,15 @@ def manifest_records(csv_path: Path) -> list[SourceRecord]:
     if not records:
         raise SourceError(f"{csv_path}: the manifest has no rows; add one row per image")
     return records
+
+
+def read_manifest(root: Path, options: dict[str, Any]) -> KindRead:
+    """The `manifest` kind: its rows (paths relative to the CSV's folder) and what became of every column."""
+    records, columns = manifest_records(root), manifest_columns(root)
+    ignored = [name for name, what in columns.items() if what.startswith("ignored")]
+    warnings = [f"manifest columns {ignored} are not used (used: image, label, mask, patient_id, view, report and "
+                "their usual spellings)"] if ignored else []
+    return KindRead(records, warnings, Path(root).parent, {"columns": columns})
 
 
 # ----------------------------------------------------------------------------- record transforms
