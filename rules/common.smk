@@ -8,7 +8,7 @@ from pathlib import Path
 from cxrmim import registry
 from cxrmim.codebase import module_closure  # the package modules a script imports (torch-free)
 from cxrmim.inits import parse_init  # one spelling of run names
-from cxrmim.plan import Plan, check, parse_variant, variant_pattern
+from cxrmim.plan import Plan, check, parse_variant, run_outputs, variant_pattern
 from cxrmim.recipe import init_settings
 from cxrmim.resources import job_mem_mb  # mem_mb from the cache's size (torch-free)
 
@@ -104,8 +104,8 @@ def section(name, drop=()):
 CONTRASTIVE = PLAN.contrastive  # SimSiam / BYOL: an optional section; without it (or with no methods) no jobs
 PRETRAIN_RUNS = PLAN.pretrain_runs
 CONTRASTIVE_RUNS = PLAN.contrastive_runs
-MASKED_METHODS = "|".join(m.name for m in registry.METHODS if m.has_mask_ratio)  # wildcard patterns
-JOINT_METHODS = "|".join(registry.methods(registry.JOINT))
+MASKED_METHODS = tuple(m.name for m in registry.METHODS if m.has_mask_ratio)  # what rule pretrain trains
+JOINT_METHODS = registry.methods(registry.JOINT)  # what rule contrastive_pretrain trains
 VARIANTS = variant_pattern()
 
 

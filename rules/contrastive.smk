@@ -1,4 +1,4 @@
-CONTRASTIVE_RUN = f"{RESULTS}/pretrain/{{method}}_{{encoder}}_s{{pseed}}"
+CONTRASTIVE_RUN = "{method}_{encoder}_s{pseed}"  # a run folder's name (cxrmim.inits.pretrain_run_name)
 
 
 rule contrastive_pretrain:
@@ -10,17 +10,14 @@ rule contrastive_pretrain:
         split=rules.split.output.split,
         validity=rules.patch_validity.output.validity,
     output:
-        encoder=f"{CONTRASTIVE_RUN}/encoder.safetensors",
-        history=f"{CONTRASTIVE_RUN}/history.csv",
-        # The same backbone as a timm folder: timm.create_model("local-dir:<run>/timm", pretrained=True).
-        timm_config=f"{CONTRASTIVE_RUN}/timm/config.json",
-        timm_weights=f"{CONTRASTIVE_RUN}/timm/model.safetensors",
+        # The files of its methods' run folders (cxrmim.registry, Method.output_files), incl. the timm folder.
+        **run_outputs(JOINT_METHODS, f"{RESULTS}/pretrain/{CONTRASTIVE_RUN}"),
     log:
-        f"{LOGS}/pretrain/{{method}}_{{encoder}}_s{{pseed}}.log",
+        f"{LOGS}/pretrain/{CONTRASTIVE_RUN}.log",
     benchmark:
-        f"{BENCH}/pretrain/{{method}}_{{encoder}}_s{{pseed}}.tsv"
+        f"{BENCH}/pretrain/{CONTRASTIVE_RUN}.tsv"
     wildcard_constraints:
-        method=JOINT_METHODS,
+        method="|".join(JOINT_METHODS),
         encoder=r"[A-Za-z0-9][A-Za-z0-9-]*",
         pseed=r"\d+",
     conda:

@@ -1,5 +1,6 @@
 # `pretrain:` keys that only choose which jobs exist (or where they run): changing them reruns no pretraining.
 PRETRAIN_CHOICE_KEYS = ("methods", "mask_ratio", "mask_ratios", "encoder", "seeds", "resources")
+PRETRAIN_RUN = "{method}_r{ratio}_{encoder}_s{pseed}"  # a run folder's name (cxrmim.inits.pretrain_run_name)
 
 
 rule pretrain:
@@ -12,18 +13,14 @@ rule pretrain:
         split=rules.split.output.split,
         validity=rules.patch_validity.output.validity,
     output:
-        encoder=f"{RESULTS}/pretrain/{{method}}_r{{ratio}}_{{encoder}}_s{{pseed}}/encoder.safetensors",
-        autoencoder=f"{RESULTS}/pretrain/{{method}}_r{{ratio}}_{{encoder}}_s{{pseed}}/autoencoder.safetensors",
-        history=f"{RESULTS}/pretrain/{{method}}_r{{ratio}}_{{encoder}}_s{{pseed}}/history.csv",
-        # The same encoder as a timm folder: timm.create_model("local-dir:<run>/timm", pretrained=True).
-        timm_config=f"{RESULTS}/pretrain/{{method}}_r{{ratio}}_{{encoder}}_s{{pseed}}/timm/config.json",
-        timm_weights=f"{RESULTS}/pretrain/{{method}}_r{{ratio}}_{{encoder}}_s{{pseed}}/timm/model.safetensors",
+        # The files of its methods' run folders (cxrmim.registry, Method.output_files), incl. the timm folder.
+        **run_outputs(MASKED_METHODS, f"{RESULTS}/pretrain/{PRETRAIN_RUN}"),
     log:
-        f"{LOGS}/pretrain/{{method}}_r{{ratio}}_{{encoder}}_s{{pseed}}.log",
+        f"{LOGS}/pretrain/{PRETRAIN_RUN}.log",
     benchmark:
-        f"{BENCH}/pretrain/{{method}}_r{{ratio}}_{{encoder}}_s{{pseed}}.tsv"
+        f"{BENCH}/pretrain/{PRETRAIN_RUN}.tsv"
     wildcard_constraints:
-        method=MASKED_METHODS,
+        method="|".join(MASKED_METHODS),
         ratio=r"[0-9.]+",
         encoder=r"[A-Za-z0-9][A-Za-z0-9-]*",
         pseed=r"\d+",

@@ -16,8 +16,8 @@ from torch import nn
 from cxrmim.device import DeviceSetup, select_device
 from cxrmim.optim import seed_everything, weight_decay_groups
 from cxrmim.train.distributed import Distributed, distributed_session
+from cxrmim.train.epoch import EpochRandom
 from cxrmim.train.loop import (
-    EpochRandom,
     LoopSettings,
     NonFiniteLoss,
     Schedule,

@@ -9,7 +9,7 @@ import pytest
 
 from cxrmim import registry
 from cxrmim.config import load_config
-from cxrmim.plan import Plan, check, parse_variant, variant_pattern, variant_suffix
+from cxrmim.plan import Plan, check, parse_variant, run_outputs, variant_pattern, variant_suffix
 
 DEFAULT = load_config()
 
@@ -26,11 +26,11 @@ def test_default_plan_names_every_run():
     plan = Plan(DEFAULT)
     assert plan.pretrain_seeds == [0] and plan.budgets == ["frac0.01", "frac0.1", "frac1"]
     assert plan.pretrain_runs == sorted(f"{m}_r0.75_vit-cpu_s0" for m in DEFAULT["pretrain"]["methods"])
-    assert plan.contrastive_runs == [f"{m}_resnet10t-half_s0" for m in DEFAULT["contrastive"]["methods"]]
+    assert plan.contrastive_runs == [f"{m}_resnet10t-half_s0" for m in ("simsiam", "byol", "skd", "cross")]
     assert plan.main_inits[-2:] == ["scratch_vit-cpu", "scratch_resnet10t-half"]
     runs = plan.finetune_runs()
     # 11 inits x 3 budgets x 2 subset seeds, one variant; no extra ratios.
-    assert len(runs) == 66 and len(set(runs)) == 66
+    assert len(plan.main_inits) == 11 and len(runs) == 66 and len(set(runs)) == 66
     assert "finetune/medim_r0.75_vit-cpu_s0/frac0.01_seed1" in runs
     assert plan.report_figure_runs() == {"mrm_reconstructions": "mrm_r0.75_vit-cpu_s0",
                                          "medim_masks": "medim_r0.75_vit-cpu_s0"}  # fmt: skip
@@ -57,6 +57,18 @@ def test_variant_spellings_round_trip_and_match_the_wildcard():
             assert pattern.fullmatch(suffix)
             assert parse_variant(suffix) == (None if suffix == "" else (mode, preset))
     assert not pattern.fullmatch("_full-bogus")
+
+
+def test_rule_outputs_are_the_registry_files_of_its_methods():
+    masked = tuple(m.name for m in registry.METHODS if m.has_mask_ratio)
+    outputs = run_outputs(masked, "results/x/pretrain/{method}_r{ratio}_{encoder}_s{pseed}")
+    assert list(outputs) == ["encoder", "autoencoder", "history", "timm_config", "timm_weights"]
+    assert outputs["timm_weights"] == "results/x/pretrain/{method}_r{ratio}_{encoder}_s{pseed}/timm/model.safetensors"
+    assert sorted(run_outputs(registry.methods(registry.JOINT), "r").values()) == sorted(
+        f"r/{name}" for name in registry.method("byol").outputs
+    )
+    with pytest.raises(ValueError, match="declare different output files"):
+        run_outputs(("mae", "byol"), "r")  # one rule cannot write an autoencoder for only some of its methods
 
 
 def test_method_settings_keep_only_their_own_subsection():

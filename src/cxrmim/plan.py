@@ -41,6 +41,18 @@ def parse_variant(variant: str) -> tuple[str, str] | None:
     return mode, preset
 
 
+def run_outputs(methods: tuple[str, ...], run_folder: str) -> dict[str, str]:
+    """Output name -> path pattern of the rule that trains `methods`, from their registry `output_files`.
+
+    One rule trains several methods and a rule's outputs cannot vary with its method wildcard, so its methods must
+    declare the same files.
+    """
+    declared = {tuple(registry.method(m).output_files.items()) for m in methods}
+    if len(declared) != 1:
+        raise ValueError(f"methods {list(methods)} share one pretraining rule but declare different output files")
+    return {name: f"{run_folder}/{file}" for name, file in declared.pop()}
+
+
 class Plan:
     """The jobs of one config: pretraining runs, fine-tuning inits and runs, label budgets, variants."""
 

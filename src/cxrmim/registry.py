@@ -14,9 +14,11 @@ from typing import Any
 
 MASKED, REPORT, JOINT = "masked", "report-aware", "joint-embedding"
 FAMILIES = (MASKED, REPORT, JOINT)
-# Files every pretraining run writes (the loop writes history.csv); masked and report-aware runs add the whole
-# autoencoder (autoencoder.safetensors) that the reconstruction figures load.
-RUN_FILES = ("encoder.safetensors", "history.csv", "timm/config.json", "timm/model.safetensors")
+# Files every pretraining run writes, by the name the pretraining rules give each output (the loop writes
+# history.csv; timm/ is the encoder as a timm folder: timm.create_model("local-dir:<run>/timm", pretrained=True)).
+# Masked and report-aware runs add the whole autoencoder that the reconstruction figures load.
+RUN_FILES = {"encoder": "encoder.safetensors", "history": "history.csv", "timm_config": "timm/config.json",
+             "timm_weights": "timm/model.safetensors"}  # fmt: skip
 AUTOENCODER_FILE = "autoencoder.safetensors"
 
 
@@ -46,9 +48,16 @@ class Method:
         return "contrastive.methods" if self.family == JOINT else "pretrain.methods"
 
     @property
+    def output_files(self) -> dict[str, str]:
+        """Output name -> file of its run folder (the encoder first, then the autoencoder where there is one)."""
+        encoder, *rest = RUN_FILES.items()
+        autoencoder = [] if self.family == JOINT else [("autoencoder", AUTOENCODER_FILE)]
+        return dict([encoder, *autoencoder, *rest])
+
+    @property
     def outputs(self) -> tuple[str, ...]:
         """The files of its run folder."""
-        return RUN_FILES if self.family == JOINT else (*RUN_FILES, AUTOENCODER_FILE)
+        return tuple(self.output_files.values())
 
     def option(self, key: str) -> Any:
         """One of `options`."""

@@ -20,7 +20,7 @@ from cxrmim.data.tensors import normalise
 from cxrmim.data.views import ViewAugment, two_views
 from cxrmim.models.encoders import create_encoder, write_encoder_files
 from cxrmim.models.joint_embedding import build_joint_embedding
-from cxrmim.train.loop import EpochRandom
+from cxrmim.train.epoch import EpochRandom
 from cxrmim.train.memory import Probe
 from cxrmim.train.method_base import SECTION_UNSIGNED_KEYS, MethodBase, RunInputs, check_spec, parameter_count
 from cxrmim.train.pretrain_data import PretrainData

@@ -11,7 +11,7 @@ from cxrmim import registry
 from cxrmim.models.masking import uniform_noise
 from cxrmim.models.medim import ReportGuidedMIM, choose_sentences, min_sentence_words
 from cxrmim.text.tokenizer import ReportTensors
-from cxrmim.train.loop import EpochRandom
+from cxrmim.train.epoch import EpochRandom
 from cxrmim.train.method_base import RunInputs
 from cxrmim.train.pretrain_data import PretrainData, batch_inputs
 from cxrmim.train.report_methods import ReportMethodOutputs, report_batch, report_inputs

@@ -16,7 +16,7 @@ from cxrmim.io import atomic_path
 from cxrmim.models.encoders import write_encoder_files
 from cxrmim.models.mae import MaskedAutoencoder, build_mae
 from cxrmim.models.masking import MaskPlan, lung_batch_masked
-from cxrmim.train.loop import EpochRandom
+from cxrmim.train.epoch import EpochRandom
 from cxrmim.train.memory import Probe, mae_probes
 from cxrmim.train.method_base import MethodBase, RunInputs, check_spec
 from cxrmim.train.pretrain_data import PretrainData, batch_inputs

@@ -15,7 +15,7 @@ from cxrmim import registry
 from cxrmim.models.mrm import MaskedRecordModel
 from cxrmim.models.report_text import whole_word_mask
 from cxrmim.text.tokenizer import ReportTensors
-from cxrmim.train.loop import EpochRandom
+from cxrmim.train.epoch import EpochRandom
 from cxrmim.train.method_base import RunInputs
 from cxrmim.train.pretrain_data import PretrainData, batch_inputs
 from cxrmim.train.report_methods import ReportMethodOutputs, report_batch, report_inputs

@@ -20,8 +20,9 @@ from cxrmim.cli import parse_json_arg
 from cxrmim.device import select_device
 from cxrmim.optim import seed_everything
 from cxrmim.train.distributed import distributed_session
+from cxrmim.train.epoch import TrainingMethod
 from cxrmim.train.launch import add_run_arguments, report_unfinished, start_run
-from cxrmim.train.loop import LoopSettings, TrainingMethod, run_training
+from cxrmim.train.loop import LoopSettings, run_training
 from cxrmim.train.method_base import PRETRAIN_UNSIGNED_KEYS, RunInputs
 from cxrmim.train.mim import MASKING_COLUMNS
 from cxrmim.train.pretrain_data import PretrainData, load_pretrain_data
