@@ -30,6 +30,7 @@ RUNTIME_ONLY = {
     "pygments": "code highlighting in `snakemake --report`",
     "snakefmt": "the Snakefile formatter .ci/run checks with",
     "ruff": "the Python linter and formatter .ci/run checks with",
+    "pytest-xdist": "runs the test files on every core (`-n auto --dist loadfile` in pyproject's pytest addopts)",
 }
 # Import names whose distribution name differs, for packages not installed where the test runs.
 KNOWN_DISTRIBUTIONS = {"PIL": "pillow", "yaml": "pyyaml", "sklearn": "scikit-learn", "skimage": "scikit-image"}

@@ -204,13 +204,22 @@ model = create_encoder({"timm_name": "vit_tiny_patch16_224", "kwargs": {"embed_d
                         "num_heads": 3}}, 64, 8, num_classes=3)
 optimizer = torch.optim.AdamW(model.parameters())
 images, labels = torch.randn(48, 1, 64, 64), torch.randint(0, 3, (48,))
-# Resident now (not the high-water mark, which imports may have raised), in KiB like ru_maxrss.
-before = int(open("/proc/self/statm").read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 1024
+def rss_kib(field):
+    return next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith(field + ":"))
+# Resident now, in KiB. The high-water mark is reset here (Linux: clear_refs 5), so the peak the imports reached
+# (which varies with what else the machine runs) does not count; without the reset, ru_maxrss is an upper bound.
+before = rss_kib("VmRSS")
+try:
+    with open("/proc/self/clear_refs", "w") as handle:
+        handle.write("5")
+    peak = lambda: rss_kib("VmHWM")
+except OSError:
+    peak = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 for _ in range(2):
     torch.nn.functional.cross_entropy(model(images), labels).backward()
     optimizer.step()
     optimizer.zero_grad(set_to_none=False)
-after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+after = peak()
 print(json.dumps({"peak_mb": (after - before) / 1024, "weights_mb": 4 * sum(p.numel() for p in model.parameters()) / 1e6}))
 """
 

@@ -103,13 +103,15 @@ def test_training_on_phantoms_reaches_high_dice():
 
 
 def write_maskless_manifest(folder: Path, n: int = 12) -> Path:
-    """Phantom PNGs plus one all-black PNG listed in a manifest without a mask column."""
+    """Phantom PNGs plus one nearly black PNG (prepare keeps it: not constant) in a manifest without a mask column."""
     phantoms = generate_dataset(PhantomSettings(n_images=n, image_size=64, seed=99))
     rows = []
     for i, image in enumerate(phantoms["images"]):
         Image.fromarray(image).save(folder / f"p{i:02d}.png")
         rows.append({"image": f"p{i:02d}.png", "label": phantoms["labels"][i]})
-    Image.fromarray(np.zeros((64, 64), np.uint8)).save(folder / "black.png")
+    faint = np.zeros((64, 64), np.uint8)
+    faint[::2, ::2] = 2  # a few grey levels: no anatomy (the mask QC's blank_image), but not a constant export
+    Image.fromarray(faint).save(folder / "black.png")
     rows.append({"image": "black.png", "label": "Normal"})
     csv = folder / "maskless.csv"
     pd.DataFrame(rows).to_csv(csv, index=False)
