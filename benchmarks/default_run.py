@@ -27,8 +27,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cores", type=int, default=2)
     parser.add_argument("--name", default="bench_default", help="dataset.name, i.e. the results/<name>/ folder")
-    parser.add_argument("--configfile", type=Path, nargs="+", default=[REPO / "workflow_config.yaml"],
-                        help="config files in merge order, as snakemake --configfile takes them")
+    parser.add_argument(
+        "--configfile",
+        type=Path,
+        nargs="+",
+        default=[REPO / "workflow_config.yaml"],
+        help="config files in merge order, as snakemake --configfile takes them",
+    )
     return parser.parse_args(argv)
 
 
@@ -39,8 +44,11 @@ def stage_times(benchmarks: Path) -> pd.DataFrame:
         stage = tsv.relative_to(benchmarks).parts[0].removesuffix(".tsv")
         record = pd.read_csv(tsv, sep="\t").iloc[0]
         rows.append({"stage": stage, "wall_s": float(record["s"]), "cpu_s": float(record["cpu_time"])})
-    table = pd.DataFrame(rows).groupby("stage").agg(jobs=("wall_s", "size"), wall_s=("wall_s", "sum"),
-                                                     cpu_s=("cpu_s", "sum"))
+    table = (
+        pd.DataFrame(rows)
+        .groupby("stage")
+        .agg(jobs=("wall_s", "size"), wall_s=("wall_s", "sum"), cpu_s=("cpu_s", "sum"))
+    )
     return table.sort_values("wall_s", ascending=False)
 
 
@@ -48,8 +56,12 @@ def lowest_fraction(tables: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Accuracy per method at the lowest label fraction (mean over seeds) and its significance rows."""
     runs = pd.read_csv(tables / "label_fractions.csv")
     lowest = runs["fraction"].min()
-    accuracy = (runs[runs["fraction"] == lowest].groupby(["method", "architecture"])["test_accuracy"]
-                .agg(["mean", "count"]).sort_values("mean", ascending=False))
+    accuracy = (
+        runs[runs["fraction"] == lowest]
+        .groupby(["method", "architecture"])["test_accuracy"]
+        .agg(["mean", "count"])
+        .sort_values("mean", ascending=False)
+    )
     significance = pd.read_csv(tables / "significance.csv")
     columns = ["comparison", "difference", "ci_low", "ci_high", "p_value"]
     return accuracy, significance.loc[significance["fraction"] == lowest, columns]
@@ -84,8 +96,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"snakemake failed (exit {completed.returncode}) after {wall:.0f} s", file=sys.stderr)
         return completed.returncode
     stages = stage_times(results / "benchmarks")
-    print(f"whole DAG: {wall:.0f} s wall on {args.cores} cores, {int(stages['jobs'].sum())} jobs, "
-          f"{stages['cpu_s'].sum():.0f} CPU s")
+    print(
+        f"whole DAG: {wall:.0f} s wall on {args.cores} cores, {int(stages['jobs'].sum())} jobs, "
+        f"{stages['cpu_s'].sum():.0f} CPU s"
+    )
     print(stages.round(1).to_string())
     print_results(results / "tables")
     return 0

@@ -65,9 +65,11 @@ def holdout_misses(n: int, per_patient: int, fraction: float, seeds: int) -> dic
         groups = np.array([f"p{i // per_patient}" for i in range(n)])
         member = label_sets(labels)[1]
         target = fraction * member.sum(0)
-        for method, held in (("rarest finding", rarest_finding_holdout(labels, groups, fraction, seed)),
-                             ("Sechidis", sechidis_holdout(member, groups, fraction, seed)),
-                             ("cxrmim", iterative_holdout(member, groups, fraction, seed))):
+        for method, held in (
+            ("rarest finding", rarest_finding_holdout(labels, groups, fraction, seed)),
+            ("Sechidis", sechidis_holdout(member, groups, fraction, seed)),
+            ("cxrmim", iterative_holdout(member, groups, fraction, seed)),
+        ):
             misses[method].append((np.abs(member[held].sum(0) - target).max(), abs(held.sum() - fraction * n)))
     return {method: np.array(rows) for method, rows in misses.items()}
 
@@ -81,7 +83,7 @@ def prefix_misses(n: int, seeds: int) -> dict[str, np.ndarray]:
         for method, order in (("random order", rng.permutation(n)), ("cxrmim order", stratified_order(member, rng))):
             counts = np.cumsum(member[order], axis=0)
             expected = np.arange(1, n + 1)[:, None] * member.sum(0) / n
-            misses[method].append(np.abs(counts - expected)[member.shape[1]:].max())
+            misses[method].append(np.abs(counts - expected)[member.shape[1] :].max())
     return {method: np.array(rows) for method, rows in misses.items()}
 
 
@@ -95,8 +97,10 @@ def main(argv: list[str] | None = None) -> int:
     for per_patient in (1, 3):
         print(f"holdout of {args.fraction:g}, {args.images} images, {per_patient} per patient, {args.seeds} seeds:")
         for method, miss in holdout_misses(args.images, per_patient, args.fraction, args.seeds).items():
-            print(f"  {method:15s} finding miss mean {miss[:, 0].mean():.2f} worst {miss[:, 0].max():.1f}"
-                  f" | size miss mean {miss[:, 1].mean():.2f} worst {miss[:, 1].max():.0f}")
+            print(
+                f"  {method:15s} finding miss mean {miss[:, 0].mean():.2f} worst {miss[:, 0].max():.1f}"
+                f" | size miss mean {miss[:, 1].mean():.2f} worst {miss[:, 1].max():.0f}"
+            )
     print(f"label-budget orders, {args.images} images, {args.seeds} seeds (worst finding miss over all prefixes):")
     for method, miss in prefix_misses(args.images, args.seeds).items():
         print(f"  {method:15s} mean {miss.mean():.2f} worst {miss.max():.2f}")

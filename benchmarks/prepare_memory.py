@@ -76,14 +76,28 @@ def main(argv: list[str] | None = None) -> None:
         (folder / "source.json").write_text(json.dumps({"root": str(folder / "phantoms.npz")}))
         dataset = {"name": "bench", "kind": "synthetic"}
         settings = {"image_size": args.size, "on_bad_image": "skip", "workers": 1}
-        result = subprocess.run([sys.executable, "-c", RUN_PREPARE, str(folder / "source.json"), json.dumps(dataset),
-                                 json.dumps(settings), str(folder / "prepared")], capture_output=True, check=False, text=True)
+        result = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                RUN_PREPARE,
+                str(folder / "source.json"),
+                json.dumps(dataset),
+                json.dumps(settings),
+                str(folder / "prepared"),
+            ],
+            capture_output=True,
+            check=False,
+            text=True,
+        )
         if result.returncode:
             sys.exit(result.stderr[-4000:])
         stats = json.loads(result.stdout.strip().splitlines()[-1])
         cache_mb = 2 * args.n * args.size**2 / 2**20
-        print(f"prepare: {stats['n_images']} images of {args.size} px in {stats['seconds']:.0f} s, peak RSS "
-              f"{stats['peak_rss_mb']:.0f} MB (the cache itself is {cache_mb:.0f} MB on disk)")
+        print(
+            f"prepare: {stats['n_images']} images of {args.size} px in {stats['seconds']:.0f} s, peak RSS "
+            f"{stats['peak_rss_mb']:.0f} MB (the cache itself is {cache_mb:.0f} MB on disk)"
+        )
 
 
 if __name__ == "__main__":

@@ -104,7 +104,9 @@ def report_steps(encoder_cfg: dict, decoder: tuple[int, int, int], args: argpars
     attention = torch.ones(batch, REPORT_LENGTH, dtype=torch.bool, device=device)
     flags = torch.rand(batch, REPORT_LENGTH, device=device) < 0.3
     torch.manual_seed(0)
-    mae = MaskedAutoencoder(encoder_cfg, args.image_size, args.patch_size, "random", args.mask_ratio, *decoder).to(device)
+    mae = MaskedAutoencoder(encoder_cfg, args.image_size, args.patch_size, "random", args.mask_ratio, *decoder).to(
+        device
+    )
     mrm = MaskedRecordModel(encoder_cfg, args.image_size, args.patch_size, args.mask_ratio, settings, VOCAB,
                             REPORT_LENGTH, 4).to(device)  # fmt: skip
     steps = {"MAE": (mae, lambda: mae(images, None, generator)[0])}
@@ -251,8 +253,13 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="alternating timing rounds; the best is reported")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--no-report-methods", action="store_true", help="skip the MAE / MRM / MedIM comparison")
-    parser.add_argument("--tables", nargs="+", default=["masking", "report", "variants"],
-                        choices=["masking", "report", "variants"], help="which of the three tables to print")
+    parser.add_argument(
+        "--tables",
+        nargs="+",
+        default=["masking", "report", "variants"],
+        choices=["masking", "report", "variants"],
+        help="which of the three tables to print",
+    )
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
     args = parser.parse_args()
     setup = select_device(args.device)
@@ -289,7 +296,9 @@ def print_masking(args: argparse.Namespace, setup: DeviceSetup) -> None:
                 )
         params = sum(p.numel() for p in model.parameters())
         rates = " ".join(f"{throughput[m]:>17.1f}" for m in methods)
-        overheads = ", ".join(f"{m} {100 * (throughput['mae'] / throughput[m] - 1):+.1f}%" for m in methods if m != "mae")
+        overheads = ", ".join(
+            f"{m} {100 * (throughput['mae'] / throughput[m] - 1):+.1f}%" for m in methods if m != "mae"
+        )
         print(f"{size:>6} {params:>10,} {rates} {overheads}")
 
 

@@ -16,12 +16,26 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line arguments."""
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--metrics", nargs="+", required=True, help="metrics.json of every fine-tuning run")
-    parser.add_argument("--settings", "--plots", dest="settings", default="{}",
-                        help="JSON (inline or file) of the plots: section (dpi, style)")
-    parser.add_argument("--mask-ratio", type=float, default=None,
-                        help="pretrain.mask_ratio: other ratios stay out of the fraction plots (default: inferred)")
-    parser.add_argument("--variant", nargs=2, default=["full", "current"], metavar=("MODE", "PRESET"),
-                        help="fine-tuning mode and augmentation preset whose runs are drawn (the first configured)")
+    parser.add_argument(
+        "--settings",
+        "--plots",
+        dest="settings",
+        default="{}",
+        help="JSON (inline or file) of the plots: section (dpi, style)",
+    )
+    parser.add_argument(
+        "--mask-ratio",
+        type=float,
+        default=None,
+        help="pretrain.mask_ratio: other ratios stay out of the fraction plots (default: inferred)",
+    )
+    parser.add_argument(
+        "--variant",
+        nargs=2,
+        default=["full", "current"],
+        metavar=("MODE", "PRESET"),
+        help="fine-tuning mode and augmentation preset whose runs are drawn (the first configured)",
+    )
     parser.add_argument("--intervals", default=None, help="tables/accuracy_intervals.csv (the headline figure)")
     parser.add_argument("--significance", default=None, help="tables/significance.csv (the comparisons heatmap)")
     parser.add_argument("--out-dir", required=True)

@@ -30,7 +30,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--subset", required=True, help="label subset CSV (index,id,label)")
     parser.add_argument("--init", required=True, help="rgmim_r0.75_vit-b16_s0, scratch_vit-b16, imagenet_resnet50, ...")
     parser.add_argument("--encoder", required=True, help="JSON (inline or file) of the encoders: entry")
-    parser.add_argument("--weights", default=None, help="encoder.safetensors, or a local ImageNet weights file for timm (.safetensors/.pth)")
+    parser.add_argument(
+        "--weights",
+        default=None,
+        help="encoder.safetensors, or a local ImageNet weights file for timm (.safetensors/.pth)",
+    )
     parser.add_argument("--external", default=None, help="JSON (inline or file) of the init's external_inits: entry")
     parser.add_argument("--patch-size", type=int, default=None, help="ViT patch size when the weights carry none")
     parser.add_argument("--settings", required=True, help="JSON (inline or file) of the finetune: section")

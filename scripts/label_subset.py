@@ -26,8 +26,9 @@ def main() -> None:
     subset = label_subset(pd.read_csv(args.split, keep_default_na=False), args.budget, args.seed, args.split_seed)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     subset.to_csv(args.out, index=False)
-    logging.getLogger("cxrmim.subset").info("%d labelled images: %s", len(subset),
-                                            subset["label"].value_counts().sort_index().to_dict())
+    logging.getLogger("cxrmim.subset").info(
+        "%d labelled images: %s", len(subset), subset["label"].value_counts().sort_index().to_dict()
+    )
 
 
 if __name__ == "__main__":

@@ -28,8 +28,16 @@ def main() -> None:
         parser.error("--masks and --mask-status go together")
     setup_logging(args.log)
     mask_qc = parse_json_arg(args.mask_qc) if args.mask_qc else None
-    run_patch_validity(args.prepared, parse_json_arg(args.settings), args.out, args.summary, args.figure,
-                       args.masks, args.mask_status, mask_qc)
+    run_patch_validity(
+        args.prepared,
+        parse_json_arg(args.settings),
+        args.out,
+        args.summary,
+        args.figure,
+        args.masks,
+        args.mask_status,
+        mask_qc,
+    )
     if args.mask_qc_table is not None:
         provided_mask_report(args.prepared, mask_qc or {}, args.mask_qc_table, args.mask_qc_figure)
 

@@ -24,7 +24,13 @@ def main() -> None:
     from cxrmim.analysis.pretrain_figures import make_pretrain_figures
 
     make_pretrain_figures(
-        args.prepared, args.split, args.validity, args.runs, args.mask_ratio, args.out_dir, parse_json_arg(args.settings)
+        args.prepared,
+        args.split,
+        args.validity,
+        args.runs,
+        args.mask_ratio,
+        args.out_dir,
+        parse_json_arg(args.settings),
     )
 
 

@@ -33,8 +33,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     summary.add_argument("--metrics", nargs="*", type=Path, default=[], help="fine-tuning metrics.json (device)")
     summary.add_argument("--pretrain-histories", nargs="*", type=Path, default=[], help="pretrain/<run>/history.csv")
     summary.add_argument("--benchmarks-dir", type=Path, help="benchmarks/ folder (wall time per stage)")
-    summary.add_argument("--repo", type=Path, default=REPO_ROOT,
-                         help="git checkout of the workflow, for the commit (default: where cxrmim is installed from)")
+    summary.add_argument(
+        "--repo",
+        type=Path,
+        default=REPO_ROOT,
+        help="git checkout of the workflow, for the commit (default: where cxrmim is installed from)",
+    )
     parser.add_argument("--out", required=True, help="report.html")
     parser.add_argument("--log", default=None, help="also log to this file")
     return parser.parse_args(argv)
@@ -46,12 +50,21 @@ def main(argv: list[str] | None = None) -> None:
     setup_logging(args.log)
     tables = [*args.tables, *(ordered_tables(args.tables_dir) if args.tables_dir else [])]
     write_report(
-        args.out, tables=tables, figures=args.figures, config_source=args.config, title=args.title,
-        captions_dir=args.captions_dir, repo=args.repo,
+        args.out,
+        tables=tables,
+        figures=args.figures,
+        config_source=args.config,
+        title=args.title,
+        captions_dir=args.captions_dir,
+        repo=args.repo,
         files=RunFiles(
-            prepared_summary=args.prepared_summary, manifest=args.manifest, split=args.split,
-            lung_masks_summary=args.lung_masks_summary, validity_summary=args.validity_summary,
-            metrics=args.metrics, pretrain_histories=args.pretrain_histories,
+            prepared_summary=args.prepared_summary,
+            manifest=args.manifest,
+            split=args.split,
+            lung_masks_summary=args.lung_masks_summary,
+            validity_summary=args.validity_summary,
+            metrics=args.metrics,
+            pretrain_histories=args.pretrain_histories,
             benchmarks_dir=args.benchmarks_dir,
         ),
     )

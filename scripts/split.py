@@ -22,8 +22,13 @@ def main() -> None:
     setup_logging(args.log)
     settings = parse_json_arg(args.settings)
     manifest = pd.read_csv(args.manifest, keep_default_na=False)
-    split = split_dataset(manifest, settings["test_fraction"], settings["val_fraction"], settings["seed"],
-                          use_official=bool(settings.get("use_official", False)))
+    split = split_dataset(
+        manifest,
+        settings["test_fraction"],
+        settings["val_fraction"],
+        settings["seed"],
+        use_official=bool(settings.get("use_official", False)),
+    )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     split.to_csv(args.out, index=False)
     counts = split.groupby(["part", "label"]).size().unstack(fill_value=0)

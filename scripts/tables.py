@@ -18,12 +18,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line arguments."""
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--metrics", nargs="+", required=True, help="metrics.json of every fine-tuning run")
-    parser.add_argument("--config", required=True,
-                        help="the config used (for Table 1 and pretrain.mask_ratio): YAML/JSON file or inline JSON")
-    parser.add_argument("--settings", default=None,
-                        help="JSON of the tables: section (bootstrap_samples, seed); default: the config's own")
-    parser.add_argument("--pretrain-histories", nargs="*", default=[],
-                        help="history.csv of every pretraining run (Table 3: fallback and visible-lung shares)")
+    parser.add_argument(
+        "--config",
+        required=True,
+        help="the config used (for Table 1 and pretrain.mask_ratio): YAML/JSON file or inline JSON",
+    )
+    parser.add_argument(
+        "--settings",
+        default=None,
+        help="JSON of the tables: section (bootstrap_samples, seed); default: the config's own",
+    )
+    parser.add_argument(
+        "--pretrain-histories",
+        nargs="*",
+        default=[],
+        help="history.csv of every pretraining run (Table 3: fallback and visible-lung shares)",
+    )
     parser.add_argument("--out-dir", required=True)
     parser.add_argument("--log", default=None, help="also log to this file")
     return parser.parse_args(argv)

@@ -16,8 +16,11 @@ REALDATA = REPO.parent / "shared" / "realdata"
 TINY_CONFIG = REPO / "tests" / "configs" / "tiny.yaml"
 PHANTOM_FINDINGS = ["COVID-19", "Lung_Opacity", "Viral_Pneumonia"]
 # A dataset section for multi-label runs on multi-finding phantoms (several findings per image, or none).
-MULTILABEL_PHANTOMS = {"task": "multilabel", "findings": PHANTOM_FINDINGS,
-                       "synthetic": {"multi_finding": True, "finding_probability": 0.35}}
+MULTILABEL_PHANTOMS = {
+    "task": "multilabel",
+    "findings": PHANTOM_FINDINGS,
+    "synthetic": {"multi_finding": True, "finding_probability": 0.35},
+}
 
 
 def image_only_methods() -> dict:
@@ -27,21 +30,37 @@ def image_only_methods() -> dict:
     from cxrmim.config import load_config
 
     default, readers = load_config(), set(registry.methods(reads_reports=True))
-    return {"pretrain": {"methods": [m for m in default["pretrain"]["methods"] if m not in readers]},
-            "finetune": {"inits": [m for m in default["finetune"]["inits"] if m not in readers]}}
+    return {
+        "pretrain": {"methods": [m for m in default["pretrain"]["methods"] if m not in readers]},
+        "finetune": {"inits": [m for m in default["finetune"]["inits"] if m not in readers]},
+    }
 
 
-def snakemake(workdir: Path, *args: str, configs: tuple[Path, ...] = (TINY_CONFIG,), check: bool = True,
-              project: Path = REPO) -> subprocess.CompletedProcess:
+def snakemake(
+    workdir: Path, *args: str, configs: tuple[Path, ...] = (TINY_CONFIG,), check: bool = True, project: Path = REPO
+) -> subprocess.CompletedProcess:
     """Run the workflow of `project` (this repository, or a copy) in `workdir` with its default config + `configs`."""
     exe = shutil.which("snakemake", path=str(Path(sys.executable).parent) + os.pathsep + os.environ["PATH"])
     env = dict(os.environ, PATH=str(Path(sys.executable).parent) + os.pathsep + os.environ["PATH"])
     # Targets go first: --configfile takes every following word as a file.
-    cmd = [exe, *args, "--snakefile", str(project / "Snakefile"), "--directory", str(workdir), "--cores", "2",
-           "--configfile", str(project / "workflow_config.yaml"), *map(str, configs)]
+    cmd = [
+        exe,
+        *args,
+        "--snakefile",
+        str(project / "Snakefile"),
+        "--directory",
+        str(workdir),
+        "--cores",
+        "2",
+        "--configfile",
+        str(project / "workflow_config.yaml"),
+        *map(str, configs),
+    ]
     result = subprocess.run(cmd, cwd=workdir, env=env, capture_output=True, check=False, text=True)
     if check and result.returncode != 0:
-        raise AssertionError(f"snakemake failed ({result.returncode}):\n{result.stdout[-4000:]}\n{result.stderr[-8000:]}")
+        raise AssertionError(
+            f"snakemake failed ({result.returncode}):\n{result.stdout[-4000:]}\n{result.stderr[-8000:]}"
+        )
     return result
 
 

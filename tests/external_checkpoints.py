@@ -21,8 +21,10 @@ from timm.models._hub import save_for_hf
 
 VIT_DIM, VIT_DEPTH, VIT_HEADS, DECODER_DIM = 32, 2, 2, 16
 ENCODERS = {  # `encoders:` entries of the checkpoints' architectures
-    "vit-ext": {"timm_name": "vit_tiny_patch16_224", "kwargs": {"embed_dim": VIT_DIM, "depth": VIT_DEPTH,
-                                                               "num_heads": VIT_HEADS, "mlp_ratio": 2.0}},
+    "vit-ext": {
+        "timm_name": "vit_tiny_patch16_224",
+        "kwargs": {"embed_dim": VIT_DIM, "depth": VIT_DEPTH, "num_heads": VIT_HEADS, "mlp_ratio": 2.0},
+    },
     "resnet-ext": {"timm_name": "resnet18", "kwargs": {"channels": [8, 16, 32, 64], "stem_width": 8}},
     "densenet-ext": {"timm_name": "densenet121", "kwargs": {"growth_rate": 8, "block_config": [1, 2, 1, 1]}},
 }
@@ -30,8 +32,16 @@ ENCODERS = {  # `encoders:` entries of the checkpoints' architectures
 
 def vit_encoder_state() -> dict[str, torch.Tensor]:
     """A 224-px, patch-16, 3-channel ViT encoder in timm/MAE names, fixed positions with a zero cls row."""
-    model = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=0, in_chans=3,
-                              embed_dim=VIT_DIM, depth=VIT_DEPTH, num_heads=VIT_HEADS, mlp_ratio=2.0)
+    model = timm.create_model(
+        "vit_tiny_patch16_224",
+        pretrained=False,
+        num_classes=0,
+        in_chans=3,
+        embed_dim=VIT_DIM,
+        depth=VIT_DEPTH,
+        num_heads=VIT_HEADS,
+        mlp_ratio=2.0,
+    )
     state = {k: v.clone() for k, v in model.state_dict().items()}
     state["pos_embed"][:, 0] = 0.0  # MAE's get_2d_sincos_pos_embed(cls_token=True): the cls row is zero
     return state
@@ -41,10 +51,16 @@ def mae_decoder_state(pred_dim: int) -> dict[str, torch.Tensor]:
     """MAE's decoder keys: decoder_embed, mask_token, decoder_pos_embed, decoder_blocks.N, decoder_norm, decoder_pred."""
     block = timm.models.vision_transformer.Block(DECODER_DIM, 2, qkv_bias=True)
     state = {f"decoder_blocks.0.{k}": v for k, v in block.state_dict().items()}
-    state |= {"mask_token": torch.zeros(1, 1, DECODER_DIM), "decoder_pos_embed": torch.zeros(1, 197, DECODER_DIM),
-              "decoder_embed.weight": torch.randn(DECODER_DIM, VIT_DIM), "decoder_embed.bias": torch.zeros(DECODER_DIM),
-              "decoder_norm.weight": torch.ones(DECODER_DIM), "decoder_norm.bias": torch.zeros(DECODER_DIM),
-              "decoder_pred.weight": torch.randn(pred_dim, DECODER_DIM), "decoder_pred.bias": torch.zeros(pred_dim)}
+    state |= {
+        "mask_token": torch.zeros(1, 1, DECODER_DIM),
+        "decoder_pos_embed": torch.zeros(1, 197, DECODER_DIM),
+        "decoder_embed.weight": torch.randn(DECODER_DIM, VIT_DIM),
+        "decoder_embed.bias": torch.zeros(DECODER_DIM),
+        "decoder_norm.weight": torch.ones(DECODER_DIM),
+        "decoder_norm.bias": torch.zeros(DECODER_DIM),
+        "decoder_pred.weight": torch.randn(pred_dim, DECODER_DIM),
+        "decoder_pred.bias": torch.zeros(pred_dim),
+    }
     return state
 
 
@@ -66,31 +82,52 @@ def write_medical_mae(path: Path) -> Path:
 def write_mrm(path: Path) -> Path:
     """MRM.pth: MAE layout, 32x32x3 super-resolution targets, plus bert_encoder.* and bert_mlp.*."""
     model = vit_encoder_state() | mae_decoder_state(32 * 32 * 3)
-    model |= {"bert_encoder.embeddings.word_embeddings.weight": torch.randn(50, 24),
-              "bert_encoder.encoder.layer.0.attention.self.query.weight": torch.randn(24, 24),
-              "bert_mlp.weight": torch.randn(24, VIT_DIM), "bert_mlp.bias": torch.zeros(24)}
+    model |= {
+        "bert_encoder.embeddings.word_embeddings.weight": torch.randn(50, 24),
+        "bert_encoder.encoder.layer.0.attention.self.query.weight": torch.randn(24, 24),
+        "bert_mlp.weight": torch.randn(24, VIT_DIM),
+        "bert_mlp.bias": torch.zeros(24),
+    }
     torch.save({"model": model}, path)
     return path
 
 
 def write_mgca_resnet(path: Path) -> Path:
     """MGCA/MedIM Lightning .ckpt: torchvision ResNet (fc = Identity) under img_encoder_q.model., plus heads/text."""
-    resnet = timm.create_model("resnet18", pretrained=False, num_classes=0, in_chans=3,
-                               **ENCODERS["resnet-ext"]["kwargs"])
+    resnet = timm.create_model(
+        "resnet18", pretrained=False, num_classes=0, in_chans=3, **ENCODERS["resnet-ext"]["kwargs"]
+    )
     state = {f"img_encoder_q.model.{k}": v for k, v in resnet.state_dict().items()}
-    state |= {"img_encoder_q.global_embed.head.0.weight": torch.randn(8, 64),
-              "img_encoder_q.local_embed.head.0.weight": torch.randn(8, 32, 1),
-              "text_encoder_q.model.embeddings.word_embeddings.weight": torch.randn(30, 8), "prototype_layer.weight": torch.randn(5, 8)}
-    torch.save({"epoch": 49, "global_step": 1000, "pytorch-lightning_version": "1.5.9", "state_dict": state,
-                "optimizer_states": [], "lr_schedulers": [], "hyper_parameters": {"img_encoder": "resnet_50"}}, path)
+    state |= {
+        "img_encoder_q.global_embed.head.0.weight": torch.randn(8, 64),
+        "img_encoder_q.local_embed.head.0.weight": torch.randn(8, 32, 1),
+        "text_encoder_q.model.embeddings.word_embeddings.weight": torch.randn(30, 8),
+        "prototype_layer.weight": torch.randn(5, 8),
+    }
+    torch.save(
+        {
+            "epoch": 49,
+            "global_step": 1000,
+            "pytorch-lightning_version": "1.5.9",
+            "state_dict": state,
+            "optimizer_states": [],
+            "lr_schedulers": [],
+            "hyper_parameters": {"img_encoder": "resnet_50"},
+        },
+        path,
+    )
     return path
 
 
 def write_xrv_densenet(path: Path) -> Path:
     """torchxrayvision DenseNet state: torchvision densenet names, 1-channel conv0, 18 outputs, op_threshs."""
     kwargs = ENCODERS["densenet-ext"]["kwargs"]
-    model = torchvision.models.DenseNet(growth_rate=kwargs["growth_rate"], block_config=tuple(kwargs["block_config"]),
-                                        num_init_features=2 * kwargs["growth_rate"], num_classes=18)
+    model = torchvision.models.DenseNet(
+        growth_rate=kwargs["growth_rate"],
+        block_config=tuple(kwargs["block_config"]),
+        num_init_features=2 * kwargs["growth_rate"],
+        num_classes=18,
+    )
     model.features.conv0 = torch.nn.Conv2d(1, 2 * kwargs["growth_rate"], 7, 2, 3, bias=False)
     state = model.state_dict() | {"op_threshs": torch.rand(18)}
     torch.save(state, path)
@@ -99,8 +136,16 @@ def write_xrv_densenet(path: Path) -> Path:
 
 def write_timm_folder(folder: Path) -> Path:
     """timm's own HF export (config.json + model.safetensors) of an ImageNet-style 3-channel ViT with its head."""
-    model = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=10, in_chans=3,
-                              embed_dim=VIT_DIM, depth=VIT_DEPTH, num_heads=VIT_HEADS, mlp_ratio=2.0)
+    model = timm.create_model(
+        "vit_tiny_patch16_224",
+        pretrained=False,
+        num_classes=10,
+        in_chans=3,
+        embed_dim=VIT_DIM,
+        depth=VIT_DEPTH,
+        num_heads=VIT_HEADS,
+        mlp_ratio=2.0,
+    )
     save_for_hf(model, str(folder), safe_serialization="both")
     return folder
 
@@ -117,13 +162,37 @@ def write_all(root: Path) -> dict[str, dict]:
     root.mkdir(parents=True, exist_ok=True)
     return {
         "fair-mae": {"path": str(write_fair_mae(root / "mae_pretrain_vit.pth")), "format": "mae", "encoder": "vit-ext"},
-        "medical-mae": {"path": str(write_medical_mae(root / "vit-b_CXR_0.5M_mae.pth")), "format": "medical-mae",
-                        "encoder": "vit-ext", "label": "medical_mae ViT"},
-        "mrm": {"path": str(write_mrm(root / "MRM.pth")), "format": "mrm", "encoder": "vit-ext", "label": "MRM (released)"},
-        "mgca": {"path": str(write_mgca_resnet(root / "mgca_resnet.ckpt")), "format": "prefixed", "encoder": "resnet-ext"},
-        "xrv": {"path": str(write_xrv_densenet(root / "xrv-densenet.pt")), "format": "xrv-densenet",
-                "encoder": "densenet-ext"},
-        "timm-folder": {"path": str(write_timm_folder(root / "timm_vit")), "format": "timm-folder", "encoder": "vit-ext"},
-        "timm-state": {"path": str(write_timm_state(root / "resnet.safetensors")), "format": "timm",
-                       "encoder": "resnet-ext", "input_norm": {"mean": 0.449, "std": 0.226}},
+        "medical-mae": {
+            "path": str(write_medical_mae(root / "vit-b_CXR_0.5M_mae.pth")),
+            "format": "medical-mae",
+            "encoder": "vit-ext",
+            "label": "medical_mae ViT",
+        },
+        "mrm": {
+            "path": str(write_mrm(root / "MRM.pth")),
+            "format": "mrm",
+            "encoder": "vit-ext",
+            "label": "MRM (released)",
+        },
+        "mgca": {
+            "path": str(write_mgca_resnet(root / "mgca_resnet.ckpt")),
+            "format": "prefixed",
+            "encoder": "resnet-ext",
+        },
+        "xrv": {
+            "path": str(write_xrv_densenet(root / "xrv-densenet.pt")),
+            "format": "xrv-densenet",
+            "encoder": "densenet-ext",
+        },
+        "timm-folder": {
+            "path": str(write_timm_folder(root / "timm_vit")),
+            "format": "timm-folder",
+            "encoder": "vit-ext",
+        },
+        "timm-state": {
+            "path": str(write_timm_state(root / "resnet.safetensors")),
+            "format": "timm",
+            "encoder": "resnet-ext",
+            "input_norm": {"mean": 0.449, "std": 0.226},
+        },
     }

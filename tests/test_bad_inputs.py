@@ -74,7 +74,9 @@ def test_tiny_image_is_rejected_with_the_setting(tmp_path):
     marker = write_dataset(tmp_path, rows, images)
     summary, manifest = run_prepare(tmp_path, marker)
     assert summary["n_skipped_bad"] == 1 and len(manifest) == 4
-    with pytest.raises(ValueError, match=r"manifest row 5 \(source \w+\): image of 1x1 px is below prepare\.min_image_side"):
+    with pytest.raises(
+        ValueError, match=r"manifest row 5 \(source \w+\): image of 1x1 px is below prepare\.min_image_side"
+    ):
         run_prepare(tmp_path, marker, on_bad_image="fail")
     with pytest.raises(ValueError, match=r"tiny\.png: image of 1x1 px is below prepare\.min_image_side"):
         run_prepare(tmp_path, marker, on_bad_image="fail", source_paths="relative")
@@ -124,8 +126,10 @@ def test_mask_spilling_off_the_body_is_flagged():
 def test_real_ground_truth_masks_are_not_off_body(realdata):
     root = realdata / "cohen_covid_lungmasks"
     rows = pd.read_csv(root / "manifest.csv").head(40)
-    images = [np.asarray(Image.fromarray((read_grey(root / r) * 255).astype(np.uint8)).resize((64, 64)))
-              for r in rows["image"]]
+    images = [
+        np.asarray(Image.fromarray((read_grey(root / r) * 255).astype(np.uint8)).resize((64, 64)))
+        for r in rows["image"]
+    ]
     masks = [np.asarray(Image.fromarray(read_mask(root / m).astype(np.uint8)).resize((64, 64))) for m in rows["mask"]]
     table = qc_table(np.stack(images), np.stack(masks).astype(bool), None, {})
     assert not table["flags"].str.contains("off_body").any()
@@ -137,11 +141,17 @@ def test_resized_reencoded_copy_stays_in_one_split_group(tmp_path):
     Image.fromarray(images["img3.png"]).resize((50, 50), Image.Resampling.BILINEAR).save(buffer, "JPEG", quality=75)
     images["copy_of_3.jpg"] = buffer.getvalue()
     images["exact_of_5.png"] = images["img5.png"]
-    rows += [{"image": "copy_of_3.jpg", "label": rows[3]["label"]}, {"image": "exact_of_5.png", "label": rows[5]["label"]}]
+    rows += [
+        {"image": "copy_of_3.jpg", "label": rows[3]["label"]},
+        {"image": "exact_of_5.png", "label": rows[5]["label"]},
+    ]
     marker = write_dataset(tmp_path, rows, images)
     summary, manifest = run_prepare(tmp_path, marker)
     assert len(summary["duplicates"]) == 2
-    assert manifest["group"].iloc[3] == manifest["group"].iloc[12] and manifest["group"].iloc[5] == manifest["group"].iloc[13]
+    assert (
+        manifest["group"].iloc[3] == manifest["group"].iloc[12]
+        and manifest["group"].iloc[5] == manifest["group"].iloc[13]
+    )
     assert manifest["group"].nunique() == 12
     split = split_dataset(manifest, 0.3, 0.0, seed=0)
     assert split.loc[[3, 12], "part"].nunique() == 1 and split.loc[[5, 13], "part"].nunique() == 1
@@ -155,7 +165,9 @@ def test_copy_with_another_label_fails_unless_resolved(tmp_path):
     images["again.png"] = images["img2.png"]
     rows.append({"image": "again.png", "label": "Z"})
     marker = write_dataset(tmp_path, rows, images)
-    with pytest.raises(ValueError, match=r"(?s)conflicting labels.*img2\.png.*again\.png.*prepare\.duplicates\.conflicts"):
+    with pytest.raises(
+        ValueError, match=r"(?s)conflicting labels.*img2\.png.*again\.png.*prepare\.duplicates\.conflicts"
+    ):
         run_prepare(tmp_path, marker, source_paths="relative")
     with pytest.raises(ValueError, match=r"(?s)conflicting labels.*manifest row 3 .*manifest row 7 "):
         run_prepare(tmp_path, marker)  # source_paths: hash names rows, not the files (names can identify patients)
@@ -194,8 +206,11 @@ def test_huge_image_names_the_limit_not_corruption(tmp_path):
     images["big.png"] = texture(9, (200, 200))
     rows.append({"image": "big.png", "label": "A"})
     marker = write_dataset(tmp_path, rows, images)
-    with pytest.raises(ValueError, match=r"big\.png: image larger than the decompression-bomb guard.*"
-                                         r"prepare\.max_image_pixels"):
+    with pytest.raises(
+        ValueError,
+        match=r"big\.png: image larger than the decompression-bomb guard.*"
+        r"prepare\.max_image_pixels",
+    ):
         run_prepare(tmp_path, marker, on_bad_image="fail", max_image_pixels=20_000, source_paths="relative")
     summary, _ = run_prepare(tmp_path, marker, max_image_pixels=0)
     assert summary["n_skipped_bad"] == 0 and summary["n_images"] == 4
@@ -245,8 +260,14 @@ def test_hints_name_existing_keys(tmp_path):
     _, warnings = covid19_radiography_records(folder)
     text = " ".join(warnings)
     assert "patch_validity.no_mask_policy" in text and "prepare.mask_policy" not in text
-    frame = pd.DataFrame({"index": range(6), "id": [f"i{k}" for k in range(6)], "label": list("AAAAAB") ,
-                          "group": [f"g{k}" for k in range(6)]})
+    frame = pd.DataFrame(
+        {
+            "index": range(6),
+            "id": [f"i{k}" for k in range(6)],
+            "label": list("AAAAAB"),
+            "group": [f"g{k}" for k in range(6)],
+        }
+    )
     frame.loc[5, "label"], frame.loc[4, "label"] = "B", "B"  # two B images: one to test, one to val
     with pytest.raises(ValueError, match=r"no train image.*lower split\.val_fraction"):
         split_dataset(frame, 0.3, 0.9, seed=0)
@@ -311,8 +332,9 @@ def _children(pid: int) -> list[int]:
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 def test_pool_workers_die_with_a_killed_prepare(tmp_path):
     Image.fromarray(texture(0)).save(tmp_path / "a.png")
-    parent = subprocess.Popen([sys.executable, "-c", POOL_SCRIPT, str(tmp_path / "a.png")], stdout=subprocess.PIPE,
-                              text=True)
+    parent = subprocess.Popen(
+        [sys.executable, "-c", POOL_SCRIPT, str(tmp_path / "a.png")], stdout=subprocess.PIPE, text=True
+    )
     workers: list[int] = []
     try:
         assert parent.stdout.readline().strip() == "ready"
@@ -323,8 +345,11 @@ def test_pool_workers_die_with_a_killed_prepare(tmp_path):
         deadline = time.time() + 10
         while time.time() < deadline and any(Path(f"/proc/{w}").exists() for w in workers):
             time.sleep(0.2)
-        alive = [w for w in workers if Path(f"/proc/{w}").exists()
-                 and "Z" not in Path(f"/proc/{w}/stat").read_text().split()[2]]
+        alive = [
+            w
+            for w in workers
+            if Path(f"/proc/{w}").exists() and "Z" not in Path(f"/proc/{w}/stat").read_text().split()[2]
+        ]
         assert not alive, f"orphaned pool workers {alive}"
     finally:
         parent.kill()

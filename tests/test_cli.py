@@ -13,7 +13,7 @@ import pytest
 from cxrmim.cli import LogFile, run_main, setup_logging
 from cxrmim.data.cache import check_free_space
 
-STAGE = '''
+STAGE = """
 import argparse
 from cxrmim.cli import parse_json_arg, run_main, setup_logging
 
@@ -41,7 +41,7 @@ def main():
 
 if __name__ == "__main__":
     run_main(main)
-'''
+"""
 
 
 def run_stage(tmp_path: Path, fail: str) -> tuple[subprocess.CompletedProcess, str]:
@@ -49,8 +49,9 @@ def run_stage(tmp_path: Path, fail: str) -> tuple[subprocess.CompletedProcess, s
     script = tmp_path / "stage.py"
     script.write_text(STAGE)
     log = tmp_path / "logs" / "stage.log"
-    result = subprocess.run([sys.executable, str(script), "--fail", fail, "--log", str(log)],
-                            capture_output=True, check=False, text=True)
+    result = subprocess.run(
+        [sys.executable, str(script), "--fail", fail, "--log", str(log)], capture_output=True, check=False, text=True
+    )
     return result, log.read_text() if log.exists() else ""
 
 
@@ -67,10 +68,13 @@ def test_exception_before_logging_setup_still_reaches_the_log(tmp_path: Path):
     assert "Traceback" in log and "KeyError: 'missing'" in log
 
 
-@pytest.mark.parametrize("fail, message", [
-    ("user", "prepared/images.npy is missing; run the prepare rule first"),
-    ("json", "invalid JSON settings"),
-])
+@pytest.mark.parametrize(
+    "fail, message",
+    [
+        ("user", "prepared/images.npy is missing; run the prepare rule first"),
+        ("json", "invalid JSON settings"),
+    ],
+)
 def test_user_error_is_one_clear_line(tmp_path: Path, fail: str, message: str):
     result, log = run_stage(tmp_path, fail)
     assert result.returncode == 1
@@ -135,8 +139,12 @@ def test_full_disk_under_the_log_still_shows_the_error_once(tmp_path, capsys, mo
 def test_stage_logging_to_a_full_device_fails_with_its_own_message(tmp_path: Path):
     script = tmp_path / "stage.py"
     script.write_text(STAGE)
-    result = subprocess.run([sys.executable, str(script), "--fail", "user", "--log", "/dev/full"],
-                            capture_output=True, check=False, text=True)
+    result = subprocess.run(
+        [sys.executable, str(script), "--fail", "user", "--log", "/dev/full"],
+        capture_output=True,
+        check=False,
+        text=True,
+    )
     assert result.returncode == 1
     assert result.stderr.count("prepared/images.npy is missing; run the prepare rule first") == 1
     assert "cannot write the log file /dev/full (No space left on device)" in result.stderr

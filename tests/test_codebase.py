@@ -16,8 +16,16 @@ def names(script: str) -> set[str]:
 
 def test_pretrain_script_reaches_the_shared_loop_and_its_parent_packages():
     closure = names("pretrain.py")
-    assert {"train/pretrain.py", "train/loop.py", "train/checkpoint.py", "train/distributed.py",
-            "models/mae.py", "models/masking.py", "cli.py", "__init__.py"} <= closure
+    assert {
+        "train/pretrain.py",
+        "train/loop.py",
+        "train/checkpoint.py",
+        "train/distributed.py",
+        "models/mae.py",
+        "models/masking.py",
+        "cli.py",
+        "__init__.py",
+    } <= closure
     assert not any(name.startswith("analysis/") for name in closure)
 
 

@@ -37,7 +37,9 @@ def test_paper_config_builds_vit_b16_and_resnet50():
     summary = model_summary(vit, "vit_base_patch16_224")
     assert (summary["depth"], summary["width"], vit.blocks[0].attn.num_heads) == (12, 768, 12)
     assert vit.blocks[0].mlp.fc1.out_features == 3072
-    assert 85.0e6 < summary["n_parameters"] < 86.0e6  # ViT-B/16 without head: 85.8 M with 3 input channels, 85.4 M with 1
+    assert (
+        85.0e6 < summary["n_parameters"] < 86.0e6
+    )  # ViT-B/16 without head: 85.8 M with 3 input channels, 85.4 M with 1
     resnet = model_summary(create_encoder(config["encoders"]["resnet50"], 224, 16), "resnet50")
     assert 23.4e6 < resnet["n_parameters"] < 23.6e6 and resnet["width"] == 2048  # ResNet-50 without its head
 
@@ -54,8 +56,19 @@ def explicit_keys(section: dict, prefix: str = "") -> set[str]:
 
 # Sections whose keys shape results (plots, resources and the `encoders` entries, keyed by architecture, do not
 # reach another config's runs through the merge), and keys that never change a number wherever they appear.
-RESULT_SECTIONS = ("dataset", "prepare", "lung_masks", "split", "label_fractions", "patch_validity", "text",
-                   "pretrain", "contrastive", "finetune", "tables")
+RESULT_SECTIONS = (
+    "dataset",
+    "prepare",
+    "lung_masks",
+    "split",
+    "label_fractions",
+    "patch_validity",
+    "text",
+    "pretrain",
+    "contrastive",
+    "finetune",
+    "tables",
+)
 NOT_RESULT_KEYS = {"resources", "device", "cpu_fallback", "compile", "num_workers", "workers", "n_figure_images"}
 STUDY_CONFIGS = sorted((REPO_ROOT / "configs").glob("*.yaml"))
 
@@ -136,8 +149,17 @@ def test_merge_is_recursive():
 
 def test_seeds_by_budget_is_spelled_as_budget_files_and_ignores_budgets_not_run():
     """A config that changes `fractions` need not restate the default's 1% entry; a misspelt key is an error."""
-    config = load_config(json.dumps({"label_fractions": {"fractions": [0.01, 1.0], "counts": [100],
-                                                         "seeds_by_budget": {"frac0.01": [0, 1, 2], "n100": [5]}}}))
+    config = load_config(
+        json.dumps(
+            {
+                "label_fractions": {
+                    "fractions": [0.01, 1.0],
+                    "counts": [100],
+                    "seeds_by_budget": {"frac0.01": [0, 1, 2], "n100": [5]},
+                }
+            }
+        )
+    )
     assert config["label_fractions"]["seeds_by_budget"]["n100"] == [5]
     load_config(json.dumps({"label_fractions": {"fractions": [0.1, 1.0]}}))  # the default's frac0.01 entry: unused
     with pytest.raises(ValueError, match=r"seeds_by_budget key 'frac0.010'.*write 'frac0.01'"):

@@ -25,7 +25,10 @@ from cxrmim.train.pretrain import main as pretrain_main
 from cxrmim.train.pretrain import run_pretraining
 
 SMALL_RESNET = {"timm_name": "resnet10t", "kwargs": {}}  # same code path as the paper's resnet50
-TINY_VIT = {"timm_name": "vit_tiny_patch16_224", "kwargs": {"embed_dim": 32, "depth": 1, "num_heads": 2, "mlp_ratio": 2.0}}
+TINY_VIT = {
+    "timm_name": "vit_tiny_patch16_224",
+    "kwargs": {"embed_dim": 32, "depth": 1, "num_heads": 2, "mlp_ratio": 2.0},
+}
 HEADS = {"projection_hidden_dim": 32, "projection_dim": 16, "prediction_hidden_dim": 8}
 
 
@@ -85,11 +88,21 @@ def run(cache: dict[str, Path], out: Path, method: str, encoder: dict = SMALL_RE
 
 
 @pytest.mark.parametrize("method", ["simsiam", "byol"])
-def test_each_method_trains_and_exports_a_strict_timm_backbone(cache: dict[str, Path], tmp_path: Path, method: str) -> None:
+def test_each_method_trains_and_exports_a_strict_timm_backbone(
+    cache: dict[str, Path], tmp_path: Path, method: str
+) -> None:
     result, joint = run(cache, tmp_path, method, settings=settings(method, epochs=2))
     assert result.finished and result.epochs_run == 2
     history = pd.read_csv(tmp_path / "history.csv")
-    assert list(history.columns) == ["epoch", "loss", "lr", "images_per_s", "embedding_std", "embedding_std_ratio", "seconds"]
+    assert list(history.columns) == [
+        "epoch",
+        "loss",
+        "lr",
+        "images_per_s",
+        "embedding_std",
+        "embedding_std_ratio",
+        "seconds",
+    ]
     assert np.isfinite(history["loss"]).all() and history["loss"].between(-1, 1).all()
     # Not collapsed: normalised embeddings spread, std x sqrt(d) well above 0 (1 for a uniform spread).
     assert (history["embedding_std_ratio"] > 0.1).all()
@@ -101,7 +114,9 @@ def test_each_method_trains_and_exports_a_strict_timm_backbone(cache: dict[str, 
     assert all(torch.equal(state[k], v) for k, v in joint.backbone.state_dict().items())
     # Fine-tuning takes it as an initialisation like any other pretrained run.
     init = parse_init(f"{method}_resnet10t_s0")
-    model, _ = build_model(init, SMALL_RESNET, str(tmp_path / "encoder.safetensors"), 32, 8, num_classes=2, drop_path=0.0)
+    model, _ = build_model(
+        init, SMALL_RESNET, str(tmp_path / "encoder.safetensors"), 32, 8, num_classes=2, drop_path=0.0
+    )
     assert torch.equal(model.state_dict()["conv1.0.weight"], state["conv1.0.weight"])
 
 
@@ -195,14 +210,19 @@ def test_views_never_flip_vertically() -> None:
 def test_views_stay_grey_change_intensity_and_blur() -> None:
     still = {"rotation": 0, "crop_scale": [1.0, 1.0], "crop_ratio": [1.0, 1.0]}
     images = gradient_images(8)
-    toned = random_view(images, ViewAugment.from_config(still | {"blur_probability": 0.0}), torch.Generator().manual_seed(0))
+    toned = random_view(
+        images, ViewAugment.from_config(still | {"blur_probability": 0.0}), torch.Generator().manual_seed(0)
+    )
     assert toned.shape == images.shape  # one grey channel in, one out
     assert not torch.allclose(toned.mean(dim=(1, 2, 3)), images.mean(dim=(1, 2, 3)), atol=1e-3)  # brightness moved
     checker = ((torch.arange(32).view(32, 1) + torch.arange(32).view(1, 32)) % 2).float().expand(8, 1, 32, 32)
     flat = {"brightness": 0.0, "contrast": 0.0}
     sharp = random_view(checker, ViewAugment.from_config(still | flat | {"blur_probability": 0.0}), torch.Generator())
-    blurred = random_view(checker, ViewAugment.from_config(still | flat | {"blur_probability": 1.0,
-                                                                           "blur_sigma": [1.0, 1.5]}), torch.Generator())
+    blurred = random_view(
+        checker,
+        ViewAugment.from_config(still | flat | {"blur_probability": 1.0, "blur_sigma": [1.0, 1.5]}),
+        torch.Generator(),
+    )
     assert torch.allclose(sharp, checker, atol=1e-4)  # no crop, no rotation, no tone change: the identity
     assert (blurred.std(dim=(1, 2, 3)) < 0.2 * checker.std(dim=(1, 2, 3))).all()
 

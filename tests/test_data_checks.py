@@ -54,12 +54,15 @@ def rows(names: list[str], labels: str) -> str:
 # ----------------------------------------------------------------------------- silent wrong results
 
 
-@pytest.mark.parametrize("header, needle", [
-    ("image,label,label", r"repeats a column: 'label' \(column 2\) and 'label' \(column 3\)"),
-    ("image,Label,label ", r"repeats a column: 'Label' \(column 2\) and 'label' \(column 3\)"),
-    ("image,path,label", r"columns 'image', 'path' all name the image"),
-    ("image,label,patient_id,Patient ID", r"repeats a column: 'patient_id' \(column 3\) and 'Patient ID'"),
-])
+@pytest.mark.parametrize(
+    "header, needle",
+    [
+        ("image,label,label", r"repeats a column: 'label' \(column 2\) and 'label' \(column 3\)"),
+        ("image,Label,label ", r"repeats a column: 'Label' \(column 2\) and 'label' \(column 3\)"),
+        ("image,path,label", r"columns 'image', 'path' all name the image"),
+        ("image,label,patient_id,Patient ID", r"repeats a column: 'patient_id' \(column 3\) and 'Patient ID'"),
+    ],
+)
 def test_repeated_column_is_an_error_naming_it_and_the_file(tmp_path, header, needle):
     names = images_in(tmp_path, 2)
     extra = "," * (header.count(",") - 1)
@@ -70,7 +73,9 @@ def test_repeated_column_is_an_error_naming_it_and_the_file(tmp_path, header, ne
 
 def test_unused_columns_even_repeated_are_reported_not_fatal(tmp_path):
     names = images_in(tmp_path, 4)
-    marker = manifest(tmp_path, "image,label,notes,Notes\n" + "".join(f"{n},{lab},x,y\n" for n, lab in zip(names, "ABAB")))
+    marker = manifest(
+        tmp_path, "image,label,notes,Notes\n" + "".join(f"{n},{lab},x,y\n" for n, lab in zip(names, "ABAB"))
+    )
     summary = run(tmp_path, marker)
     assert summary["seen"]["columns"]["Notes"].startswith("ignored")
     assert any("manifest columns ['notes', 'Notes'] are not used" in w for w in summary["warnings"])
@@ -113,8 +118,13 @@ def test_two_candidate_label_files_are_an_error_and_the_one_used_is_named(tmp_pa
     from cxrmim.data.acquire import acquire
 
     root = nih_tree(tmp_path / "nih")
-    dataset = {"name": "nih", "kind": "nih_cxr14", "source": str(root), "task": "multilabel",
-               "findings": ["Effusion", "Hernia"]}
+    dataset = {
+        "name": "nih",
+        "kind": "nih_cxr14",
+        "source": str(root),
+        "task": "multilabel",
+        "findings": ["Effusion", "Hernia"],
+    }
     info = acquire(dataset, tmp_path / "raw", tmp_path / "source.json")
     assert info["label_files"]["labels"] == "Data_Entry_2017_v2020.csv"
     assert json.loads((tmp_path / "source.json").read_text())["label_files"]["test"] == "test_list.txt"
@@ -125,15 +135,19 @@ def test_two_candidate_label_files_are_an_error_and_the_one_used_is_named(tmp_pa
     with pytest.raises(ValueError, match=r"spell findings differently \(spelling differs: 'Effusion' / 'effusion'\)"):
         prepare(tmp_path / "source.json", {**dataset, "findings": ["effusion", "Hernia"]}, SETTINGS, tmp_path / "o2")
     (root / "Data_Entry_2017.csv").write_text((root / "Data_Entry_2017_v2020.csv").read_text())
-    with pytest.raises(SourceError, match=r"several files could be the Data_Entry_2017\.csv: Data_Entry_2017\.csv, "
-                                          r"Data_Entry_2017_v2020\.csv; keep the one"):
+    with pytest.raises(
+        SourceError,
+        match=r"several files could be the Data_Entry_2017\.csv: Data_Entry_2017\.csv, "
+        r"Data_Entry_2017_v2020\.csv; keep the one",
+    ):
         acquire(dataset, tmp_path / "raw", tmp_path / "source.json")
 
 
 def test_listed_finding_without_an_image_is_an_error_naming_it(tmp_path):
     names = images_in(tmp_path, 4)
-    marker = manifest(tmp_path, "image,label\n" + "".join(
-        f"{n},{lab}\n" for n, lab in zip(names, ["A", "B|A", "No Finding", "B"])))
+    marker = manifest(
+        tmp_path, "image,label\n" + "".join(f"{n},{lab}\n" for n, lab in zip(names, ["A", "B|A", "No Finding", "B"]))
+    )
     with pytest.raises(ValueError, match=r"dataset\.findings lists \['Effusoin'\], which no image has"):
         run(tmp_path, marker, {"task": "multilabel", "findings": ["A", "B", "Effusoin"]})
     with pytest.raises(ValueError, match=r"findings \['B'\] that dataset.findings does not list.*'B' / 'b'"):
@@ -142,8 +156,10 @@ def test_listed_finding_without_an_image_is_an_error_naming_it(tmp_path):
 
 def test_labels_differing_only_in_spelling_fail_until_merged(tmp_path):
     names = images_in(tmp_path, 4)
-    marker = manifest(tmp_path, "image,label\n" + "".join(
-        f"{n},{lab}\n" for n, lab in zip(names, ["Normal", "normal", "COVID", "Normal "])))
+    marker = manifest(
+        tmp_path,
+        "image,label\n" + "".join(f"{n},{lab}\n" for n, lab in zip(names, ["Normal", "normal", "COVID", "Normal "])),
+    )
     with pytest.raises(ValueError, match=r"\[\['Normal', 'normal'\]\] differ only in spelling.*dataset\.label_map"):
         run(tmp_path, marker)
     summary = run(tmp_path, marker, {"label_map": {"normal": "Normal"}})
@@ -185,8 +201,9 @@ def test_class_folder_variants_merge_clash_or_are_reported(tmp_path):
 # ----------------------------------------------------------------------------- errors that point at the cause
 
 
-@pytest.mark.parametrize("delimiter, encoding", [(";", "utf-8"), ("\t", "utf-16"), (",", "utf-8-sig"),
-                                                 ("\t", "utf-16-le")])
+@pytest.mark.parametrize(
+    "delimiter, encoding", [(";", "utf-8"), ("\t", "utf-16"), (",", "utf-8-sig"), ("\t", "utf-16-le")]
+)
 def test_delimiters_and_encodings_are_read(tmp_path, delimiter, encoding):
     names = images_in(tmp_path, 2)
     text = f"image{delimiter}label\n" + "".join(f"{n}{delimiter}Pneumonie é\n" for n in names)
@@ -267,8 +284,9 @@ def test_identifying_file_names_stay_out_of_logs(tmp_path, caplog):
     names = images_in(tmp_path, 4)
     Image.fromarray(np.zeros((64, 64), np.uint8)).save(tmp_path / "DOE_JANE_MRN998877.png")
     (tmp_path / "DOE_JOHN_MRN112233.png").write_bytes((tmp_path / names[0]).read_bytes())  # an exact copy
-    marker = manifest(tmp_path, "image,label\n" + rows(names + ["DOE_JANE_MRN998877.png", "DOE_JOHN_MRN112233.png"],
-                                                       "ABABAA"))
+    marker = manifest(
+        tmp_path, "image,label\n" + rows(names + ["DOE_JANE_MRN998877.png", "DOE_JOHN_MRN112233.png"], "ABABAA")
+    )
     with caplog.at_level(logging.INFO):
         summary = run(tmp_path, marker)
     assert summary["n_skipped_bad"] == 1 and len(summary["duplicates"]) == 1
@@ -292,17 +310,19 @@ def test_prepared_summary_accounts_for_everything_seen(tmp_path):
     for case in range(12):
         folder = tmp_path / f"case{case}"
         folder.mkdir()
-        header = ["image", "label"] + list(rng.choice(["Age", "mask_note", "label", "Image", "view"],
-                                                      rng.integers(0, 3), replace=False))
-        labels = [rng.choice(spellings[c]) if rng.random() < 0.3 else c
-                  for c in rng.choice(list(spellings), len(pool))]
-        lines = [",".join(header)] + [",".join([f"../{n}", lab] + ["PA"] * (len(header) - 2))
-                                      for n, lab in zip(pool, labels)]
+        header = ["image", "label"] + list(
+            rng.choice(["Age", "mask_note", "label", "Image", "view"], rng.integers(0, 3), replace=False)
+        )
+        labels = [rng.choice(spellings[c]) if rng.random() < 0.3 else c for c in rng.choice(list(spellings), len(pool))]
+        lines = [",".join(header)] + [
+            ",".join([f"../{n}", lab] + ["PA"] * (len(header) - 2)) for n, lab in zip(pool, labels)
+        ]
         marker = manifest(folder, "\n".join(lines) + "\n")
         label_map = {v: c for c, vs in spellings.items() for v in vs if v != c} if case % 2 else {}
         try:
-            summary = prepare(marker, {"name": "p", "kind": "manifest", "label_map": label_map},
-                              SETTINGS, folder / "out")
+            summary = prepare(
+                marker, {"name": "p", "kind": "manifest", "label_map": label_map}, SETTINGS, folder / "out"
+            )
         except (SourceError, ValueError) as err:
             text = str(err)
             repeated = len({h.lower() for h in header}) < len(header)
@@ -312,8 +332,9 @@ def test_prepared_summary_accounts_for_everything_seen(tmp_path):
             continue
         seen = summary["seen"]
         assert set(seen["columns"]) == set(header)
-        assert all(seen["columns"][h] in ("image", "label", "view") or seen["columns"][h].startswith("ignored")
-                   for h in header)
+        assert all(
+            seen["columns"][h] in ("image", "label", "view") or seen["columns"][h].startswith("ignored") for h in header
+        )
         assert set(seen["labels"]) == set(labels)
         assert sum(e["images"] for e in seen["labels"].values()) == len(pool)
         assert sum(e["prepared"] for e in seen["labels"].values()) == summary["n_images"] == len(pool)
@@ -330,7 +351,9 @@ def test_provided_masks_failing_qc_are_named(caplog):
     masks[0, 16:48, 8:28] = masks[0, 16:48, 36:56] = 1
     masks[2, 16:48, 8:28] = 1  # one lung only
     with caplog.at_level(logging.WARNING):
-        decision = provided_mask_decisions(images, masks, np.array([True, False, True]), {"qc": {}, "qc_policy": "skip"})
+        decision = provided_mask_decisions(
+            images, masks, np.array([True, False, True]), {"qc": {}, "qc_policy": "skip"}
+        )
     assert decision.tolist() == ["mask", "none", "skip"]
     assert "1 provided lung mask(s) fail QC (one_lung)" in caplog.text and "prepared index 2" in caplog.text
 
@@ -345,13 +368,24 @@ def test_provided_mask_qc_table_and_figure_name_the_images(tmp_path):
     one[:, 32:] = 0
     for i, mask in enumerate([lungs, lungs, one, lungs]):
         Image.fromarray(mask).save(tmp_path / f"m{i}.png")
-    marker = manifest(tmp_path, "image,label,mask\n" + "".join(
-        f"{n},{lab},{m}\n" for n, lab, m in zip(names, "ABAB", ["m0.png", "", "m2.png", "m3.png"])))
+    marker = manifest(
+        tmp_path,
+        "image,label,mask\n"
+        + "".join(f"{n},{lab},{m}\n" for n, lab, m in zip(names, "ABAB", ["m0.png", "", "m2.png", "m3.png"])),
+    )
     run(tmp_path, marker)
     table = provided_mask_report(tmp_path / "out", {"qc_policy": "skip"}, tmp_path / "qc.csv", tmp_path / "qc.png")
     written = pd.read_csv(tmp_path / "qc.csv", keep_default_na=False)
-    assert written["index"].tolist() == [0, 2, 3] and written["id"].tolist() == ["chk-000000", "chk-000002", "chk-000003"]
-    assert written.set_index("index").loc[2, "flags"] == "one_lung" and table["decision"].tolist() == ["mask", "skip", "mask"]
+    assert written["index"].tolist() == [0, 2, 3] and written["id"].tolist() == [
+        "chk-000000",
+        "chk-000002",
+        "chk-000003",
+    ]
+    assert written.set_index("index").loc[2, "flags"] == "one_lung" and table["decision"].tolist() == [
+        "mask",
+        "skip",
+        "mask",
+    ]
     assert (tmp_path / "qc.png").stat().st_size > 1000
 
 
@@ -395,8 +429,12 @@ def test_prepared_summary_accounts_for_every_folder_and_label_file(tmp_path):
             clash = len({c for c in classes if c}) < len([c for c in classes if c])
             missing = not {"COVID", "Normal"} <= set(classes)
             few = len({c for c, n in zip(classes, chosen.values()) if c and n}) < 2
-            assert ("are all the class" in text and clash) or ("missing" in text and missing) or (
-                "at least two classes" in text and few) or ("no images left" in text and few), (chosen, text)
+            assert (
+                ("are all the class" in text and clash)
+                or ("missing" in text and missing)
+                or ("at least two classes" in text and few)
+                or ("no images left" in text and few)
+            ), (chosen, text)
             outcomes["error"] += 1
             continue
         seen = summary["seen"]
@@ -407,7 +445,8 @@ def test_prepared_summary_accounts_for_every_folder_and_label_file(tmp_path):
             if label and not chosen[name]:
                 assert any(f"{label}: no images found" in w for w in summary["warnings"])
         assert sum(e["images"] for e in seen["labels"].values()) == sum(
-            n for name, n in chosen.items() if KAGGLE_BY_FOLD.get(fold(name)))
+            n for name, n in chosen.items() if KAGGLE_BY_FOLD.get(fold(name))
+        )
         outcomes["ok"] += 1
     assert min(outcomes.values()) >= 2, outcomes
     for case, extra in enumerate(["Data_Entry_2017.csv", "old/Data_Entry_2017.csv", "Data_Entry_2017_v2.csv"]):

@@ -47,10 +47,16 @@ def planned_rules(workdir: Path, config: Path) -> set[str]:
 def test_data_edits_rerun_prepare_and_downstream(tmp_path: Path):
     csv = write_manifest_dataset(tmp_path / "data")
     config = tmp_path / "edits.yaml"
-    config.write_text(yaml.safe_dump({"dataset": {"name": "edits", "kind": "manifest", "source": str(csv)},
-                                      "prepare": {"image_size": 32, "workers": 1, "min_image_side": 16},
-                                      "patch_validity": {"patch_size": 8, "no_mask_policy": "all_valid"},
-                                      **image_only_methods()}))
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "dataset": {"name": "edits", "kind": "manifest", "source": str(csv)},
+                "prepare": {"image_size": 32, "workers": 1, "min_image_side": 16},
+                "patch_validity": {"patch_size": 8, "no_mask_policy": "all_valid"},
+                **image_only_methods(),
+            }
+        )
+    )
     snakemake(tmp_path, TARGET, configs=(config,))
     assert planned_rules(tmp_path, config) == set(), "an untouched dataset must rerun nothing"
     data_stages = {"download", "prepare", "split"}
@@ -101,11 +107,13 @@ def test_fingerprint_follows_files_of_every_kind(tmp_path: Path):
     archive = tmp_path / "set.zip"
     archive.write_bytes(b"PK\x05\x06" + bytes(18))
     zipped = {"kind": "covid19_radiography", "source": str(archive)}
-    before = {name: dataset_fingerprint(cfg) for name, cfg in (("folder", folder), ("manifest", manifest),
-                                                              ("zip", zipped))}
+    before = {
+        name: dataset_fingerprint(cfg) for name, cfg in (("folder", folder), ("manifest", manifest), ("zip", zipped))
+    }
     assert all(before.values()) and dataset_fingerprint({"kind": "synthetic"}) == ""
-    assert {name: dataset_fingerprint(cfg) for name, cfg in (("folder", folder), ("manifest", manifest),
-                                                            ("zip", zipped))} == before
+    assert {
+        name: dataset_fingerprint(cfg) for name, cfg in (("folder", folder), ("manifest", manifest), ("zip", zipped))
+    } == before
     image = tmp_path / "data" / "img1.png"
     stat = image.stat()
     os.utime(image, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))

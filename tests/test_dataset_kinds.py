@@ -64,7 +64,8 @@ def rsna_tree(root: Path) -> Path:
     """Kaggle's stage 2 layout: p0 with two boxes and p3 with one (positive), p1 and p2 negative, p4 no image."""
     (root / "stage_2_train_images").mkdir(parents=True)
     (root / "stage_2_train_labels.csv").write_text(
-        RSNA_HEADER + "p0,10,20,30,40,1\np1,,,,,0\np0,50,20,30,40,1\np2,,,,,0\np3,5,5,10,10,1\np4,,,,,0\n")
+        RSNA_HEADER + "p0,10,20,30,40,1\np1,,,,,0\np0,50,20,30,40,1\np2,,,,,0\np3,5,5,10,10,1\np4,,,,,0\n"
+    )
     for i, view in enumerate(["PA", "AP", "AP", "PA"]):
         write_dicom(root / "stage_2_train_images" / f"p{i}.dcm", i, view)
     return root
@@ -72,12 +73,15 @@ def rsna_tree(root: Path) -> Path:
 
 def test_rsna_one_labelled_image_per_patient(tmp_path):
     root = rsna_tree(tmp_path / "rsna")
-    dataset = {"name": "rsna", "kind": "rsna_pneumonia", "source": str(root), "task": "binary",
-               "positive": "Pneumonia"}
+    dataset = {"name": "rsna", "kind": "rsna_pneumonia", "source": str(root), "task": "binary", "positive": "Pneumonia"}
     seen: dict = {}
     records, warnings, _ = source_records("rsna_pneumonia", root, dataset, seen)
     assert [(r.group, r.label, r.view) for r in records] == [
-        ("p0", "Pneumonia", "PA"), ("p1", "Normal", "AP"), ("p2", "Normal", "AP"), ("p3", "Pneumonia", "PA")]
+        ("p0", "Pneumonia", "PA"),
+        ("p1", "Normal", "AP"),
+        ("p2", "Normal", "AP"),
+        ("p3", "Pneumonia", "PA"),
+    ]
     assert seen["label_files"] == {"labels": "stage_2_train_labels.csv"}
     assert seen["rows"]["boxes"] == 3 and seen["rows"]["patients whose image is absent"] == 1
     assert any("1 images listed in the CSVs are absent" in w for w in warnings)
@@ -97,8 +101,7 @@ def test_rsna_prepares_with_summary_accounting(tmp_path):
 
     root = rsna_tree(tmp_path / "rsna")
     marker = tmp_path / "source.json"
-    dataset = {"name": "rsna", "kind": "rsna_pneumonia", "source": str(root), "task": "binary",
-               "positive": "Pneumonia"}
+    dataset = {"name": "rsna", "kind": "rsna_pneumonia", "source": str(root), "task": "binary", "positive": "Pneumonia"}
     info = acquire(dataset, tmp_path / "raw", marker)
     assert info["label_files"] == {"labels": "stage_2_train_labels.csv"} and info["fingerprint"]
     summary = prepare(marker, dataset, SETTINGS, tmp_path / "out")
@@ -111,8 +114,10 @@ def test_rsna_prepares_with_summary_accounting(tmp_path):
         check_source(dataset)  # at DAG build, before any job
 
 
-METADATA = ("patientid,offset,sex,age,finding,RT_PCR_positive,survival,view,modality,date,location,folder,"
-            "filename,doi,url,license,clinical_notes,other_notes,\n")
+METADATA = (
+    "patientid,offset,sex,age,finding,RT_PCR_positive,survival,view,modality,date,location,folder,"
+    "filename,doi,url,license,clinical_notes,other_notes,\n"
+)
 ROWS_2021 = [  # finding, view, modality, folder, filename
     ("Pneumonia/Viral/COVID-19", "PA", "X-ray", "images", "c1.png"),
     ("Pneumonia/Viral/COVID-19", "AP Supine", "X-ray", "images", "c2.png"),
@@ -124,8 +129,12 @@ ROWS_2021 = [  # finding, view, modality, folder, filename
     ("No Finding", "PA", "X-ray", "images", "n1.png"),
     ("todo", "PA", "X-ray", "images", "t1.png"),
 ]
-FLAT_2020 = {"Pneumonia/Viral/COVID-19": "COVID-19", "Pneumonia/Viral/SARS": "SARS",
-             "Pneumonia/Bacterial/Streptococcus": "Streptococcus", "Pneumonia/Fungal/Pneumocystis": "Pneumocystis"}
+FLAT_2020 = {
+    "Pneumonia/Viral/COVID-19": "COVID-19",
+    "Pneumonia/Viral/SARS": "SARS",
+    "Pneumonia/Bacterial/Streptococcus": "Streptococcus",
+    "Pneumonia/Fungal/Pneumocystis": "Pneumocystis",
+}
 
 
 def covid_tree(root: Path, flat: bool) -> Path:
@@ -142,13 +151,33 @@ def covid_tree(root: Path, flat: bool) -> Path:
 
 
 @pytest.mark.parametrize("flat", [False, True])
-@pytest.mark.parametrize(("task", "labels"), [
-    ("finding", {"c1.png": "COVID-19", "c2.png": "COVID-19", "s1.png": "SARS", "b1.png": "Streptococcus",
-                 "f1.png": "Pneumocystis", "n1.png": "No Finding"}),
-    ("covid", {"c1.png": "COVID-19", "c2.png": "COVID-19", "s1.png": "Other pneumonia",
-               "b1.png": "Other pneumonia", "f1.png": "Other pneumonia"}),
-    ("viral", {"c1.png": "Viral", "c2.png": "Viral", "s1.png": "Viral", "b1.png": "Bacterial"}),
-])
+@pytest.mark.parametrize(
+    ("task", "labels"),
+    [
+        (
+            "finding",
+            {
+                "c1.png": "COVID-19",
+                "c2.png": "COVID-19",
+                "s1.png": "SARS",
+                "b1.png": "Streptococcus",
+                "f1.png": "Pneumocystis",
+                "n1.png": "No Finding",
+            },
+        ),
+        (
+            "covid",
+            {
+                "c1.png": "COVID-19",
+                "c2.png": "COVID-19",
+                "s1.png": "Other pneumonia",
+                "b1.png": "Other pneumonia",
+                "f1.png": "Other pneumonia",
+            },
+        ),
+        ("viral", {"c1.png": "Viral", "c2.png": "Viral", "s1.png": "Viral", "b1.png": "Bacterial"}),
+    ],
+)
 def test_covid_chestxray_frontal_xrays_and_mrm_tasks(tmp_path, flat, task, labels):
     root = covid_tree(tmp_path / "ieee", flat)
     dataset = {"name": "cc", "kind": "covid_chestxray", "source": str(root), "covid_task": task}
@@ -182,8 +211,11 @@ def test_covid_chestxray_views_and_config(tmp_path):
 def test_an_option_of_another_kind_is_refused():
     config = load_config()
     check({**config, "dataset": {**config["dataset"], "covid_task": "finding"}})  # its default: changes nothing
-    with pytest.raises(ValueError, match=r"dataset.covid_task set, but kind synthetic does not read it "
-                                         r"\(only covid_chestxray\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"dataset.covid_task set, but kind synthetic does not read it "
+        r"\(only covid_chestxray\)",
+    ):
         check({**config, "dataset": {**config["dataset"], "covid_task": "viral"}})
     with pytest.raises(ValueError, match=r"dataset.uncertain set, but kind synthetic"):
         check({**config, "dataset": {**config["dataset"], "uncertain": "ones"}})
@@ -203,11 +235,18 @@ def kaggle_tree(root: Path) -> Path:
 
 def test_report_methods_refused_on_a_dataset_without_reports(tmp_path):
     config = load_config()
-    config["dataset"] = {"name": "covid_radiography", "kind": "covid19_radiography",
-                         "source": str(kaggle_tree(tmp_path / "db"))}
-    with pytest.raises(ValueError, match=(
+    config["dataset"] = {
+        "name": "covid_radiography",
+        "kind": "covid19_radiography",
+        "source": str(kaggle_tree(tmp_path / "db")),
+    }
+    with pytest.raises(
+        ValueError,
+        match=(
             r"mrm, medim learn from report text, but dataset 'covid_radiography' has no reports "
-            r"\(kind covid19_radiography\); drop mrm, medim from pretrain.methods and finetune.inits")):
+            r"\(kind covid19_radiography\); drop mrm, medim from pretrain.methods and finetune.inits"
+        ),
+    ):
         check(config)
     manifest = tmp_path / "m.csv"
     manifest.write_text("image,label\nx.png,A\n")
@@ -235,8 +274,10 @@ def test_kaggle_tree_default_config_refused_then_planned_without_report_methods(
     first.write_text(yaml.safe_dump({"dataset": dataset}))
     refused = snakemake(tmp_path, "-n", configs=(first,), check=False)
     assert refused.returncode != 0
-    assert ("mrm, medim learn from report text, but dataset 'covid_radiography' has no reports"
-            in refused.stdout + refused.stderr)
+    assert (
+        "mrm, medim learn from report text, but dataset 'covid_radiography' has no reports"
+        in refused.stdout + refused.stderr
+    )
     assert not (tmp_path / "results").exists()
     blocks = re.findall(r"```yaml\n(.*?)```", (REPO / "docs" / "datasets.md").read_text(), flags=re.S)
     example = yaml.safe_load(next(b for b in blocks if "kind: covid19_radiography" in b))

@@ -94,15 +94,20 @@ def test_every_imported_module_is_declared():
 
 
 def test_every_declared_package_is_imported():
-    used = {distribution(m) for p in python_files("src", "scripts", "tests", "benchmarks") for m in imported_modules(p)
-            if is_third_party(m)}
+    used = {
+        distribution(m)
+        for p in python_files("src", "scripts", "tests", "benchmarks")
+        for m in imported_modules(p)
+        if is_third_party(m)
+    }
     unused = set(declared()) - used - {canonicalize_name(n) for n in RUNTIME_ONLY}
     assert not unused, f"declared in pyproject.toml but never imported: {sorted(unused)}; drop them or say why"
 
 
 def test_upper_caps_are_the_deliberate_ones():
-    capped = {name for name, req in declared().items() if any(s.operator in ("<", "<=", "==", "~=")
-                                                               for s in req.specifier)}
+    capped = {
+        name for name, req in declared().items() if any(s.operator in ("<", "<=", "==", "~=") for s in req.specifier)
+    }
     assert capped == {"torch", "snakefmt", "ruff", "snakemake-executor-plugin-slurm"}, capped
 
 
@@ -130,12 +135,15 @@ def env_pip(env_file: str) -> dict[str, str]:
 @pytest.mark.parametrize("env_file", sorted(p.name for p in (REPO / "envs").glob("*.yaml")))
 def test_env_holds_third_party_pins_only_same_as_pyproject(env_file: str):
     text = (REPO / "envs" / env_file).read_text()
-    assert "-e " not in text and ".." not in text, f"envs/{env_file} installs local code; the rules put src/ on PYTHONPATH"
+    assert "-e " not in text and ".." not in text, (
+        f"envs/{env_file} installs local code; the rules put src/ on PYTHONPATH"
+    )
     pins = declared()
     for name, line in env_pip(env_file).items():
         assert name in pins, f"envs/{env_file} has {line!r}, which pyproject.toml does not declare"
         assert Requirement(line).specifier == pins[name].specifier, (
-            f"envs/{env_file} pins {line!r} but pyproject.toml {str(pins[name])!r}; keep them equal")
+            f"envs/{env_file} pins {line!r} but pyproject.toml {str(pins[name])!r}; keep them equal"
+        )
 
 
 def test_each_rule_env_has_what_its_script_imports():
@@ -144,13 +152,16 @@ def test_each_rule_env_has_what_its_script_imports():
     for rule, (script, env_file) in envs.items():
         needed = third_party_closure(REPO / "scripts" / script)
         missing = needed - set(env_pip(env_file))
-        assert not missing, f"rule {rule} runs scripts/{script}, which imports {sorted(missing)}; add to envs/{env_file}"
+        assert not missing, (
+            f"rule {rule} runs scripts/{script}, which imports {sorted(missing)}; add to envs/{env_file}"
+        )
 
 
 def test_closure_follows_package_imports():
     # pretrain reaches torch and timm only through cxrmim modules, never directly in the script.
-    assert not {"torch", "timm"} & {distribution(m) for m in imported_modules(REPO / "scripts" / "pretrain.py")
-                                    if is_third_party(m)}
+    assert not {"torch", "timm"} & {
+        distribution(m) for m in imported_modules(REPO / "scripts" / "pretrain.py") if is_third_party(m)
+    }
     assert {"torch", "timm", "numpy"} <= third_party_closure(REPO / "scripts" / "pretrain.py")
 
 
@@ -158,9 +169,16 @@ def test_closure_follows_package_imports():
 def test_envs_build_with_micromamba(tmp_path: Path):
     exe = shutil.which("micromamba") or shutil.which("mamba") or shutil.which("conda")
     if exe is None:
-        pytest.skip("no conda/mamba/micromamba: none is on PyPI or in Debian's packages here, and conda-forge "
-                    "(which the envs use) is not reachable from this workplace; the checks above cover the files")
+        pytest.skip(
+            "no conda/mamba/micromamba: none is on PyPI or in Debian's packages here, and conda-forge "
+            "(which the envs use) is not reachable from this workplace; the checks above cover the files"
+        )
     for env_file in sorted((REPO / "envs").glob("*.yaml")):
-        result = subprocess.run([exe, "env", "create", "-y", "-p", str(tmp_path / env_file.stem), "-f", str(env_file)],
-                                capture_output=True, check=False, text=True, timeout=1800)
+        result = subprocess.run(
+            [exe, "env", "create", "-y", "-p", str(tmp_path / env_file.stem), "-f", str(env_file)],
+            capture_output=True,
+            check=False,
+            text=True,
+            timeout=1800,
+        )
         assert result.returncode == 0, result.stderr[-3000:]

@@ -27,8 +27,12 @@ FAKE_CUDA = DeviceSetup(torch.device("cuda", 0), torch.bfloat16, True)  # never 
 @pytest.fixture
 def no_cuda(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
     """A machine whose CUDA is unusable, with no scheduler variables."""
-    for name in ("SLURM_JOB_ID", device_module.REQUIRE_GPU_ENV, *device_module.SLURM_GPU_IDS,
-                 *device_module.SLURM_GPU_COUNTS):
+    for name in (
+        "SLURM_JOB_ID",
+        device_module.REQUIRE_GPU_ENV,
+        *device_module.SLURM_GPU_IDS,
+        *device_module.SLURM_GPU_COUNTS,
+    ):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setattr(device_module, "cuda_usable", lambda: False)
     return monkeypatch

@@ -83,8 +83,10 @@ def test_own_encoder_file_carries_its_normalisation(tmp_path: Path):
         load_encoder_weights(classifier, tmp_path / "missing.safetensors")
 
 
-@pytest.mark.parametrize("encoder_cfg", [{"timm_name": "vit_tiny_patch16_224",
-                                          "kwargs": {"embed_dim": 32, "depth": 2, "num_heads": 2}}, DEEP_STEM])
+@pytest.mark.parametrize(
+    "encoder_cfg",
+    [{"timm_name": "vit_tiny_patch16_224", "kwargs": {"embed_dim": 32, "depth": 2, "num_heads": 2}}, DEEP_STEM],
+)
 def test_exported_folder_loads_with_one_line_of_timm(tmp_path: Path, encoder_cfg: dict):
     encoder = create_encoder(encoder_cfg, 48, 8)
     with torch.no_grad():
@@ -93,8 +95,11 @@ def test_exported_folder_loads_with_one_line_of_timm(tmp_path: Path, encoder_cfg
     export_timm_folder(encoder, encoder_cfg, 48, 8, InputNorm(0.45, 0.3), tmp_path / "timm")
     # The two lines of docs/configuration.md, run as written there (with this folder).
     readme = (REPO / "docs" / "configuration.md").read_text()
-    lines = [line for line in readme.splitlines() if line.startswith(("model = timm.create_model(\"local-dir:",
-                                                                        "data_config = timm.data"))]
+    lines = [
+        line
+        for line in readme.splitlines()
+        if line.startswith(('model = timm.create_model("local-dir:', "data_config = timm.data"))
+    ]
     assert len(lines) == 2, "docs/configuration.md lost its timm loading example"
     namespace = {"timm": timm}
     exec("\n".join(lines).replace("path/to/folder", str(tmp_path / "timm")), namespace)
@@ -107,13 +112,19 @@ def test_exported_folder_loads_with_one_line_of_timm(tmp_path: Path, encoder_cfg
         if not key.startswith(("head.", "fc.")):
             assert torch.equal(value, reference[key]), key
     assert model(torch.zeros(2, 1, 48, 48)).shape == (2, 4)  # num_classes=4 of the documented line
-    assert model_summary(model, encoder_cfg["timm_name"])["n_parameters"] == model_summary(
-        encoder, encoder_cfg["timm_name"])["n_parameters"]  # same encoder; the new head is not counted
+    assert (
+        model_summary(model, encoder_cfg["timm_name"])["n_parameters"]
+        == model_summary(encoder, encoder_cfg["timm_name"])["n_parameters"]
+    )  # same encoder; the new head is not counted
 
 
 def test_model_summary_describes_the_built_model():
-    vit = create_encoder({"timm_name": "vit_tiny_patch16_224", "kwargs": {"embed_dim": 64, "depth": 3,
-                                                                           "num_heads": 2}}, 32, 8, num_classes=5)
+    vit = create_encoder(
+        {"timm_name": "vit_tiny_patch16_224", "kwargs": {"embed_dim": 64, "depth": 3, "num_heads": 2}},
+        32,
+        8,
+        num_classes=5,
+    )
     summary = model_summary(vit, "vit_tiny_patch16_224")
     assert (summary["depth"], summary["width"]) == (3, 64)
     assert summary["n_parameters"] == sum(p.numel() for p in vit.parameters()) - (64 * 5 + 5)

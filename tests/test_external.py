@@ -63,7 +63,9 @@ def test_cnn_formats_drop_only_their_documented_keys(entries):
     assert model.get_classifier().out_features == 2 and info["dropped_keys"] == 3  # classifier w/b, op_threshs
     assert norm.std == pytest.approx(1 / 2048) and norm.mean == 0.5  # (2 x / 255 - 1) * 1024
     model, norm, _ = load("mgca", entries["mgca"])
-    assert torch.equal(model.conv1.weight, stored(entries["mgca"])["img_encoder_q.model.conv1.weight"].sum(1, keepdim=True))
+    assert torch.equal(
+        model.conv1.weight, stored(entries["mgca"])["img_encoder_q.model.conv1.weight"].sum(1, keepdim=True)
+    )
     assert (norm.mean, norm.std) == (0.5, 0.5)
     model, norm, info = load("timm-state", entries["timm-state"])
     assert info["input_norm_source"] == "config" and model.get_classifier().out_features == 2
@@ -77,8 +79,11 @@ def test_unexpected_and_missing_keys_fail_with_the_listing(entries, tmp_path):
     checkpoint["model"]["blocks.1.extra.weight"] = torch.zeros(3)
     del checkpoint["model"]["blocks.0.attn.proj.bias"]
     torch.save(checkpoint, path)
-    with pytest.raises(ValueError, match=r"missing \(1\): \['blocks.0.attn.proj.bias'\].*unexpected \(1\): "
-                                         r"\['blocks.1.extra.weight'\]") as err:
+    with pytest.raises(
+        ValueError,
+        match=r"missing \(1\): \['blocks.0.attn.proj.bias'\].*unexpected \(1\): "
+        r"\['blocks.1.extra.weight'\]",
+    ) as err:
         load("mrm", entries["mrm"] | {"path": str(path)})
     assert "MRM.pth" in str(err.value) and "encoders.vit-ext" in str(err.value)
 
@@ -88,8 +93,14 @@ def test_a_wrong_architecture_fails_with_the_shapes(entries):
     with pytest.raises(ValueError, match=r"shape mismatch \(\d+\): .*file \(\d+, 32\) vs model \(\d+, 48\)"):
         load("mrm", entries["mrm"], wider)
     with pytest.raises(ValueError, match=r"missing \(\d+\): \['blocks.2"):  # deeper than the checkpoint
-        load("mrm", entries["mrm"], {"timm_name": "vit_tiny_patch16_224",
-                                     "kwargs": {"embed_dim": VIT_DIM, "depth": 3, "num_heads": 2, "mlp_ratio": 2.0}})
+        load(
+            "mrm",
+            entries["mrm"],
+            {
+                "timm_name": "vit_tiny_patch16_224",
+                "kwargs": {"embed_dim": VIT_DIM, "depth": 3, "num_heads": 2, "mlp_ratio": 2.0},
+            },
+        )
 
 
 def test_wrong_container_prefix_and_missing_norm_are_named(entries):
@@ -116,12 +127,21 @@ def test_pickled_objects_load_only_when_the_config_allows(entries, tmp_path):
 
 
 def test_recipes_merge_over_finetune_for_their_inits_only():
-    finetune = {"inits": ["mae", "external_mrm", "scratch_vit-tiny"], "epochs": 2, "batch_size": 16, "base_lr": 1e-3,
-                "augment": {"crop_scale": [0.8, 1.0], "hflip": False}, "resources": {"gpu": 0},
-                "recipes": {"mrm": {"inits": ["external_mrm"], "optimizer": "sgd", "augment": {"hflip": True}},
-                            "mae-ld": {"inits": ["mae"], "layer_decay": 0.55, "current_preset": "randaugment"}}}
+    finetune = {
+        "inits": ["mae", "external_mrm", "scratch_vit-tiny"],
+        "epochs": 2,
+        "batch_size": 16,
+        "base_lr": 1e-3,
+        "augment": {"crop_scale": [0.8, 1.0], "hflip": False},
+        "resources": {"gpu": 0},
+        "recipes": {
+            "mrm": {"inits": ["external_mrm"], "optimizer": "sgd", "augment": {"hflip": True}},
+            "mae-ld": {"inits": ["mae"], "layer_decay": 0.55, "current_preset": "randaugment"},
+        },
+    }
     assert init_settings(finetune, "scratch_vit-tiny", drop=("inits", "resources")) == {
-        k: v for k, v in finetune.items() if k not in ("inits", "resources", "recipes")}
+        k: v for k, v in finetune.items() if k not in ("inits", "resources", "recipes")
+    }
     mrm = FinetuneSettings.from_config(init_settings(finetune, "external_mrm"))
     assert (mrm.optimizer, mrm.hflip, mrm.crop_scale, mrm.recipe) == ("sgd", True, (0.8, 1.0), "mrm")
     mae = FinetuneSettings.from_config(init_settings(finetune, "mae_r0.75_vit-tiny_s1"))  # by its finetune.inits entry
@@ -136,7 +156,8 @@ def test_recipes_merge_over_finetune_for_their_inits_only():
 def test_sgd_and_the_step_schedule():
     schedule = Schedule(total_steps=100, warmup_steps=10, peak_lr=1.0, kind="step", milestones=(0.5, 0.8), gamma=0.1)
     assert [schedule.lr(s) for s in (0, 9, 10, 49, 50, 79, 80, 99)] == pytest.approx(
-        [0.1, 1.0, 1.0, 1.0, 0.1, 0.1, 0.01, 0.01])
+        [0.1, 1.0, 1.0, 1.0, 0.1, 0.1, 0.01, 0.01]
+    )
     with pytest.raises(ValueError, match="milestones"):
         Schedule(10, 0, 1.0, "step", (1.5,))
     settings = FinetuneSettings(epochs=1, batch_size=2, base_lr=1.0, optimizer="sgd", momentum=0.8)
@@ -148,8 +169,13 @@ def test_the_documented_nih_config_is_valid_and_resolves():
     """docs/external-encoders.md's example: schema-valid over paper.yaml, formats resolve, recipes check."""
     text = (REPO_ROOT / "docs" / "external-encoders.md").read_text()
     example = yaml.safe_load(text.split("```yaml\n", 1)[1].split("```", 1)[0])
-    config = merge(merge(yaml.safe_load(DEFAULT_CONFIG.read_text()),
-                         yaml.safe_load((REPO_ROOT / "configs" / "paper.yaml").read_text())), example)
+    config = merge(
+        merge(
+            yaml.safe_load(DEFAULT_CONFIG.read_text()),
+            yaml.safe_load((REPO_ROOT / "configs" / "paper.yaml").read_text()),
+        ),
+        example,
+    )
     validate_config(config, "docs/external-encoders.md")
     resolved = {key: resolve_external(key, entry) for key, entry in config["external_inits"].items()}
     assert resolved["mrm"].norm == {"mean": 0.4978, "std": 0.2449} and resolved["medmae-vitb"].pool == "avg-fcnorm"
@@ -162,7 +188,9 @@ def test_a_prefixed_vit_loads_under_its_prefix_with_the_class_token(tmp_path):
     """MedIM/MGCA's ViT-B: BLIP-style (timm-named) encoder under img_encoder_q.model., read by the class token."""
     encoder = vit_encoder_state()
     state = {f"img_encoder_q.model.{k}": v for k, v in encoder.items()} | {
-        "img_encoder_q.global_embed.head.0.weight": torch.randn(8, VIT_DIM), "img_decoder_q.conv.weight": torch.randn(4)}
+        "img_encoder_q.global_embed.head.0.weight": torch.randn(8, VIT_DIM),
+        "img_decoder_q.conv.weight": torch.randn(4),
+    }
     path = tmp_path / "medim_last.ckpt"
     torch.save({"epoch": 49, "state_dict": state}, path)
     model, _, info = load("medim", {"path": str(path), "format": "prefixed", "encoder": "vit-ext"})
@@ -170,5 +198,7 @@ def test_a_prefixed_vit_loads_under_its_prefix_with_the_class_token(tmp_path):
     assert model.global_pool == "token" and isinstance(model.norm, torch.nn.LayerNorm) and info["prefix"]
     renamed = {k.replace("img_encoder_q.model.", "student.backbone."): v for k, v in state.items()}
     torch.save({"state_dict": renamed}, path)
-    model, _, _ = load("any", {"path": str(path), "format": "prefixed", "encoder": "vit-ext", "prefix": "student.backbone."})
+    model, _, _ = load(
+        "any", {"path": str(path), "format": "prefixed", "encoder": "vit-ext", "prefix": "student.backbone."}
+    )
     assert torch.equal(model.cls_token, encoder["cls_token"])

@@ -24,10 +24,19 @@ PATCH = 8
 TINY_VIT = {"timm_name": "vit_tiny_patch16_224", "kwargs": {"embed_dim": 32, "depth": 1, "num_heads": 2}}
 SMALL_RESNET = {"timm_name": "resnet10t", "kwargs": {}}  # timm's smallest ResNet: same code path as resnet50
 SETTINGS = {
-    "epochs": 3, "batch_size": 8, "base_lr": 5e-2, "weight_decay": 0.05, "layer_decay": 0.75, "drop_path": 0.0,
-    "warmup_epochs": 1, "min_steps": 6, "augment": {"crop_scale": [0.85, 1.0], "hflip": False}, "device": "cpu",
+    "epochs": 3,
+    "batch_size": 8,
+    "base_lr": 5e-2,
+    "weight_decay": 0.05,
+    "layer_decay": 0.75,
+    "drop_path": 0.0,
+    "warmup_epochs": 1,
+    "min_steps": 6,
+    "augment": {"crop_scale": [0.85, 1.0], "hflip": False},
+    "device": "cpu",
 }
 REPO = Path(__file__).resolve().parents[1]
+
 
 def make_cache(root: Path, labels: list[str], per_part: dict[str, int]) -> dict[str, Path]:
     """Images whose class is a bright square at a class-specific place; split into train/val/test parts."""
@@ -59,27 +68,48 @@ def make_cache(root: Path, labels: list[str], per_part: dict[str, int]) -> dict[
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Three classes, 24 train / 9 val / 9 test images."""
-    return make_cache(tmp_path_factory.mktemp("cache3"), ["COVID-19", "Normal", "Viral_Pneumonia"],
-                      {"train": 24, "val": 9, "test": 9})
+    return make_cache(
+        tmp_path_factory.mktemp("cache3"), ["COVID-19", "Normal", "Viral_Pneumonia"], {"train": 24, "val": 9, "test": 9}
+    )
 
 
-def run(cache: dict[str, Path], init: str, encoder: dict, weights: str | None = None, seed: int = 0,
-        **overrides) -> dict:
+def run(
+    cache: dict[str, Path], init: str, encoder: dict, weights: str | None = None, seed: int = 0, **overrides
+) -> dict:
     """Fine-tune in-process and return metrics.json content (through a JSON round trip)."""
     data = load_finetune_data(cache["prepared"], cache["split"], cache["subset"])
     settings = FinetuneSettings.from_config({**SETTINGS, **overrides})
-    result = finetune(data, parse_init(init), encoder, settings, seed=seed, fraction=1.0, weights=weights,
-                      patch_size=PATCH)
+    result = finetune(
+        data, parse_init(init), encoder, settings, seed=seed, fraction=1.0, weights=weights, patch_size=PATCH
+    )
     return json.loads(json.dumps(result.metrics)), result
 
 
 def test_scratch_vit_cli_writes_all_outputs(cache: dict[str, Path], tmp_path: Path) -> None:
     out = tmp_path / "run"
     command = [
-        "--prepared", str(cache["prepared"]),
-        "--split", str(cache["split"]), "--subset", str(cache["subset"]), "--init", "scratch_vit",
-        "--encoder", json.dumps(TINY_VIT), "--settings", json.dumps(SETTINGS), "--patch-size", str(PATCH),
-        "--seed", "0", "--fraction", "1.0", "--out", str(out), "--log", str(tmp_path / "log.txt"),
+        "--prepared",
+        str(cache["prepared"]),
+        "--split",
+        str(cache["split"]),
+        "--subset",
+        str(cache["subset"]),
+        "--init",
+        "scratch_vit",
+        "--encoder",
+        json.dumps(TINY_VIT),
+        "--settings",
+        json.dumps(SETTINGS),
+        "--patch-size",
+        str(PATCH),
+        "--seed",
+        "0",
+        "--fraction",
+        "1.0",
+        "--out",
+        str(out),
+        "--log",
+        str(tmp_path / "log.txt"),
     ]
     cli = importlib.util.spec_from_file_location("finetune_cli", REPO / "scripts" / "finetune.py")
     module = importlib.util.module_from_spec(cli)
@@ -95,8 +125,15 @@ def test_scratch_vit_cli_writes_all_outputs(cache: dict[str, Path], tmp_path: Pa
     assert list(history["epoch"]) == [1, 2, 3]
     assert {"lr", "train_loss", "val_accuracy", "test_accuracy", "test_auc_macro"} <= set(history.columns)
     predictions = pd.read_csv(out / "predictions.csv")
-    assert list(predictions.columns) == ["index", "id", "label", "pred", "prob_COVID-19", "prob_Normal",
-                                         "prob_Viral_Pneumonia"]
+    assert list(predictions.columns) == [
+        "index",
+        "id",
+        "label",
+        "pred",
+        "prob_COVID-19",
+        "prob_Normal",
+        "prob_Viral_Pneumonia",
+    ]
     assert len(predictions) == 9
     assert np.allclose(predictions.filter(like="prob_").sum(axis=1), 1.0, atol=1e-5)
     assert not list(out.glob("*.tmp"))
@@ -130,15 +167,24 @@ def test_pretrained_init_loads_encoder_weights(cache: dict[str, Path], tmp_path:
     torch.nn.init.constant_(encoder.blocks[0].mlp.fc1.weight, 0.123)
     weights = tmp_path / "rgmim_r0.75_vit_s0" / "encoder.safetensors"
     # A pretraining run on other grey statistics: fine-tuning must normalise its input the same way.
-    save_encoder(encoder, weights, TINY_VIT["timm_name"], timm_kwargs(TINY_VIT, IMAGE, PATCH, 0),
-                 norm=InputNorm(0.4, 0.2))
+    save_encoder(
+        encoder, weights, TINY_VIT["timm_name"], timm_kwargs(TINY_VIT, IMAGE, PATCH, 0), norm=InputNorm(0.4, 0.2)
+    )
     init = parse_init("rgmim_r0.75_vit_s0")
     model, _ = build_model(init, TINY_VIT, str(weights), IMAGE, PATCH, num_classes=3, drop_path=0.0)
     assert torch.all(model.blocks[0].mlp.fc1.weight == 0.123)
     # The patch size comes from the file's metadata, not from --patch-size.
     data = load_finetune_data(cache["prepared"], cache["split"], cache["subset"])
-    result = finetune(data, init, TINY_VIT, FinetuneSettings.from_config({**SETTINGS, "epochs": 1}), seed=0,
-                      fraction=0.5, weights=str(weights), patch_size=None)
+    result = finetune(
+        data,
+        init,
+        TINY_VIT,
+        FinetuneSettings.from_config({**SETTINGS, "epochs": 1}),
+        seed=0,
+        fraction=0.5,
+        weights=str(weights),
+        patch_size=None,
+    )
     assert result.metrics["method"] == "RGMIM" and result.metrics["mask_ratio"] == 0.75
     assert result.metrics["fraction"] == 0.5
     assert result.metrics["input_norm"] == {"mean": [0.4], "std": [0.2]}
@@ -171,13 +217,15 @@ def test_unknown_init_is_rejected() -> None:
 
 
 def test_selection_uses_validation_not_test() -> None:
-    history = pd.DataFrame({
-        "epoch": [1, 2, 3, 4],
-        "val_accuracy": [0.5, 0.8, 0.8, 0.6],
-        "val_loss": [1.0, 0.7, 0.6, 0.9],
-        "test_accuracy": [0.99, 0.5, 0.5, 0.98],  # best test epochs must not be chosen
-        "test_loss": [0.1, 2.0, 2.0, 0.1],
-    })
+    history = pd.DataFrame(
+        {
+            "epoch": [1, 2, 3, 4],
+            "val_accuracy": [0.5, 0.8, 0.8, 0.6],
+            "val_loss": [1.0, 0.7, 0.6, 0.9],
+            "test_accuracy": [0.99, 0.5, 0.5, 0.98],  # best test epochs must not be chosen
+            "test_loss": [0.1, 2.0, 2.0, 0.1],
+        }
+    )
     assert select_epoch(history) == 3  # tie on val accuracy broken by lower val loss
     assert select_epoch(history.drop(columns=["val_accuracy", "val_loss"])) == 4  # no validation: last epoch
 
@@ -216,8 +264,12 @@ def test_vit_param_groups_decay_by_layer() -> None:
 def test_metrics_name_the_built_model_and_its_input_norm(cache: dict[str, Path]) -> None:
     metrics, _ = run(cache, "scratch_vit-tiny", TINY_VIT, epochs=1)
     encoder = create_encoder(TINY_VIT, IMAGE, PATCH)
-    assert metrics["model"] == {"timm_name": "vit_tiny_patch16_224", "depth": 1, "width": 32,
-                                "n_parameters": sum(p.numel() for p in encoder.parameters())}
+    assert metrics["model"] == {
+        "timm_name": "vit_tiny_patch16_224",
+        "depth": 1,
+        "width": 32,
+        "n_parameters": sum(p.numel() for p in encoder.parameters()),
+    }
     assert metrics["input_norm"] == {"mean": [0.5], "std": [0.25]}  # scratch: the grey cache statistics
 
 
@@ -225,8 +277,9 @@ def test_imagenet_init_uses_timm_weights_and_their_normalisation(cache: dict[str
     source = timm.create_model("resnet10t", pretrained=False, num_classes=1000)
     weights = tmp_path / "resnet10t_in1k.pth"
     torch.save(source.state_dict(), weights)
-    model, _norm = build_model(parse_init("imagenet_resnet10t"), SMALL_RESNET, str(weights), IMAGE, PATCH,
-                              num_classes=3, drop_path=0.0)
+    model, _norm = build_model(
+        parse_init("imagenet_resnet10t"), SMALL_RESNET, str(weights), IMAGE, PATCH, num_classes=3, drop_path=0.0
+    )
     assert torch.allclose(model.conv1[0].weight, source.conv1[0].weight.sum(dim=1, keepdim=True))
     assert model.fc.out_features == 3
     metrics, _ = run(cache, "imagenet_resnet10t", SMALL_RESNET, weights=str(weights), epochs=1)

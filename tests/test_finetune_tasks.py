@@ -93,7 +93,9 @@ def test_binary_task_reports_thresholded_metrics(binary_cache: dict[str, Path]) 
 
 def test_binary_positive_must_be_a_label(binary_cache: dict[str, Path]) -> None:
     with pytest.raises(ValueError, match="dataset.positive 'Pneumonia'"):
-        load_finetune_data(binary_cache["prepared"], binary_cache["split"], binary_cache["subset"], "binary", "Pneumonia")
+        load_finetune_data(
+            binary_cache["prepared"], binary_cache["split"], binary_cache["subset"], "binary", "Pneumonia"
+        )
 
 
 @pytest.fixture(scope="module")
@@ -176,13 +178,38 @@ def test_cli_takes_a_count_budget(binary_cache: dict[str, Path], tmp_path: Path)
     module = importlib.util.module_from_spec(cli)
     cli.loader.exec_module(module)
     out = tmp_path / "run"
-    module.main([
-        "--prepared", str(binary_cache["prepared"]), "--split", str(binary_cache["split"]),
-        "--subset", str(binary_cache["subset"]), "--init", "scratch_vit", "--encoder", json.dumps(TINY_VIT),
-        "--settings", json.dumps({**SETTINGS, "epochs": 1}), "--patch-size", str(PATCH), "--seed", "0",
-        "--budget", "n16", "--task", "binary", "--positive", "Finding", "--mode", "full", "--augment", "classic",
-        "--out", str(out),
-    ])
+    module.main(
+        [
+            "--prepared",
+            str(binary_cache["prepared"]),
+            "--split",
+            str(binary_cache["split"]),
+            "--subset",
+            str(binary_cache["subset"]),
+            "--init",
+            "scratch_vit",
+            "--encoder",
+            json.dumps(TINY_VIT),
+            "--settings",
+            json.dumps({**SETTINGS, "epochs": 1}),
+            "--patch-size",
+            str(PATCH),
+            "--seed",
+            "0",
+            "--budget",
+            "n16",
+            "--task",
+            "binary",
+            "--positive",
+            "Finding",
+            "--mode",
+            "full",
+            "--augment",
+            "classic",
+            "--out",
+            str(out),
+        ]
+    )
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["budget"] == "n16" and metrics["fraction"] is None and metrics["n_labels"] == 16
     assert (metrics["task"], metrics["mode"], metrics["augment"]) == ("binary", "full", "classic")

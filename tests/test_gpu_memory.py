@@ -87,8 +87,16 @@ def test_forced_host_path_gives_identical_pretraining_and_finetuning(
     runs = {}
     for placement in ("auto", "host"):
         settings = tiny_settings(epochs=2, data_placement=placement)
-        result = run_pretraining(cache["prepared"], cache["split"], cache["validity"], "rgmim", 0.75, TINY_ENCODER,
-                                 settings, tmp_path / placement)
+        result = run_pretraining(
+            cache["prepared"],
+            cache["split"],
+            cache["validity"],
+            "rgmim",
+            0.75,
+            TINY_ENCODER,
+            settings,
+            tmp_path / placement,
+        )
         runs[placement] = pd.read_csv(tmp_path / placement / "history.csv").drop(columns=["images_per_s", "seconds"])
         assert result.finished
     pd.testing.assert_frame_equal(runs["auto"], runs["host"], check_exact=True)
@@ -107,8 +115,9 @@ def test_forced_host_path_gives_identical_pretraining_and_finetuning(
 def test_host_path_reads_no_tensor_inside_a_step(tmp_path: Path, host_reads) -> None:  # noqa: F811
     labelled = make_cache(tmp_path, ["A", "B"], {"train": 16, "val": 4, "test": 4})
     data = load_finetune_data(labelled["prepared"], labelled["split"], labelled["subset"])
-    settings = FinetuneSettings.from_config({**SETTINGS, "epochs": 2, "batch_size": 4, "min_steps": 24,
-                                             "data_placement": "host", "effective_batch_size": 8})
+    settings = FinetuneSettings.from_config(
+        {**SETTINGS, "epochs": 2, "batch_size": 4, "min_steps": 24, "data_placement": "host", "effective_batch_size": 8}
+    )
     result = finetune(data, parse_init("scratch_vit"), TINY_VIT, settings, seed=0, fraction=1.0, patch_size=PATCH)
     assert result.metrics["steps"] == 24 and result.metrics["effective_batch_size"] == 8 and host_reads
     micro_batches = 2 * result.metrics["steps"]
@@ -131,9 +140,13 @@ def test_validity_is_memory_mapped_and_masks_are_read_only_for_lung_masking(
     augment = {"crop_scale": [0.5, 1.0], "hflip": True}
     assert set(data.loader_tensors(augment, lung=False)) == {"images"}
     full = pretrain_data.load_pretrain_data(cache["prepared"], cache["split"], cache["validity"])
-    batch = {k: v.gather(np.arange(6)) if isinstance(v, Rows) else v[:6] for k, v in full.loader_tensors(augment).items()}
+    batch = {
+        k: v.gather(np.arange(6)) if isinstance(v, Rows) else v[:6] for k, v in full.loader_tensors(augment).items()
+    }
     with_masks, valid = pretrain_data.batch_inputs(batch, full, augment, torch.Generator().manual_seed(1))
-    alone, none = pretrain_data.batch_inputs({"images": batch["images"]}, data, augment, torch.Generator().manual_seed(1))
+    alone, none = pretrain_data.batch_inputs(
+        {"images": batch["images"]}, data, augment, torch.Generator().manual_seed(1)
+    )
     assert torch.equal(with_masks, alone) and none is None and valid.shape == (6, full.valid.shape[1])
 
 
@@ -148,8 +161,15 @@ def test_chunked_lung_masks_and_patch_validity_match_whole(cache: dict[str, Path
         table = run_lung_masks(cache["prepared"], tmp_path / "seg.safetensors", settings, out, out / "qc.png", chunk)
         table[["index", "id", "decision"]].to_csv(out / "status.csv", index=False)
         validity = out / "validity.npz"
-        run_patch_validity(cache["prepared"], {"patch_size": 8, "no_mask_policy": "all_valid", "n_figure_images": 1},
-                           validity, out / "v.csv", out / "v.png", out / "masks.npy", out / "status.csv")
+        run_patch_validity(
+            cache["prepared"],
+            {"patch_size": 8, "no_mask_policy": "all_valid", "n_figure_images": 1},
+            validity,
+            out / "v.csv",
+            out / "v.png",
+            out / "masks.npy",
+            out / "status.csv",
+        )
         with np.load(validity) as v:
             outputs[chunk] = (np.load(out / "masks.npy"), (out / "qc.csv").read_text(), {k: v[k] for k in v.files})
     (masks_a, qc_a, npz_a), (masks_b, qc_b, npz_b) = outputs.values()
@@ -168,8 +188,19 @@ def test_accumulating_two_micro_batches_equals_one_double_batch(tmp_path: Path) 
         initial = [p.detach().clone() for p in model.parameters()]
         optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
         loader = BatchLoader({"image": data.train.images, "label": data.train.labels}, batch, CPU, True, 0, True)
-        loss, _ = train_epoch(model, loader, optimizer, Schedule(1, 0, 0.5), settings, norm, CPU,
-                              torch.Generator().manual_seed(0), 0, False, accumulation=accumulation)
+        loss, _ = train_epoch(
+            model,
+            loader,
+            optimizer,
+            Schedule(1, 0, 0.5),
+            settings,
+            norm,
+            CPU,
+            torch.Generator().manual_seed(0),
+            0,
+            False,
+            accumulation=accumulation,
+        )
         weights.append((loss, [p.detach().clone() for p in model.parameters()]))
     (loss_a, one), (loss_b, two) = weights
     assert loss_a == pytest.approx(loss_b, rel=1e-6)
@@ -225,10 +256,21 @@ print(json.dumps({"peak_mb": (after - before) / 1024, "weights_mb": 4 * sum(p.nu
 
 
 def test_memory_estimate_is_within_a_factor_of_two_of_the_measured_cpu_peak() -> None:
-    measured = json.loads(subprocess.run([sys.executable, "-c", MEASURE], capture_output=True, text=True, check=True,
-                                         env={"PYTHONPATH": str(REPO / "src"), "OMP_NUM_THREADS": "1"}).stdout)
-    model = create_encoder({"timm_name": "vit_tiny_patch16_224",
-                            "kwargs": {"embed_dim": 192, "depth": 4, "num_heads": 3}}, 64, 8, num_classes=3)
+    measured = json.loads(
+        subprocess.run(
+            [sys.executable, "-c", MEASURE],
+            capture_output=True,
+            text=True,
+            check=True,
+            env={"PYTHONPATH": str(REPO / "src"), "OMP_NUM_THREADS": "1"},
+        ).stdout
+    )
+    model = create_encoder(
+        {"timm_name": "vit_tiny_patch16_224", "kwargs": {"embed_dim": 192, "depth": 4, "num_heads": 3}},
+        64,
+        8,
+        num_classes=3,
+    )
     estimate = estimate_memory(model, [Probe(model, (1, 64, 64))], 48, CPU, checkpointing=False)
     # The peak holds the activations, gradients and AdamW state beside the weights created before `before`.
     peak = measured["peak_mb"] * 1e6 + estimate.weights
@@ -237,10 +279,12 @@ def test_memory_estimate_is_within_a_factor_of_two_of_the_measured_cpu_peak() ->
     # bf16 autocast halves the activations; checkpointing keeps a fraction of them.
     bf16 = replace(CPU, autocast_dtype=torch.bfloat16)
     assert estimate_memory(model, [Probe(model, (1, 64, 64))], 48, bf16, False).activations == pytest.approx(
-        estimate.activations / 2, rel=1e-3)
+        estimate.activations / 2, rel=1e-3
+    )
     assert estimate_memory(model, [Probe(model, (1, 64, 64))], 48, CPU, True).activations < estimate.activations / 3
     assert per_sample_activations(Probe(model, (1, 64, 64), times=2.0)) == 2 * per_sample_activations(
-        Probe(model, (1, 64, 64)))
+        Probe(model, (1, 64, 64))
+    )
 
 
 def test_mem_mb_follows_the_cache_size_and_keeps_the_configured_floor(tmp_path: Path) -> None:
@@ -269,7 +313,9 @@ def test_mem_mb_follows_the_cache_size_and_keeps_the_configured_floor(tmp_path: 
     assert job_mem_mb("finetune", str(tmp_path / "none.npy"), 6000, synthetic) == 6000  # from the config
 
 
-def test_a_job_that_will_not_fit_says_what_to_change(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+def test_a_job_that_will_not_fit_says_what_to_change(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
     from cxrmim.train.memory import MemoryEstimate, log_estimate
 
     cuda = replace(CPU, device=torch.device("cuda", 0), autocast_dtype=torch.bfloat16, pin_memory=True)

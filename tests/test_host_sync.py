@@ -47,19 +47,24 @@ def host_reads(monkeypatch: pytest.MonkeyPatch) -> collections.Counter:
 SGD_RECIPE = {"optimizer": "sgd", "schedule": "step", "lr_steps": {"milestones": [0.5]}, "clip_grad": 1.0}
 
 
-@pytest.mark.parametrize(("task", "preset", "mode", "recipe"), [
-    ("multiclass", "current", "full", {}), ("binary", "randaugment", "full", {}), ("binary", "classic", "probe", {}),
-    ("multiclass", "current", "full", SGD_RECIPE),
-])
+@pytest.mark.parametrize(
+    ("task", "preset", "mode", "recipe"),
+    [
+        ("multiclass", "current", "full", {}),
+        ("binary", "randaugment", "full", {}),
+        ("binary", "classic", "probe", {}),
+        ("multiclass", "current", "full", SGD_RECIPE),
+    ],
+)
 def test_finetuning_reads_the_device_once_per_epoch_not_per_step(
     tmp_path: Path, host_reads, task: str, preset: str, mode: str, recipe: dict
 ) -> None:
     cache = make_cache(tmp_path, ["A", "B"], {"train": 16, "val": 4, "test": 4})
     data = load_finetune_data(cache["prepared"], cache["split"], cache["subset"], task, positive="B")
-    settings = FinetuneSettings.from_config({**SETTINGS, "epochs": 2, "batch_size": 4, "min_steps": 24,
-                                             "augment_preset": preset, "mode": mode, **recipe})
-    result = finetune(data, parse_init("scratch_vit-tiny"), TINY_VIT, settings, seed=0, fraction=1.0,
-                      patch_size=PATCH)
+    settings = FinetuneSettings.from_config(
+        {**SETTINGS, "epochs": 2, "batch_size": 4, "min_steps": 24, "augment_preset": preset, "mode": mode, **recipe}
+    )
+    result = finetune(data, parse_init("scratch_vit-tiny"), TINY_VIT, settings, seed=0, fraction=1.0, patch_size=PATCH)
     steps = result.metrics["steps"]
     assert steps == 24 and host_reads  # the counter sees the per-epoch reads
     per_step = {site: n for site, n in host_reads.items() if n >= steps}
@@ -68,8 +73,16 @@ def test_finetuning_reads_the_device_once_per_epoch_not_per_step(
 
 def test_segmenter_reads_the_device_once_per_epoch_not_per_step(host_reads) -> None:
     data = load_training_sources([{"kind": "synthetic", "synthetic": {"n_images": 24, "image_size": 32}}], 32)
-    settings = {"encoder": "resnet18", "decoder_channels": [16, 16, 8, 8], "image_size": 32, "epochs": 2,
-                "batch_size": 4, "lr": 1e-3, "holdout_fraction": 0.0, "augment": {"crop_scale": [0.8, 1.0]}}
+    settings = {
+        "encoder": "resnet18",
+        "decoder_channels": [16, 16, 8, 8],
+        "image_size": 32,
+        "epochs": 2,
+        "batch_size": 4,
+        "lr": 1e-3,
+        "holdout_fraction": 0.0,
+        "augment": {"crop_scale": [0.8, 1.0]},
+    }
     trained = train_segmenter(data, settings, select_device("cpu"))
     assert len(trained.history) == 2 and host_reads
     steps = 2 * 24 // 4

@@ -134,7 +134,9 @@ def test_the_layer_and_cycle_checks_find_what_they_forbid(tmp_path: Path) -> Non
     (package / "models" / "m.py").write_text("import cxrmim.train.t\n")
     (package / "train" / "t.py").write_text("from cxrmim.data import a\n")
     assert wrong_way_imports(tmp_path) == [
-        "cxrmim.data.a -> cxrmim.models", "cxrmim.data.a -> cxrmim.models.m", "cxrmim.models.m -> cxrmim.train.t"
+        "cxrmim.data.a -> cxrmim.models",
+        "cxrmim.data.a -> cxrmim.models.m",
+        "cxrmim.models.m -> cxrmim.train.t",
     ]
     assert import_cycles(tmp_path) == [["cxrmim.data.a", "cxrmim.models.m", "cxrmim.train.t", "cxrmim.data.a"]]
 

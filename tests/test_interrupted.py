@@ -26,8 +26,14 @@ STOP_ENV = "CXRMIM_STOP_AFTER_EPOCHS"
 def write_override(folder: Path, method: str, epochs: int) -> Path:
     """Tiny config with one pretraining run (`method` at ratio 0.75) of `epochs` epochs."""
     path = folder / f"interrupt_{method}.yaml"
-    path.write_text(yaml.safe_dump({"pretrain": {"methods": [method], "mask_ratios": [0.75], "epochs": epochs},
-                                    "finetune": {"inits": [method, "scratch_vit-tiny"]}}))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "pretrain": {"methods": [method], "mask_ratios": [0.75], "epochs": epochs},
+                "finetune": {"inits": [method, "scratch_vit-tiny"]},
+            }
+        )
+    )
     return path
 
 
@@ -113,8 +119,19 @@ def wait_for_checkpoint(proc: subprocess.Popen, checkpoint: Path, deadline_s: fl
 def snakemake_command(workdir: Path, configs: tuple[Path, ...], *args: str) -> list[str]:
     """The same command line conftest.snakemake builds, for a process we need to kill midway."""
     exe = Path(sys.executable).parent / "snakemake"
-    return [str(exe), *args, "--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir), "--cores", "2",
-            "--configfile", str(REPO / "workflow_config.yaml"), *map(str, configs)]
+    return [
+        str(exe),
+        *args,
+        "--snakefile",
+        str(REPO / "Snakefile"),
+        "--directory",
+        str(workdir),
+        "--cores",
+        "2",
+        "--configfile",
+        str(REPO / "workflow_config.yaml"),
+        *map(str, configs),
+    ]
 
 
 def test_killed_pretraining_resumes_with_rerun_incomplete(workdir: Path):
@@ -124,8 +141,14 @@ def test_killed_pretraining_resumes_with_rerun_incomplete(workdir: Path):
     # SIGKILL Snakemake and the job together, as a node failure or `kill -9` would.
     # The venv's bin first on PATH, as conftest.snakemake does: the rules call `python` even without activation.
     env = dict(os.environ, PATH=str(Path(sys.executable).parent) + os.pathsep + os.environ["PATH"])
-    proc = subprocess.Popen(snakemake_command(tmp_path, configs, encoder_target(method)), cwd=tmp_path, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(
+        snakemake_command(tmp_path, configs, encoder_target(method)),
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     try:
         wait_for_checkpoint(proc, run_dir(tmp_path, method) / "checkpoint.pt", deadline_s=240)
         time.sleep(0.5)

@@ -88,8 +88,9 @@ def train_toy(out: Path, stop_after_epochs: int | None = None) -> tuple[ToyMetho
     """Seed, build the method, run the loop on CPU."""
     seed_everything(3)
     method = ToyMethod()
-    result = run_training(method, LoopSettings.from_settings(SETTINGS), select_device("cpu"), Distributed(), out,
-                          stop_after_epochs)
+    result = run_training(
+        method, LoopSettings.from_settings(SETTINGS), select_device("cpu"), Distributed(), out, stop_after_epochs
+    )
     return method, result
 
 
@@ -101,7 +102,15 @@ def test_loop_drops_the_ragged_batch_and_sums_statistics(tmp_path: Path) -> None
     # 7 micro-batches with 2 per optimizer step: 4 steps per epoch (the last group has one micro-batch).
     assert method.steps == list(range(1, 13))
     history = pd.read_csv(tmp_path / "history.csv")
-    assert list(history.columns) == ["epoch", "loss", "lr", "images_per_s", "seen_per_epoch", "positive_fraction", "seconds"]
+    assert list(history.columns) == [
+        "epoch",
+        "loss",
+        "lr",
+        "images_per_s",
+        "seen_per_epoch",
+        "positive_fraction",
+        "seconds",
+    ]
     assert history["seen_per_epoch"].tolist() == [28.0] * 3
     assert history["loss"].iloc[-1] < history["loss"].iloc[0]
     assert history["positive_fraction"].between(0, 1).all()
@@ -172,8 +181,9 @@ def test_fp16_loss_scaling_path_trains(tmp_path: Path) -> None:
 
 def ddp_worker(rank: int, port: int, out: str, settings: dict[str, Any]) -> None:
     """One of two torchrun-like gloo ranks training the toy method."""
-    os.environ.update(WORLD_SIZE="2", RANK=str(rank), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
-                      MASTER_PORT=str(port))
+    os.environ.update(
+        WORLD_SIZE="2", RANK=str(rank), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)
+    )
     torch.set_num_threads(1)
     with distributed_session("cpu") as ddp:
         seed_everything(3)
@@ -187,14 +197,16 @@ def test_two_process_gloo_ddp_keeps_the_effective_batch(tmp_path: Path) -> None:
     """World size 2 with batch_size = effective batch: each rank runs half, the lr is the single process's."""
     settings = SETTINGS | {"batch_size": 8, "effective_batch_size": 8}
     seed_everything(3)
-    single = run_training(ToyMethod(), LoopSettings.from_settings(settings), select_device("cpu"), Distributed(),
-                          tmp_path / "single")
+    single = run_training(
+        ToyMethod(), LoopSettings.from_settings(settings), select_device("cpu"), Distributed(), tmp_path / "single"
+    )
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     # fork: the ranks start without re-importing torch (the session runs torch single-threaded, so forking is safe)
-    torch.multiprocessing.start_processes(ddp_worker, args=(port, str(tmp_path / "ddp"), settings), nprocs=2,
-                                          start_method="fork")
+    torch.multiprocessing.start_processes(
+        ddp_worker, args=(port, str(tmp_path / "ddp"), settings), nprocs=2, start_method="fork"
+    )
     history = pd.read_csv(tmp_path / "ddp" / "history.csv")
     for rank in (0, 1):  # 15 images per rank: 3 micro-batches of 4, one optimiser step each (4 x 2 ranks = 8)
         assert json.loads((tmp_path / "ddp" / f"batches{rank}.json").read_text()) == [4] * 9
@@ -246,8 +258,9 @@ class LossOnlyMethod(ToyMethod):
 
 def test_a_model_may_return_the_bare_loss(tmp_path: Path) -> None:
     seed_everything(3)
-    result = run_training(LossOnlyMethod(), LoopSettings.from_settings(SETTINGS), select_device("cpu"), Distributed(),
-                          tmp_path)
+    result = run_training(
+        LossOnlyMethod(), LoopSettings.from_settings(SETTINGS), select_device("cpu"), Distributed(), tmp_path
+    )
     assert result.finished
     assert list(pd.read_csv(tmp_path / "history.csv").columns) == ["epoch", "loss", "lr", "images_per_s", "seconds"]
 

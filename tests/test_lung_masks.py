@@ -22,9 +22,18 @@ from cxrmim.segment.train import evaluate, train_segmenter
 from cxrmim.segment.training_data import load_training_sources
 
 # timm's tiny test network keeps CPU training in seconds; the default config uses resnet18.
-SMALL = {"image_size": 64, "encoder": "test_efficientnet", "decoder_channels": [32, 16, 16, 16], "epochs": 5,
-         "batch_size": 8, "lr": 3e-3, "seed": 0, "holdout_fraction": 0.25, "device": "cpu",
-         "augment": {"crop_scale": [0.7, 1.0], "hflip": False}}
+SMALL = {
+    "image_size": 64,
+    "encoder": "test_efficientnet",
+    "decoder_channels": [32, 16, 16, 16],
+    "epochs": 5,
+    "batch_size": 8,
+    "lr": 3e-3,
+    "seed": 0,
+    "holdout_fraction": 0.25,
+    "device": "cpu",
+    "augment": {"crop_scale": [0.7, 1.0], "hflip": False},
+}
 
 
 def two_lungs(size: int = 32) -> np.ndarray:
@@ -125,16 +134,24 @@ def test_workflow_predicts_masks_for_dataset_without_masks(tmp_path: Path):
     csv = write_maskless_manifest(data_dir)
     override = {
         "dataset": {"name": "maskless", "kind": "manifest", "source": str(csv)},
-        "lung_masks": {**{k: v for k, v in SMALL.items() if k != "holdout_fraction"}, "mode": "train_and_predict",
-                       "holdout_fraction": 0.2, "qc_policy": "skip", "workers": 1,
-                       "train_sources": [{"kind": "synthetic", "synthetic": {"n_images": 100, "image_size": 64}}],
-                       "resources": {"gpu": 0, "mem_mb": 1000, "runtime": 10, "cpus": 2}},
+        "lung_masks": {
+            **{k: v for k, v in SMALL.items() if k != "holdout_fraction"},
+            "mode": "train_and_predict",
+            "holdout_fraction": 0.2,
+            "qc_policy": "skip",
+            "workers": 1,
+            "train_sources": [{"kind": "synthetic", "synthetic": {"n_images": 100, "image_size": 64}}],
+            "resources": {"gpu": 0, "mem_mb": 1000, "runtime": 10, "cpus": 2},
+        },
         "patch_validity": {"no_mask_policy": "fail"},  # would fail on mask-less images without predicted masks
     }
     config = tmp_path / "maskless.yaml"
     config.write_text(yaml.safe_dump(override))
-    snakemake(tmp_path, "results/maskless/patch_validity/validity.npz", configs=(Path(__file__).parent / "configs" /
-                                                                               "tiny.yaml", config))
+    snakemake(
+        tmp_path,
+        "results/maskless/patch_validity/validity.npz",
+        configs=(Path(__file__).parent / "configs" / "tiny.yaml", config),
+    )
     results = tmp_path / "results" / "maskless"
     prepared = np.load(results / "prepared" / "images.npy")
     masks = np.load(results / "lung_masks" / "masks.npy")
@@ -164,20 +181,35 @@ def test_workflow_predicts_masks_for_dataset_without_masks(tmp_path: Path):
 def test_real_segmenter_on_cohen_then_kermany(tmp_path: Path, realdata: Path):
     """Train on Cohen COVID lung masks (held out by patient), then predict masks for Kermany paediatric images."""
     override = {
-        "dataset": {"name": "kermany", "kind": "manifest",
-                    "source": str(realdata / "kermany_pediatric_nomasks" / "manifest.csv")},
+        "dataset": {
+            "name": "kermany",
+            "kind": "manifest",
+            "source": str(realdata / "kermany_pediatric_nomasks" / "manifest.csv"),
+        },
         "prepare": {"image_size": 64, "workers": 2},
-        "lung_masks": {"mode": "train_and_predict", "image_size": 128, "encoder": "resnet18",
-                       "decoder_channels": [64, 32, 16, 16], "epochs": 12, "batch_size": 8, "lr": 3e-3,
-                       "holdout_fraction": 0.2, "device": "auto", "workers": 2, "qc_policy": "all_valid",
-                       "train_sources": [{"kind": "manifest",
-                                          "source": str(realdata / "cohen_covid_lungmasks" / "manifest.csv")}]},
+        "lung_masks": {
+            "mode": "train_and_predict",
+            "image_size": 128,
+            "encoder": "resnet18",
+            "decoder_channels": [64, 32, 16, 16],
+            "epochs": 12,
+            "batch_size": 8,
+            "lr": 3e-3,
+            "holdout_fraction": 0.2,
+            "device": "auto",
+            "workers": 2,
+            "qc_policy": "all_valid",
+            "train_sources": [{"kind": "manifest", "source": str(realdata / "cohen_covid_lungmasks" / "manifest.csv")}],
+        },
         "patch_validity": {"no_mask_policy": "fail"},
     }
     config = tmp_path / "kermany.yaml"
     config.write_text(yaml.safe_dump(override))
-    snakemake(tmp_path, "results/kermany/patch_validity/validity.npz",
-              configs=(Path(__file__).parent / "configs" / "tiny.yaml", config))
+    snakemake(
+        tmp_path,
+        "results/kermany/patch_validity/validity.npz",
+        configs=(Path(__file__).parent / "configs" / "tiny.yaml", config),
+    )
     results = tmp_path / "results" / "kermany"
     quality = json.loads((results / "lung_masks" / "segmenter_quality.json").read_text())
     print("Cohen held-out:", json.dumps(quality["holdout"]))

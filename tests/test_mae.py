@@ -14,7 +14,10 @@ from cxrmim.data.tensors import augment_batch
 from cxrmim.models.encoders import read_encoder_metadata, save_encoder, timm_kwargs
 from cxrmim.models.mae import MaskedAutoencoder, sincos_2d
 
-ENCODER = {"timm_name": "vit_tiny_patch16_224", "kwargs": {"embed_dim": 32, "depth": 1, "num_heads": 2, "mlp_ratio": 2.0}}
+ENCODER = {
+    "timm_name": "vit_tiny_patch16_224",
+    "kwargs": {"embed_dim": 32, "depth": 1, "num_heads": 2, "mlp_ratio": 2.0},
+}
 IMAGE_SIZE, PATCH_SIZE = 32, 8
 
 

@@ -43,8 +43,9 @@ def test_phantom_masks_pass_and_their_flips_are_flagged():
     images, masks = default_phantoms(200)
     assert_flip_caught(images, masks, margin=0.25)
     # The default run's provided-mask decisions stay "mask" for every phantom.
-    decisions = provided_mask_decisions(images, masks.astype(np.uint8), np.ones(len(masks), bool),
-                                        {"qc_policy": "skip"})
+    decisions = provided_mask_decisions(
+        images, masks.astype(np.uint8), np.ones(len(masks), bool), {"qc_policy": "skip"}
+    )
     assert (decisions == "mask").all()
 
 
@@ -60,6 +61,7 @@ def test_real_ground_truth_masks_pass_and_their_flips_are_flagged(realdata: Path
     root = realdata / "cohen_covid_lungmasks"
     rows = pd.read_csv(root / "manifest.csv")
     images = np.stack([resize_to_grid(read_grey(root / path), size, is_mask=False) for path in rows["image"]])
-    masks = np.stack([resize_to_grid(read_mask(root / path).astype(np.uint8), size, is_mask=True)
-                      for path in rows["mask"]]).astype(bool)
+    masks = np.stack(
+        [resize_to_grid(read_mask(root / path).astype(np.uint8), size, is_mask=True) for path in rows["mask"]]
+    ).astype(bool)
     assert_flip_caught(images, masks, margin=0.25)

@@ -108,7 +108,9 @@ def test_medim_trains_and_exports_a_strict_timm_encoder(tmp_path, phantoms):
     history = pd.read_csv(out / "history.csv")
     assert list(history.columns[4:7]) == ["align_loss", "kwm_loss", "sdm_loss"]
     assert (history[["align_loss", "kwm_loss", "sdm_loss"]] > 0).all().all()
-    assert history["loss"].iloc[-1] == pytest.approx(history[["align_loss", "kwm_loss", "sdm_loss"]].iloc[-1].sum(), rel=1e-4)
+    assert history["loss"].iloc[-1] == pytest.approx(
+        history[["align_loss", "kwm_loss", "sdm_loss"]].iloc[-1].sum(), rel=1e-4
+    )
     encoder = timm.create_model(TINY_ENCODER["timm_name"], pretrained=False, num_classes=0, img_size=32,
                                 patch_size=8, in_chans=1, **TINY_ENCODER["kwargs"])  # fmt: skip
     encoder.load_state_dict(load_file(out / "encoder.safetensors"), strict=True)
@@ -143,7 +145,9 @@ def test_split_views_reconstruct_each_half_under_its_own_mask():
     kwm = guided_plan(torch.rand(6, 16, generator=generator), torch.rand(6, 2, 16, generator=generator), 8, 0.9, 0.1)
     sdm = guided_plan(torch.rand(6, 16, generator=generator), torch.rand(6, 2, 16, generator=generator), 8, 0.9, 0.1)
     kwm_loss, sdm_loss = model.reconstruct_split(images, kwm, sdm)
-    rows = lambda plan, part: type(plan)(*(t[part] for t in (plan.ids_keep, plan.mask, plan.ids_restore, plan.fallback)))  # noqa: E731
+    rows = lambda plan, part: type(plan)(
+        *(t[part] for t in (plan.ids_keep, plan.mask, plan.ids_restore, plan.fallback))
+    )  # noqa: E731
     with torch.no_grad():
         assert torch.allclose(kwm_loss, model.reconstruct(images[:3], rows(kwm, slice(0, 3))), atol=1e-6)
         assert torch.allclose(sdm_loss, model.reconstruct(images[3:], rows(sdm, slice(3, 6))), atol=1e-6)
@@ -213,13 +217,21 @@ def test_cross_image_scores_equal_the_per_pair_reference():
     generator = torch.Generator().manual_seed(4)
     words = torch.nn.functional.normalize(torch.randn(4, 6, 8, generator=generator), dim=-1)
     patches = torch.nn.functional.normalize(torch.randn(4, 10, 8, generator=generator), dim=-1)
-    real = torch.tensor([[1, 1, 1, 1, 1, 1], [1, 1, 1, 0, 0, 0], [1, 0, 0, 0, 0, 0], [1, 1, 1, 1, 0, 0]], dtype=torch.bool)
+    real = torch.tensor(
+        [[1, 1, 1, 1, 1, 1], [1, 1, 1, 0, 0, 0], [1, 0, 0, 0, 0, 0], [1, 1, 1, 1, 0, 0]], dtype=torch.bool
+    )
     attention = cross_attention(words, patches, 0.1)
     assert attention.shape == (4, 4, 6, 10)
-    assert torch.allclose(word_image_scores(attention, words, patches, real),
-                          slow_gloria_scores(words, patches, real, 0.1, 0.2), atol=1e-5)
-    assert torch.allclose(word_image_scores(attention, words, patches, real, word_temperature=0.5),
-                          slow_gloria_scores(words, patches, real, 0.1, 0.5), atol=1e-5)
+    assert torch.allclose(
+        word_image_scores(attention, words, patches, real),
+        slow_gloria_scores(words, patches, real, 0.1, 0.2),
+        atol=1e-5,
+    )
+    assert torch.allclose(
+        word_image_scores(attention, words, patches, real, word_temperature=0.5),
+        slow_gloria_scores(words, patches, real, 0.1, 0.5),
+        atol=1e-5,
+    )
 
 
 def test_local_slots_bound_the_knowledge_tokens_of_the_cross_image_loss():
@@ -268,12 +280,19 @@ def test_learned_alignment_makes_kwm_mask_the_lesion():
     from cxrmim.models.medim import ReportGuidedMIM
 
     phantoms = {"image_size": 64, "lesion_contrast": 0.8}  # a clearly visible lesion: a short run can find it
-    train = phantom_reports(PhantomSettings.from_config({**phantoms, "n_images": 512, "seed": 11}), 8, 32, vocab_size=300)
+    train = phantom_reports(
+        PhantomSettings.from_config({**phantoms, "n_images": 512, "seed": 11}), 8, 32, vocab_size=300
+    )
     test = phantom_reports(PhantomSettings.from_config({**phantoms, "n_images": 64, "seed": 12, "class_balance": [0, 0, 1, 0]}),
                            8, 32, tokenizer=train.tokenizer)  # fmt: skip
     torch.manual_seed(0)
-    encoder = {"timm_name": "vit_tiny_patch16_224", "kwargs": {"embed_dim": 64, "depth": 1, "num_heads": 2, "mlp_ratio": 2.0}}
-    settings = tiny_settings(medim=dict(MEDIM, align_encoder_grad=True, text={"embed_dim": 32, "depth": 1, "num_heads": 2}))
+    encoder = {
+        "timm_name": "vit_tiny_patch16_224",
+        "kwargs": {"embed_dim": 64, "depth": 1, "num_heads": 2, "mlp_ratio": 2.0},
+    }
+    settings = tiny_settings(
+        medim=dict(MEDIM, align_encoder_grad=True, text={"embed_dim": 32, "depth": 1, "num_heads": 2})
+    )
     model = ReportGuidedMIM(encoder, 64, 8, 0.5, settings, train.tokenizer.get_vocab_size(), 32)
     train_alignment(model, train, epochs=20, batch_size=32, lr=1e-3, seed=0)
     kwm_rate, random_rate = lesion_masking_rates(model, test, 0.5, seed=0)

@@ -22,7 +22,10 @@ from cxrmim.train.finetune import finetune
 from cxrmim.train.finetune_data import load_finetune_data
 from cxrmim.train.pretrain import run_pretraining
 
-TINY_VIT = {"timm_name": "vit_tiny_patch16_224", "kwargs": {"embed_dim": 32, "depth": 1, "num_heads": 2, "mlp_ratio": 2.0}}
+TINY_VIT = {
+    "timm_name": "vit_tiny_patch16_224",
+    "kwargs": {"embed_dim": 32, "depth": 1, "num_heads": 2, "mlp_ratio": 2.0},
+}
 SMALL_RESNET = {"timm_name": "resnet10t", "kwargs": {"channels": [8, 16, 32, 64], "stem_width": 8}}
 TINY_TEXT = {"embed_dim": 16, "depth": 1, "num_heads": 2}
 # What makes any method's recipe tiny: one short epoch on CPU, tiny decoder and text encoder.

@@ -113,7 +113,9 @@ def test_mrm_trains_and_exports_a_strict_timm_encoder(tmp_path, phantoms, method
         assert (history["report_loss"] == 0).all()
     else:
         assert (history["report_loss"] > 0).all()
-        assert history["loss"].iloc[-1] == pytest.approx(history["image_loss"].iloc[-1] + history["report_loss"].iloc[-1], rel=0.05)
+        assert history["loss"].iloc[-1] == pytest.approx(
+            history["image_loss"].iloc[-1] + history["report_loss"].iloc[-1], rel=0.05
+        )
     encoder = timm.create_model(TINY_ENCODER["timm_name"], pretrained=False, num_classes=0, img_size=32,
                                 patch_size=8, in_chans=1, **TINY_ENCODER["kwargs"])  # fmt: skip
     encoder.load_state_dict(load_file(out / "encoder.safetensors"), strict=True)

@@ -63,8 +63,12 @@ def test_corrupt_image_skipped_or_fatal_by_config(tmp_path: Path):
     summary = prepare(marker, DATASET, {"image_size": 16, "on_bad_image": "skip", "workers": 2}, tmp_path / "skip")
     assert summary["n_images"] == 4 and summary["n_skipped_bad"] == 1
     with pytest.raises(ValueError, match="broken.png.*on_bad_image"):
-        prepare(marker, DATASET, {"image_size": 16, "on_bad_image": "fail", "workers": 1, "source_paths": "relative"},
-                tmp_path / "fail")
+        prepare(
+            marker,
+            DATASET,
+            {"image_size": 16, "on_bad_image": "fail", "workers": 1, "source_paths": "relative"},
+            tmp_path / "fail",
+        )
 
 
 @pytest.mark.parametrize("method", ["percentile", "clahe"])

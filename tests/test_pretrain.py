@@ -20,7 +20,10 @@ from cxrmim.train.loop import STOP_ENV
 from cxrmim.train.pretrain import HISTORY_COLUMNS, main, run_pretraining
 
 IMAGE_SIZE, PATCH_SIZE = 32, 8
-TINY_ENCODER = {"timm_name": "vit_tiny_patch16_224", "kwargs": {"embed_dim": 32, "depth": 1, "num_heads": 2, "mlp_ratio": 2.0}}
+TINY_ENCODER = {
+    "timm_name": "vit_tiny_patch16_224",
+    "kwargs": {"embed_dim": 32, "depth": 1, "num_heads": 2, "mlp_ratio": 2.0},
+}
 
 
 def tiny_settings(**overrides: object) -> dict:
@@ -53,7 +56,9 @@ def build_tiny_cache(root: Path, n_images: int = 40, threshold: float = 0.0) -> 
     for i in range(n_images):
         radius = rng.uniform(4, 9)  # some images have fewer lung patches than the masked count
         for centre_x in (IMAGE_SIZE * 0.3, IMAGE_SIZE * 0.7):
-            masks[i] |= (((xx - centre_x) / radius) ** 2 + ((yy - IMAGE_SIZE / 2) / (1.6 * radius)) ** 2 <= 1).astype(np.uint8)
+            masks[i] |= (((xx - centre_x) / radius) ** 2 + ((yy - IMAGE_SIZE / 2) / (1.6 * radius)) ** 2 <= 1).astype(
+                np.uint8
+            )
     images = np.clip(60 + 120 * masks + rng.normal(0, 20, masks.shape), 0, 255).astype(np.uint8)
     has_mask = np.ones(n_images, dtype=int)
     has_mask[:2] = 0
@@ -65,17 +70,32 @@ def build_tiny_cache(root: Path, n_images: int = 40, threshold: float = 0.0) -> 
     ids = [f"img{i:03d}" for i in range(n_images)]
     labels = ["Normal", "COVID-19"] * (n_images // 2)
     pd.DataFrame(
-        {"index": range(n_images), "id": ids, "label": labels, "source": "tiny", "group": ids, "view": "PA",
-         "has_mask": has_mask, "report": ""}
+        {
+            "index": range(n_images),
+            "id": ids,
+            "label": labels,
+            "source": "tiny",
+            "group": ids,
+            "view": "PA",
+            "has_mask": has_mask,
+            "report": "",
+        }
     ).to_csv(prepared / "manifest.csv", index=False)
     parts = np.array(["train"] * n_images, dtype=object)
     parts[-8:] = "test"
     parts[-12:-8] = "val"
     split = root / "split.csv"
-    pd.DataFrame({"index": range(n_images), "id": ids, "label": labels, "group": ids, "part": parts}).to_csv(split, index=False)
+    pd.DataFrame({"index": range(n_images), "id": ids, "label": labels, "group": ids, "part": parts}).to_csv(
+        split, index=False
+    )
     validity = root / "validity.npz"
-    run_patch_validity(prepared, {"patch_size": PATCH_SIZE, "threshold": threshold, "no_mask_policy": "all_valid",
-                                  "n_figure_images": 1}, validity, root / "validity.csv", root / "validity.png")
+    run_patch_validity(
+        prepared,
+        {"patch_size": PATCH_SIZE, "threshold": threshold, "no_mask_policy": "all_valid", "n_figure_images": 1},
+        validity,
+        root / "validity.csv",
+        root / "validity.png",
+    )
     return {"prepared": prepared, "split": split, "validity": validity}
 
 
@@ -170,9 +190,26 @@ def test_kill_and_resume_gives_identical_weights(cache: dict[str, Path], tmp_pat
 
 def cli_args(cache: dict[str, Path], out: Path, log: Path, **overrides: object) -> list[str]:
     """scripts/pretrain.py arguments for the tiny RGMIM run."""
-    return ["--prepared", str(cache["prepared"]), "--split", str(cache["split"]), "--validity", str(cache["validity"]),
-            "--method", "rgmim", "--mask-ratio", "0.75", "--encoder", json.dumps(TINY_ENCODER),
-            "--settings", json.dumps(tiny_settings(**overrides)), "--out", str(out), "--log-file", str(log)]
+    return [
+        "--prepared",
+        str(cache["prepared"]),
+        "--split",
+        str(cache["split"]),
+        "--validity",
+        str(cache["validity"]),
+        "--method",
+        "rgmim",
+        "--mask-ratio",
+        "0.75",
+        "--encoder",
+        json.dumps(TINY_ENCODER),
+        "--settings",
+        json.dumps(tiny_settings(**overrides)),
+        "--out",
+        str(out),
+        "--log-file",
+        str(log),
+    ]
 
 
 def launch(args: list[str], processes: int) -> str:

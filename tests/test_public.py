@@ -33,11 +33,18 @@ def chexpert_tree(root: Path, n_train: int = 8, skip: int | None = None) -> Path
             rel = f"CheXpert-v1.0-small/{part}/patient{offset + i // 2:05d}/study1/view{i % 2 + 1}_frontal.jpg"
             if i != skip or part != "train":
                 write_image(root / rel, offset + i)
-            row = {"Path": rel, "Sex": "F", "Age": "50", "Frontal/Lateral": "Frontal" if i % 2 == 0 else "Lateral",
-                   "AP/PA": "AP" if i % 2 == 0 else ""}
+            row = {
+                "Path": rel,
+                "Sex": "F",
+                "Age": "50",
+                "Frontal/Lateral": "Frontal" if i % 2 == 0 else "Lateral",
+                "AP/PA": "AP" if i % 2 == 0 else "",
+            }
             row.update(dict.fromkeys(["No Finding", *CHEXPERT_FINDINGS], ""))
             row["Edema"] = "1.0" if i % 3 == 0 else "0.0"
-            row["Cardiomegaly"] = "-1.0" if i % 4 == 1 else ("1.0" if (part, i) in (("train", 2), ("train", 4), ("valid", 0)) else "")
+            row["Cardiomegaly"] = (
+                "-1.0" if i % 4 == 1 else ("1.0" if (part, i) in (("train", 2), ("train", 4), ("valid", 0)) else "")
+            )
             row["No Finding"] = "1.0" if i % 3 else ""
             rows.append(row)
         pd.DataFrame(rows).to_csv(base / f"{part}.csv", index=False)
@@ -83,8 +90,17 @@ def nih_tree(root: Path) -> Path:
         name = f"0000{i:04d}_000.png"
         if i != 5:
             write_image(root / "images_001" / "images" / name, i)
-        entries.append({"Image Index": name, "Finding Labels": label, "Follow-up #": 0, "Patient ID": i // 2 + 1,
-                        "Patient Age": 40, "Patient Gender": "M", "View Position": "PA"})
+        entries.append(
+            {
+                "Image Index": name,
+                "Finding Labels": label,
+                "Follow-up #": 0,
+                "Patient ID": i // 2 + 1,
+                "Patient Age": 40,
+                "Patient Gender": "M",
+                "View Position": "PA",
+            }
+        )
     pd.DataFrame(entries).to_csv(root / "Data_Entry_2017_v2020.csv", index=False)
     (root / "train_val_list.txt").write_text("".join(f"0000{i:04d}_000.png\n" for i in range(4)))
     (root / "test_list.txt").write_text("".join(f"0000{i:04d}_000.png\n" for i in range(4, 6)))
@@ -111,14 +127,28 @@ def mimic_tree(root: Path, n: int = 4) -> Path:
         subject, study, dicom = f"{10000000 + i}", f"{50000000 + i}", f"d{i:03d}"
         write_image(root / "files" / "p10" / f"p{subject}" / f"s{study}" / f"{dicom}.jpg", i)
         meta.append({"dicom_id": dicom, "subject_id": subject, "study_id": study, "ViewPosition": "PA" if i else "AP"})
-        labels.append({"subject_id": subject, "study_id": study, "Edema": "1.0" if i % 2 else "",
-                       "Pneumonia": "-1.0" if i == 2 else "0.0"})
-        split.append({"dicom_id": dicom, "study_id": study, "subject_id": subject,
-                      "split": OFFICIAL_SPLIT[i % len(OFFICIAL_SPLIT)]})
+        labels.append(
+            {
+                "subject_id": subject,
+                "study_id": study,
+                "Edema": "1.0" if i % 2 else "",
+                "Pneumonia": "-1.0" if i == 2 else "0.0",
+            }
+        )
+        split.append(
+            {
+                "dicom_id": dicom,
+                "study_id": study,
+                "subject_id": subject,
+                "split": OFFICIAL_SPLIT[i % len(OFFICIAL_SPLIT)],
+            }
+        )
         report = root / "mimic-cxr-reports" / "files" / "p10" / f"p{subject}" / f"s{study}.txt"
         report.parent.mkdir(parents=True, exist_ok=True)
-        report.write_text(f"EXAMINATION: CHEST\n\nINDICATION: cough\n\nFINDINGS: Lungs study {i}.\n\n"
-                          "IMPRESSION: No acute\n process.\n")
+        report.write_text(
+            f"EXAMINATION: CHEST\n\nINDICATION: cough\n\nFINDINGS: Lungs study {i}.\n\n"
+            "IMPRESSION: No acute\n process.\n"
+        )
     pd.DataFrame(meta).to_csv(root / "mimic-cxr-2.0.0-metadata.csv", index=False)
     pd.DataFrame(labels).to_csv(root / "mimic-cxr-2.0.0-chexpert.csv", index=False)
     negbio = [{**row, "Edema": "", "Pneumothorax": "1.0"} for row in labels]
@@ -148,14 +178,17 @@ def test_mimic_report_reaches_the_manifest(tmp_path: Path):
     assert manifest["official"].tolist() == ["train", "train", "train", "test"]
 
 
-@pytest.mark.parametrize(("kind", "remove", "needle"), [
-    ("mimic_cxr_jpg", "mimic-cxr-2.0.0-metadata.csv", "metadata.csv"),
-    ("mimic_cxr_jpg", "mimic-cxr-2.0.0-chexpert.csv", "chexpert.csv.*dataset.labeler"),
-    ("mimic_cxr_jpg", "files", "files/"),
-    ("nih_cxr14", "Data_Entry_2017_v2020.csv", "Data_Entry_2017"),
-    ("nih_cxr14", "images_001", "images"),
-    ("chexpert", "CheXpert-v1.0-small", "train.csv"),
-])
+@pytest.mark.parametrize(
+    ("kind", "remove", "needle"),
+    [
+        ("mimic_cxr_jpg", "mimic-cxr-2.0.0-metadata.csv", "metadata.csv"),
+        ("mimic_cxr_jpg", "mimic-cxr-2.0.0-chexpert.csv", "chexpert.csv.*dataset.labeler"),
+        ("mimic_cxr_jpg", "files", "files/"),
+        ("nih_cxr14", "Data_Entry_2017_v2020.csv", "Data_Entry_2017"),
+        ("nih_cxr14", "images_001", "images"),
+        ("chexpert", "CheXpert-v1.0-small", "train.csv"),
+    ],
+)
 def test_missing_csv_or_image_folder_is_named(tmp_path: Path, kind: str, remove: str, needle: str):
     import shutil
 
@@ -184,9 +217,14 @@ def test_keep_labels_makes_effusion_versus_no_finding(tmp_path: Path):
     root = nih_tree(tmp_path / "nih")
     marker = tmp_path / "source.json"
     marker.write_text(json.dumps({"root": str(root)}))
-    dataset = {"name": "nih", "kind": "nih_cxr14", "task": "binary", "positive": "Effusion",
-               "label_map": {"No Finding": "No Finding", "Effusion": "Effusion", "*": "other"},
-               "keep_labels": ["Effusion", "No Finding"]}
+    dataset = {
+        "name": "nih",
+        "kind": "nih_cxr14",
+        "task": "binary",
+        "positive": "Effusion",
+        "label_map": {"No Finding": "No Finding", "Effusion": "Effusion", "*": "other"},
+        "keep_labels": ["Effusion", "No Finding"],
+    }
     summary = prepare(marker, dataset, PREPARE, tmp_path / "out")
     manifest = pd.read_csv(tmp_path / "out" / "manifest.csv", keep_default_na=False)
     assert manifest["label"].tolist() == ["No Finding", "No Finding", "Effusion"]

@@ -64,7 +64,12 @@ def test_schema_init_pattern_is_the_registry():
     for name in ("external_mrm", "imagenet_vit-b16", "scratch_resnet50", "simsiam"):
         assert re.fullmatch(pattern, name), name
     spec = parse_init("external_medical-mae")
-    assert (spec.entries, spec.entry, spec.encoder_key, spec.needs_weights) == ("external_inits", "medical-mae", "", True)
+    assert (spec.entries, spec.entry, spec.encoder_key, spec.needs_weights) == (
+        "external_inits",
+        "medical-mae",
+        "",
+        True,
+    )
 
 
 def test_every_method_section_is_in_the_schema_and_the_default_config():
@@ -102,8 +107,12 @@ def test_tables_figures_and_argparse_derive_from_it():
     # A published encoder's rows carry its config label, in the place and colour of the external init kind.
     assert registry.place_label("MRM (released)", "external_mrm") == "External" and "External" in METHOD_ORDER
     assert registry.place_label("MRM", "mrm_r0.75_vit_s0") == "MRM"
-    runs = pd.DataFrame({"method": ["MRM (released)", "From Scratch", "RGMIM"],
-                         "init": ["external_mrm", "scratch_vit", "rgmim_r0.75_vit_s0"]})
+    runs = pd.DataFrame(
+        {
+            "method": ["MRM (released)", "From Scratch", "RGMIM"],
+            "init": ["external_mrm", "scratch_vit", "rgmim_r0.75_vit_s0"],
+        }
+    )
     assert list(method_rank(runs)) == [METHOD_ORDER.index("External"), METHOD_ORDER.index("From Scratch"), 0]
     assert method_colour("MRM (released)", "external_mrm") == PALETTE["External"] != method_colour("MRM (released)")
     assert parse_init("imagenet_vit").weights_key == "imagenet_weights" and not parse_init("scratch_vit").needs_weights

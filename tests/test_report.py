@@ -30,6 +30,8 @@ from cxrmim.analysis.verdict_figures import write_verdict_figures
 
 REPO = Path(__file__).resolve().parents[1]
 CLASSES = ["COVID-19", "Normal"]
+
+
 def write_csv(path: Path, frame: pd.DataFrame, sep: str = ",") -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     frame.to_csv(path, index=False, sep=sep)
@@ -42,46 +44,99 @@ def run_files(tmp_path: Path) -> RunFiles:
     results = tmp_path / "results"
     prepared = results / "prepared" / "summary.json"
     prepared.parent.mkdir(parents=True)
-    prepared.write_text(json.dumps({
-        "dataset": "phantoms", "kind": "synthetic", "n_images": 10, "n_skipped_bad": 1, "n_dropped_duplicates": 2,
-        "n_without_mask": 0, "image_size": 64, "labels": {"COVID-19": 5, "Normal": 5},
-        "duplicates": [{"sources": ["a.png", "b.png", "c.png"], "labels": ["Normal"]}],
-    }))
+    prepared.write_text(
+        json.dumps(
+            {
+                "dataset": "phantoms",
+                "kind": "synthetic",
+                "n_images": 10,
+                "n_skipped_bad": 1,
+                "n_dropped_duplicates": 2,
+                "n_without_mask": 0,
+                "image_size": 64,
+                "labels": {"COVID-19": 5, "Normal": 5},
+                "duplicates": [{"sources": ["a.png", "b.png", "c.png"], "labels": ["Normal"]}],
+            }
+        )
+    )
     labels = [CLASSES[i % 2] for i in range(10)]
-    manifest = write_csv(results / "prepared" / "manifest.csv",
-                         pd.DataFrame({"index": range(10), "label": labels, "has_mask": [1] * 9 + [0]}))
-    split = write_csv(results / "split" / "split.csv", pd.DataFrame({
-        "index": range(10), "label": labels, "part": ["train"] * 6 + ["val"] * 2 + ["test"] * 2}))
-    validity = write_csv(results / "patch_validity" / "summary.csv", pd.DataFrame([{
-        "label": "all", "n_images": 10, "n_without_mask": 1, "n_patches": 64, "mean": 21.5, "std": 2.0,
-        "min": 15, "q25": 20, "median": 21, "q75": 23, "max": 27}]))
+    manifest = write_csv(
+        results / "prepared" / "manifest.csv",
+        pd.DataFrame({"index": range(10), "label": labels, "has_mask": [1] * 9 + [0]}),
+    )
+    split = write_csv(
+        results / "split" / "split.csv",
+        pd.DataFrame({"index": range(10), "label": labels, "part": ["train"] * 6 + ["val"] * 2 + ["test"] * 2}),
+    )
+    validity = write_csv(
+        results / "patch_validity" / "summary.csv",
+        pd.DataFrame(
+            [
+                {
+                    "label": "all",
+                    "n_images": 10,
+                    "n_without_mask": 1,
+                    "n_patches": 64,
+                    "mean": 21.5,
+                    "std": 2.0,
+                    "min": 15,
+                    "q25": 20,
+                    "median": 21,
+                    "q75": 23,
+                    "max": 27,
+                }
+            ]
+        ),
+    )
     metrics = []
     for i, device in enumerate(["cpu", "cpu", "cuda"]):
         path = results / "finetune" / f"run{i}" / "metrics.json"
         path.parent.mkdir(parents=True)
         path.write_text(json.dumps({"device": device}))
         metrics.append(path)
-    histories = [write_csv(results / "pretrain" / f"rgmim_r0.75_vit-cpu_s{seed}" / "history.csv", pd.DataFrame(
-        {"epoch": [1, 2], "loss": [1.0, 0.5], "fallback_fraction": [0.5, fallback],
-         "visible_lung_fraction": [0.5, 0.25]})) for seed, fallback in enumerate([0.10, 0.20])]
+    histories = [
+        write_csv(
+            results / "pretrain" / f"rgmim_r0.75_vit-cpu_s{seed}" / "history.csv",
+            pd.DataFrame(
+                {
+                    "epoch": [1, 2],
+                    "loss": [1.0, 0.5],
+                    "fallback_fraction": [0.5, fallback],
+                    "visible_lung_fraction": [0.5, 0.25],
+                }
+            ),
+        )
+        for seed, fallback in enumerate([0.10, 0.20])
+    ]
     bench = results / "benchmarks"
     timing = {"prepare.tsv": 12.5, "finetune/a/frac1_seed0.tsv": 100.0, "finetune/b/frac1_seed0.tsv": 50.0}
     for name, seconds in timing.items():
         write_csv(bench / name, pd.DataFrame({"s": [seconds], "h:m:s": ["0:00:00"], "max_rss": [1.0]}), sep="\t")
-    return RunFiles(prepared_summary=prepared, manifest=manifest, split=split, validity_summary=validity,
-                    metrics=metrics, pretrain_histories=histories, benchmarks_dir=bench)
+    return RunFiles(
+        prepared_summary=prepared,
+        manifest=manifest,
+        split=split,
+        validity_summary=validity,
+        metrics=metrics,
+        pretrain_histories=histories,
+        benchmarks_dir=bench,
+    )
 
 
 @pytest.fixture(scope="module")
 def analysis(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[Path]]:
     """Tables (verdict, significance, ...) and the verdict's two figures from the fake fine-tuning runs."""
     root = tmp_path_factory.mktemp("analysis")
-    paths = [fake_run(root / "finetune", *identity, *key, accuracy) for identity, cells in RUNS.items()
-             for key, accuracy in cells.items()]
+    paths = [
+        fake_run(root / "finetune", *identity, *key, accuracy)
+        for identity, cells in RUNS.items()
+        for key, accuracy in cells.items()
+    ]
     config = yaml.safe_load((REPO / "workflow_config.yaml").read_text())
     write_tables(paths, config, root / "tables", {"bootstrap_samples": 200, "seed": 0})
-    figures = write_verdict_figures(root / "tables" / "accuracy_intervals.csv", root / "tables" / "significance.csv",
-                                    {"dpi": 50}, root / "figures")
+    figures = write_verdict_figures(
+        root / "tables" / "accuracy_intervals.csv", root / "tables" / "significance.csv", {"dpi": 50}, root / "figures"
+    )
     return root / "tables", figures
 
 
@@ -99,18 +154,37 @@ def report(run_files: RunFiles, analysis: tuple[Path, list[Path]], tmp_path: Pat
     figure.savefig(figure_path, dpi=60)
     plt.close(figure)
     tables_dir, verdict_figures = analysis
-    return write_report(tmp_path / "report.html", tables=ordered_tables(tables_dir),
-                        figures=[*verdict_figures, figure_path], config_source=REPO / "workflow_config.yaml",
-                        title="phantoms", captions_dir=REPO / "docs" / "captions", files=run_files, repo=REPO)
+    return write_report(
+        tmp_path / "report.html",
+        tables=ordered_tables(tables_dir),
+        figures=[*verdict_figures, figure_path],
+        config_source=REPO / "workflow_config.yaml",
+        title="phantoms",
+        captions_dir=REPO / "docs" / "captions",
+        files=run_files,
+        repo=REPO,
+    )
 
 
 def test_report_opens_with_the_verdict(report: Path) -> None:
     page = report.read_text(encoding="utf-8")
-    order = ['<section class="verdict">', "<h2>Verdict: does pretraining help at each label budget?</h2>",
-             "<p>At 1% labels (10 labelled images;", 'alt="accuracy_by_budget"', "<h3>1% labels: 10 labelled images",
-             "<h3>100% labels", "The run: data and provenance", "<h2>Tables</h2>", "<h2>Label fractions (Table 2)",
-             "<h2>Significance", 'alt="significance_heatmap"', "<details><summary>Every pairwise comparison",
-             "<h2>Figures</h2>", 'alt="accuracy_vs_fraction"', "<h2>Configuration</h2>"]
+    order = [
+        '<section class="verdict">',
+        "<h2>Verdict: does pretraining help at each label budget?</h2>",
+        "<p>At 1% labels (10 labelled images;",
+        'alt="accuracy_by_budget"',
+        "<h3>1% labels: 10 labelled images",
+        "<h3>100% labels",
+        "The run: data and provenance",
+        "<h2>Tables</h2>",
+        "<h2>Label fractions (Table 2)",
+        "<h2>Significance",
+        'alt="significance_heatmap"',
+        "<details><summary>Every pairwise comparison",
+        "<h2>Figures</h2>",
+        'alt="accuracy_vs_fraction"',
+        "<h2>Configuration</h2>",
+    ]
     positions = [page.index(marker) for marker in order]
     assert positions == sorted(positions), [m for m, p in zip(order, positions)]
     # The verdict is shown once (not again among the tables), the placed figures once each, every table but the
@@ -160,22 +234,32 @@ def test_captions_are_read_and_their_config_references_filled(report: Path) -> N
     page = report.read_text(encoding="utf-8")
     caption = (REPO / "docs" / "captions" / "accuracy_vs_fraction.rst").read_text().split()[:6]
     assert " ".join(caption) in page
-    assert fill_config('ratio ({{ snakemake.config["pretrain"]["mask_ratio"] }})', {"pretrain": {"mask_ratio": 0.9}}) \
+    assert (
+        fill_config('ratio ({{ snakemake.config["pretrain"]["mask_ratio"] }})', {"pretrain": {"mask_ratio": 0.9}})
         == "ratio (0.9)"
+    )
     assert fill_config("{{ snakemake.config['x']['y'] }}", {}) == "?"
 
 
 def test_provenance_without_git_and_digest_is_canonical(run_files: RunFiles, tmp_path: Path) -> None:
-    page = write_report(tmp_path / "r.html", tables=[], figures=[], config_source='{"a": 1, "b": [1, 2]}',
-                        title="t", files=run_files, repo=tmp_path).read_text(encoding="utf-8")
+    page = write_report(
+        tmp_path / "r.html",
+        tables=[],
+        figures=[],
+        config_source='{"a": 1, "b": [1, 2]}',
+        title="t",
+        files=run_files,
+        repo=tmp_path,
+    ).read_text(encoding="utf-8")
     assert "<td>Commit</td><td>unknown</td>" in page  # tmp_path is no git checkout
     assert config_digest({"a": 1, "b": [1, 2]}) == config_digest({"b": [1, 2], "a": 1}) != config_digest({"a": 2})
     assert config_digest({"a": 1, "b": [1, 2]}) in page
 
 
 def test_report_without_summary_inputs_still_builds(tmp_path: Path) -> None:
-    page = write_report(tmp_path / "r.html", tables=[], figures=[], config_source='{"a": 1}', title="t",
-                        repo=tmp_path).read_text(encoding="utf-8")
+    page = write_report(
+        tmp_path / "r.html", tables=[], figures=[], config_source='{"a": 1}', title="t", repo=tmp_path
+    ).read_text(encoding="utf-8")
     assert "no dataset summary given" in page and "no verdict table given" in page
 
 
@@ -193,10 +277,24 @@ def test_report_renders_in_headless_chromium(report: Path, tmp_path: Path) -> No
         pytest.skip("chromium not installed (apt-get install -y chromium)")
     screenshot = tmp_path / "report.png"
     result = subprocess.run(
-        [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-         "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={tmp_path / 'profile'}",
-         f"--screenshot={screenshot}", "--window-size=1200,2000", report.resolve().as_uri()],
-        capture_output=True, text=True, timeout=180, check=False,
+        [
+            browser,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--no-first-run",
+            f"--user-data-dir={tmp_path / 'profile'}",
+            f"--screenshot={screenshot}",
+            "--window-size=1200,2000",
+            report.resolve().as_uri(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert screenshot.exists(), result.stderr[-3000:]
@@ -211,8 +309,9 @@ def test_report_renders_in_headless_chromium(report: Path, tmp_path: Path) -> No
     assert red.sum() > 50, "the headline figure is not rendered on the first screen"
 
 
-def test_results_page_is_generated_from_the_run(analysis: tuple[Path, list[Path]], report: Path, tmp_path: Path,
-                                                capsys: pytest.CaptureFixture) -> None:
+def test_results_page_is_generated_from_the_run(
+    analysis: tuple[Path, list[Path]], report: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     """benchmarks/results_table.py writes docs/results.md from a run's tables and report: the commit the report
     recorded, the accuracy table and the verdict, nothing typed."""
     import importlib.util

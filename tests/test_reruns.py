@@ -147,7 +147,9 @@ def test_new_seed_runs_only_new_jobs(completed):
 def test_new_pretraining_seed_runs_only_its_pretraining_and_finetunes(completed):
     counts, why, out = dry_run(completed, {"pretrain": {"seeds": [0, 1]}})
     assert set(counts) == {"pretrain", "finetune", "tables", "figures", "pretrain_figures", "report", "all"}, (
-        counts, out[-3000:])
+        counts,
+        out[-3000:],
+    )
     # One new pretraining per method (a single masking ratio here), and each new encoder fine-tuned at every
     # fraction and subset seed; seed-0 runs and scratch baselines keep their results.
     assert counts["pretrain"] == PRETRAINED_INITS

@@ -19,7 +19,20 @@ def test_help(script: Path):
 
 def test_bad_settings_json_is_a_clear_error(tmp_path: Path):
     script = next(p for p in SCRIPTS if p.name == "split.py")
-    result = subprocess.run([sys.executable, str(script), "--manifest", str(tmp_path / "m.csv"), "--settings", "{oops",
-                             "--out", str(tmp_path / "s.csv")],
-                            capture_output=True, check=False, text=True, timeout=120)
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(script),
+            "--manifest",
+            str(tmp_path / "m.csv"),
+            "--settings",
+            "{oops",
+            "--out",
+            str(tmp_path / "s.csv"),
+        ],
+        capture_output=True,
+        check=False,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode != 0 and "invalid JSON settings" in result.stderr

@@ -33,8 +33,10 @@ WEIGHT_KEY = {"skd": "distill_weight", "cross": "cross_model_weight"}
 
 def method_settings(method: str, **overrides: object) -> dict:
     """The tiny `contrastive.<method>` section of test_contrastive with this method's own keys."""
-    own = {"skd": {"temperature": 0.1, "teacher_temperature": 0.04, "distill_weight": 1.0},
-           "cross": {"cross_model_weight": 1.0}}[method]
+    own = {
+        "skd": {"temperature": 0.1, "teacher_temperature": 0.04, "distill_weight": 1.0},
+        "cross": {"cross_model_weight": 1.0},
+    }[method]
     return settings(method, momentum=[0.9, 1.0], **own, **overrides)
 
 
@@ -53,8 +55,17 @@ def test_loss_falls_on_phantoms_and_history_has_its_parts(tmp_path: Path, method
     assert losses[-1] < losses[0] - 0.1, losses
     history = pd.read_csv(tmp_path / "run" / "history.csv")
     first, second = LOSS_TERMS[method]
-    assert list(history.columns) == ["epoch", "loss", "lr", "images_per_s", "embedding_std", "embedding_std_ratio",
-                                     first, second, "seconds"]
+    assert list(history.columns) == [
+        "epoch",
+        "loss",
+        "lr",
+        "images_per_s",
+        "embedding_std",
+        "embedding_std_ratio",
+        first,
+        second,
+        "seconds",
+    ]
     # The loss is the sum of its parts (weight 1), per image, epoch by epoch.
     assert history["loss"].to_numpy() == pytest.approx((history[first] + history[second]).to_numpy(), rel=1e-4)
     assert (history["embedding_std_ratio"] > 0.1).all()
@@ -94,14 +105,16 @@ class ConstantBackbone(torch.nn.Module):
 
 
 @pytest.mark.parametrize("method", METHODS)
-def test_a_collapsed_embedding_is_detected(cache: dict[str, Path], method: str,
-                                           caplog: pytest.LogCaptureFixture) -> None:
+def test_a_collapsed_embedding_is_detected(
+    cache: dict[str, Path], method: str, caplog: pytest.LogCaptureFixture
+) -> None:
     values = method_settings(method)
     model = build_joint_embedding(method, ConstantBackbone(), values)
     loss, stats = model(torch.randn(8, 1, 16, 16), torch.randn(8, 1, 16, 16))
     assert torch.isfinite(loss) and float(stats["embedding_std"]) == pytest.approx(0.0, abs=1e-6)
-    joint = JointEmbedding(load_pretrain_data(cache["prepared"], cache["split"], cache["validity"]), method,
-                           SMALL_RESNET, values)
+    joint = JointEmbedding(
+        load_pretrain_data(cache["prepared"], cache["split"], cache["validity"]), method, SMALL_RESNET, values
+    )
     healthy = {"embedding_std": 8 * 16**-0.5, LOSS_TERMS[method][0]: 0.0, LOSS_TERMS[method][1]: 0.0}
     with caplog.at_level(logging.WARNING, logger="cxrmim.pretrain"):
         assert joint.epoch_columns(healthy, 8)["embedding_std_ratio"] == pytest.approx(1.0)
@@ -145,16 +158,33 @@ def test_configs_state_the_method_and_run_it(method: str) -> None:
 
 
 def test_table_2_rows_comparisons_and_colours(tmp_path: Path) -> None:
-    runs = {("rgmim_r0.75_vit-t", "RGMIM", "ViT", 0.75): 0.9,
-            ("byol_resnet10t-half", "BYOL", "resnet10t-half", None): 0.7,
-            ("cross_resnet10t-half", "Cross", "resnet10t-half", None): 0.75,
-            ("skd_resnet10t-half", "SKD", "resnet10t-half", None): 0.8,
-            ("scratch_resnet10t-half", "From Scratch", "resnet10t-half", None): 0.5}
-    paths = [fake_run(tmp_path / "ft", family, method, arch, ratio, 1.0, None if family.startswith("scratch") else 0,
-                      seed, accuracy) for (family, method, arch, ratio), accuracy in runs.items() for seed in (0, 1)]
+    runs = {
+        ("rgmim_r0.75_vit-t", "RGMIM", "ViT", 0.75): 0.9,
+        ("byol_resnet10t-half", "BYOL", "resnet10t-half", None): 0.7,
+        ("cross_resnet10t-half", "Cross", "resnet10t-half", None): 0.75,
+        ("skd_resnet10t-half", "SKD", "resnet10t-half", None): 0.8,
+        ("scratch_resnet10t-half", "From Scratch", "resnet10t-half", None): 0.5,
+    }
+    paths = [
+        fake_run(
+            tmp_path / "ft",
+            family,
+            method,
+            arch,
+            ratio,
+            1.0,
+            None if family.startswith("scratch") else 0,
+            seed,
+            accuracy,
+        )
+        for (family, method, arch, ratio), accuracy in runs.items()
+        for seed in (0, 1)
+    ]
     config = yaml.safe_load(DEFAULT_CONFIG.read_text())
-    sections = {k: config[k] for k in ("encoders", "pretrain", "finetune", "patch_validity", "prepare",
-                                       "label_fractions", "split")}
+    sections = {
+        k: config[k]
+        for k in ("encoders", "pretrain", "finetune", "patch_validity", "prepare", "label_fractions", "split")
+    }
     write_tables(paths, sections, tmp_path / "tables", {"bootstrap_samples": 50, "seed": 0}, [])
     long = pd.read_csv(tmp_path / "tables" / "label_fractions.csv")
     assert long["method"].drop_duplicates().tolist() == ["RGMIM", "SKD", "Cross", "BYOL", "From Scratch"]  # paper order

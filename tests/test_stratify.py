@@ -56,8 +56,14 @@ def test_every_prefix_of_the_order_keeps_each_labels_share():
 def multilabel_split(n: int = 600) -> pd.DataFrame:
     """A split of correlated finding sets, two images per patient."""
     labels = correlated_labels(n)
-    manifest = pd.DataFrame({"index": np.arange(n), "id": [f"img{i}" for i in range(n)], "label": labels,
-                             "group": [f"p{i // 2}" for i in range(n)]})
+    manifest = pd.DataFrame(
+        {
+            "index": np.arange(n),
+            "id": [f"img{i}" for i in range(n)],
+            "label": labels,
+            "group": [f"p{i // 2}" for i in range(n)],
+        }
+    )
     return split_dataset(manifest, 0.2, 0.1, seed=0)
 
 

@@ -52,11 +52,15 @@ def test_study_config_runs_on_mimic_by_swapping_the_dataset_section(tmp_path: Pa
 def test_multilabel_phantoms_run_every_stage_in_both_fine_tuning_modes(tmp_path: Path):
     findings = PHANTOM_FINDINGS
     override = tmp_path / "multilabel.yaml"
-    override.write_text(yaml.safe_dump({
-        "dataset": {"name": "tinyml", **MULTILABEL_PHANTOMS},
-        "pretrain": {"methods": ["mae"]},
-        "finetune": {"inits": ["mae", "scratch_resnet18"], "modes": ["full", "probe"]},
-    }))
+    override.write_text(
+        yaml.safe_dump(
+            {
+                "dataset": {"name": "tinyml", **MULTILABEL_PHANTOMS},
+                "pretrain": {"methods": ["mae"]},
+                "finetune": {"inits": ["mae", "scratch_resnet18"], "modes": ["full", "probe"]},
+            }
+        )
+    )
     snakemake(tmp_path, configs=(TINY_CONFIG, override))
     results = tmp_path / "results" / "tinyml"
     study = pd.read_csv(results / "tables" / "study.csv")

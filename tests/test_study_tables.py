@@ -17,9 +17,16 @@ from cxrmim.evaluation import binary_metrics
 N_TEST = 40
 # (init, method, architecture, ratio) -> share of test images right, per (budget, augment)
 ACCURACY = {
-    ("mae_r0.75_vit-s", "MAE", "ViT", 0.75): {("n100", "none"): 0.70, ("n1000", "none"): 0.90, ("n100", "classic"): 0.75},
-    ("scratch_resnet18", "From Scratch", "resnet18", None): {("n100", "none"): 0.50, ("n1000", "none"): 0.60,
-                                                             ("n100", "classic"): 0.55},
+    ("mae_r0.75_vit-s", "MAE", "ViT", 0.75): {
+        ("n100", "none"): 0.70,
+        ("n1000", "none"): 0.90,
+        ("n100", "classic"): 0.75,
+    },
+    ("scratch_resnet18", "From Scratch", "resnet18", None): {
+        ("n100", "none"): 0.50,
+        ("n1000", "none"): 0.60,
+        ("n100", "classic"): 0.55,
+    },
 }
 
 
@@ -33,13 +40,34 @@ def fake_binary_run(root: Path, init: tuple, budget: str, augment: str, seed: in
     right = np.arange(N_TEST) < round((accuracy + 0.025 * seed) * N_TEST)
     pred = np.where(right, target, 1 - target)
     prob = np.where(pred == 1, 0.8, 0.2)
-    pd.DataFrame({"index": np.arange(N_TEST), "id": [f"i{i}" for i in range(N_TEST)],
-                  "label": np.where(target == 1, "Finding", "No Finding"), "target": target, "pred": pred,
-                  "prob_Finding": prob}).to_csv(run_dir / "predictions.csv", index=False)
-    metrics = {"init": name, "method": method, "architecture": architecture, "mask_ratio": ratio,
-               "pretrain_seed": None, "fraction": None, "seed": seed, "n_train": int(budget[1:]), "best_epoch": 1,
-               "task": "binary", "mode": "full", "augment": augment, "budget": budget, "n_labels": int(budget[1:]),
-               "val": {}, "test": binary_metrics(target, prob, 0.5)}
+    pd.DataFrame(
+        {
+            "index": np.arange(N_TEST),
+            "id": [f"i{i}" for i in range(N_TEST)],
+            "label": np.where(target == 1, "Finding", "No Finding"),
+            "target": target,
+            "pred": pred,
+            "prob_Finding": prob,
+        }
+    ).to_csv(run_dir / "predictions.csv", index=False)
+    metrics = {
+        "init": name,
+        "method": method,
+        "architecture": architecture,
+        "mask_ratio": ratio,
+        "pretrain_seed": None,
+        "fraction": None,
+        "seed": seed,
+        "n_train": int(budget[1:]),
+        "best_epoch": 1,
+        "task": "binary",
+        "mode": "full",
+        "augment": augment,
+        "budget": budget,
+        "n_labels": int(budget[1:]),
+        "val": {},
+        "test": binary_metrics(target, prob, 0.5),
+    }
     if applied is not None:
         metrics["augment_applied"] = applied
     (run_dir / "metrics.json").write_text(json.dumps(metrics))
@@ -49,16 +77,23 @@ def fake_binary_run(root: Path, init: tuple, budget: str, augment: str, seed: in
 @pytest.fixture(scope="module")
 def binary_runs(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
     root = tmp_path_factory.mktemp("study")
-    return [fake_binary_run(root, init, budget, augment, seed, accuracy)
-            for init, cells in ACCURACY.items() for (budget, augment), accuracy in cells.items() for seed in (0, 1)]
+    return [
+        fake_binary_run(root, init, budget, augment, seed, accuracy)
+        for init, cells in ACCURACY.items()
+        for (budget, augment), accuracy in cells.items()
+        for seed in (0, 1)
+    ]
 
 
 def test_one_table_per_budget_with_the_study_columns(binary_runs: list[Path]) -> None:
     table = study_table(load_runs(binary_runs))
     assert list(table["Budget"].unique()) == ["100 labelled images", "1,000 labelled images"]
     assert {"Accuracy", "Precision", "F1", "Recall", "AUC", "Augmentation", "Fine-tuning"} <= set(table.columns)
-    row = table[(table["Init"] == "mae_r0.75_vit-s") & (table["Budget"] == "100 labelled images")
-                & (table["Augmentation"] == "none")].iloc[0]
+    row = table[
+        (table["Init"] == "mae_r0.75_vit-s")
+        & (table["Budget"] == "100 labelled images")
+        & (table["Augmentation"] == "none")
+    ].iloc[0]
     assert row["Accuracy"] == f"{np.mean([0.70, 0.725]):.3f} ± {np.std([0.70, 0.725], ddof=1):.3f}"
     assert row["n"] == 2 and row["Labelled images"] == 100
 
@@ -74,8 +109,11 @@ def test_significance_against_the_reference_is_per_budget_and_preset(binary_runs
 
 def test_native_preset_shows_what_each_model_applied_and_pairs_the_models(tmp_path: Path) -> None:
     mae, resnet = list(ACCURACY)
-    paths = [fake_binary_run(tmp_path, init, "n100", "native", seed, 0.7, applied)
-             for init, applied in ((mae, "randaugment"), (resnet, "classic")) for seed in (0, 1)]
+    paths = [
+        fake_binary_run(tmp_path, init, "n100", "native", seed, 0.7, applied)
+        for init, applied in ((mae, "randaugment"), (resnet, "classic"))
+        for seed in (0, 1)
+    ]
     runs = load_runs(paths)
     table = study_table(runs).set_index("Init")
     assert table.loc[mae[0], "Augmentation"] == "native (randaugment)"
@@ -133,14 +171,28 @@ def test_multilabel_runs_get_mean_auc_tables_and_placeholder_figures(tmp_path: P
         for seed in (0, 1):
             run_dir = tmp_path / "runs" / init / f"frac1_seed{seed}"
             run_dir.mkdir(parents=True)
-            pd.DataFrame({"index": [0, 1], "id": ["a", "b"], "label": ["Effusion", "No Finding"],
-                          "prob_Effusion": [0.9, 0.1]}).to_csv(run_dir / "predictions.csv", index=False)
+            pd.DataFrame(
+                {"index": [0, 1], "id": ["a", "b"], "label": ["Effusion", "No Finding"], "prob_Effusion": [0.9, 0.1]}
+            ).to_csv(run_dir / "predictions.csv", index=False)
             pd.DataFrame({"epoch": [1], "test_auc_mean": [auc]}).to_csv(run_dir / "history.csv", index=False)
-            metrics = {"init": init, "method": "MAE" if "mae" in init else "From Scratch", "architecture": "ViT",
-                       "mask_ratio": 0.75 if "mae" in init else None, "pretrain_seed": None, "fraction": 1.0,
-                       "seed": seed, "n_train": 10, "best_epoch": 1, "task": "multilabel", "mode": "full",
-                       "augment": "current", "budget": "frac1", "n_labels": 10, "val": {},
-                       "test": {"auc_mean": auc + 0.01 * seed, "auc_Effusion": auc, "loss": 0.5}}
+            metrics = {
+                "init": init,
+                "method": "MAE" if "mae" in init else "From Scratch",
+                "architecture": "ViT",
+                "mask_ratio": 0.75 if "mae" in init else None,
+                "pretrain_seed": None,
+                "fraction": 1.0,
+                "seed": seed,
+                "n_train": 10,
+                "best_epoch": 1,
+                "task": "multilabel",
+                "mode": "full",
+                "augment": "current",
+                "budget": "frac1",
+                "n_labels": 10,
+                "val": {},
+                "test": {"auc_mean": auc + 0.01 * seed, "auc_Effusion": auc, "loss": 0.5},
+            }
             (run_dir / "metrics.json").write_text(json.dumps(metrics))
             paths.append(run_dir / "metrics.json")
     config = yaml.safe_load((Path(__file__).resolve().parents[1] / "workflow_config.yaml").read_text())

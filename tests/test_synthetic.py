@@ -201,8 +201,9 @@ def test_bad_label_override_raises() -> None:
         render_phantom(SMALL, 0, "COVID")
 
 
-MULTI = PhantomSettings(n_images=160, image_size=48, seed=5, multi_finding=True, finding_probability=0.35,
-                        label_noise=0.0)
+MULTI = PhantomSettings(
+    n_images=160, image_size=48, seed=5, multi_finding=True, finding_probability=0.35, label_noise=0.0
+)
 
 
 def test_multi_finding_phantoms_draw_findings_independently() -> None:

@@ -49,8 +49,9 @@ def fake_history(root: Path, run: str, last_epoch: dict[str, float]) -> Path:
 @pytest.fixture(scope="module")
 def metrics_paths(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
     root = tmp_path_factory.mktemp("finetune")
-    return [fake_run(root, *identity, *key, accuracy) for identity, cells in RUNS.items()
-            for key, accuracy in cells.items()]
+    return [
+        fake_run(root, *identity, *key, accuracy) for identity, cells in RUNS.items() for key, accuracy in cells.items()
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -66,13 +67,16 @@ def config() -> dict:
 
 def used_sections(config: dict) -> dict:
     """The config sections the tables rule passes."""
-    return {k: config[k] for k in ("encoders", "pretrain", "finetune", "patch_validity", "prepare",
-                                   "label_fractions", "split")}
+    return {
+        k: config[k]
+        for k in ("encoders", "pretrain", "finetune", "patch_validity", "prepare", "label_fractions", "split")
+    }
 
 
 @pytest.fixture(scope="module")
-def tables_dir(metrics_paths: list[Path], history_paths: list[Path], config: dict,
-               tmp_path_factory: pytest.TempPathFactory) -> Path:
+def tables_dir(
+    metrics_paths: list[Path], history_paths: list[Path], config: dict, tmp_path_factory: pytest.TempPathFactory
+) -> Path:
     out = tmp_path_factory.mktemp("tables")
     write_tables(metrics_paths, used_sections(config), out, {"bootstrap_samples": 200, "seed": 0}, history_paths)
     return out
@@ -85,7 +89,7 @@ def read_table_1(tables_dir: Path) -> pd.DataFrame:
 
 def markdown_rows(text: str, heading: str) -> list[list[str]]:
     """Cells of the first pipe table after `heading`."""
-    lines = text[text.index(heading):].splitlines()
+    lines = text[text.index(heading) :].splitlines()
     table = []
     for line in lines[1:]:
         if line.startswith("|"):
@@ -100,8 +104,13 @@ def test_label_fraction_table_has_fractions_as_columns(tables_dir: Path) -> None
     rows = markdown_rows(text, "Test accuracy by label fraction")
     assert rows[0] == ["Method", "Architecture", "1%", "100%", "n"]
     body = {(row[0], row[1]): row for row in rows[2:]}
-    assert list(body) == [("RGMIM", "ViT"), ("RGMIM-lung", "ViT"), ("MAE", "ViT"), ("From Scratch", "ViT"),
-                          ("From Scratch", "ResNet-50")]
+    assert list(body) == [
+        ("RGMIM", "ViT"),
+        ("RGMIM-lung", "ViT"),
+        ("MAE", "ViT"),
+        ("From Scratch", "ViT"),
+        ("From Scratch", "ResNet-50"),
+    ]
     # One row per init family: its 2 pretraining seeds x 2 subset seeds are 4 runs in one cell.
     rgmim_1pct = [0.60, 0.70, 0.65, 0.75]
     assert body[("RGMIM", "ViT")][2] == f"{np.mean(rgmim_1pct):.3f} ± {np.std(rgmim_1pct, ddof=1):.3f}"
@@ -111,8 +120,19 @@ def test_label_fraction_table_has_fractions_as_columns(tables_dir: Path) -> None
     assert "pretraining seed" in text and "Test macro AUC by label fraction" in text
     long = pd.read_csv(tables_dir / "label_fractions.csv")
     assert len(long) == sum(len(cells) for cells in RUNS.values())
-    assert {"method", "architecture", "init", "run_init", "fraction", "pretrain_seed", "seed", "test_accuracy",
-            "test_f1_macro", "test_auc_macro", "val_accuracy"} <= set(long.columns)
+    assert {
+        "method",
+        "architecture",
+        "init",
+        "run_init",
+        "fraction",
+        "pretrain_seed",
+        "seed",
+        "test_accuracy",
+        "test_f1_macro",
+        "test_auc_macro",
+        "val_accuracy",
+    } <= set(long.columns)
 
 
 def test_mask_ratio_table_has_pretraining_shares(tables_dir: Path) -> None:
@@ -156,11 +176,19 @@ def test_table_1_shows_the_models_built(tables_dir: Path) -> None:
 
 def test_table_1_describes_a_cnn_by_its_stages() -> None:
     """A CNN has no ViT depth: Table 1 gives its stages (blocks, widths) and parameters, older runs what they hold."""
-    cnn = {"model_timm_name": "resnet10t", "model_depth": None, "model_width": 256, "model_n_parameters": 1_231_000,
-           "model_stage_blocks": [1, 1, 1, 1], "model_stage_widths": [32, 64, 128, 256]}
+    cnn = {
+        "model_timm_name": "resnet10t",
+        "model_depth": None,
+        "model_width": 256,
+        "model_n_parameters": 1_231_000,
+        "model_stage_blocks": [1, 1, 1, 1],
+        "model_stage_widths": [32, 64, 128, 256],
+    }
     runs = pd.DataFrame([cnn, cnn | {"model_stage_blocks": None, "model_stage_widths": None}])
-    assert model_text(runs) == ("resnet10t: CNN, 4 stages of 1-1-1-1 blocks, widths 32-64-128-256, 1.23 M parameters; "
-                                "resnet10t: CNN, final width 256, 1.23 M parameters")
+    assert model_text(runs) == (
+        "resnet10t: CNN, 4 stages of 1-1-1-1 blocks, widths 32-64-128-256, 1.23 M parameters; "
+        "resnet10t: CNN, final width 256, 1.23 M parameters"
+    )
 
 
 def perturbed(value):
@@ -206,8 +234,9 @@ def test_significance_is_a_hierarchical_bootstrap(tables_dir: Path) -> None:
     # Per fraction: RGMIM vs RGMIM-lung, MAE, scratch; RGMIM-lung vs MAE, scratch; MAE vs scratch (all ViT).
     assert len(table) == 2 * 6
     assert set(table["init_b"]) == {"rgmim-lung_r0.75_vit-t", "mae_r0.75_vit-t", "scratch_vit-t"}
-    row = table[(table["fraction"] == 0.01) & (table["init_a"] == "rgmim_r0.75_vit-t")
-                & (table["init_b"] == "scratch_vit-t")].iloc[0]
+    row = table[
+        (table["fraction"] == 0.01) & (table["init_a"] == "rgmim_r0.75_vit-t") & (table["init_b"] == "scratch_vit-t")
+    ].iloc[0]
     assert row["difference"] == pytest.approx(np.mean([0.60, 0.70, 0.65, 0.75]) - np.mean([0.35, 0.40]))
     assert row["ci_low"] <= row["difference"] <= row["ci_high"]
     assert row["n_runs_a"] == 4 and row["n_runs_b"] == 2 and row["n_images"] == N_TEST
@@ -219,9 +248,13 @@ def test_verdict_judges_each_pretrained_init_against_its_baselines(tables_dir: P
     verdict = pd.read_csv(tables_dir / "verdict.csv")
     at_1 = verdict[verdict["fraction"] == 0.01].set_index(["init", "against"])
     # Every pretrained ViT against scratch ViT; RGMIM and RGMIM-lung against MAE; the ResNet has no pretrained init.
-    assert set(at_1.index) == {("rgmim_r0.75_vit-t", "scratch"), ("rgmim-lung_r0.75_vit-t", "scratch"),
-                               ("mae_r0.75_vit-t", "scratch"), ("rgmim_r0.75_vit-t", "MAE"),
-                               ("rgmim-lung_r0.75_vit-t", "MAE")}
+    assert set(at_1.index) == {
+        ("rgmim_r0.75_vit-t", "scratch"),
+        ("rgmim-lung_r0.75_vit-t", "scratch"),
+        ("mae_r0.75_vit-t", "scratch"),
+        ("rgmim_r0.75_vit-t", "MAE"),
+        ("rgmim-lung_r0.75_vit-t", "MAE"),
+    }
     significance = pd.read_csv(tables_dir / "significance.csv").set_index(["fraction", "init_a", "init_b"])
     row = at_1.loc[("rgmim-lung_r0.75_vit-t", "MAE")]
     assert row["difference"] == pytest.approx(0.55 - np.mean([0.50, 0.55]))
@@ -231,13 +264,18 @@ def test_verdict_judges_each_pretrained_init_against_its_baselines(tables_dir: P
     flipped = oriented(significance.reset_index().assign(init_a="mae", init_b="mrm"), "mrm", "mae")
     first = significance.iloc[0]
     assert (flipped["difference"], flipped["ci_low"], flipped["ci_high"]) == (
-        -first["difference"], -first["ci_high"], -first["ci_low"])
+        -first["difference"],
+        -first["ci_high"],
+        -first["ci_low"],
+    )
     assert (flipped["accuracy"], flipped["n_runs"]) == (first["accuracy_b"], first["n_runs_b"])
     assert at_1.loc[("rgmim_r0.75_vit-t", "scratch"), "verdict"] == "better"
     words = {"better", "worse", "cannot tell at this size"}
     assert set(verdict["verdict"]) <= words
     for _, r in verdict.iterrows():  # the word follows the interval
-        assert r["verdict"] == ("better" if r["ci_low"] > 0 else "worse" if r["ci_high"] < 0 else "cannot tell at this size")
+        assert r["verdict"] == (
+            "better" if r["ci_low"] > 0 else "worse" if r["ci_high"] < 0 else "cannot tell at this size"
+        )
     intervals = pd.read_csv(tables_dir / "accuracy_intervals.csv").set_index(["fraction", "init"])
     rgmim = intervals.loc[(0.01, "rgmim_r0.75_vit-t")]
     assert rgmim["accuracy"] == pytest.approx(np.mean([0.60, 0.70, 0.65, 0.75]))
@@ -249,10 +287,15 @@ def test_verdict_judges_each_pretrained_init_against_its_baselines(tables_dir: P
 
 def test_imagenet_transfer_is_judged_against_scratch() -> None:
     """An init pretrained elsewhere (no pretraining seed of ours) is compared with, and judged against, scratch."""
-    inits = pd.DataFrame({"init": ["imagenet_resnet50", "scratch_resnet50", "scratch_vit"],
-                          "method": ["Transfer", "From Scratch", "From Scratch"],
-                          "architecture": ["ResNet-50", "ResNet-50", "ViT"], "pretrain_seed": [None, None, None],
-                          "mask_ratio": [None, None, None]})
+    inits = pd.DataFrame(
+        {
+            "init": ["imagenet_resnet50", "scratch_resnet50", "scratch_vit"],
+            "method": ["Transfer", "From Scratch", "From Scratch"],
+            "architecture": ["ResNet-50", "ResNet-50", "ViT"],
+            "pretrain_seed": [None, None, None],
+            "mask_ratio": [None, None, None],
+        }
+    )
     assert comparisons(inits) == [("imagenet_resnet50", "scratch_resnet50")]
     assert verdict_pairs(inits) == [("imagenet_resnet50", "scratch_resnet50", "scratch")]
 
@@ -269,8 +312,12 @@ def test_figures_and_self_contained_report(metrics_paths: list[Path], tables_dir
     assert [p.stem for p in figures] == list(FIGURES)
     assert all(p.stat().st_size > 1000 and p.read_bytes()[:4] == b"\x89PNG" for p in figures)
     report = write_report(
-        tmp_path / "report.html", tables=sorted(tables_dir.glob("*.md")), figures=figures,
-        config_source=REPO / "workflow_config.yaml", title="phantoms", captions_dir=REPO / "docs" / "captions",
+        tmp_path / "report.html",
+        tables=sorted(tables_dir.glob("*.md")),
+        figures=figures,
+        config_source=REPO / "workflow_config.yaml",
+        title="phantoms",
+        captions_dir=REPO / "docs" / "captions",
     )
     page = report.read_text()
     assert page.count("data:image/png;base64,") == len(figures)
@@ -290,14 +337,36 @@ def test_scripts_run(metrics_paths: list[Path], history_paths: list[Path], tmp_p
     paths = [str(p) for p in metrics_paths]
     config = (REPO / "workflow_config.yaml").read_text()
     as_json = json.dumps(yaml.safe_load(config))  # the rules pass the config as inline JSON
-    script("tables").main(["--metrics", *paths, "--config", as_json, "--settings", '{"bootstrap_samples": 50}',
-                           "--pretrain-histories", *map(str, history_paths),
-                           "--out-dir", str(tmp_path / "tables"), "--log", str(tmp_path / "tables.log")])
+    script("tables").main(
+        [
+            "--metrics",
+            *paths,
+            "--config",
+            as_json,
+            "--settings",
+            '{"bootstrap_samples": 50}',
+            "--pretrain-histories",
+            *map(str, history_paths),
+            "--out-dir",
+            str(tmp_path / "tables"),
+            "--log",
+            str(tmp_path / "tables.log"),
+        ]
+    )
     # No --mask-ratio: the ratio fine-tuned at every fraction (0.75) is inferred.
     script("figures").main(["--metrics", *paths, "--settings", '{"dpi": 30}', "--out-dir", str(tmp_path / "figures")])
-    script("report").main(["--tables-dir", str(tmp_path / "tables"),
-                           "--figures", *map(str, sorted((tmp_path / "figures").glob("*.png"))),
-                           "--config", as_json, "--out", str(tmp_path / "report.html")])
+    script("report").main(
+        [
+            "--tables-dir",
+            str(tmp_path / "tables"),
+            "--figures",
+            *map(str, sorted((tmp_path / "figures").glob("*.png"))),
+            "--config",
+            as_json,
+            "--out",
+            str(tmp_path / "report.html"),
+        ]
+    )
     page = (tmp_path / "report.html").read_text()
     assert page.index("Label fractions") < page.index("Hyperparameters")
     assert "bootstrap_samples: 1000" in page  # inline JSON config rendered as YAML

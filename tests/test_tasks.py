@@ -20,8 +20,14 @@ def multilabel_manifest(n: int = 400, seed: int = 0, images_per_patient: int = 2
     rates = np.array([0.3, 0.2, 0.1, 0.02])
     present = rng.random((n, len(FINDINGS))) < rates
     labels = [join_findings([f for f, on in zip(FINDINGS, row) if on], FINDINGS) for row in present]
-    return pd.DataFrame({"index": np.arange(n), "id": [f"img{i}" for i in range(n)], "label": labels,
-                         "group": [f"p{i // images_per_patient}" for i in range(n)]})
+    return pd.DataFrame(
+        {
+            "index": np.arange(n),
+            "id": [f"img{i}" for i in range(n)],
+            "label": labels,
+            "group": [f"p{i // images_per_patient}" for i in range(n)],
+        }
+    )
 
 
 def test_task_config_checks_and_label_names():
@@ -188,9 +194,27 @@ def test_label_subset_script_takes_budget_tags(tmp_path: Path):
     script = Path(__file__).resolve().parents[1] / "scripts" / "label_subset.py"
 
     def run(budget: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, str(script), "--split", str(tmp_path / "split.csv"), "--budget", budget,
-                               "--seed", "0", "--split-seed", "0", "--out", str(tmp_path / f"{budget}.csv"),
-                               "--log", str(tmp_path / f"{budget}.log")], capture_output=True, text=True, check=False)
+        return subprocess.run(
+            [
+                sys.executable,
+                str(script),
+                "--split",
+                str(tmp_path / "split.csv"),
+                "--budget",
+                budget,
+                "--seed",
+                "0",
+                "--split-seed",
+                "0",
+                "--out",
+                str(tmp_path / f"{budget}.csv"),
+                "--log",
+                str(tmp_path / f"{budget}.log"),
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
 
     assert run("n25").returncode == 0
     assert len(pd.read_csv(tmp_path / "n25.csv")) == 25

@@ -36,7 +36,9 @@ def test_clean_report_drops_deidentification_and_whitespace():
 
 def test_split_sentences():
     assert split_sentences("The lungs are clear. No effusion! Heart normal") == [
-        "The lungs are clear.", "No effusion!", "Heart normal"
+        "The lungs are clear.",
+        "No effusion!",
+        "Heart normal",
     ]
     assert split_sentences("") == []
 
@@ -137,8 +139,9 @@ def test_encode_reports_drops_negated_knowledge_words():
 
 
 def test_tokenizer_stage_uses_training_reports_only(tmp_path):
-    manifest = pd.DataFrame({"index": [0, 1, 2], "id": ["a", "b", "c"],
-                             "report": ["alpha beta.", "gamma delta.", "epsilon zeta."]})
+    manifest = pd.DataFrame(
+        {"index": [0, 1, 2], "id": ["a", "b", "c"], "report": ["alpha beta.", "gamma delta.", "epsilon zeta."]}
+    )
     write_reports(tmp_path, manifest)
     pd.DataFrame({"index": [0, 1, 2], "id": ["a", "b", "c"], "part": ["train", "val", "test"]}).to_csv(
         tmp_path / "split.csv", index=False
@@ -149,9 +152,10 @@ def test_tokenizer_stage_uses_training_reports_only(tmp_path):
     # A user's tokenizer file is adopted as is.
     build_tokenizer(tmp_path / "reports.jsonl", tmp_path / "split.csv", {"tokenizer": str(tmp_path / "tok.json")},
                     tmp_path / "copy.json")  # fmt: skip
-    assert json.loads((tmp_path / "copy.json").read_text())["model"]["vocab"] == json.loads(
-        (tmp_path / "tok.json").read_text()
-    )["model"]["vocab"]
+    assert (
+        json.loads((tmp_path / "copy.json").read_text())["model"]["vocab"]
+        == json.loads((tmp_path / "tok.json").read_text())["model"]["vocab"]
+    )
 
 
 def test_phantom_lesion_mask_lies_in_the_lungs():

@@ -45,8 +45,9 @@ def job_resources(output: str) -> dict[str, list[str]]:
 
 def pretrain_command(tmp_path: Path, gpus: int) -> str:
     """The pretraining command planned for one encoder with `gpus` GPUs per job."""
-    gpu = override(tmp_path, f"gpu{gpus}", {"pretrain": {"resources": {"gpu": gpus, "mem_mb": 1000, "runtime": 10,
-                                                                          "cpus": 1}}})
+    gpu = override(
+        tmp_path, f"gpu{gpus}", {"pretrain": {"resources": {"gpu": gpus, "mem_mb": 1000, "runtime": 10, "cpus": 1}}}
+    )
     out = snakemake(tmp_path, ENCODER, "-n", "-p", configs=(TINY_CONFIG, gpu)).stdout
     (command,) = shell_commands(out, "pretrain")
     return command
@@ -56,8 +57,9 @@ def test_more_than_one_gpu_launches_torchrun(tmp_path: Path):
     single = pretrain_command(tmp_path, 1)
     double = pretrain_command(tmp_path, 2)
     script = Path(re.search(r"python (\S+/scripts/pretrain\.py) ", single).group(1))
-    assert double == single.replace(f"python {script} ",
-                                    f"torchrun --standalone --nnodes 1 --nproc_per_node 2 {script} ")
+    assert double == single.replace(
+        f"python {script} ", f"torchrun --standalone --nnodes 1 --nproc_per_node 2 {script} "
+    )
     assert "torchrun" not in single
 
 
@@ -89,8 +91,19 @@ def test_commands_and_inputs_use_workflow_paths_relative_to_the_workdir(tmp_path
 def test_every_job_declares_memory_and_time(tmp_path: Path):
     out = snakemake(tmp_path, "-n").stdout
     resources = job_resources(out)
-    assert {"download", "prepare", "split", "label_subset", "patch_validity", "pretrain", "finetune", "tables",
-            "figures", "pretrain_figures", "report"} <= set(resources)
+    assert {
+        "download",
+        "prepare",
+        "split",
+        "label_subset",
+        "patch_validity",
+        "pretrain",
+        "finetune",
+        "tables",
+        "figures",
+        "pretrain_figures",
+        "report",
+    } <= set(resources)
     for rule, lines in resources.items():
         if rule == "all":  # runs nothing
             continue
@@ -100,11 +113,17 @@ def test_every_job_declares_memory_and_time(tmp_path: Path):
 
 def test_a_retried_job_asks_for_more_memory_and_time(tmp_path: Path):
     missing = tmp_path / "no_such_manifest.csv"
-    bad = override(tmp_path, "bad", {"dataset": {"name": "bad", "kind": "manifest", "source": str(missing)},
-                                     "resources": {"default": {"mem_mb": 1000, "runtime": 7},
-                                                   "download": {"mem_mb": 1500, "runtime": 11}}})
-    result = snakemake(tmp_path, "results/bad/download/source.json", "--retries", "1", configs=(TINY_CONFIG, bad),
-                       check=False)
+    bad = override(
+        tmp_path,
+        "bad",
+        {
+            "dataset": {"name": "bad", "kind": "manifest", "source": str(missing)},
+            "resources": {"default": {"mem_mb": 1000, "runtime": 7}, "download": {"mem_mb": 1500, "runtime": 11}},
+        },
+    )
+    result = snakemake(
+        tmp_path, "results/bad/download/source.json", "--retries", "1", configs=(TINY_CONFIG, bad), check=False
+    )
     assert result.returncode != 0
     lines = job_resources(result.stdout + result.stderr)["download"]
     assert any("mem_mb=1500" in line and "runtime=11" in line for line in lines), lines
@@ -118,8 +137,12 @@ def test_sub_second_stages_are_local(tmp_path: Path):
 
     configs = [REPO / "workflow_config.yaml", TINY_CONFIG]
     with SnakemakeApi(OutputSettings()) as api:
-        workflow = api.workflow(resource_settings=ResourceSettings(cores=1), snakefile=REPO / "Snakefile",
-                                config_settings=ConfigSettings(configfiles=configs), workdir=tmp_path)._workflow
+        workflow = api.workflow(
+            resource_settings=ResourceSettings(cores=1),
+            snakefile=REPO / "Snakefile",
+            config_settings=ConfigSettings(configfiles=configs),
+            workdir=tmp_path,
+        )._workflow
         local = set(workflow._localrules)
     assert {"all", "split", "label_subset", "tables", "report"} <= local
     assert not {"download", "prepare", "pretrain", "finetune", "figures", "pretrain_figures"} & local
@@ -127,11 +150,14 @@ def test_sub_second_stages_are_local(tmp_path: Path):
 
 def test_modes_and_presets_add_runs_beside_the_default_ones(tmp_path: Path):
     """Default (full, current) runs keep today's folders; every other pair gets a `_<mode>-<preset>` folder."""
-    variants = override(tmp_path, "variants", {"finetune": {"modes": ["full", "probe"],
-                                                            "augment_presets": ["current", "randaugment"]}})
+    variants = override(
+        tmp_path, "variants", {"finetune": {"modes": ["full", "probe"], "augment_presets": ["current", "randaugment"]}}
+    )
     target = "results/tiny/finetune/scratch_resnet18"
-    runs = {f"{target}/frac0.1_seed0{suffix}/metrics.json" for suffix in ("", "_full-randaugment",
-                                                                          "_probe-current", "_probe-randaugment")}
+    runs = {
+        f"{target}/frac0.1_seed0{suffix}/metrics.json"
+        for suffix in ("", "_full-randaugment", "_probe-current", "_probe-randaugment")
+    }
     out = snakemake(tmp_path, *sorted(runs), "-n", "-p", configs=(TINY_CONFIG, variants)).stdout
     commands = shell_commands(out, "finetune")
     assert len(commands) == 4

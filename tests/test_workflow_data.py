@@ -11,8 +11,11 @@ from conftest import MULTILABEL_PHANTOMS, PHANTOM_FINDINGS, image_only_methods, 
 
 pytestmark = pytest.mark.slow
 
-DATA_TARGETS = ("results/tiny/patch_validity/validity.npz", "results/tiny/split/subsets/frac0.1_seed0.csv",
-                "results/tiny/split/subsets/frac1_seed0.csv")
+DATA_TARGETS = (
+    "results/tiny/patch_validity/validity.npz",
+    "results/tiny/split/subsets/frac0.1_seed0.csv",
+    "results/tiny/split/subsets/frac1_seed0.csv",
+)
 
 
 def test_data_stages_on_phantoms(tmp_path: Path):
@@ -48,13 +51,20 @@ def test_data_stages_on_phantoms(tmp_path: Path):
 def test_multilabel_phantoms_and_count_budget(tmp_path: Path):
     findings = PHANTOM_FINDINGS
     override = tmp_path / "multilabel.yaml"
-    override.write_text(yaml.safe_dump({
-        "dataset": {"name": "tinyml", **MULTILABEL_PHANTOMS},
-        "label_fractions": {"counts": [20]},
-    }))
+    override.write_text(
+        yaml.safe_dump(
+            {
+                "dataset": {"name": "tinyml", **MULTILABEL_PHANTOMS},
+                "label_fractions": {"counts": [20]},
+            }
+        )
+    )
     results = tmp_path / "results" / "tinyml"
-    snakemake(tmp_path, str(results.relative_to(tmp_path) / "split" / "subsets" / "n20_seed0.csv"),
-              configs=(Path(__file__).parent / "configs" / "tiny.yaml", override))
+    snakemake(
+        tmp_path,
+        str(results.relative_to(tmp_path) / "split" / "subsets" / "n20_seed0.csv"),
+        configs=(Path(__file__).parent / "configs" / "tiny.yaml", override),
+    )
     summary = json.loads((results / "prepared" / "summary.json").read_text())
     labels = np.load(results / "prepared" / "labels.npy")
     assert summary["task"] == "multilabel" and summary["findings"] == findings and labels.shape[1] == 3
@@ -64,8 +74,12 @@ def test_multilabel_phantoms_and_count_budget(tmp_path: Path):
     assert len(subset) == 20 and set(subset["id"]) <= set(split.loc[split["part"] == "train", "id"])
     too_many = tmp_path / "too_many.yaml"
     too_many.write_text(yaml.safe_dump({"label_fractions": {"counts": [100000]}}))
-    result = snakemake(tmp_path, str(results.relative_to(tmp_path) / "split" / "subsets" / "n100000_seed0.csv"),
-                       configs=(Path(__file__).parent / "configs" / "tiny.yaml", override, too_many), check=False)
+    result = snakemake(
+        tmp_path,
+        str(results.relative_to(tmp_path) / "split" / "subsets" / "n100000_seed0.csv"),
+        configs=(Path(__file__).parent / "configs" / "tiny.yaml", override, too_many),
+        check=False,
+    )
     assert result.returncode != 0
     assert "label_fractions.counts" in (results / "logs" / "label_subset" / "n100000_seed0.log").read_text()
 
@@ -80,8 +94,11 @@ def test_bad_config_key_is_named(tmp_path: Path):
 
 def manifest_config(tmp_path: Path, csv: Path, name: str, extra: dict | None = None) -> Path:
     """A config override pointing the tiny workflow at a manifest CSV."""
-    override = {"dataset": {"name": name, "kind": "manifest", "source": str(csv)}, **image_only_methods(),
-                **(extra or {})}
+    override = {
+        "dataset": {"name": name, "kind": "manifest", "source": str(csv)},
+        **image_only_methods(),
+        **(extra or {}),
+    }
     path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump(override))
     return path
@@ -98,8 +115,7 @@ def test_real_lung_masks(tmp_path: Path, realdata: Path):
     cfg = yaml.safe_load(config.read_text())
     cfg["dataset"]["label_map"] = label_map
     config.write_text(yaml.safe_dump(cfg))
-    snakemake(tmp_path, "results/cohen/patch_validity/validity.npz", "results/cohen/split/split.csv",
-              configs=(config,))
+    snakemake(tmp_path, "results/cohen/patch_validity/validity.npz", "results/cohen/split/split.csv", configs=(config,))
     results = tmp_path / "results" / "cohen"
     manifest = pd.read_csv(results / "prepared" / "manifest.csv", keep_default_na=False)
     assert len(manifest) == len(source) and manifest["has_mask"].all()
@@ -137,8 +153,9 @@ def test_real_dicom(tmp_path: Path, realdata: Path):
     """DICOM files (8-bit MONOCHROME2, 15-bit MONOCHROME1, JPEG 2000) through prepare, no identifiers out."""
     folder = realdata / "dicom_samples"
     csv = tmp_path / "dicoms.csv"
-    pd.DataFrame({"image": [str(p) for p in sorted(folder.glob("*.dcm"))],
-                  "label": ["No Finding", "Unlabelled", "Unlabelled"]}).to_csv(csv, index=False)
+    pd.DataFrame(
+        {"image": [str(p) for p in sorted(folder.glob("*.dcm"))], "label": ["No Finding", "Unlabelled", "Unlabelled"]}
+    ).to_csv(csv, index=False)
     config = manifest_config(tmp_path, csv, "dicom", {"prepare": {"image_size": 64, "workers": 1}})
     snakemake(tmp_path, "results/dicom/prepared/images.npy", configs=(config,))
     results = tmp_path / "results" / "dicom"

@@ -21,33 +21,60 @@ from cxrmim.train.finetune import build_model
 pytestmark = pytest.mark.slow
 
 RECIPES = {  # MRM's NIH scripts: SGD, clipping at 1; medical_mae: AdamW, layer decay 0.55, RandAugment
-    "mrm-sgd": {"inits": ["external_mrm"], "optimizer": "sgd", "momentum": 0.9, "weight_decay": 0.0, "layer_decay": 1.0,
-                "base_lr": 0.05, "schedule": "step", "lr_steps": {"milestones": [0.5], "gamma": 0.1}, "clip_grad": 1.0},
-    "medical-mae": {"inits": ["external_medical-mae"], "layer_decay": 0.55, "drop_path": 0.2,
-                    "current_preset": "randaugment"},
+    "mrm-sgd": {
+        "inits": ["external_mrm"],
+        "optimizer": "sgd",
+        "momentum": 0.9,
+        "weight_decay": 0.0,
+        "layer_decay": 1.0,
+        "base_lr": 0.05,
+        "schedule": "step",
+        "lr_steps": {"milestones": [0.5], "gamma": 0.1},
+        "clip_grad": 1.0,
+    },
+    "medical-mae": {
+        "inits": ["external_medical-mae"],
+        "layer_decay": 0.55,
+        "drop_path": 0.2,
+        "current_preset": "randaugment",
+    },
 }
 
 
 def test_every_external_format_fine_tunes_through_the_rule(tmp_path: Path):
     entries = write_all(tmp_path / "weights")
     override = tmp_path / "external.yaml"
-    override.write_text(yaml.safe_dump({
-        "encoders": ENCODERS,
-        "external_inits": entries,
-        "label_fractions": {"fractions": [1.0], "seeds": [0]},
-        "finetune": {"inits": [f"external_{key}" for key in entries], "epochs": 1, "min_steps": 2, "recipes": RECIPES},
-    }))
+    override.write_text(
+        yaml.safe_dump(
+            {
+                "encoders": ENCODERS,
+                "external_inits": entries,
+                "label_fractions": {"fractions": [1.0], "seeds": [0]},
+                "finetune": {
+                    "inits": [f"external_{key}" for key in entries],
+                    "epochs": 1,
+                    "min_steps": 2,
+                    "recipes": RECIPES,
+                },
+            }
+        )
+    )
     results = tmp_path / "results" / "tiny" / "finetune"
     targets = [f"results/tiny/finetune/external_{key}/frac1_seed0/metrics.json" for key in entries]
     snakemake(tmp_path, *targets, configs=(REPO / "tests" / "configs" / "tiny.yaml", override))
 
-    metrics = {key: json.loads((results / f"external_{key}" / "frac1_seed0" / "metrics.json").read_text())
-               for key in entries}
+    metrics = {
+        key: json.loads((results / f"external_{key}" / "frac1_seed0" / "metrics.json").read_text()) for key in entries
+    }
     assert metrics["mrm"]["method"] == "MRM (released)" and metrics["fair-mae"]["method"] == "fair-mae"
     assert metrics["mrm"]["input_norm"] == {"mean": [0.4978], "std": [0.2449]}
     assert metrics["xrv"]["input_norm"]["std"] == [pytest.approx(1 / 2048)]
     assert metrics["mrm"]["external"]["format"] == "mrm" and metrics["mrm"]["external"]["pool"] == "avg-fcnorm"
-    assert (metrics["mrm"]["recipe"], metrics["mrm"]["optimizer"], metrics["mrm"]["schedule"]) == ("mrm-sgd", "sgd", "step")
+    assert (metrics["mrm"]["recipe"], metrics["mrm"]["optimizer"], metrics["mrm"]["schedule"]) == (
+        "mrm-sgd",
+        "sgd",
+        "step",
+    )
     assert metrics["medical-mae"]["recipe"] == "medical-mae" and metrics["medical-mae"]["augment"] == "current"
     assert metrics["medical-mae"]["augment_applied"] == "randaugment"
     assert {metrics[k]["recipe"] for k in entries if k not in ("mrm", "medical-mae")} == {"default"}

@@ -12,9 +12,19 @@ from conftest import snakemake
 pytestmark = pytest.mark.slow
 
 TABLES = ["verdict", "label_fractions", "mask_ratio", "hyperparameters", "significance", "study"]
-FIGURES = ["valid_patches", "masking_illustration", "reconstructions", "pretrain_loss", "accuracy_by_budget",
-           "significance_heatmap", "accuracy_vs_fraction",
-           "auc_vs_fraction", "accuracy_vs_epoch", "accuracy_vs_mask_ratio", "confusion_matrices"]
+FIGURES = [
+    "valid_patches",
+    "masking_illustration",
+    "reconstructions",
+    "pretrain_loss",
+    "accuracy_by_budget",
+    "significance_heatmap",
+    "accuracy_vs_fraction",
+    "auc_vs_fraction",
+    "accuracy_vs_epoch",
+    "accuracy_vs_mask_ratio",
+    "confusion_matrices",
+]
 
 
 @pytest.fixture(scope="module")
@@ -36,10 +46,14 @@ def test_every_output_exists(tiny_run: Path):
         for name in ("encoder.safetensors", "autoencoder.safetensors", "history.csv"):
             assert (results / "pretrain" / run / name).exists()
         assert not (results / "pretrain" / run / "checkpoint.pt").exists()
-    finetunes = sorted(p.parent.relative_to(results / "finetune").as_posix()
-                       for p in (results / "finetune").glob("*/*/metrics.json"))
-    expected = {f"{i}/frac{f}_seed0" for i in ("rgmim_r0.75_vit-tiny_s0", "mae_r0.75_vit-tiny_s0", "scratch_vit-tiny", "scratch_resnet18")
-                for f in ("0.1", "1")}
+    finetunes = sorted(
+        p.parent.relative_to(results / "finetune").as_posix() for p in (results / "finetune").glob("*/*/metrics.json")
+    )
+    expected = {
+        f"{i}/frac{f}_seed0"
+        for i in ("rgmim_r0.75_vit-tiny_s0", "mae_r0.75_vit-tiny_s0", "scratch_vit-tiny", "scratch_resnet18")
+        for f in ("0.1", "1")
+    }
     expected |= {"rgmim_r0.5_vit-tiny_s0/frac1_seed0", "mae_r0.5_vit-tiny_s0/frac1_seed0"}
     assert set(finetunes) == expected
 

@@ -48,8 +48,9 @@ def setup_logging(log_file: str | Path | None = None, level: int = logging.INFO)
             handlers.append(LogFile(log_file, mode="w"))
         except OSError as err:  # a full or read-only disk must not replace the stage's own error with this one
             _note_log_lost(log_file, err)
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        handlers=handlers, force=True)
+    logging.basicConfig(
+        level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", handlers=handlers, force=True
+    )
     global _CONFIGURED
     _CONFIGURED = True
 

@@ -43,9 +43,11 @@ def check_consistency(config: dict[str, Any], source: str = "config") -> None:
     image_size = (config.get("prepare") or {}).get("image_size")
     patch_size = (config.get("patch_validity") or {}).get("patch_size")
     if isinstance(image_size, int) and isinstance(patch_size, int) and 0 < image_size < patch_size:
-        raise ValueError(f"{source}: patch_validity.patch_size {patch_size} is larger than prepare.image_size "
-                         f"{image_size}: the image would hold no patch; use a patch size below the image size "
-                         f"(e.g. {max(1, image_size // 8)}) or a larger image (a multiple of {patch_size})")
+        raise ValueError(
+            f"{source}: patch_validity.patch_size {patch_size} is larger than prepare.image_size "
+            f"{image_size}: the image would hold no patch; use a patch size below the image size "
+            f"(e.g. {max(1, image_size // 8)}) or a larger image (a multiple of {patch_size})"
+        )
     if isinstance(image_size, int) and isinstance(patch_size, int) and patch_size > 0 and image_size % patch_size:
         fits = [p for p in range(patch_size - 4, patch_size + 5) if p > 0 and image_size % p == 0]
         raise ValueError(
@@ -55,16 +57,20 @@ def check_consistency(config: dict[str, Any], source: str = "config") -> None:
         )
     budgets = config.get("label_fractions") or {}
     if "fractions" in budgets and not (budgets.get("fractions") or budgets.get("counts")):
-        raise ValueError(f"{source}: label_fractions has no budget; list label_fractions.fractions (e.g. [0.1, 1.0]) "
-                         "or label_fractions.counts (numbers of labelled images, e.g. [1000])")
+        raise ValueError(
+            f"{source}: label_fractions has no budget; list label_fractions.fractions (e.g. [0.1, 1.0]) "
+            "or label_fractions.counts (numbers of labelled images, e.g. [1000])"
+        )
     # An entry for a budget this config does not run is ignored (a config that changes `fractions` need not
     # restate the default's entries), but it must be spelled as the budget's file names are, or it never applies.
     for tag in budgets.get("seeds_by_budget") or {}:
         kind, value = parse_budget(tag)
         canonical = budget_tag(fraction=value) if kind == "fraction" else budget_tag(count=int(value))
         if tag != canonical:
-            raise ValueError(f"{source}: label_fractions.seeds_by_budget key {tag!r} is not spelled as the budget's "
-                             f"files are; write {canonical!r}")
+            raise ValueError(
+                f"{source}: label_fractions.seeds_by_budget key {tag!r} is not spelled as the budget's "
+                f"files are; write {canonical!r}"
+            )
 
 
 def read_config_source(source: str | Path) -> dict[str, Any]:

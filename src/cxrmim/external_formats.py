@@ -36,25 +36,59 @@ MAE_DECODER = ("decoder_", "mask_token")
 FORMATS = {
     f.name: f
     for f in (
-        ExternalFormat("timm-folder", "timm local-dir / HF folder: config.json + model.safetensors", None,
-                       drop=("head.", "fc.", "classifier.")),
-        ExternalFormat("timm", "plain timm state dict (.safetensors, .pth, .bin)", None,
-                       drop=("head.", "fc.", "classifier.")),
-        ExternalFormat("mae", "FAIR MAE .pth ('model': encoder, or encoder + decoder for *_full)", "model",
-                       drop=MAE_DECODER + ("head.",), norm=GREY_IMAGENET, pool="avg-fcnorm"),
-        ExternalFormat("medical-mae", "lambert-x/medical_mae ViT-S/ViT-B .pth (model/optimizer/epoch/scaler/args)",
-                       "model", drop=MAE_DECODER + ("head.",), norm={"mean": 0.5056, "std": 0.252},
-                       pool="avg-fcnorm", extra_top=("optimizer", "epoch", "scaler", "args"),
-                       safe_globals=("argparse.Namespace",)),
-        ExternalFormat("mrm", "RL4M/MRM-pytorch MRM.pth (MAE layout plus bert_* report branch)", "model",
-                       drop=MAE_DECODER + ("bert_", "head."), norm={"mean": 0.4978, "std": 0.2449},
-                       pool="avg-fcnorm", extra_top=("optimizer", "epoch", "scaler", "args"),
-                       safe_globals=("argparse.Namespace",)),
-        ExternalFormat("prefixed", "checkpoint whose encoder sits under a key prefix (MGCA/MedIM Lightning .ckpt)",
-                       "state_dict", drop=("head.", "fc."), norm={"mean": 0.5, "std": 0.5}, pool="token",
-                       prefix="img_encoder_q.model."),
-        ExternalFormat("xrv-densenet", "torchxrayvision DenseNet-121 (torchvision names, 1-channel conv0)", None,
-                       drop=("classifier.", "op_threshs"), norm=XRV_RANGE),
+        ExternalFormat(
+            "timm-folder",
+            "timm local-dir / HF folder: config.json + model.safetensors",
+            None,
+            drop=("head.", "fc.", "classifier."),
+        ),
+        ExternalFormat(
+            "timm", "plain timm state dict (.safetensors, .pth, .bin)", None, drop=("head.", "fc.", "classifier.")
+        ),
+        ExternalFormat(
+            "mae",
+            "FAIR MAE .pth ('model': encoder, or encoder + decoder for *_full)",
+            "model",
+            drop=MAE_DECODER + ("head.",),
+            norm=GREY_IMAGENET,
+            pool="avg-fcnorm",
+        ),
+        ExternalFormat(
+            "medical-mae",
+            "lambert-x/medical_mae ViT-S/ViT-B .pth (model/optimizer/epoch/scaler/args)",
+            "model",
+            drop=MAE_DECODER + ("head.",),
+            norm={"mean": 0.5056, "std": 0.252},
+            pool="avg-fcnorm",
+            extra_top=("optimizer", "epoch", "scaler", "args"),
+            safe_globals=("argparse.Namespace",),
+        ),
+        ExternalFormat(
+            "mrm",
+            "RL4M/MRM-pytorch MRM.pth (MAE layout plus bert_* report branch)",
+            "model",
+            drop=MAE_DECODER + ("bert_", "head."),
+            norm={"mean": 0.4978, "std": 0.2449},
+            pool="avg-fcnorm",
+            extra_top=("optimizer", "epoch", "scaler", "args"),
+            safe_globals=("argparse.Namespace",),
+        ),
+        ExternalFormat(
+            "prefixed",
+            "checkpoint whose encoder sits under a key prefix (MGCA/MedIM Lightning .ckpt)",
+            "state_dict",
+            drop=("head.", "fc."),
+            norm={"mean": 0.5, "std": 0.5},
+            pool="token",
+            prefix="img_encoder_q.model.",
+        ),
+        ExternalFormat(
+            "xrv-densenet",
+            "torchxrayvision DenseNet-121 (torchvision names, 1-channel conv0)",
+            None,
+            drop=("classifier.", "op_threshs"),
+            norm=XRV_RANGE,
+        ),
     )
 }
 
@@ -78,9 +112,15 @@ class ExternalInit:
     def summary(self) -> dict[str, Any]:
         """What metrics.json records about the init (the file's name only: no local directories)."""
         return {
-            "key": self.key, "label": self.label, "format": self.format.name, "file": Path(self.path).name,
-            "encoder": self.encoder, "prefix": self.prefix or None, "pool": self.pool,
-            "input_norm": {"mean": [self.norm["mean"]], "std": [self.norm["std"]]}, "input_norm_source": self.norm_source,
+            "key": self.key,
+            "label": self.label,
+            "format": self.format.name,
+            "file": Path(self.path).name,
+            "encoder": self.encoder,
+            "prefix": self.prefix or None,
+            "pool": self.pool,
+            "input_norm": {"mean": [self.norm["mean"]], "std": [self.norm["std"]]},
+            "input_norm_source": self.norm_source,
             "allow_pickle": self.allow_pickle,
         }
 
@@ -93,8 +133,10 @@ def summary_text(summary: dict[str, Any]) -> str:
     """Table 1's line for an external init, from the summary its runs recorded in metrics.json."""
     prefix = f", prefix {summary['prefix']}" if summary.get("prefix") else ""
     norm = summary["input_norm"]
-    return (f"{summary['format']} {summary['file']} as {summary['encoder']}{prefix}, pool {summary['pool']}, "
-            f"input norm mean {norm['mean'][0]:g} std {norm['std'][0]:g} ({summary['input_norm_source']})")
+    return (
+        f"{summary['format']} {summary['file']} as {summary['encoder']}{prefix}, pool {summary['pool']}, "
+        f"input norm mean {norm['mean'][0]:g} std {norm['std'][0]:g} ({summary['input_norm_source']})"
+    )
 
 
 def resolve_external(key: str, entry: dict[str, Any]) -> ExternalInit:
@@ -135,11 +177,11 @@ def folder_norm(key: str, folder: Path) -> dict[str, float] | None:
     """A timm folder's own statistics from its config.json; RGB ones averaged, as for a summed 3-channel stem."""
     config_path = folder / "config.json"
     if not config_path.is_file():
-        raise FileNotFoundError(f"external_inits.{key}.path: {config_path} not found; a timm-folder has config.json "
-                                "and model.safetensors")
+        raise FileNotFoundError(
+            f"external_inits.{key}.path: {config_path} not found; a timm-folder has config.json and model.safetensors"
+        )
     config = json.loads(config_path.read_text())
     data = config.get("pretrained_cfg") or config
     if "mean" not in data or "std" not in data:
         return None
     return {"mean": sum(data["mean"]) / len(data["mean"]), "std": sum(data["std"]) / len(data["std"])}
-

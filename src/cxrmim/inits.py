@@ -26,9 +26,7 @@ BASELINES = {k.name: k.label for k in registry.INIT_KINDS}
 INIT_KINDS = {k.name: k for k in registry.INIT_KINDS}
 METHOD_LABELS = registry.labels()
 NAME_PART = r"[A-Za-z0-9][A-Za-z0-9-]*"  # encoder keys and method names: no '_' (it separates the fields)
-PRETRAINED_INIT = re.compile(
-    rf"^(?P<method>{NAME_PART})_r(?P<ratio>[0-9.]+)_(?P<encoder>{NAME_PART})_s(?P<seed>\d+)$"
-)
+PRETRAINED_INIT = re.compile(rf"^(?P<method>{NAME_PART})_r(?P<ratio>[0-9.]+)_(?P<encoder>{NAME_PART})_s(?P<seed>\d+)$")
 CONTRASTIVE_INIT = re.compile(rf"^(?P<method>{NAME_PART})_(?P<encoder>{NAME_PART})_s(?P<seed>\d+)$")
 
 

@@ -213,8 +213,10 @@ def check_dataset_options(config: dict[str, Any]) -> None:
     foreign = foreign_options(dataset)
     if foreign:
         readers = {k.name for k in registry.DATASET_KINDS for key, _ in k.options if key in foreign}
-        raise ValueError(f"dataset.{', dataset.'.join(foreign)} set, but kind {dataset['kind']} does not read it "
-                         f"(only {', '.join(sorted(readers))}); remove it or fix dataset.kind")
+        raise ValueError(
+            f"dataset.{', dataset.'.join(foreign)} set, but kind {dataset['kind']} does not read it "
+            f"(only {', '.join(sorted(readers))}); remove it or fix dataset.kind"
+        )
 
 
 def check_reports(config: dict[str, Any]) -> None:

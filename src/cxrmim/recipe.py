@@ -44,8 +44,11 @@ class FinetuneSettings:
         """Micro-batches of `batch_size` per optimiser step."""
         effective = self.effective_batch_size or self.batch_size
         if effective % self.batch_size:
-            raise ValueError(f"finetune.effective_batch_size {effective} is not a multiple of batch_size {self.batch_size}")
+            raise ValueError(
+                f"finetune.effective_batch_size {effective} is not a multiple of batch_size {self.batch_size}"
+            )
         return effective // self.batch_size
+
     optimizer: str = "adamw"  # adamw | sgd
     momentum: float = 0.9  # SGD only
     schedule: str = "cosine"  # cosine (warmup then half-cosine) | step (warmup then lr x gamma at each milestone)
@@ -126,9 +129,12 @@ def check_recipes(finetune_cfg: dict[str, Any]) -> None:
             raise ValueError(f"finetune.recipes.{DEFAULT_RECIPE}: the name is reserved for the finetune section itself")
         for init in recipe["inits"]:
             if init not in entries:
-                raise ValueError(f"finetune.recipes.{name}.inits has {init!r}, which is not in finetune.inits "
-                                 f"({sorted(entries)}); list the finetune.inits entry")
+                raise ValueError(
+                    f"finetune.recipes.{name}.inits has {init!r}, which is not in finetune.inits "
+                    f"({sorted(entries)}); list the finetune.inits entry"
+                )
             if init in seen:
-                raise ValueError(f"{init} is in finetune.recipes.{seen[init]} and finetune.recipes.{name}; "
-                                 "give each init one recipe")
+                raise ValueError(
+                    f"{init} is in finetune.recipes.{seen[init]} and finetune.recipes.{name}; give each init one recipe"
+                )
             seen[init] = name

@@ -95,7 +95,9 @@ def install_packages(timeout: float = 400) -> None:
         subprocess.run(update, env=env, capture_output=True, check=False, text=True, timeout=timeout)
         result = subprocess.run(install, env=env, capture_output=True, check=False, text=True, timeout=timeout)
     if result.returncode != 0 or not installed():
-        raise HarnessError(f"apt-get install {' '.join(PACKAGES)} failed:\n{result.stdout[-2000:]}\n{result.stderr[-2000:]}")
+        raise HarnessError(
+            f"apt-get install {' '.join(PACKAGES)} failed:\n{result.stdout[-2000:]}\n{result.stderr[-2000:]}"
+        )
 
 
 def free_port() -> int:
@@ -151,8 +153,10 @@ def write_config(root: Path) -> Path:
     (root / "state").mkdir(parents=True, exist_ok=True)
     (root / "spool").mkdir(parents=True, exist_ok=True)
     prolog = root / "task_prolog.sh"
-    prolog.write_text("#!/bin/sh\n"
-                      f'echo "job=$SLURM_JOB_ID step=$SLURM_STEP_ID cuda=${{CUDA_VISIBLE_DEVICES-unset}}" >> {root / "task_env.log"}\n')
+    prolog.write_text(
+        "#!/bin/sh\n"
+        f'echo "job=$SLURM_JOB_ID step=$SLURM_STEP_ID cuda=${{CUDA_VISIBLE_DEVICES-unset}}" >> {root / "task_env.log"}\n'
+    )
     prolog.chmod(0o755)
     conf = root / "slurm.conf"
     conf.write_text("\n".join(lines) + "\n")
@@ -210,8 +214,15 @@ def spawn(cluster: SlurmCluster, name: str, cmd: list[str], **kwargs) -> None:
     """Start one daemon in the foreground as our child, logging to root/<name>.log, and remember its PID."""
     # A new session: pytest's Ctrl-C does not reach the daemons before teardown can stop them in order.
     with open(cluster.root / f"{name}.stdout", "wb") as out:  # the daemon keeps its own copy of the descriptor
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=cluster.env,
-                                start_new_session=True, **kwargs)
+        proc = subprocess.Popen(
+            cmd,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=cluster.env,
+            start_new_session=True,
+            **kwargs,
+        )
     cluster.processes[name] = proc
     cluster.pids[name] = proc.pid
 
@@ -229,8 +240,13 @@ def start_munged(cluster: SlurmCluster) -> None:
         Path(folder).mkdir(parents=True, exist_ok=True)
         shutil.chown(folder, "munge", "munge")
     # --force: a stale socket or lock left by a killed munged must not stop a new one.
-    spawn(cluster, "munged", [DAEMONS["munged"], "--foreground", "--force",
-                              f"--log-file={cluster.root / 'munged.log'}"], user="munge", group="munge")
+    spawn(
+        cluster,
+        "munged",
+        [DAEMONS["munged"], "--foreground", "--force", f"--log-file={cluster.root / 'munged.log'}"],
+        user="munge",
+        group="munge",
+    )
     (cluster.root / "munged.log").touch()
     shutil.chown(cluster.root / "munged.log", "munge", "munge")
     wait_for("munged", lambda: munge_works(cluster.env), 20, cluster)
@@ -263,8 +279,15 @@ def start_cluster(root: Path) -> SlurmCluster:
         install_default_conf(cluster)
         start_munged(cluster)
         spawn(cluster, "slurmctld", [DAEMONS["slurmctld"], "-D", "-i", "-f", str(conf)])
-        wait_for("slurmctld", lambda: cluster.run("scontrol", "ping", check=False, timeout=10).returncode == 0
-                 and "UP" in cluster.run("scontrol", "ping", check=False, timeout=10).stdout, 30, cluster)
+        wait_for(
+            "slurmctld",
+            lambda: (
+                cluster.run("scontrol", "ping", check=False, timeout=10).returncode == 0
+                and "UP" in cluster.run("scontrol", "ping", check=False, timeout=10).stdout
+            ),
+            30,
+            cluster,
+        )
         spawn(cluster, "slurmd", [DAEMONS["slurmd"], "-D", "-N", NODE, "-f", str(conf)])
         wait_for("the node to become idle", lambda: node_ready(cluster), 40, cluster, interval=1)
     except BaseException:
@@ -304,8 +327,11 @@ def cancel_jobs(cluster: SlurmCluster, deadline_s: float = 20) -> None:
         return
     cluster.run("scancel", "--partition", cluster.partition, check=False, timeout=10)
     with contextlib.suppress(HarnessError):
-        wait_for("jobs to end", lambda: not cluster.run("squeue", "-h", "-t", "PD,R,CG", check=False,
-                                                       timeout=10).stdout.strip(), deadline_s)
+        wait_for(
+            "jobs to end",
+            lambda: not cluster.run("squeue", "-h", "-t", "PD,R,CG", check=False, timeout=10).stdout.strip(),
+            deadline_s,
+        )
 
 
 def stop_cluster(cluster: SlurmCluster) -> None:
@@ -375,8 +401,17 @@ def main() -> int:
         return 0
     with slurm_cluster() as cluster:
         out = cluster.root / "smoke.out"
-        cluster.run("sbatch", "--wait", "--gpus=1", "--mem=100", "-o", str(out),
-                    "--wrap", "echo CUDA_VISIBLE_DEVICES=$CUDA_VISIBLE_DEVICES", timeout=60)
+        cluster.run(
+            "sbatch",
+            "--wait",
+            "--gpus=1",
+            "--mem=100",
+            "-o",
+            str(out),
+            "--wrap",
+            "echo CUDA_VISIBLE_DEVICES=$CUDA_VISIBLE_DEVICES",
+            timeout=60,
+        )
         print(out.read_text().strip())
         cluster.run("sbatch", "--wait", "--mem=100", "--wrap", "true", timeout=60)
         print(job_ids_in_history(cluster), task_environments(cluster))

@@ -49,8 +49,17 @@ VOLATILE_KEYS = {"seconds", "time", "elapsed", "started", "finished", "host", "h
 def snakemake_cmd(workdir: Path, configs: tuple[Path, ...], *args: str) -> list[str]:
     """This repository's workflow on `configs` in `workdir` (targets and options before --configfile)."""
     exe = Path(sys.executable).parent / "snakemake"
-    return [str(exe), *args, "--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir),
-            "--configfile", str(REPO / "workflow_config.yaml"), *map(str, configs)]
+    return [
+        str(exe),
+        *args,
+        "--snakefile",
+        str(REPO / "Snakefile"),
+        "--directory",
+        str(workdir),
+        "--configfile",
+        str(REPO / "workflow_config.yaml"),
+        *map(str, configs),
+    ]
 
 
 def with_venv(env: dict[str, str]) -> dict[str, str]:
@@ -77,11 +86,13 @@ def finish(proc: subprocess.Popen) -> None:
 
 def run(cmd: list[str], workdir: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
     """Run a command with a deadline; fail with the end of its output."""
-    result = subprocess.run(cmd, cwd=workdir, env=with_venv(env), capture_output=True, check=False, text=True,
-                            timeout=RUN_TIMEOUT_S)
+    result = subprocess.run(
+        cmd, cwd=workdir, env=with_venv(env), capture_output=True, check=False, text=True, timeout=RUN_TIMEOUT_S
+    )
     if result.returncode != 0:
-        raise AssertionError(f"{' '.join(cmd[:3])} ... failed ({result.returncode}):\n"
-                             f"{result.stdout[-3000:]}\n{result.stderr[-6000:]}")
+        raise AssertionError(
+            f"{' '.join(cmd[:3])} ... failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-6000:]}"
+        )
     return result
 
 
@@ -126,11 +137,13 @@ def runs(cluster: SlurmCluster, tmp_path_factory: pytest.TempPathFactory) -> dic
     profile = cluster_profile(base, cluster)
     # The local run goes alongside: SLURM jobs spend most of their time in the plugin's polling sleeps.
     local_env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM")}
-    local = start(snakemake_cmd(folders["local"], configs, "--profile", str(REPO / "profiles" / "local"),
-                                "--cores", "1"), folders["local"], local_env)
+    local = start(
+        snakemake_cmd(folders["local"], configs, "--profile", str(REPO / "profiles" / "local"), "--cores", "1"),
+        folders["local"],
+        local_env,
+    )
     try:
-        result = run(snakemake_cmd(folders["slurm"], configs, "--profile", str(profile)), folders["slurm"],
-                     cluster.env)
+        result = run(snakemake_cmd(folders["slurm"], configs, "--profile", str(profile)), folders["slurm"], cluster.env)
     finally:
         finish(local)
     (folders["slurm"] / "snakemake.out").write_text(result.stdout + result.stderr)
@@ -148,8 +161,10 @@ def submitted_job_ids(folder: Path) -> dict[str, str]:
         number = re.match(r"\s*jobid: (\d+)", line)
         if number and rule:
             rule_of_job[number.group(1)] = rule
-    ids = {m.group(2): rule_of_job.get(m.group(1), "?")
-           for m in re.finditer(r"Job (\d+) has been submitted with SLURM jobid (\d+)", text)}
+    ids = {
+        m.group(2): rule_of_job.get(m.group(1), "?")
+        for m in re.finditer(r"Job (\d+) has been submitted with SLURM jobid (\d+)", text)
+    }
     assert ids, f"no 'submitted with SLURM jobid' lines in Snakemake's output:\n{text[-3000:]}"
     return ids
 
@@ -220,6 +235,7 @@ def wait_until(what: str, ready, deadline_s: float, interval: float = 0.2) -> No
 
 def release_requeued(cluster: SlurmCluster, job_id: str) -> None:
     """A requeued job waits 120 s (BeginTime) before it may start again: once it is pending, let it start now."""
+
     def state() -> str:
         return cluster.run("squeue", "-h", "-j", job_id, "-o", "%T %r", check=False).stdout.strip()
 
@@ -236,9 +252,14 @@ def test_requeued_pretraining_resumes(runs, cluster):
     longer.write_text(yaml.safe_dump({**REDUCED, "pretrain": {**REDUCED["pretrain"], "epochs": epochs}}))
     run_dir = workdir / RESULTS / "pretrain" / "rgmim_r0.75_vit-tiny_s0"
     out = workdir / "requeue.out"
-    cmd = snakemake_cmd(workdir, (TINY_CONFIG, runs["reduced"]), str(run_dir.relative_to(workdir) / "encoder.safetensors"),
-                        "--profile", str(runs["profile"]))
-    cmd[cmd.index("--configfile") + 1:] = [str(REPO / "workflow_config.yaml"), str(TINY_CONFIG), str(longer)]
+    cmd = snakemake_cmd(
+        workdir,
+        (TINY_CONFIG, runs["reduced"]),
+        str(run_dir.relative_to(workdir) / "encoder.safetensors"),
+        "--profile",
+        str(runs["profile"]),
+    )
+    cmd[cmd.index("--configfile") + 1 :] = [str(REPO / "workflow_config.yaml"), str(TINY_CONFIG), str(longer)]
     with open(out, "w") as log:
         proc = subprocess.Popen(cmd, cwd=workdir, env=with_venv(cluster.env), stdout=log, stderr=subprocess.STDOUT)
     try:

@@ -66,8 +66,17 @@ def lines_by_init(data: pd.DataFrame, x: str, y: str, ylabel: str) -> plt.Figure
     """One line per init with ± sd bars over seeds; hue = method colour, dashes = architecture."""
     figure, ax = plt.subplots(figsize=(8.5, 4.5))
     sns.lineplot(
-        data=data, x=x, y=y, hue="label", style="architecture", palette=label_palette(data),
-        dashes=dashes_for(data), markers=True, errorbar="sd", err_style="bars", ax=ax,
+        data=data,
+        x=x,
+        y=y,
+        hue="label",
+        style="architecture",
+        palette=label_palette(data),
+        dashes=dashes_for(data),
+        markers=True,
+        errorbar="sd",
+        err_style="bars",
+        ax=ax,
     )
     ax.set_ylabel(ylabel)
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small", frameon=False)
@@ -130,8 +139,9 @@ def draw_matrix(ax: plt.Axes, matrix: np.ndarray, classes: list[str], show_rows:
     """Annotated matrix image (plain imshow: seaborn's heatmap redraws the canvas and is ~10x slower)."""
     ax.imshow(matrix, cmap="Blues", vmin=0, vmax=1)
     for (true, pred), value in np.ndenumerate(matrix):
-        ax.text(pred, true, f"{value:.2f}", ha="center", va="center", fontsize=8,
-                color="white" if value > 0.6 else "black")
+        ax.text(
+            pred, true, f"{value:.2f}", ha="center", va="center", fontsize=8, color="white" if value > 0.6 else "black"
+        )
     ticks = np.arange(len(classes))
     ax.set_xticks(ticks, classes, rotation=45, ha="right", rotation_mode="anchor")
     ax.set_yticks(ticks, classes if show_rows else [])
@@ -146,7 +156,11 @@ def decisions(predictions: pd.DataFrame) -> tuple[list[str], pd.Series, pd.Serie
         return outputs, predictions["label"], None
     if "target" in predictions:
         names = [f"not {outputs[0]}", outputs[0]]
-        return names, predictions["target"].map(lambda v: names[int(v)]), predictions["pred"].map(lambda v: names[int(v)])
+        return (
+            names,
+            predictions["target"].map(lambda v: names[int(v)]),
+            predictions["pred"].map(lambda v: names[int(v)]),
+        )
     return outputs, predictions["label"].astype(str), predictions["pred"].astype(str)
 
 
@@ -172,8 +186,11 @@ def confusion_matrices(runs: pd.DataFrame) -> plt.Figure:
             matrix = confusion_matrix(truth, pred, labels=classes)
             matrix = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)
             draw_matrix(ax, matrix, classes, show_rows=col == 0)
-            ax.set_title(f"{run['label']}\n{fraction_label(fraction)}, {seed_text(run)}", fontsize="small",
-                         color=method_colour(run["method"], run["init"]))
+            ax.set_title(
+                f"{run['label']}\n{fraction_label(fraction)}, {seed_text(run)}",
+                fontsize="small",
+                color=method_colour(run["method"], run["init"]),
+            )
             ax.set_xlabel("predicted")
             ax.set_ylabel("true" if col == 0 else "")
     return figure
@@ -190,7 +207,10 @@ FIGURES: dict[str, Callable[[pd.DataFrame, pd.DataFrame], plt.Figure]] = {
 
 
 def write_figures(
-    metrics_paths: list[str | Path], plots: dict[str, Any], out_dir: str | Path, mask_ratio: float | None = None,
+    metrics_paths: list[str | Path],
+    plots: dict[str, Any],
+    out_dir: str | Path,
+    mask_ratio: float | None = None,
     variant: tuple[str, str] = ("full", "current"),
 ) -> list[Path]:
     """Draw every figure in FIGURES to out_dir/<name>.png; `mask_ratio` picks the label-fraction study's inits,

@@ -14,9 +14,24 @@ from cxrmim.recipe import DEFAULT_BETAS, DEFAULT_RECIPE, LR_REFERENCE_BATCH, Fin
 # Config keys that do not change a result (where or how fast a job runs, which jobs exist): not in Table 1.
 # Every other key of these sections has a row; tests/test_tables.py checks the schema against this list.
 NOT_IN_TABLE_1 = {
-    "pretrain": {"device", "cpu_fallback", "compile", "num_workers", "resources", "data_placement", "grad_checkpointing"},
-    "finetune": {"imagenet_weights", "device", "cpu_fallback", "num_workers", "resources", "data_placement",
-                 "grad_checkpointing"},
+    "pretrain": {
+        "device",
+        "cpu_fallback",
+        "compile",
+        "num_workers",
+        "resources",
+        "data_placement",
+        "grad_checkpointing",
+    },
+    "finetune": {
+        "imagenet_weights",
+        "device",
+        "cpu_fallback",
+        "num_workers",
+        "resources",
+        "data_placement",
+        "grad_checkpointing",
+    },
 }
 NONE = "–"
 
@@ -33,8 +48,10 @@ def model_text(runs: pd.DataFrame) -> str:
     models the runs built."""
     texts = []
     for _, model in runs.dropna(subset=["model_timm_name"]).iterrows():
-        summary = {key: model.get(f"model_{key}") for key in ("timm_name", "width", "n_parameters", "stage_blocks",
-                                                               "stage_widths")}
+        summary = {
+            key: model.get(f"model_{key}")
+            for key in ("timm_name", "width", "n_parameters", "stage_blocks", "stage_widths")
+        }
         summary["depth"] = None if pd.isna(model["model_depth"]) else model["model_depth"]
         texts.append(model_description(summary))
     return "; ".join(dict.fromkeys(texts)) or NONE
@@ -100,9 +117,14 @@ def settings_text(values: dict[str, Any] | None) -> str | None:
 def subset_seeds_text(fractions: dict[str, Any]) -> str | None:
     """'0, 1' plus each configured budget with its own seeds: '0, 1; frac0.01: 0, 1, 2, 3'."""
     configured = configured_budgets(fractions)
-    by_budget = [f"{tag}: {listed(seeds)}" for tag, seeds in (fractions.get("seeds_by_budget") or {}).items()
-                 if tag in configured]
-    return "; ".join([listed(fractions.get("seeds")) or "", *by_budget]) if by_budget else listed(fractions.get("seeds"))
+    by_budget = [
+        f"{tag}: {listed(seeds)}"
+        for tag, seeds in (fractions.get("seeds_by_budget") or {}).items()
+        if tag in configured
+    ]
+    return (
+        "; ".join([listed(fractions.get("seeds")) or "", *by_budget]) if by_budget else listed(fractions.get("seeds"))
+    )
 
 
 def listed(values: Any) -> str | None:
@@ -126,7 +148,11 @@ def hyperparameter_table(config: dict[str, Any], runs: pd.DataFrame | None = Non
     rows = [
         ("Methods", listed(pre.get("methods")), listed(fine_raw.get("inits"))),
         ("Epochs", pre.get("epochs"), fine.epochs),
-        ("Batch size (effective)", pre.get("effective_batch_size", pre.get("batch_size")), fine.effective_batch_size or fine.batch_size),
+        (
+            "Batch size (effective)",
+            pre.get("effective_batch_size", pre.get("batch_size")),
+            fine.effective_batch_size or fine.batch_size,
+        ),
         ("Batch per step (accumulation)", pre.get("batch_size"), fine.batch_size),
         ("Base learning rate", pre.get("base_lr"), fine.base_lr),
         ("Peak learning rate", f"base × batch / {LR_REFERENCE_BATCH}", f"base × batch / {LR_REFERENCE_BATCH}"),
@@ -142,8 +168,11 @@ def hyperparameter_table(config: dict[str, Any], runs: pd.DataFrame | None = Non
         ("Minimum optimiser steps", NONE, fine.min_steps),
         ("Fine-tuning modes (full network, probe = head only)", NONE, listed(fine_raw.get("modes", ["full"]))),
         ("Augmentation presets", NONE, listed(fine_raw.get("augment_presets", ["current"]))),
-        ("Masking-ratio study fine-tuned at", NONE,
-         "every budget" if fine_raw.get("ratios_at_every_budget") else "100% labels"),
+        (
+            "Masking-ratio study fine-tuned at",
+            NONE,
+            "every budget" if fine_raw.get("ratios_at_every_budget") else "100% labels",
+        ),
         ("Augmentation: crop scale", listed(pre_augment.get("crop_scale")), listed(fine.crop_scale)),
         ("Augmentation: horizontal flip", pre_augment.get("hflip", False), fine.hflip),
         ("Per-patch normalised target (norm_pix_loss)", pre.get("norm_pix_loss"), NONE),
@@ -154,14 +183,20 @@ def hyperparameter_table(config: dict[str, Any], runs: pd.DataFrame | None = Non
         ("Masking ratios studied", listed(pre.get("mask_ratios")), NONE),
         ("Image size", config.get("prepare", {}).get("image_size"), "same"),
         ("Encoder", encoder_text(config, pre.get("encoder", "vit")), "per init (see encoders)"),
-        ("Decoder (dim, depth, heads)", ", ".join(str(decoder.get(k)) for k in ("embed_dim", "depth", "num_heads")),
-         NONE),
+        (
+            "Decoder (dim, depth, heads)",
+            ", ".join(str(decoder.get(k)) for k in ("embed_dim", "depth", "num_heads")),
+            NONE,
+        ),
         *((recipe_label(key), settings_text(pre.get(key)), NONE) for key in own_sections),
         *(recipe_rows(fine_raw["recipes"]) if "recipes" in fine_raw else []),
         ("Seeds", listed(pre.get("seeds")), subset_seeds_text(fractions)),
         ("Label fractions", NONE, listed(fractions.get("fractions"))),
-        ("Split: test, validation fraction (seed)",
-         f"{split.get('test_fraction')}, {split.get('val_fraction')} ({split.get('seed')})" if split else None, "same"),
+        (
+            "Split: test, validation fraction (seed)",
+            f"{split.get('test_fraction')}, {split.get('val_fraction')} ({split.get('seed')})" if split else None,
+            "same",
+        ),
         *built_model_rows(runs),
     ]
     return pd.DataFrame(

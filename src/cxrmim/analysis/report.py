@@ -46,7 +46,11 @@ summary { cursor: pointer; font-weight: bold; }
 
 
 TABLE_ORDER = ["verdict", "label_fractions", "significance", "study", "mask_ratio", "hyperparameters"]  # results first
-VERDICT, HEADLINE, HEATMAP = "verdict", "accuracy_by_budget", "significance_heatmap"  # placed with the verdict / comparisons
+VERDICT, HEADLINE, HEATMAP = (
+    "verdict",
+    "accuracy_by_budget",
+    "significance_heatmap",
+)  # placed with the verdict / comparisons
 # The verdict table's words get a style too; the words themselves carry the meaning (print, colour blindness).
 VERDICT_CLASSES = {"better": "better", "worse": "worse", "cannot tell at this size": "unclear"}
 
@@ -87,8 +91,11 @@ def markdown_html(text: str, before_tables: str = "", fold: str | None = None) -
                 parts.append(before_tables)
                 before_tables = ""
             rows = f" ({len(table) - 2} rows)"
-            parts.append(f"<details><summary>{html.escape(fold)}{rows}</summary>{table_html(table)}</details>"
-                         if fold else table_html(table))
+            parts.append(
+                f"<details><summary>{html.escape(fold)}{rows}</summary>{table_html(table)}</details>"
+                if fold
+                else table_html(table)
+            )
             table = []
         if line.startswith("#"):
             level = min(len(line) - len(line.lstrip("#")) + 1, 6)  # '#' -> h2 under the page's h1
@@ -101,8 +108,10 @@ def markdown_html(text: str, before_tables: str = "", fold: str | None = None) -
 def frame_html(frame: pd.DataFrame) -> str:
     """A DataFrame as an HTML table, every cell escaped."""
     head = "".join(f"<th>{html.escape(str(c))}</th>" for c in frame.columns)
-    cells = "".join("<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in row) + "</tr>"
-                    for row in frame.itertuples(index=False))
+    cells = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in row) + "</tr>"
+        for row in frame.itertuples(index=False)
+    )
     return f"<table><thead><tr>{head}</tr></thead><tbody>{cells}</tbody></table>"
 
 
@@ -123,8 +132,11 @@ def verdict_html(verdict_md: Path | None, headline: str) -> str:
 
 def summary_html(files: RunFiles, config: dict, repo: Path) -> str:
     """After the verdict: dataset, pretraining masking and provenance."""
-    parts = ['<section class="summary"><h2>The run: data and provenance</h2>', "<h3>Dataset</h3>",
-             paragraphs(dataset_sentences(files), "no dataset summary given")]
+    parts = [
+        '<section class="summary"><h2>The run: data and provenance</h2>',
+        "<h3>Dataset</h3>",
+        paragraphs(dataset_sentences(files), "no dataset summary given"),
+    ]
     if files.split:
         parts.append(frame_html(images_per_class_and_split(files.split)))
     masking = pretraining_sentences(files.pretrain_histories)
@@ -134,8 +146,10 @@ def summary_html(files: RunFiles, config: dict, repo: Path) -> str:
     parts += ["<h3>Provenance</h3>", frame_html(rows)]
     times = wall_times(files.benchmarks_dir)
     if not times.empty:
-        parts += ["<p>Wall time per stage (Snakemake benchmarks; jobs may have run in parallel):</p>",
-                  frame_html(times)]
+        parts += [
+            "<p>Wall time per stage (Snakemake benchmarks; jobs may have run in parallel):</p>",
+            frame_html(times),
+        ]
     return "\n".join(parts) + "</section>"
 
 
@@ -144,6 +158,7 @@ CONFIG_REFERENCE = re.compile(r"\{\{\s*snakemake\.config((?:\[[\"'][^\"']+[\"']\
 
 def fill_config(text: str, config: dict) -> str:
     """Replace the captions' Jinja references {{ snakemake.config["a"]["b"] }} with the config's value."""
+
     def value(match: re.Match) -> str:
         found: object = config
         for key in re.findall(r"[\"']([^\"']+)[\"']", match.group(1)):
@@ -177,8 +192,13 @@ def config_yaml(config_source: str | Path) -> str:
 
 
 def build_report(
-    tables: list[str | Path], figures: list[str | Path], config_source: str | Path, title: str,
-    captions_dir: str | Path | None = None, files: RunFiles | None = None, repo: str | Path | None = None,
+    tables: list[str | Path],
+    figures: list[str | Path],
+    config_source: str | Path,
+    title: str,
+    captions_dir: str | Path | None = None,
+    files: RunFiles | None = None,
+    repo: str | Path | None = None,
 ) -> str:
     """The whole page as a string; `files` feed the opening summary, `repo` is where the commit is read."""
     captions = Path(captions_dir) if captions_dir else None
@@ -188,20 +208,24 @@ def build_report(
     here = {HEADLINE} | ({HEATMAP} if any(p.stem == "significance" for p in tables) else set())
     placed = {p.stem: figure_html(p, captions, config) for p in figures if p.stem in here}
     verdict_md = next((p for p in tables if p.stem == VERDICT), None)
-    body = [f"<h1>{html.escape(title)}</h1>", verdict_html(verdict_md, placed.get(HEADLINE, "")),
-            summary_html(files or RunFiles(), config, Path(repo) if repo else REPO_ROOT),
-            "<h2>Tables</h2>"]
+    body = [
+        f"<h1>{html.escape(title)}</h1>",
+        verdict_html(verdict_md, placed.get(HEADLINE, "")),
+        summary_html(files or RunFiles(), config, Path(repo) if repo else REPO_ROOT),
+        "<h2>Tables</h2>",
+    ]
     for path in tables:
         if path.stem == VERDICT:
             continue
         folded = {"before_tables": placed.get(HEATMAP, ""), "fold": "Every pairwise comparison: show the table"}
-        body.append(f"<section>{markdown_html(path.read_text(), **(folded if path.stem == 'significance' else {}))}"
-                    "</section>")
+        body.append(
+            f"<section>{markdown_html(path.read_text(), **(folded if path.stem == 'significance' else {}))}</section>"
+        )
     body.append("<h2>Figures</h2>")
     body += [figure_html(p, captions, config) for p in figures if p.stem not in placed]
     body += ["<h2>Configuration</h2>", f"<pre>{html.escape(config_yaml(config_source))}</pre>"]
     return (
-        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         f"<title>{html.escape(title)}</title><style>{STYLE}</style></head>\n<body>\n"
         + "\n".join(body)
         + "\n</body></html>\n"

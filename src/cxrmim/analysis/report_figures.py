@@ -92,7 +92,9 @@ def token_text(tokenizer, ids: list[int], flags: list[bool], marker: str) -> str
 
 
 @torch.no_grad()
-def plot_mrm(model: MaskedRecordModel, examples: Examples, reports, tokenizer, title: str, path: Path, dpi: int) -> None:
+def plot_mrm(
+    model: MaskedRecordModel, examples: Examples, reports, tokenizer, title: str, path: Path, dpi: int
+) -> None:
     """Per image: original, masked low-res input, reconstruction; masked report and restored words."""
     x = normalise(torch.from_numpy(examples.images))
     generator = torch.Generator().manual_seed(FIGURE_SEED)
@@ -114,7 +116,9 @@ def plot_mrm(model: MaskedRecordModel, examples: Examples, reports, tokenizer, t
         inputs = torch.where(words, torch.full_like(reports.ids, model.mask_id), reports.ids)
         logits = model.text_head(model.text(inputs, reports.attention, context))
     n = len(x)
-    fig, axes = plt.subplots(n, 5, figsize=(14, 2.6 * n), squeeze=False, gridspec_kw={"width_ratios": [1, 1, 1, 1.6, 1.6]})
+    fig, axes = plt.subplots(
+        n, 5, figsize=(14, 2.6 * n), squeeze=False, gridspec_kw={"width_ratios": [1, 1, 1, 1.6, 1.6]}
+    )
     for row in range(n):
         real = reports.attention[row]
         ids, masked = reports.ids[row][real].tolist(), words[row][real].tolist()
@@ -130,7 +134,9 @@ def plot_mrm(model: MaskedRecordModel, examples: Examples, reports, tokenizer, t
             restored = [int(a) if m else i for i, m, a in zip(ids, masked, logits[row][real].argmax(-1).tolist())]
             texts.append(("restored (*predicted*)", token_text(tokenizer, restored, masked, "*")))
         for col, (name, text) in enumerate(texts, start=3):
-            axes[row, col].text(0, 1, text, fontsize=7, va="top", family="monospace", transform=axes[row, col].transAxes)
+            axes[row, col].text(
+                0, 1, text, fontsize=7, va="top", family="monospace", transform=axes[row, col].transAxes
+            )
             axes[row, col].set_title(name, fontsize=7)
         for ax in axes[row]:
             ax.axis("off")
@@ -164,7 +170,9 @@ def plot_medim(model: ReportGuidedMIM, examples: Examples, reports, tokenizer, t
         axes[row, 1].imshow(heat, cmap="magma", alpha=0.55)
         axes[row, 1].set_title("knowledge-word attention", fontsize=7)
         for col, (name, plan) in enumerate((("KWM mask", kwm), ("SDM mask", sdm)), start=2):
-            axes[row, col].imshow(grey_out(image, plan.mask[row].numpy(), model.mae.patch_size), cmap="gray", vmin=0, vmax=1)
+            axes[row, col].imshow(
+                grey_out(image, plan.mask[row].numpy(), model.mae.patch_size), cmap="gray", vmin=0, vmax=1
+            )
             axes[row, col].set_title(name, fontsize=7)
         real = reports.attention[row]
         ids = reports.ids[row][real].tolist()
@@ -212,11 +220,21 @@ def make_report_figures(prepared_dir: str | Path, split_csv: str | Path, validit
         method, model, signature = load_report_model(run / "autoencoder.safetensors", tokenizer)
         if method == "medim":
             path = out_dir / "medim_masks.png"
-            plot_medim(model, examples, reports, tokenizer, f"MedIM report-guided masks ({run.name})", path, dpi,
-                       min_sentence_words(signature["settings"]))
+            plot_medim(
+                model,
+                examples,
+                reports,
+                tokenizer,
+                f"MedIM report-guided masks ({run.name})",
+                path,
+                dpi,
+                min_sentence_words(signature["settings"]),
+            )
         else:
             path = out_dir / "mrm_reconstructions.png"
-            plot_mrm(model, examples, reports, tokenizer, f"MRM: image and report reconstruction ({run.name})", path, dpi)
+            plot_mrm(
+                model, examples, reports, tokenizer, f"MRM: image and report reconstruction ({run.name})", path, dpi
+            )
         written.append(path)
     log.info("wrote %s", ", ".join(map(str, written)))
     return written

@@ -94,12 +94,14 @@ def load_pretrain_histories(history_paths: Iterable[str | Path]) -> pd.DataFrame
         if history.empty:
             raise ValueError(f"{path}: pretraining history has no epochs; re-run its pretrain job")
         last = history.iloc[-1]
-        rows.append({
-            "run": path.parent.name,
-            "init": init_family(path.parent.name),
-            "epochs": int(last["epoch"]) if "epoch" in history else len(history),
-            **{m: float(last[m]) if m in history else float("nan") for m in PRETRAIN_MEASURES},
-        })
+        rows.append(
+            {
+                "run": path.parent.name,
+                "init": init_family(path.parent.name),
+                "epochs": int(last["epoch"]) if "epoch" in history else len(history),
+                **{m: float(last[m]) if m in history else float("nan") for m in PRETRAIN_MEASURES},
+            }
+        )
     return pd.DataFrame(rows, columns=["run", "init", "epochs", *PRETRAIN_MEASURES])
 
 

@@ -28,9 +28,11 @@ def comparisons(at_fraction: pd.DataFrame) -> list[tuple[str, str]]:
     pairs = []
     for position, (_, a) in enumerate(pretrained.iterrows()):
         same_arch = inits["architecture"] == a["architecture"]
-        later = pretrained.iloc[position + 1:]
-        partners = [*later[later["architecture"] == a["architecture"]]["init"],
-                    *inits[same_arch & (inits["method"] == SCRATCH)]["init"]]
+        later = pretrained.iloc[position + 1 :]
+        partners = [
+            *later[later["architecture"] == a["architecture"]]["init"],
+            *inits[same_arch & (inits["method"] == SCRATCH)]["init"],
+        ]
         if position == 0:
             partners += list(pretrained[pretrained["architecture"] != a["architecture"]]["init"])
         pairs += [(a["init"], b) for b in partners]
@@ -54,8 +56,22 @@ def init_correctness(runs: pd.DataFrame) -> tuple[np.ndarray, pd.Index]:
 
 # Columns of significance.csv, written even when nothing is compared (count budgets only, multilabel), so that
 # readers get a table with no rows rather than a file without a header.
-SIGNIFICANCE_COLUMNS = ["fraction", "comparison", "init_a", "init_b", "accuracy_a", "accuracy_b", "difference",
-                        "ci_low", "ci_high", "p_value", "n_images", "n_runs_a", "n_runs_b", "n_bootstrap"]
+SIGNIFICANCE_COLUMNS = [
+    "fraction",
+    "comparison",
+    "init_a",
+    "init_b",
+    "accuracy_a",
+    "accuracy_b",
+    "difference",
+    "ci_low",
+    "ci_high",
+    "p_value",
+    "n_images",
+    "n_runs_a",
+    "n_runs_b",
+    "n_bootstrap",
+]
 
 
 def significance_table(runs: pd.DataFrame, n_samples: int, seed: int) -> pd.DataFrame:
@@ -69,15 +85,18 @@ def significance_table(runs: pd.DataFrame, n_samples: int, seed: int) -> pd.Data
             correct_a, images_a = init_correctness(runs_a)
             correct_b, images_b = init_correctness(runs_b)
             if not images_a.equals(images_b):
-                raise ValueError(f"{init_a} and {init_b} at {fraction_label(fraction)} were tested on other images; "
-                                 "use one split")
-            rows.append({
-                "fraction": fraction,
-                "comparison": f"{method_text(runs_a)} vs {method_text(runs_b)}",
-                "init_a": init_a,
-                "init_b": init_b,
-                **hierarchical_bootstrap(correct_a, correct_b, n_samples=n_samples, seed=seed),
-            })
+                raise ValueError(
+                    f"{init_a} and {init_b} at {fraction_label(fraction)} were tested on other images; use one split"
+                )
+            rows.append(
+                {
+                    "fraction": fraction,
+                    "comparison": f"{method_text(runs_a)} vs {method_text(runs_b)}",
+                    "init_a": init_a,
+                    "init_b": init_b,
+                    **hierarchical_bootstrap(correct_a, correct_b, n_samples=n_samples, seed=seed),
+                }
+            )
     return pd.DataFrame(rows) if rows else pd.DataFrame(columns=SIGNIFICANCE_COLUMNS)
 
 
@@ -97,17 +116,19 @@ def significance_markdown(table: pd.DataFrame) -> pd.DataFrame:
     """Readable view of the significance table."""
     if table.empty:
         return pd.DataFrame({"Note": ["no pair of runs to compare"]})
-    return pd.DataFrame({
-        "Label fraction": table["fraction"].map(fraction_label),
-        "Comparison": table["comparison"],
-        "Accuracy A": table["accuracy_a"].map("{:.3f}".format),
-        "Accuracy B": table["accuracy_b"].map("{:.3f}".format),
-        "Difference (95% CI)": [interval_text(row) for _, row in table.iterrows()],
-        "p": [p_text(p, n) for p, n in zip(table["p_value"], table["n_bootstrap"])],
-        "Runs A": table["n_runs_a"],
-        "Runs B": table["n_runs_b"],
-        "Test images": table["n_images"],
-    })
+    return pd.DataFrame(
+        {
+            "Label fraction": table["fraction"].map(fraction_label),
+            "Comparison": table["comparison"],
+            "Accuracy A": table["accuracy_a"].map("{:.3f}".format),
+            "Accuracy B": table["accuracy_b"].map("{:.3f}".format),
+            "Difference (95% CI)": [interval_text(row) for _, row in table.iterrows()],
+            "p": [p_text(p, n) for p, n in zip(table["p_value"], table["n_bootstrap"])],
+            "Runs A": table["n_runs_a"],
+            "Runs B": table["n_runs_b"],
+            "Test images": table["n_images"],
+        }
+    )
 
 
 def interval_text(row: pd.Series) -> str:

@@ -17,8 +17,13 @@ from cxrmim.io import write_text_atomic
 
 # Test metrics of each task in the study's column order (accuracy, precision, F1, recall, AUC).
 TASK_METRICS = {
-    "multiclass": {"accuracy": "Accuracy", "precision_macro": "Precision (macro)", "f1_macro": "F1 (macro)",
-                   "recall_macro": "Recall (macro)", "auc_macro": "AUC (macro)"},
+    "multiclass": {
+        "accuracy": "Accuracy",
+        "precision_macro": "Precision (macro)",
+        "f1_macro": "F1 (macro)",
+        "recall_macro": "Recall (macro)",
+        "auc_macro": "AUC (macro)",
+    },
     "binary": {"accuracy": "Accuracy", "precision": "Precision", "f1": "F1", "recall": "Recall", "auc": "AUC"},
     "multilabel": {"auc_mean": "Mean AUC"},
 }
@@ -28,8 +33,10 @@ VARIANT = ["init", "mode", "augment"]
 
 def budget_order(runs: pd.DataFrame) -> list[str]:
     """Budget tags, fractions before counts, each ascending."""
+
     def key(tag: str) -> tuple[int, float]:
         return (0, float(tag[4:])) if tag.startswith("frac") else (1, float(tag[1:]))
+
     return sorted(runs["budget"].unique(), key=key)
 
 
@@ -42,11 +49,13 @@ def task_metrics(runs: pd.DataFrame) -> dict[str, str]:
     """Columns of the study table for the runs' task (multilabel adds one AUC column per finding)."""
     tasks = runs["task"].unique()
     if len(tasks) != 1:
-        raise ValueError(f"fine-tuning runs of different tasks {sorted(tasks)} cannot share one table; "
-                         "use one results folder per dataset task")
+        raise ValueError(
+            f"fine-tuning runs of different tasks {sorted(tasks)} cannot share one table; "
+            "use one results folder per dataset task"
+        )
     metrics = dict(TASK_METRICS[tasks[0]])
     if tasks[0] == "multilabel":
-        findings = [c[len("test_auc_"):] for c in runs.columns if c.startswith("test_auc_") and c != "test_auc_mean"]
+        findings = [c[len("test_auc_") :] for c in runs.columns if c.startswith("test_auc_") and c != "test_auc_mean"]
         metrics |= {f"auc_{f}": f"AUC {f}" for f in findings}
     return metrics
 
@@ -60,9 +69,13 @@ def study_table(runs: pd.DataFrame) -> pd.DataFrame:
         at_budget = runs[runs["budget"] == budget]
         for (init, mode, augment), group in at_budget.groupby(VARIANT, sort=False):
             applied = group["augment_applied"].iloc[0] if "augment_applied" in group else augment
-            cells = {"Budget": budget_label(budget), "Model": labels[group.index[0]], "Init": init,
-                     "Fine-tuning": MODE_LABELS.get(mode, mode),
-                     "Augmentation": augment if applied == augment else f"{augment} ({applied})"}
+            cells = {
+                "Budget": budget_label(budget),
+                "Model": labels[group.index[0]],
+                "Init": init,
+                "Fine-tuning": MODE_LABELS.get(mode, mode),
+                "Augmentation": augment if applied == augment else f"{augment} ({applied})",
+            }
             cells |= {title: mean_std(group[f"test_{m}"]) for m, title in metrics.items() if f"test_{m}" in group}
             cells["Labelled images"] = int(group["n_labels"].iloc[0])
             cells["n"] = len(group)
@@ -85,8 +98,9 @@ def study_significance(runs: pd.DataFrame, reference: str | None, n_samples: int
             if not images_a.equals(images_b):
                 raise ValueError(f"{init} and {reference} were tested on other images; use one split")
             result = hierarchical_bootstrap(correct_a, correct_b, n_samples=n_samples, seed=seed)
-            rows.append({"budget": budget, "mode": mode, "augment": augment, "init_a": init,
-                         "init_b": reference, **result})
+            rows.append(
+                {"budget": budget, "mode": mode, "augment": augment, "init_a": init, "init_b": reference, **result}
+            )
     return pd.DataFrame(rows)
 
 
@@ -96,16 +110,27 @@ def study_markdown(table: pd.DataFrame, significance: pd.DataFrame) -> str:
     for budget, group in table.groupby("Budget", sort=False):
         parts.append(f"## {budget}\n\n" + markdown_table(group.drop(columns=["Budget"])))
     if not significance.empty:
-        view = pd.DataFrame({
-            "Budget": significance["budget"].map(budget_label), "Mode": significance["mode"],
-            "Augmentation": significance["augment"], "A": significance["init_a"], "B": significance["init_b"],
-            "Accuracy A − B (95% CI)": [f"{d:+.3f} [{lo:+.3f}, {hi:+.3f}]" for d, lo, hi in
-                                        zip(significance["difference"], significance["ci_low"], significance["ci_high"])],
-            "p": [f"< {1 / n:.3f}" if p == 0 else f"{p:.3f}"
-                  for p, n in zip(significance["p_value"], significance["n_bootstrap"])],
-            "Runs A, B": [f"{a}, {b}" for a, b in zip(significance["n_runs_a"], significance["n_runs_b"])],
-        })
-        parts.append("## Hierarchical bootstrap (runs and test images) against the reference init\n\n" + markdown_table(view))
+        view = pd.DataFrame(
+            {
+                "Budget": significance["budget"].map(budget_label),
+                "Mode": significance["mode"],
+                "Augmentation": significance["augment"],
+                "A": significance["init_a"],
+                "B": significance["init_b"],
+                "Accuracy A − B (95% CI)": [
+                    f"{d:+.3f} [{lo:+.3f}, {hi:+.3f}]"
+                    for d, lo, hi in zip(significance["difference"], significance["ci_low"], significance["ci_high"])
+                ],
+                "p": [
+                    f"< {1 / n:.3f}" if p == 0 else f"{p:.3f}"
+                    for p, n in zip(significance["p_value"], significance["n_bootstrap"])
+                ],
+                "Runs A, B": [f"{a}, {b}" for a, b in zip(significance["n_runs_a"], significance["n_runs_b"])],
+            }
+        )
+        parts.append(
+            "## Hierarchical bootstrap (runs and test images) against the reference init\n\n" + markdown_table(view)
+        )
     return "\n".join(parts)
 
 

@@ -95,8 +95,11 @@ def pretraining_sentences(history_paths: Iterable[Path]) -> list[str]:
     if measured.empty:
         return []
     shares = measured.groupby("init", sort=False)[["fallback_fraction", "visible_lung_fraction"]].mean()
-    parts = [f"{init}: {percent(row['fallback_fraction'])} fallback images, {percent(row['visible_lung_fraction'])} "
-             "of lung patches visible" for init, row in shares.iterrows()]
+    parts = [
+        f"{init}: {percent(row['fallback_fraction'])} fallback images, {percent(row['visible_lung_fraction'])} "
+        "of lung patches visible"
+        for init, row in shares.iterrows()
+    ]
     return ["Last pretraining epoch (mean over pretraining seeds) — " + "; ".join(parts) + ".", MASKING_MEANING]
 
 
@@ -110,10 +113,16 @@ def git_commit(repo: Path) -> str:
     """HEAD of the repository holding the code, '(uncommitted changes)' appended when tracked files differ;
     'unknown' outside a git checkout or without git."""
     try:
-        head = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True,
-                              check=True, timeout=30).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, check=True, timeout=30).stdout.strip()
+        head = subprocess.run(
+            ["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True, check=True, timeout=30
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=30,
+        ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return "unknown"
     return f"{head} (uncommitted changes)" if dirty else head
@@ -140,9 +149,15 @@ def wall_times(benchmarks_dir: Path | None) -> pd.DataFrame:
         return pd.DataFrame(columns=columns)
     stages = pd.DataFrame(rows).groupby("stage", sort=False)["s"].agg(["count", "sum", "max"])
     stages = stages.sort_values("sum", ascending=False)
-    return pd.DataFrame({"Stage": stages.index, "Jobs": stages["count"].to_numpy(),
-                         "Wall time (sum of jobs)": stages["sum"].map(duration).to_numpy(),
-                         "Longest job": stages["max"].map(duration).to_numpy()}, columns=columns)
+    return pd.DataFrame(
+        {
+            "Stage": stages.index,
+            "Jobs": stages["count"].to_numpy(),
+            "Wall time (sum of jobs)": stages["sum"].map(duration).to_numpy(),
+            "Longest job": stages["max"].map(duration).to_numpy(),
+        },
+        columns=columns,
+    )
 
 
 def duration(seconds: float) -> str:
@@ -154,5 +169,8 @@ def duration(seconds: float) -> str:
 
 def provenance(files: RunFiles, config: dict[str, Any], repo: Path) -> list[tuple[str, str]]:
     """(what, value) rows: commit, config digest, devices."""
-    return [("Commit", git_commit(repo)), ("Config digest (sha256 of canonical JSON)", config_digest(config)),
-            ("Device", devices(files.metrics))]
+    return [
+        ("Commit", git_commit(repo)),
+        ("Config digest (sha256 of canonical JSON)", config_digest(config)),
+        ("Device", devices(files.metrics)),
+    ]

@@ -94,34 +94,50 @@ def percent(value: float) -> str:
 def mask_ratio_table(runs: pd.DataFrame, histories: pd.DataFrame | None = None) -> pd.DataFrame:
     """Table 3 layout: method, masking ratio, accuracy (mean ± std over runs) and, from the pretraining
     histories, the last epoch's share of fallback images and of visible lung patches (mean over seeds)."""
-    columns = ["Method", "Architecture", "Masking ratio", "Label fraction", "Accuracy", "n",
-               "Fallback images", "Visible lung patches"]
+    columns = [
+        "Method",
+        "Architecture",
+        "Masking ratio",
+        "Label fraction",
+        "Accuracy",
+        "n",
+        "Fallback images",
+        "Visible lung patches",
+    ]
     data = mask_ratio_runs(runs)
     if data.empty:
         return pd.DataFrame(columns=columns)
-    measures = (histories.groupby("init")[PRETRAIN_MEASURES].mean() if histories is not None and not histories.empty
-                else pd.DataFrame(columns=PRETRAIN_MEASURES))
+    measures = (
+        histories.groupby("init")[PRETRAIN_MEASURES].mean()
+        if histories is not None and not histories.empty
+        else pd.DataFrame(columns=PRETRAIN_MEASURES)
+    )
     data = data.assign(_m=method_rank(data))
     data = data.sort_values(["_m", "method", "architecture", "mask_ratio"])
     rows = []
     for init, group in data.groupby("init", sort=False):
         pretraining = measures.loc[init] if init in measures.index else pd.Series(np.nan, index=PRETRAIN_MEASURES)
-        rows.append({
-            "Method": group["method"].iloc[0],
-            "Architecture": group["architecture"].iloc[0],
-            "Masking ratio": f"{group['mask_ratio'].iloc[0]:.2f}",
-            "Label fraction": fraction_label(group["fraction"].iloc[0]),
-            "Accuracy": mean_std(group.get("test_accuracy", pd.Series(dtype=float))),  # none: multilabel
-            "n": len(group),
-            "Fallback images": percent(pretraining["fallback_fraction"]),
-            "Visible lung patches": percent(pretraining["visible_lung_fraction"]),
-        })
+        rows.append(
+            {
+                "Method": group["method"].iloc[0],
+                "Architecture": group["architecture"].iloc[0],
+                "Masking ratio": f"{group['mask_ratio'].iloc[0]:.2f}",
+                "Label fraction": fraction_label(group["fraction"].iloc[0]),
+                "Accuracy": mean_std(group.get("test_accuracy", pd.Series(dtype=float))),  # none: multilabel
+                "n": len(group),
+                "Fallback images": percent(pretraining["fallback_fraction"]),
+                "Visible lung patches": percent(pretraining["visible_lung_fraction"]),
+            }
+        )
     return pd.DataFrame(rows, columns=columns)
 
 
 def write_tables(
-    metrics_paths: list[str | Path], config: dict[str, Any], out_dir: str | Path,
-    settings: dict[str, Any] | None = None, pretrain_histories: Iterable[str | Path] = (),
+    metrics_paths: list[str | Path],
+    config: dict[str, Any],
+    out_dir: str | Path,
+    settings: dict[str, Any] | None = None,
+    pretrain_histories: Iterable[str | Path] = (),
 ) -> dict[str, Path]:
     """Write every table as CSV and Markdown under out_dir; returns the Markdown paths by table name.
 
@@ -147,8 +163,11 @@ def write_tables(
     significance = significance_table(main, n_bootstrap, int(tables_cfg.get("seed", 0)))
     hyperparameters = hyperparameter_table(config, runs)
     verdict = verdict_table(main, significance)
-    intervals = (pd.DataFrame(columns=INTERVAL_COLUMNS) if main.empty or (main["task"] == "multilabel").any()
-                 else accuracy_intervals(main, n_bootstrap, int(tables_cfg.get("seed", 0))))
+    intervals = (
+        pd.DataFrame(columns=INTERVAL_COLUMNS)
+        if main.empty or (main["task"] == "multilabel").any()
+        else accuracy_intervals(main, n_bootstrap, int(tables_cfg.get("seed", 0)))
+    )
     outputs = {
         "verdict": (verdict, verdict_markdown(verdict, intervals)),
         "accuracy_intervals": (intervals, ""),  # the headline figure's data; its Markdown is the verdict's
@@ -156,7 +175,8 @@ def write_tables(
         "mask_ratio": (
             ratio_table,
             "# Masking ratio (Table 3)\n\n" + STD_NOTE + "\n\n" + PRETRAIN_NOTE + "\n\n" + markdown_table(ratio_table)
-            if not ratio_table.empty else "# Masking ratio (Table 3)\n\nNo pretrained runs.\n",
+            if not ratio_table.empty
+            else "# Masking ratio (Table 3)\n\nNo pretrained runs.\n",
         ),
         "hyperparameters": (
             hyperparameters,
@@ -165,7 +185,8 @@ def write_tables(
             + markdown_table(hyperparameters),
         ),
         "significance": (
-            significance, significance_heading(n_bootstrap) + markdown_table(significance_markdown(significance))
+            significance,
+            significance_heading(n_bootstrap) + markdown_table(significance_markdown(significance)),
         ),
     }
     written = {}

@@ -16,11 +16,41 @@ from cxrmim.evaluation import hierarchical_bootstrap
 
 BETTER, WORSE, UNCLEAR = "better", "worse", "cannot tell at this size"
 MAE = "MAE"  # the reference of RGMIM's, MRM's and MedIM's papers
-VERDICT_COLUMNS = ["fraction", "init", "label", "reference", "reference_label", "against", "accuracy",
-                   "reference_accuracy", "difference", "ci_low", "ci_high", "p_value", "n_images", "n_runs",
-                   "n_runs_reference", "n_bootstrap", "verdict"]
-INTERVAL_COLUMNS = ["fraction", "init", "label", "method", "architecture", "pretrained", "n_labels", "accuracy",
-                    "ci_low", "ci_high", "n_runs", "n_images", "majority_share", "n_bootstrap"]
+VERDICT_COLUMNS = [
+    "fraction",
+    "init",
+    "label",
+    "reference",
+    "reference_label",
+    "against",
+    "accuracy",
+    "reference_accuracy",
+    "difference",
+    "ci_low",
+    "ci_high",
+    "p_value",
+    "n_images",
+    "n_runs",
+    "n_runs_reference",
+    "n_bootstrap",
+    "verdict",
+]
+INTERVAL_COLUMNS = [
+    "fraction",
+    "init",
+    "label",
+    "method",
+    "architecture",
+    "pretrained",
+    "n_labels",
+    "accuracy",
+    "ci_low",
+    "ci_high",
+    "n_runs",
+    "n_images",
+    "majority_share",
+    "n_bootstrap",
+]
 
 
 def verdict_word(ci_low: float, ci_high: float) -> str:
@@ -47,17 +77,31 @@ def oriented(rows: pd.DataFrame, init: str, reference: str) -> dict | None:
     forward = rows[(rows["init_a"] == init) & (rows["init_b"] == reference)]
     if not forward.empty:
         row = forward.iloc[0]
-        return {"accuracy": row["accuracy_a"], "reference_accuracy": row["accuracy_b"],
-                "difference": row["difference"], "ci_low": row["ci_low"], "ci_high": row["ci_high"],
-                "n_runs": row["n_runs_a"], "n_runs_reference": row["n_runs_b"], **shared(row)}
+        return {
+            "accuracy": row["accuracy_a"],
+            "reference_accuracy": row["accuracy_b"],
+            "difference": row["difference"],
+            "ci_low": row["ci_low"],
+            "ci_high": row["ci_high"],
+            "n_runs": row["n_runs_a"],
+            "n_runs_reference": row["n_runs_b"],
+            **shared(row),
+        }
     backward = rows[(rows["init_a"] == reference) & (rows["init_b"] == init)]
     if backward.empty:
         return None
     row = backward.iloc[0]
     # 0.0 - x rather than -x: a zero difference stays +0.000, not -0.000.
-    return {"accuracy": row["accuracy_b"], "reference_accuracy": row["accuracy_a"], "difference": 0.0 - row["difference"],
-            "ci_low": 0.0 - row["ci_high"], "ci_high": 0.0 - row["ci_low"], "n_runs": row["n_runs_b"],
-            "n_runs_reference": row["n_runs_a"], **shared(row)}
+    return {
+        "accuracy": row["accuracy_b"],
+        "reference_accuracy": row["accuracy_a"],
+        "difference": 0.0 - row["difference"],
+        "ci_low": 0.0 - row["ci_high"],
+        "ci_high": 0.0 - row["ci_low"],
+        "n_runs": row["n_runs_b"],
+        "n_runs_reference": row["n_runs_a"],
+        **shared(row),
+    }
 
 
 def shared(row: pd.Series) -> dict:
@@ -78,9 +122,18 @@ def verdict_table(runs: pd.DataFrame, significance: pd.DataFrame) -> pd.DataFram
         for init, reference, against in verdict_pairs(at_fraction):
             found = oriented(compared, init, reference)
             if found is not None:
-                rows.append({"fraction": fraction, "init": init, "label": labels[init], "reference": reference,
-                             "reference_label": labels[reference], "against": against, **found,
-                             "verdict": verdict_word(found["ci_low"], found["ci_high"])})
+                rows.append(
+                    {
+                        "fraction": fraction,
+                        "init": init,
+                        "label": labels[init],
+                        "reference": reference,
+                        "reference_label": labels[reference],
+                        "against": against,
+                        **found,
+                        "verdict": verdict_word(found["ci_low"], found["ci_high"]),
+                    }
+                )
     return pd.DataFrame(rows, columns=VERDICT_COLUMNS)
 
 
@@ -99,10 +152,22 @@ def accuracy_intervals(runs: pd.DataFrame, n_samples: int, seed: int) -> pd.Data
     for (fraction, init), group in runs.groupby(["fraction", "init"], sort=False):
         correct, _ = init_correctness(group)
         boot = hierarchical_bootstrap(correct, np.zeros((1, correct.shape[1])), n_samples=n_samples, seed=seed)
-        rows.append({"fraction": fraction, "init": init, "label": labels[group.index[0]],
-                     "method": group["method"].iloc[0], "architecture": group["architecture"].iloc[0],
-                     "pretrained": bool(group["pretrain_seed"].notna().any()), "n_labels": group["n_labels"].mean(),
-                     "accuracy": boot["accuracy_a"], "ci_low": boot["ci_low"], "ci_high": boot["ci_high"],
-                     "n_runs": len(group), "n_images": boot["n_images"],
-                     "majority_share": majority_share(group["run_dir"].iloc[0]), "n_bootstrap": n_samples})
+        rows.append(
+            {
+                "fraction": fraction,
+                "init": init,
+                "label": labels[group.index[0]],
+                "method": group["method"].iloc[0],
+                "architecture": group["architecture"].iloc[0],
+                "pretrained": bool(group["pretrain_seed"].notna().any()),
+                "n_labels": group["n_labels"].mean(),
+                "accuracy": boot["accuracy_a"],
+                "ci_low": boot["ci_low"],
+                "ci_high": boot["ci_high"],
+                "n_runs": len(group),
+                "n_images": boot["n_images"],
+                "majority_share": majority_share(group["run_dir"].iloc[0]),
+                "n_bootstrap": n_samples,
+            }
+        )
     return pd.DataFrame(rows, columns=INTERVAL_COLUMNS)

@@ -36,8 +36,9 @@ def headline_figure(intervals: pd.DataFrame) -> plt.Figure:
         return empty_figure("no accuracy to show (multilabel task, or no label-fraction runs)")
     architectures = list(dict.fromkeys(intervals["architecture"]))
     n_lines = intervals.groupby("architecture")["init"].nunique().max() + 1
-    figure, axes = plt.subplots(1, len(architectures), figsize=(5.2 * len(architectures) + 0.6, 4.2 + 0.2 * n_lines),
-                                sharey=True, squeeze=False)
+    figure, axes = plt.subplots(
+        1, len(architectures), figsize=(5.2 * len(architectures) + 0.6, 4.2 + 0.2 * n_lines), sharey=True, squeeze=False
+    )
     fractions = sorted(intervals["fraction"].unique())
     ticks = [tick_text(intervals[np.isclose(intervals["fraction"], f)]) for f in fractions]
     markers = {init: MARKERS[i % len(MARKERS)] for i, init in enumerate(dict.fromkeys(intervals["init"]))}
@@ -50,14 +51,23 @@ def headline_figure(intervals: pd.DataFrame) -> plt.Figure:
             x = data["fraction"] * 10 ** (DODGE * (position - (n_inits - 1) / 2))
             colour = method_colour(data["method"].iloc[0], init)
             pretrained = bool(data["pretrained"].iloc[0])
-            ax.fill_between(x, data["ci_low"], data["ci_high"], color=colour,
-                            alpha=0.15 if pretrained else 0.08, linewidth=0)
-            ax.plot(x, data["accuracy"], color=colour, marker=markers[init], markersize=6,
-                    linestyle="-" if pretrained else "--", linewidth=2 if pretrained else 1.6,
-                    label=data["label"].iloc[0])
+            ax.fill_between(
+                x, data["ci_low"], data["ci_high"], color=colour, alpha=0.15 if pretrained else 0.08, linewidth=0
+            )
+            ax.plot(
+                x,
+                data["accuracy"],
+                color=colour,
+                marker=markers[init],
+                markersize=6,
+                linestyle="-" if pretrained else "--",
+                linewidth=2 if pretrained else 1.6,
+                label=data["label"].iloc[0],
+            )
         majority = intervals.groupby("fraction")["majority_share"].first()
-        ax.plot(majority.index, majority.to_numpy(), color="black", linestyle=":", linewidth=1,
-                label="most common class")
+        ax.plot(
+            majority.index, majority.to_numpy(), color="black", linestyle=":", linewidth=1, label="most common class"
+        )
         ax.set_xscale("log")
         ax.set_xticks(fractions, ticks)
         ax.minorticks_off()
@@ -100,8 +110,13 @@ def significance_heatmap(significance: pd.DataFrame) -> plt.Figure:
     inits, labels = list(names), list(names.values())
     fractions = sorted(significance["fraction"].unique())
     size = 0.55 * len(labels) + 2.5
-    figure, all_axes = plt.subplots(1, len(fractions) + 1, figsize=(size * len(fractions) + 1.2, size + 1.2), squeeze=False,
-                                    gridspec_kw={"width_ratios": [1] * len(fractions) + [0.04]})
+    figure, all_axes = plt.subplots(
+        1,
+        len(fractions) + 1,
+        figsize=(size * len(fractions) + 1.2, size + 1.2),
+        squeeze=False,
+        gridspec_kw={"width_ratios": [1] * len(fractions) + [0.04]},
+    )
     axes, colour_bar = all_axes[:, :-1], all_axes[0, -1]  # a colour-bar axis of its own keeps tight_layout exact
     limit = max(float(significance["difference"].abs().max()), 1e-6)
     image = None
@@ -111,9 +126,16 @@ def significance_heatmap(significance: pd.DataFrame) -> plt.Figure:
         for (i, j), value in np.ndenumerate(values):
             if np.isnan(value):
                 continue
-            ax.text(j, i, f"{value:+.2f}{'*' if decided[i, j] else ''}", ha="center", va="center", fontsize=7,
-                    fontweight="bold" if decided[i, j] else "normal",
-                    color="white" if abs(value) > 0.6 * limit else "black")
+            ax.text(
+                j,
+                i,
+                f"{value:+.2f}{'*' if decided[i, j] else ''}",
+                ha="center",
+                va="center",
+                fontsize=7,
+                fontweight="bold" if decided[i, j] else "normal",
+                color="white" if abs(value) > 0.6 * limit else "black",
+            )
             if decided[i, j]:
                 ax.add_patch(plt.Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, edgecolor="black", linewidth=1.5))
         ticks = np.arange(len(labels))
@@ -129,15 +151,27 @@ VERDICT_FIGURES = ["accuracy_by_budget", "significance_heatmap"]
 
 
 def write_verdict_figures(
-    intervals_csv: str | Path | None, significance_csv: str | Path | None, plots: dict[str, Any], out_dir: str | Path,
+    intervals_csv: str | Path | None,
+    significance_csv: str | Path | None,
+    plots: dict[str, Any],
+    out_dir: str | Path,
 ) -> list[Path]:
     """Draw VERDICT_FIGURES from tables/accuracy_intervals.csv and tables/significance.csv (a figure saying so where
     a table is not given)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     sns.set_theme(style=plots.get("style", "whitegrid"))
-    headline = (headline_figure(pd.read_csv(intervals_csv)) if intervals_csv
-                else empty_figure("no accuracy intervals given (tables/accuracy_intervals.csv)"))
-    heatmap = (significance_heatmap(pd.read_csv(significance_csv)) if significance_csv
-               else empty_figure("no significance table given (tables/significance.csv)"))
-    return [save_figure(figure, out_dir / f"{name}.png", plots) for name, figure in zip(VERDICT_FIGURES, [headline, heatmap])]
+    headline = (
+        headline_figure(pd.read_csv(intervals_csv))
+        if intervals_csv
+        else empty_figure("no accuracy intervals given (tables/accuracy_intervals.csv)")
+    )
+    heatmap = (
+        significance_heatmap(pd.read_csv(significance_csv))
+        if significance_csv
+        else empty_figure("no significance table given (tables/significance.csv)")
+    )
+    return [
+        save_figure(figure, out_dir / f"{name}.png", plots)
+        for name, figure in zip(VERDICT_FIGURES, [headline, heatmap])
+    ]

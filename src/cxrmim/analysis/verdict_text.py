@@ -40,8 +40,10 @@ def budget_sentence(fraction: float, rows: pd.DataFrame, intervals: pd.DataFrame
     at = intervals[np.isclose(intervals["fraction"], fraction)]
     where = f"At {fraction_label(fraction)} labels ({labels_text(at)} labelled images"
     if not at.empty:
-        where += (f"; test accuracy {at['accuracy'].min():.2f}–{at['accuracy'].max():.2f}, always guessing the most "
-                  f"common class gives {at['majority_share'].iloc[0]:.2f}")
+        where += (
+            f"; test accuracy {at['accuracy'].min():.2f}–{at['accuracy'].max():.2f}, always guessing the most "
+            f"common class gives {at['majority_share'].iloc[0]:.2f}"
+        )
     where += ")"
     scratch = rows[rows["against"] == "scratch"]
     better, worse = scratch[scratch["verdict"] == BETTER], scratch[scratch["verdict"] == WORSE]
@@ -50,11 +52,15 @@ def budget_sentence(fraction: float, rows: pd.DataFrame, intervals: pd.DataFrame
         return f"{where} no pretrained init can be told apart from its architecture's scratch baseline."
     parts = []
     if not better.empty:
-        parts.append(f"{joined([claim(r) for _, r in better.iterrows()])} "
-                     f"{'beats' if len(better) == 1 else 'beat'} training from scratch")
+        parts.append(
+            f"{joined([claim(r) for _, r in better.iterrows()])} "
+            f"{'beats' if len(better) == 1 else 'beat'} training from scratch"
+        )
     if not worse.empty:
-        parts.append(f"{joined([claim(r) for _, r in worse.iterrows()])} "
-                     f"{'falls' if len(worse) == 1 else 'fall'} below {'it' if parts else 'training from scratch'}")
+        parts.append(
+            f"{joined([claim(r) for _, r in worse.iterrows()])} "
+            f"{'falls' if len(worse) == 1 else 'fall'} below {'it' if parts else 'training from scratch'}"
+        )
     if not unclear.empty:
         parts.append(f"the other {len(unclear)} cannot be told apart from it")
     return f"{where} {joined(parts)}."
@@ -67,10 +73,14 @@ def reference_sentence(rows: pd.DataFrame) -> str | None:
         return None
     decided = against[against["verdict"] != UNCLEAR]
     if decided.empty:
-        return (f"Against MAE, the comparison the papers make, no masked-image-modelling variant can be told apart "
-                f"at any budget ({len(against)} comparisons).")
-    parts = [f"{row['label']} is {row['verdict']} at {fraction_label(row['fraction'])} ({interval_text(row)})"
-             for _, row in decided.iterrows()]
+        return (
+            f"Against MAE, the comparison the papers make, no masked-image-modelling variant can be told apart "
+            f"at any budget ({len(against)} comparisons)."
+        )
+    parts = [
+        f"{row['label']} is {row['verdict']} at {fraction_label(row['fraction'])} ({interval_text(row)})"
+        for _, row in decided.iterrows()
+    ]
     rest = len(against) - len(decided)
     tail = f"; the other {rest} comparisons with MAE cannot tell" if rest else ""
     return f"Against MAE, the comparison the papers make: {joined(parts)}{tail}."
@@ -79,37 +89,47 @@ def reference_sentence(rows: pd.DataFrame) -> str | None:
 def size_sentence(rows: pd.DataFrame) -> str:
     """How much data each claim rests on and the smallest difference it could resolve."""
     half_width = float(np.median((rows["ci_high"] - rows["ci_low"]) / 2))
-    text = (f"Each claim rests on {count_text(rows['n_images'])} test images and {count_text(rows['n_runs'])} runs "
-            f"per pretrained init ({count_text(rows['n_runs_reference'])} per reference); at this size differences "
-            f"smaller than about ±{half_width:.2f} (the median half-width of the intervals) cannot be told apart, "
-            "and more seeds (pretrain.seeds, label_fractions.seeds) or test images narrow them.")
+    text = (
+        f"Each claim rests on {count_text(rows['n_images'])} test images and {count_text(rows['n_runs'])} runs "
+        f"per pretrained init ({count_text(rows['n_runs_reference'])} per reference); at this size differences "
+        f"smaller than about ±{half_width:.2f} (the median half-width of the intervals) cannot be told apart, "
+        "and more seeds (pretrain.seeds, label_fractions.seeds) or test images narrow them."
+    )
     if (rows["n_runs"] == 1).any() or (rows["n_runs_reference"] == 1).any():
-        text += " With one run on a side only the test images are resampled: seed-to-seed variation is not in the interval."
+        text += (
+            " With one run on a side only the test images are resampled: seed-to-seed variation is not in the interval."
+        )
     return text
 
 
 def verdict_sentences(verdict: pd.DataFrame, intervals: pd.DataFrame) -> list[str]:
     """One sentence per budget against scratch, one against MAE and one on the size of the evidence."""
     if verdict.empty:
-        return [("Nothing to judge: no pretrained init shares a label fraction with its architecture's scratch "
-                 "baseline or MAE (count budgets and presets are compared in the study table; multilabel runs have no "
-                 "accuracy).")]
+        return [
+            (
+                "Nothing to judge: no pretrained init shares a label fraction with its architecture's scratch "
+                "baseline or MAE (count budgets and presets are compared in the study table; multilabel runs have no "
+                "accuracy)."
+            )
+        ]
     sentences = [budget_sentence(fraction, rows, intervals) for fraction, rows in verdict.groupby("fraction")]
     return [*sentences, *filter(None, [reference_sentence(verdict)]), size_sentence(verdict)]
 
 
 def budget_table(rows: pd.DataFrame) -> pd.DataFrame:
     """Readable rows of one budget's verdicts."""
-    return pd.DataFrame({
-        "Pretrained init": rows["label"],
-        "Against": rows["reference_label"],
-        "Accuracy": rows["accuracy"].map("{:.3f}".format),
-        "Reference accuracy": rows["reference_accuracy"].map("{:.3f}".format),
-        "Difference (95% CI)": [interval_text(row) for _, row in rows.iterrows()],
-        "p": [p_text(p, n) for p, n in zip(rows["p_value"], rows["n_bootstrap"])],
-        "Runs": [f"{int(a)} vs {int(b)}" for a, b in zip(rows["n_runs"], rows["n_runs_reference"])],
-        "Verdict": rows["verdict"],
-    })
+    return pd.DataFrame(
+        {
+            "Pretrained init": rows["label"],
+            "Against": rows["reference_label"],
+            "Accuracy": rows["accuracy"].map("{:.3f}".format),
+            "Reference accuracy": rows["reference_accuracy"].map("{:.3f}".format),
+            "Difference (95% CI)": [interval_text(row) for _, row in rows.iterrows()],
+            "p": [p_text(p, n) for p, n in zip(rows["p_value"], rows["n_bootstrap"])],
+            "Runs": [f"{int(a)} vs {int(b)}" for a, b in zip(rows["n_runs"], rows["n_runs_reference"])],
+            "Verdict": rows["verdict"],
+        }
+    )
 
 
 def verdict_markdown(verdict: pd.DataFrame, intervals: pd.DataFrame) -> str:
@@ -117,6 +137,8 @@ def verdict_markdown(verdict: pd.DataFrame, intervals: pd.DataFrame) -> str:
     text = TITLE + "\n\n" + "\n\n".join(verdict_sentences(verdict, intervals)) + "\n\n"
     for fraction, rows in verdict.groupby("fraction"):
         at = intervals[np.isclose(intervals["fraction"], fraction)]
-        text += (f"## {fraction_label(fraction)} labels: {labels_text(at)} labelled images, "
-                 f"{count_text(rows['n_images'])} test images\n\n{markdown_table(budget_table(rows))}\n")
+        text += (
+            f"## {fraction_label(fraction)} labels: {labels_text(at)} labelled images, "
+            f"{count_text(rows['n_images'])} test images\n\n{markdown_table(budget_table(rows))}\n"
+        )
     return text + METHOD_NOTE + "\n"

@@ -27,9 +27,15 @@ def label_fates(raw: Sequence[str], mapped: Sequence[str], kept: Sequence[bool])
 def finding_fates(raw: Sequence[str], listed: Sequence[str]) -> dict[str, dict[str, Any]]:
     """Per finding the source names: images with it, and whether dataset.findings keeps it."""
     counts = Counter(f for label in raw for f in findings_of(label))
-    return {finding: {"images": n, "became": "kept" if finding in listed or not listed
-                      else "ignored: not in dataset.findings (those images count as without it)"}
-            for finding, n in sorted(counts.items())}
+    return {
+        finding: {
+            "images": n,
+            "became": "kept"
+            if finding in listed or not listed
+            else "ignored: not in dataset.findings (those images count as without it)",
+        }
+        for finding, n in sorted(counts.items())
+    }
 
 
 def prepared_counts(seen: dict[str, Any], raw_labels: Sequence[str], prepared: Sequence[bool]) -> dict[str, Any]:

@@ -146,12 +146,16 @@ def _entry_problem(entry: _Entry, links: set[tuple[str, ...]]) -> str | None:
     return None
 
 
-LINK_FIX = ("links are refused because extracting them would let the archive read or overwrite files outside "
-            "the dataset folder; re-create the archive with the linked files copied in (`tar -h`, or `zip` without "
-            "--symlinks)")
-ZIP_LINK_FIX = ("symbolic links in zip files are refused: Python's zip extraction writes them as small text files "
-                "holding the target path, not as links, so images would silently be wrong; re-create the archive "
-                "with the linked files copied in (`zip` without --symlinks)")
+LINK_FIX = (
+    "links are refused because extracting them would let the archive read or overwrite files outside "
+    "the dataset folder; re-create the archive with the linked files copied in (`tar -h`, or `zip` without "
+    "--symlinks)"
+)
+ZIP_LINK_FIX = (
+    "symbolic links in zip files are refused: Python's zip extraction writes them as small text files "
+    "holding the target path, not as links, so images would silently be wrong; re-create the archive "
+    "with the linked files copied in (`zip` without --symlinks)"
+)
 UNSAFE_FIX = "the archive is unsafe or damaged; get it again from the original source"
 
 

@@ -22,9 +22,11 @@ def cache_bytes(n_rows: int, size: int) -> int:
 def disk_full_message(out_dir: Path, n_rows: int, size: int) -> str:
     """What to say when the cache does not fit: where, how much it needs, how much is free."""
     free = shutil.disk_usage(_existing(out_dir)).free
-    return (f"{out_dir}: the disk is full: the prepared cache of {n_rows} images at {size} px needs "
-            f"{cache_bytes(n_rows, size) / 1e9:.2f} GB and {free / 1e9:.2f} GB are free there (nothing was left "
-            "behind); free space on that filesystem or move results/ to a larger one")
+    return (
+        f"{out_dir}: the disk is full: the prepared cache of {n_rows} images at {size} px needs "
+        f"{cache_bytes(n_rows, size) / 1e9:.2f} GB and {free / 1e9:.2f} GB are free there (nothing was left "
+        "behind); free space on that filesystem or move results/ to a larger one"
+    )
 
 
 def check_free_space(out_dir: Path, n_rows: int, size: int) -> None:
@@ -112,8 +114,11 @@ def _compact(source: Path, keep: np.ndarray, target: Path) -> None:
     """Copy the kept rows into a new .npy file, one row at a time."""
     with source.open("rb") as handle:
         version = np.lib.format.read_magic(handle)
-        shape, _, _ = np.lib.format.read_array_header_1_0(handle) if version == (1, 0) else (
-            np.lib.format.read_array_header_2_0(handle))
+        shape, _, _ = (
+            np.lib.format.read_array_header_1_0(handle)
+            if version == (1, 0)
+            else (np.lib.format.read_array_header_2_0(handle))
+        )
         start, row_bytes = handle.tell(), int(np.prod(shape[1:]))
     with source.open("rb") as handle, _open_npy(target, (int(keep.sum()), *shape[1:])) as out:
         for row in np.flatnonzero(keep):

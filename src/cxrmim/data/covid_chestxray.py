@@ -28,8 +28,17 @@ NO_LABEL = {"", "todo", "unknown"}
 # Flat (2020) findings -> their place in the later hierarchy.
 PATHOGENS = {
     "Viral": ("COVID-19", "SARS", "MERS-CoV", "MERS", "Varicella", "Influenza", "Herpes", "H1N1"),
-    "Bacterial": ("Streptococcus", "Klebsiella", "Mycoplasma", "Legionella", "Chlamydophila", "E.Coli",
-                  "Staphylococcus", "Nocardia", "MRSA"),
+    "Bacterial": (
+        "Streptococcus",
+        "Klebsiella",
+        "Mycoplasma",
+        "Legionella",
+        "Chlamydophila",
+        "E.Coli",
+        "Staphylococcus",
+        "Nocardia",
+        "MRSA",
+    ),
     "Fungal": ("Pneumocystis", "Aspergillosis", "Candida"),
 }
 FLAT = {name.casefold(): ("Pneumonia", family, name) for family, names in PATHOGENS.items() for name in names}
@@ -92,8 +101,10 @@ def read_covid_chestxray(root: Path, options: dict[str, Any]) -> KindRead:
     table = pd.read_csv(csv_path, dtype=str, keep_default_na=False)
     absent = [c for c in REQUIRED if c not in table.columns]
     if absent:
-        raise SourceError(f"{csv_path}: missing column(s) {absent}; is this the covid-chestxray-dataset "
-                          "metadata.csv (patientid, finding, view, modality, folder, filename)?")
+        raise SourceError(
+            f"{csv_path}: missing column(s) {absent}; is this the covid-chestxray-dataset "
+            "metadata.csv (patientid, finding, view, modality, folder, filename)?"
+        )
     fates: dict[str, dict[str, Any]] = {}
     records, missing = [], 0
     for _, row in table.iterrows():
@@ -105,8 +116,14 @@ def read_covid_chestxray(root: Path, options: dict[str, Any]) -> KindRead:
         if label is not None:
             image = csv_path.parent / (row.get("folder", "").strip() or "images") / row["filename"].strip()
             if image.is_file():
-                records.append(SourceRecord(image=image, label=label, group=row["patientid"].strip() or None,
-                                            view=row["view"].strip() or None))
+                records.append(
+                    SourceRecord(
+                        image=image,
+                        label=label,
+                        group=row["patientid"].strip() or None,
+                        view=row["view"].strip() or None,
+                    )
+                )
                 fate = label
             else:
                 missing += 1
@@ -114,8 +131,15 @@ def read_covid_chestxray(root: Path, options: dict[str, Any]) -> KindRead:
         entry = fates.setdefault(finding, {})
         entry[fate] = entry.get(fate, 0) + 1
     records, warnings = _kept(records, missing, root, str(csv_path.parent))
-    left = sum(n for entry in fates.values() for fate, n in entry.items() if fate.startswith("left out") and "absent" not in fate)
+    left = sum(
+        n
+        for entry in fates.values()
+        for fate, n in entry.items()
+        if fate.startswith("left out") and "absent" not in fate
+    )
     if left:
-        warnings.append(f"{left} of {len(table)} metadata.csv rows left out (CT, lateral views, todo findings, "
-                        f"dataset.covid_task {task}); summary.json seen.finding_rows says which")
+        warnings.append(
+            f"{left} of {len(table)} metadata.csv rows left out (CT, lateral views, todo findings, "
+            f"dataset.covid_task {task}); summary.json seen.finding_rows says which"
+        )
     return KindRead(records, warnings, root, {"finding_rows": dict(sorted(fates.items()))})

@@ -45,8 +45,10 @@ def _decode(csv_path: Path, raw: bytes) -> str:
         return raw.decode(encoding)
     except UnicodeDecodeError as err:
         if encoding != "utf-8-sig":
-            raise SourceError(f"{csv_path}: looks like {encoding} text but does not decode (offset {err.start}); "
-                              "save the manifest as 'CSV UTF-8' (Excel) or UTF-8 text") from None
+            raise SourceError(
+                f"{csv_path}: looks like {encoding} text but does not decode (offset {err.start}); "
+                "save the manifest as 'CSV UTF-8' (Excel) or UTF-8 text"
+            ) from None
         raise SourceError(
             f"{csv_path}: not UTF-8 text (byte {err.object[err.start]:#04x} at offset {err.start}); save the manifest "
             f"as UTF-8 (e.g. `iconv -f latin1 -t utf-8 {csv_path.name} > fixed.csv`, or 'CSV UTF-8' in Excel)"
@@ -73,8 +75,10 @@ def read_manifest_table(csv_path: Path) -> tuple[list[str], list[tuple[int, list
         header = [name.strip() for name in next(reader, [])]
         rows = [(reader.line_num, row) for row in reader if row]  # csv gives [] for a blank line
     except csv.Error as err:
-        raise SourceError(f"{csv_path}: line {reader.line_num}: cannot parse the CSV ({err}); check the quoting "
-                          "of that line (an unclosed \" makes the rest of the file one cell)") from None
+        raise SourceError(
+            f"{csv_path}: line {reader.line_num}: cannot parse the CSV ({err}); check the quoting "
+            'of that line (an unclosed " makes the rest of the file one cell)'
+        ) from None
     return header, rows
 
 
@@ -95,8 +99,10 @@ def column_positions(csv_path: Path, header: list[str]) -> dict[str, int]:
     for key, positions in by_key.items():
         if len(positions) > 1 and _canonical(key):  # a repeated unused column changes nothing (and is reported)
             names = " and ".join(f"{header[i]!r} (column {i + 1})" for i in positions)
-            raise SourceError(f"{csv_path}: the header repeats a column: {names}; keep one of them (which one "
-                              "is meant cannot be guessed) or rename the other")
+            raise SourceError(
+                f"{csv_path}: the header repeats a column: {names}; keep one of them (which one "
+                "is meant cannot be guessed) or rename the other"
+            )
     columns: dict[str, int] = {}
     for key in MANIFEST_REQUIRED + MANIFEST_OPTIONAL:
         spellings = [k for k in by_key if _canonical(k) == key]

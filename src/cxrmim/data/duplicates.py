@@ -25,8 +25,9 @@ DEFAULTS = {"near_distance": 6, "max_mean_difference": 6.0, "action": "group", "
 
 def thumbnail(image: np.ndarray) -> np.ndarray:
     """The HASH_GRID x HASH_GRID area-averaged thumbnail that hashes and near-duplicate checks use."""
-    small = Image.fromarray(np.ascontiguousarray(image, dtype=np.uint8)).resize((HASH_GRID, HASH_GRID),
-                                                                                Image.Resampling.BOX)
+    small = Image.fromarray(np.ascontiguousarray(image, dtype=np.uint8)).resize(
+        (HASH_GRID, HASH_GRID), Image.Resampling.BOX
+    )
     return np.asarray(small, dtype=np.uint8)
 
 
@@ -87,8 +88,9 @@ def mean_differences(thumbs: np.ndarray, pairs: np.ndarray) -> np.ndarray:
     return out
 
 
-def find_duplicates(digests: list[str | None], phashes: np.ndarray, thumbs: np.ndarray, near_distance: int,
-                    max_difference: float) -> list[tuple[list[int], list[str]]]:
+def find_duplicates(
+    digests: list[str | None], phashes: np.ndarray, thumbs: np.ndarray, near_distance: int, max_difference: float
+) -> list[tuple[list[int], list[str]]]:
     """Clusters of duplicate rows (sorted), each with how its pairs were found ('exact', 'near:<bits>').
 
     Near pairs (pHash within `near_distance` bits; negative turns them off) count only when their thumbnails
@@ -118,19 +120,26 @@ def find_duplicates(digests: list[str | None], phashes: np.ndarray, thumbs: np.n
     return [(m, sorted(found[root])) for root, m in sorted(members.items())]
 
 
-def resolve_duplicates(labels: list[str], groups: list[str], sources: list[str], paths: list[str],
-                       digests: list[str | None], phashes: np.ndarray, thumbs: np.ndarray,
-                       settings: dict[str, Any]) -> DuplicateResult:
+def resolve_duplicates(
+    labels: list[str],
+    groups: list[str],
+    sources: list[str],
+    paths: list[str],
+    digests: list[str | None],
+    phashes: np.ndarray,
+    thumbs: np.ndarray,
+    settings: dict[str, Any],
+) -> DuplicateResult:
     """Group or drop duplicates by prepare.duplicates; conflicting labels fail unless `conflicts` resolves them."""
     settings = {**DEFAULTS, **(settings or {})}
-    clusters = find_duplicates(digests, phashes, thumbs, int(settings["near_distance"]),
-                                    float(settings["max_mean_difference"]))
+    clusters = find_duplicates(
+        digests, phashes, thumbs, int(settings["near_distance"]), float(settings["max_mean_difference"])
+    )
     keep = np.ones(len(labels), dtype=bool)
     report, conflicts, links = [], [], []
     for members, found in clusters:
         cluster_labels = sorted({labels[i] for i in members})
-        entry = {"sources": [sources[i] for i in members], "labels": cluster_labels,
-                 "found_by": found}
+        entry = {"sources": [sources[i] for i in members], "labels": cluster_labels, "found_by": found}
         if len(cluster_labels) > 1:
             conflicts.append((members, cluster_labels))
             if settings["conflicts"] == "drop":
@@ -142,13 +151,19 @@ def resolve_duplicates(labels: list[str], groups: list[str], sources: list[str],
                 entry["resolution"] = entry.get("resolution", "kept the first, dropped the rest")
             links += [(groups[members[0]], groups[i]) for i in members[1:]]
             entry.setdefault("resolution", "kept in one split group")
-        log.warning("duplicates (%s), labels %s, %s:\n  %s", ", ".join(found), cluster_labels, entry["resolution"],
-                    "\n  ".join(paths[i] for i in members))
+        log.warning(
+            "duplicates (%s), labels %s, %s:\n  %s",
+            ", ".join(found),
+            cluster_labels,
+            entry["resolution"],
+            "\n  ".join(paths[i] for i in members),
+        )
         report.append(entry)
     if conflicts and settings["conflicts"] == "fail":
         lines = [f"labels {lab}: " + ", ".join(paths[i] for i in m) for m, lab in conflicts[:10]]
         raise ValueError(
-            f"{len(conflicts)} duplicate image set(s) carry conflicting labels:\n  " + "\n  ".join(lines)
+            f"{len(conflicts)} duplicate image set(s) carry conflicting labels:\n  "
+            + "\n  ".join(lines)
             + "\nFix the labels in the source, remove the copies, or set prepare.duplicates.conflicts: drop "
             "(leave such images out) or keep (keep them, in one split group)"
         )

@@ -21,8 +21,12 @@ def kind_options(kind: str, dataset_cfg: dict[str, Any]) -> dict[str, Any]:
 def foreign_options(dataset_cfg: dict[str, Any]) -> list[str]:
     """`dataset.<key>`s set away from their default that only other kinds read (they would change nothing here)."""
     own = {key for key, _ in registry.dataset_kind(dataset_cfg["kind"]).options}
-    others = {key: default for kind in registry.DATASET_KINDS for key, default in kind.options
-              if key not in own and key not in GENERIC}
+    others = {
+        key: default
+        for kind in registry.DATASET_KINDS
+        for key, default in kind.options
+        if key not in own and key not in GENERIC
+    }
     return sorted(k for k, default in others.items() if dataset_cfg.get(k) not in (None, default))
 
 
@@ -44,8 +48,10 @@ def label_file_paths(kind: str, root: Path, dataset_cfg: dict[str, Any]) -> dict
 def label_file_names(kind: str, root: Path, dataset_cfg: dict[str, Any]) -> dict[str, str]:
     """label_file_paths relative to root ('' when absent), for source.json, summary.json and the log."""
     root = Path(root)
-    return {role: str(path.relative_to(root)) if path else ""
-            for role, path in label_file_paths(kind, root, dataset_cfg).items()}
+    return {
+        role: str(path.relative_to(root)) if path else ""
+        for role, path in label_file_paths(kind, root, dataset_cfg).items()
+    }
 
 
 def has_reports(dataset_cfg: dict[str, Any]) -> bool | None:

@@ -37,9 +37,12 @@ class LoadOptions:
     @classmethod
     def from_config(cls, prepare_cfg: dict[str, Any]) -> LoadOptions:
         """Options from the `prepare` config section (defaults for absent keys)."""
-        return cls(size=int(prepare_cfg["image_size"]), min_side=int(prepare_cfg.get("min_image_side", 1)),
-                   contrast=str(prepare_cfg.get("contrast", "none")),
-                   max_pixels=prepare_cfg.get("max_image_pixels", DEFAULT_MAX_PIXELS))
+        return cls(
+            size=int(prepare_cfg["image_size"]),
+            min_side=int(prepare_cfg.get("min_image_side", 1)),
+            contrast=str(prepare_cfg.get("contrast", "none")),
+            max_pixels=prepare_cfg.get("max_image_pixels", DEFAULT_MAX_PIXELS),
+        )
 
 
 @dataclass
@@ -113,15 +116,17 @@ def _watch_parent(parent: int) -> None:
     os._exit(1)
 
 
-def iter_loaded(records: list[Any], options: LoadOptions, workers: int = 1,
-                progress: str = "images read") -> Iterator[LoadedImage]:
+def iter_loaded(
+    records: list[Any], options: LoadOptions, workers: int = 1, progress: str = "images read"
+) -> Iterator[LoadedImage]:
     """Yield each record's LoadedImage in order, reading in `workers` processes, with progress lines."""
     set_max_image_pixels(options.max_pixels)
     meter = Progress(progress, len(records))
     jobs = ((record, options) for record in records)
     if workers > 1:
-        with ProcessPoolExecutor(max_workers=workers, initializer=_die_with_parent,
-                                 initargs=(os.getpid(), options.max_pixels)) as pool:
+        with ProcessPoolExecutor(
+            max_workers=workers, initializer=_die_with_parent, initargs=(os.getpid(), options.max_pixels)
+        ) as pool:
             for item in pool.map(_load_job, jobs, chunksize=16):
                 yield item
                 meter.step()
@@ -144,8 +149,9 @@ def raise_mask_problems(problems: list[str]) -> None:
     )
 
 
-def load_records(records: list[Any], size: int, workers: int = 1,
-                 options: LoadOptions | None = None) -> list[LoadedImage]:
+def load_records(
+    records: list[Any], size: int, workers: int = 1, options: LoadOptions | None = None
+) -> list[LoadedImage]:
     """Every record read onto a size x size grid (errors kept per record); mismatched masks raise at once."""
     options = options or LoadOptions(size=size)
     loaded = list(iter_loaded(records, options, workers))

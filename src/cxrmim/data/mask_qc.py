@@ -8,8 +8,14 @@ from scipy import ndimage
 
 # Defaults sit outside what the Cohen COVID ground-truth masks and the phantoms show (area 0.09-0.62,
 # smaller/larger lung >= 0.4 in 98%, border pixels <= 0.1 in 98%), so a flag means "look at this one".
-DEFAULT_THRESHOLDS = {"min_area_fraction": 0.08, "max_area_fraction": 0.7, "min_lung_ratio": 0.25,
-                      "max_border_fraction": 0.15, "max_background_fraction": 0.15, "min_upright_score": 0.0}
+DEFAULT_THRESHOLDS = {
+    "min_area_fraction": 0.08,
+    "max_area_fraction": 0.7,
+    "min_lung_ratio": 0.25,
+    "max_border_fraction": 0.15,
+    "max_background_fraction": 0.15,
+    "min_upright_score": 0.0,
+}
 # Near-background: within this share of the 1-99% grey range above the darkest level, and connected to the
 # image edge (the air around the body). Cohen COVID ground-truth masks put at most 5% of their pixels there.
 BACKGROUND_LEVEL = 0.1
@@ -23,9 +29,17 @@ RING_WIDTH = 0.03
 RING_WEIGHT = 5.0
 # A (near) constant image holds no anatomy, whatever the network says about it.
 BLANK_IMAGE_STD = 2.0
-QC_COLUMNS = ["area_fraction", "n_components", "lung_ratio", "border_fraction", "background_fraction", "upright_score",
-              "confidence",
-              "flags", "plausible"]
+QC_COLUMNS = [
+    "area_fraction",
+    "n_components",
+    "lung_ratio",
+    "border_fraction",
+    "background_fraction",
+    "upright_score",
+    "confidence",
+    "flags",
+    "plausible",
+]
 POLICY_DECISIONS = {"skip": "skip", "all_valid": "all_valid", "keep": "mask"}
 
 
@@ -124,13 +138,17 @@ def qc_flags(measures: dict[str, float], image_std: float, thresholds: dict[str,
     return flags
 
 
-def qc_table(images: np.ndarray, masks: np.ndarray, probabilities: np.ndarray | None,
-             thresholds: dict[str, float]) -> pd.DataFrame:
+def qc_table(
+    images: np.ndarray, masks: np.ndarray, probabilities: np.ndarray | None, thresholds: dict[str, float]
+) -> pd.DataFrame:
     """One row per image: measures, flags, and the network's confidence (mean |2p - 1|, 1 = certain)."""
     rows = []
     for i, (image, mask) in enumerate(zip(images, masks)):
-        measures = {**mask_measures(mask), "background_fraction": background_fraction(image, mask),
-                    "upright_score": upright_score(image, mask)}
+        measures = {
+            **mask_measures(mask),
+            "background_fraction": background_fraction(image, mask),
+            "upright_score": upright_score(image, mask),
+        }
         flags = qc_flags(measures, float(np.asarray(image, dtype=np.float32).std()), thresholds)
         confidence = float(np.abs(2 * probabilities[i] - 1).mean()) if probabilities is not None else 1.0
         rows.append({**measures, "confidence": confidence, "flags": ";".join(flags), "plausible": int(not flags)})

@@ -80,11 +80,20 @@ def _real_rows(kind: str, root: Path, dataset_cfg: dict, prepare_cfg: dict, opti
         paths = [f"{where} {i + 1} (source {h})" for i, h in zip(seen.pop("positions"), sources)]
         items = named_messages(items, records, paths)
     seen.pop("positions", None)
-    return Rows(items=items, labels=[r.label for r in records], groups=[r.group for r in records],
-                views=[r.view or "" for r in records], reports=[r.report or "" for r in records],
-                sources=sources, paths=paths, warnings=warnings,
-                uncertain=[r.uncertain for r in records], official=[r.official or "" for r in records],
-                raw_labels=seen.pop("raw_labels"), seen=seen)
+    return Rows(
+        items=items,
+        labels=[r.label for r in records],
+        groups=[r.group for r in records],
+        views=[r.view or "" for r in records],
+        reports=[r.report or "" for r in records],
+        sources=sources,
+        paths=paths,
+        warnings=warnings,
+        uncertain=[r.uncertain for r in records],
+        official=[r.official or "" for r in records],
+        raw_labels=seen.pop("raw_labels"),
+        seen=seen,
+    )
 
 
 def _npz_rows(path: Path, key: str) -> Iterator[np.ndarray]:
@@ -124,9 +133,17 @@ def _synthetic_rows(raw_file: Path, options: LoadOptions, label_map: dict[str, s
         raw_labels, reports, patients = raw["labels"].tolist(), raw["reports"].tolist(), raw["patient_ids"].tolist()
     labels = [map_label(label, label_map) for label in raw_labels]
     sources = [f"phantom/{i:06d}" for i in range(len(labels))]
-    return Rows(items=_synthetic_items(raw_file, options, len(labels)), labels=labels, groups=patients,
-                views=["PA"] * len(labels), reports=reports, sources=sources, paths=sources, raw_labels=raw_labels,
-                seen={"labels": label_fates(raw_labels, labels, [True] * len(labels))})
+    return Rows(
+        items=_synthetic_items(raw_file, options, len(labels)),
+        labels=labels,
+        groups=patients,
+        views=["PA"] * len(labels),
+        reports=reports,
+        sources=sources,
+        paths=sources,
+        raw_labels=raw_labels,
+        seen={"labels": label_fates(raw_labels, labels, [True] * len(labels))},
+    )
 
 
 def _stream(rows: Rows, writer: Any) -> dict[str, Any]:
@@ -146,15 +163,25 @@ def _stream(rows: Rows, writer: Any) -> dict[str, Any]:
         ok[i], has_mask[i], digests[i] = True, item.mask is not None, item.digest
         thumbs[i] = thumbnail(item.image)
         phashes[i] = perceptual_hash(thumbs[i])
-    return {"ok": ok, "has_mask": has_mask, "phashes": phashes, "thumbs": thumbs, "digests": digests, "bad": bad,
-            "mask_problems": mask_problems}
+    return {
+        "ok": ok,
+        "has_mask": has_mask,
+        "phashes": phashes,
+        "thumbs": thumbs,
+        "digests": digests,
+        "bad": bad,
+        "mask_problems": mask_problems,
+    }
 
 
 def _check_bad(bad: list[str], on_bad_image: str) -> None:
     """Fail on unreadable images by policy, else log each one."""
     if bad and on_bad_image == "fail":
-        raise ValueError(f"{len(bad)} unreadable image(s):\n  " + "\n  ".join(bad[:10])
-                         + "\nfix or remove them, or set prepare.on_bad_image: skip")
+        raise ValueError(
+            f"{len(bad)} unreadable image(s):\n  "
+            + "\n  ".join(bad[:10])
+            + "\nfix or remove them, or set prepare.on_bad_image: skip"
+        )
     for message in bad:
         log.warning("skipped: %s", message)
 
@@ -163,13 +190,20 @@ def _manifest(rows: Rows, keep: np.ndarray, groups: list[str], has_mask: np.ndar
     """The prepared manifest of the kept rows, renumbered."""
     kept = np.flatnonzero(keep)
     ids = [f"{name}-{i:06d}" for i in range(len(kept))]
-    return pd.DataFrame({
-        "index": np.arange(len(kept)), "id": ids, "label": [rows.labels[i] for i in kept],
-        "source": [rows.sources[i] for i in kept], "group": [groups[i] for i in kept],
-        "view": [rows.views[i] for i in kept], "has_mask": has_mask[kept].astype(int),
-        "report": [rows.reports[i] for i in kept],
-        "official": [rows.official[i] for i in kept] if rows.official else [""] * len(kept),
-    }, columns=MANIFEST_COLUMNS)
+    return pd.DataFrame(
+        {
+            "index": np.arange(len(kept)),
+            "id": ids,
+            "label": [rows.labels[i] for i in kept],
+            "source": [rows.sources[i] for i in kept],
+            "group": [groups[i] for i in kept],
+            "view": [rows.views[i] for i in kept],
+            "has_mask": has_mask[kept].astype(int),
+            "report": [rows.reports[i] for i in kept],
+            "official": [rows.official[i] for i in kept] if rows.official else [""] * len(kept),
+        },
+        columns=MANIFEST_COLUMNS,
+    )
 
 
 def prepare(marker: Path, dataset_cfg: dict[str, Any], prepare_cfg: dict[str, Any], out_dir: Path) -> dict[str, Any]:
@@ -183,8 +217,11 @@ def prepare(marker: Path, dataset_cfg: dict[str, Any], prepare_cfg: dict[str, An
     info = json.loads(Path(marker).read_text())
     kind, root = dataset_cfg["kind"], Path(info["root"])
     options = LoadOptions.from_config(prepare_cfg)
-    rows = _synthetic_rows(root, options, dataset_cfg.get("label_map") or {}) if kind == "synthetic" else _real_rows(
-        kind, root, dataset_cfg, prepare_cfg, options)
+    rows = (
+        _synthetic_rows(root, options, dataset_cfg.get("label_map") or {})
+        if kind == "synthetic"
+        else _real_rows(kind, root, dataset_cfg, prepare_cfg, options)
+    )
     for message in rows.warnings:
         log.warning("%s", message)
     for role, name in (rows.seen.get("label_files") or {}).items():
@@ -203,10 +240,16 @@ def prepare(marker: Path, dataset_cfg: dict[str, Any], prepare_cfg: dict[str, An
         # Without a patient id every image is its own group.
         groups = [pseudonym(g) if g else pseudonym(f"row-{i}") for i, g in enumerate(rows.groups)]
         index = np.flatnonzero(ok)
-        dup = resolve_duplicates([rows.labels[i] for i in index], [groups[i] for i in index],
-                                 [rows.sources[i] for i in index], [rows.paths[i] for i in index],
-                                 [seen["digests"][i] for i in index], seen["phashes"][index], seen["thumbs"][index],
-                                 prepare_cfg.get("duplicates") or {})
+        dup = resolve_duplicates(
+            [rows.labels[i] for i in index],
+            [groups[i] for i in index],
+            [rows.sources[i] for i in index],
+            [rows.paths[i] for i in index],
+            [seen["digests"][i] for i in index],
+            seen["phashes"][index],
+            seen["thumbs"][index],
+            prepare_cfg.get("duplicates") or {},
+        )
         keep = np.zeros(len(ok), dtype=bool)
         keep[index[dup.keep]] = True
         for position, row in enumerate(index):
@@ -215,11 +258,16 @@ def prepare(marker: Path, dataset_cfg: dict[str, Any], prepare_cfg: dict[str, An
         task.check_labels(manifest["label"].tolist())
         uncertain = [rows.uncertain[i] for i in np.flatnonzero(keep)] if rows.uncertain else None
         summary = {
-            "dataset": dataset_cfg["name"], "kind": kind, **task.summary(manifest["label"].tolist()),
+            "dataset": dataset_cfg["name"],
+            "kind": kind,
+            **task.summary(manifest["label"].tolist()),
             "n_images": len(manifest),
-            "n_skipped_bad": len(seen["bad"]), "n_dropped_duplicates": int(ok.sum() - keep.sum()),
-            "n_without_mask": int(len(manifest) - manifest["has_mask"].sum()), "image_size": options.size,
-            "labels": manifest["label"].value_counts().sort_index().to_dict(), "warnings": rows.warnings,
+            "n_skipped_bad": len(seen["bad"]),
+            "n_dropped_duplicates": int(ok.sum() - keep.sum()),
+            "n_without_mask": int(len(manifest) - manifest["has_mask"].sum()),
+            "image_size": options.size,
+            "labels": manifest["label"].value_counts().sort_index().to_dict(),
+            "warnings": rows.warnings,
             "duplicates": dup.clusters,
             "seen": prepared_counts(rows.seen, rows.raw_labels, keep),
         }
@@ -235,6 +283,5 @@ def prepare(marker: Path, dataset_cfg: dict[str, Any], prepare_cfg: dict[str, An
         if writer is not None:
             writer.discard()
         raise
-    log.info("prepared %d images (%d skipped, %d duplicate sets)", len(manifest), len(seen["bad"]),
-             len(dup.clusters))
+    log.info("prepared %d images (%d skipped, %d duplicate sets)", len(manifest), len(seen["bad"]), len(dup.clusters))
     return summary

@@ -19,12 +19,35 @@ from cxrmim.data.tasks import NO_FINDING, join_findings
 __all__ = ["CHEXPERT_FINDINGS", "NIH_FINDINGS", "label_files", "public_records"]
 
 CHEXPERT_FINDINGS = (
-    "Enlarged Cardiomediastinum", "Cardiomegaly", "Lung Opacity", "Lung Lesion", "Edema", "Consolidation",
-    "Pneumonia", "Atelectasis", "Pneumothorax", "Pleural Effusion", "Pleural Other", "Fracture", "Support Devices",
+    "Enlarged Cardiomediastinum",
+    "Cardiomegaly",
+    "Lung Opacity",
+    "Lung Lesion",
+    "Edema",
+    "Consolidation",
+    "Pneumonia",
+    "Atelectasis",
+    "Pneumothorax",
+    "Pleural Effusion",
+    "Pleural Other",
+    "Fracture",
+    "Support Devices",
 )  # CheXpert's 14th observation, "No Finding", is the empty set here
 NIH_FINDINGS = (
-    "Atelectasis", "Cardiomegaly", "Effusion", "Infiltration", "Mass", "Nodule", "Pneumonia", "Pneumothorax",
-    "Consolidation", "Edema", "Emphysema", "Fibrosis", "Pleural_Thickening", "Hernia",
+    "Atelectasis",
+    "Cardiomegaly",
+    "Effusion",
+    "Infiltration",
+    "Mass",
+    "Nodule",
+    "Pneumonia",
+    "Pneumothorax",
+    "Consolidation",
+    "Edema",
+    "Emphysema",
+    "Fibrosis",
+    "Pleural_Thickening",
+    "Hernia",
 )
 UNCERTAIN_POLICIES = ("ignore", "ones", "zeros")
 LABELERS = ("chexpert", "negbio")  # MIMIC-CXR-JPG's two label files
@@ -37,12 +60,20 @@ def _find(root: Path, patterns: tuple[str, ...], what: str) -> Path | None:
     Two candidates anywhere in that range (Data_Entry_2017.csv and Data_Entry_2017_v2020.csv, or a copy in a
     sub-folder) are an error: the labels would depend on which one sorts or lies first.
     """
-    found = sorted({path for depth in range(SEARCH_DEPTH + 1) for pattern in patterns
-                    for path in root.glob("*/" * depth + pattern)})
+    found = sorted(
+        {
+            path
+            for depth in range(SEARCH_DEPTH + 1)
+            for pattern in patterns
+            for path in root.glob("*/" * depth + pattern)
+        }
+    )
     if len(found) > 1:
         names = ", ".join(str(path.relative_to(root)) for path in found)
-        raise SourceError(f"{root}: several files could be the {what}: {names}; keep the one to use and move "
-                          "the others out of dataset.source, so the labels are the ones you mean")
+        raise SourceError(
+            f"{root}: several files could be the {what}: {names}; keep the one to use and move "
+            "the others out of dataset.source, so the labels are the ones you mean"
+        )
     return found[0] if found else None
 
 
@@ -50,8 +81,10 @@ def _require(root: Path, patterns: tuple[str, ...], what: str) -> Path:
     """A file that must exist, or a SourceError naming it and where it was looked for."""
     found = _find(root, patterns, what)
     if found is None:
-        raise SourceError(f"{root}: {what} not found (looked for {' or '.join(patterns)} up to {SEARCH_DEPTH} folders "
-                          "down); point dataset.source at the dataset's folder as downloaded")
+        raise SourceError(
+            f"{root}: {what} not found (looked for {' or '.join(patterns)} up to {SEARCH_DEPTH} folders "
+            "down); point dataset.source at the dataset's folder as downloaded"
+        )
     return found
 
 
@@ -59,19 +92,23 @@ def label_files(kind: str, root: Path, labeler: str = "chexpert") -> dict[str, P
     """The label, split and report files a public kind reads (None: optional and absent); ambiguity is an error."""
     root = Path(root)
     if kind == "chexpert":
-        return {part: _find(root, (f"CheXpert-v1.0*/{name}", name), f"CheXpert {name}")
-                for part, name in (("train", "train.csv"), ("test", "valid.csv"))}
+        return {
+            part: _find(root, (f"CheXpert-v1.0*/{name}", name), f"CheXpert {name}")
+            for part, name in (("train", "train.csv"), ("test", "valid.csv"))
+        }
     if kind == "nih_cxr14":
         entry = _require(root, ("Data_Entry_2017*.csv",), "Data_Entry_2017.csv")
-        lists = {part: entry.parent / name for part, name in (("train", "train_val_list.txt"),
-                                                                ("test", "test_list.txt"))}
+        lists = {
+            part: entry.parent / name for part, name in (("train", "train_val_list.txt"), ("test", "test_list.txt"))
+        }
         return {"labels": entry, **{part: path if path.is_file() else None for part, path in lists.items()}}
     if labeler not in LABELERS:
         raise SourceError(f"dataset.labeler is {labeler!r}; use one of {list(LABELERS)}")
     return {
         "metadata": _require(root, ("mimic-cxr-2.0.0-metadata.csv*",), "mimic-cxr-2.0.0-metadata.csv"),
-        "labels": _require(root, (f"mimic-cxr-2.0.0-{labeler}.csv*",),
-                           f"mimic-cxr-2.0.0-{labeler}.csv (dataset.labeler: {labeler})"),
+        "labels": _require(
+            root, (f"mimic-cxr-2.0.0-{labeler}.csv*",), f"mimic-cxr-2.0.0-{labeler}.csv (dataset.labeler: {labeler})"
+        ),
         "split": _find(root, ("mimic-cxr-2.0.0-split.csv*",), "mimic-cxr-2.0.0-split.csv"),
         "reports": _find(root, ("mimic-cxr-reports",), "mimic-cxr-reports folder"),
     }
@@ -92,8 +129,10 @@ def _observations(row: pd.Series, names: tuple[str, ...], policy: str) -> tuple[
 def _kept(records: list[SourceRecord], missing: int, root: Path, where: str) -> tuple[list[SourceRecord], list[str]]:
     """Records with a warning for absent images, or an error when none of the listed images exists."""
     if not records:
-        raise SourceError(f"{root}: none of the images listed in the CSVs exists under {where}; check dataset.source "
-                          "(the folder holding the CSVs and the image folders as downloaded)")
+        raise SourceError(
+            f"{root}: none of the images listed in the CSVs exists under {where}; check dataset.source "
+            "(the folder holding the CSVs and the image folders as downloaded)"
+        )
     note = f"{missing} images listed in the CSVs are absent (a sample of the dataset?) and skipped"
     warnings = [note] if missing else []
     return records, warnings
@@ -106,8 +145,10 @@ def chexpert_records(root: Path, policy: str = "ignore") -> tuple[list[SourceRec
     """CheXpert-v1.0(-small): train.csv (official train) and valid.csv (official test); patient from the path."""
     csvs = label_files("chexpert", root)
     if not any(csvs.values()):
-        raise SourceError(f"{root}: CheXpert train.csv / valid.csv not found; point dataset.source at the folder "
-                          "holding CheXpert-v1.0-small (or CheXpert-v1.0)")
+        raise SourceError(
+            f"{root}: CheXpert train.csv / valid.csv not found; point dataset.source at the folder "
+            "holding CheXpert-v1.0-small (or CheXpert-v1.0)"
+        )
     warnings = [f"CheXpert {part} CSV absent: no official {part} images" for part, path in csvs.items() if path is None]
     records, missing = [], 0
     for part, csv_path in csvs.items():
@@ -125,8 +166,16 @@ def chexpert_records(root: Path, policy: str = "ignore") -> tuple[list[SourceRec
             label, uncertain = _observations(row, CHEXPERT_FINDINGS, policy)
             patient = re.search(r"patient\d+", row["Path"])
             view = (row.get("AP/PA") or "") if row.get("Frontal/Lateral", "Frontal") == "Frontal" else "Lateral"
-            records.append(SourceRecord(image=image, label=label, group=patient.group(0) if patient else None,
-                                        view=view or None, official=part, uncertain=uncertain))
+            records.append(
+                SourceRecord(
+                    image=image,
+                    label=label,
+                    group=patient.group(0) if patient else None,
+                    view=view or None,
+                    official=part,
+                    uncertain=uncertain,
+                )
+            )
     records, more = _kept(records, missing, root, "the CheXpert folder")
     return records, warnings + more
 
@@ -159,8 +208,15 @@ def nih_records(root: Path) -> tuple[list[SourceRecord], list[str]]:
             missing += 1
             continue
         findings = [f.strip() for f in row["Finding Labels"].split("|") if f.strip() and f.strip() != NO_FINDING]
-        records.append(SourceRecord(image=image, label=join_findings(findings), group=row["Patient ID"],
-                                    view=row.get("View Position") or None, official=official.get(row["Image Index"])))
+        records.append(
+            SourceRecord(
+                image=image,
+                label=join_findings(findings),
+                group=row["Patient ID"],
+                view=row.get("View Position") or None,
+                official=official.get(row["Image Index"]),
+            )
+        )
     warnings = [] if official else ["train_val_list.txt / test_list.txt absent: no official split"]
     records, more = _kept(records, missing, root, ", ".join(f.name for f in folders))
     return records, warnings + more
@@ -172,8 +228,11 @@ def nih_records(root: Path) -> tuple[list[SourceRecord], list[str]]:
 def report_sections(text: str) -> str:
     """The FINDINGS and IMPRESSION sections of a MIMIC-CXR report (the whole text when it has neither)."""
     sections = re.split(r"\n\s*([A-Z][A-Z /&]+):", "\n" + text)
-    wanted = [sections[i + 1].strip() for i in range(1, len(sections) - 1, 2)
-              if sections[i].strip() in ("FINDINGS", "IMPRESSION")]
+    wanted = [
+        sections[i + 1].strip()
+        for i in range(1, len(sections) - 1, 2)
+        if sections[i].strip() in ("FINDINGS", "IMPRESSION")
+    ]
     return " ".join(" ".join(w.split()) for w in wanted) or " ".join(text.split())
 
 
@@ -183,8 +242,10 @@ def _mimic_images(root: Path) -> Path:
         for folder in sorted(root.glob("*/" * depth + "files")):
             if folder.is_dir() and "mimic-cxr-reports" not in folder.relative_to(root).parts:
                 return folder
-    raise SourceError(f"{root}: the files/ image folder (files/pXX/p<subject>/s<study>/*.jpg) not found up to "
-                      f"{SEARCH_DEPTH} folders down; point dataset.source at the MIMIC-CXR-JPG folder as downloaded")
+    raise SourceError(
+        f"{root}: the files/ image folder (files/pXX/p<subject>/s<study>/*.jpg) not found up to "
+        f"{SEARCH_DEPTH} folders down; point dataset.source at the MIMIC-CXR-JPG folder as downloaded"
+    )
 
 
 def _report_file(reports_dir: Path | None, subject: str, study: str) -> Path | None:
@@ -195,8 +256,9 @@ def _report_file(reports_dir: Path | None, subject: str, study: str) -> Path | N
     return next((p for p in (reports_dir / "files" / relative, reports_dir / relative) if p.is_file()), None)
 
 
-def mimic_records(root: Path, policy: str = "ignore",
-                  labeler: str = "chexpert") -> tuple[list[SourceRecord], list[str]]:
+def mimic_records(
+    root: Path, policy: str = "ignore", labeler: str = "chexpert"
+) -> tuple[list[SourceRecord], list[str]]:
     """MIMIC-CXR-JPG: files/pXX/p<subject>/s<study>/<dicom>.jpg with the metadata, label and split CSVs.
 
     `labeler` picks the label CSV: chexpert (mimic-cxr-2.0.0-chexpert.csv) or negbio (-negbio.csv, the paper's).
@@ -217,14 +279,22 @@ def mimic_records(root: Path, policy: str = "ignore",
             missing += 1
             continue
         key = (subject, study)
-        label, uncertain = _observations(labels.loc[key], CHEXPERT_FINDINGS, policy) if key in labels.index else (
-            NO_FINDING, ())
+        label, uncertain = (
+            _observations(labels.loc[key], CHEXPERT_FINDINGS, policy) if key in labels.index else (NO_FINDING, ())
+        )
         report_file = _report_file(reports_dir, subject, study)
         part = official.get(row["dicom_id"])
-        records.append(SourceRecord(
-            image=image, label=label, group=subject, view=row.get("ViewPosition") or None, uncertain=uncertain,
-            report=report_sections(report_file.read_text(errors="replace")) if report_file else None,
-            official="test" if part == "test" else ("train" if part else None)))
+        records.append(
+            SourceRecord(
+                image=image,
+                label=label,
+                group=subject,
+                view=row.get("ViewPosition") or None,
+                uncertain=uncertain,
+                report=report_sections(report_file.read_text(errors="replace")) if report_file else None,
+                official="test" if part == "test" else ("train" if part else None),
+            )
+        )
     warnings = [] if split_csv else ["mimic-cxr-2.0.0-split.csv absent: no official split"]
     warnings += [] if reports_dir else ["mimic-cxr-reports absent: the manifest has no report text"]
     records, more = _kept(records, missing, root, str(files))
@@ -246,13 +316,17 @@ def restrict_findings(records: list[SourceRecord], findings: list[str]) -> tuple
         present = findings_of(record.label)
         kept = [f for f in present if f in listed]
         changed += len(kept) < len(present)
-        out.append(replace(record, label=join_findings(kept, findings),
-                           uncertain=tuple(u for u in record.uncertain if u in listed)))
+        out.append(
+            replace(
+                record, label=join_findings(kept, findings), uncertain=tuple(u for u in record.uncertain if u in listed)
+            )
+        )
     return out, changed
 
 
-def public_records(kind: str, root: Path, policy: str = "ignore",
-                   labeler: str = "chexpert") -> tuple[list[SourceRecord], list[str]]:
+def public_records(
+    kind: str, root: Path, policy: str = "ignore", labeler: str = "chexpert"
+) -> tuple[list[SourceRecord], list[str]]:
     """Records and warnings of one public dataset kind (policy: uncertain labels; labeler: MIMIC's label file)."""
     root = Path(root)
     if not root.is_dir():

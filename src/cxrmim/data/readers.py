@@ -110,8 +110,11 @@ def _check_file(path: Path) -> None:
         with path.open("rb"):
             pass
     except OSError as err:  # permission denied, I/O error: a bad file, counted like any other
-        raise _bad(path, f"cannot be read ({err.strerror or type(err).__name__})",
-                   f"make it readable (e.g. chmod a+r), {SKIP_HINT}") from None
+        raise _bad(
+            path,
+            f"cannot be read ({err.strerror or type(err).__name__})",
+            f"make it readable (e.g. chmod a+r), {SKIP_HINT}",
+        ) from None
 
 
 def _check_shape(path: Path, array: np.ndarray) -> np.ndarray:
@@ -292,16 +295,22 @@ def read_grey(path: Path | str) -> np.ndarray:
 def check_min_side(path: Path | str, shape: tuple[int, ...], min_side: int) -> None:
     """Raise BadImageError when an image is smaller than prepare.min_image_side on either side."""
     if min(shape) < min_side:
-        raise _bad(path, f"image of {shape[0]}x{shape[1]} px is below prepare.min_image_side ({min_side} px): "
-                   "too small to be a radiograph (a thumbnail or a placeholder?)",
-                   f"replace it with the full image, {SKIP_HINT}")
+        raise _bad(
+            path,
+            f"image of {shape[0]}x{shape[1]} px is below prepare.min_image_side ({min_side} px): "
+            "too small to be a radiograph (a thumbnail or a placeholder?)",
+            f"replace it with the full image, {SKIP_HINT}",
+        )
 
 
 def check_not_blank(path: Path | str, grey: np.ndarray) -> None:
     """Raise BadImageError for an image whose pixels all have one value (min-max scaling makes deep ones zero)."""
     if float(grey.max()) <= float(grey.min()):
-        raise _bad(path, "every pixel has the same value (a blank image or a failed export): it carries no "
-                   "information", f"re-export it, {SKIP_HINT}")
+        raise _bad(
+            path,
+            "every pixel has the same value (a blank image or a failed export): it carries no information",
+            f"re-export it, {SKIP_HINT}",
+        )
 
 
 def read_mask(path: Path | str) -> np.ndarray:

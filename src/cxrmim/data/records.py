@@ -10,8 +10,9 @@ from typing import Any
 __all__ = ["named_messages", "source_records"]
 
 
-def source_records(kind: str, root: Path, dataset_cfg: dict[str, Any],
-                   report: dict[str, Any] | None = None) -> tuple[list[Any], list[str], Path]:
+def source_records(
+    kind: str, root: Path, dataset_cfg: dict[str, Any], report: dict[str, Any] | None = None
+) -> tuple[list[Any], list[str], Path]:
     """Source records of a real dataset after label mapping and view filtering, warnings, and the path base.
 
     `report`, when given, receives what became of every label, finding, column, folder and label file seen.
@@ -34,8 +35,10 @@ def source_records(kind: str, root: Path, dataset_cfg: dict[str, Any],
         report["findings"] = finding_fates([r.label for r in records], list(dataset_cfg["findings"]))
         hint = spelling_hint(report["findings"], dataset_cfg["findings"])
         if hint:  # the listed spelling would match no image and the dataset's spelling would be dropped
-            raise ValueError(f"dataset.findings and the {kind} labels spell findings differently{hint}; "
-                             "use the dataset's spelling in dataset.findings")
+            raise ValueError(
+                f"dataset.findings and the {kind} labels spell findings differently{hint}; "
+                "use the dataset's spelling in dataset.findings"
+            )
         records, changed = restrict_findings(records, list(dataset_cfg["findings"]))
         if changed:
             warnings.append(f"{changed} images have findings outside dataset.findings; only the listed ones count")
@@ -43,8 +46,10 @@ def source_records(kind: str, root: Path, dataset_cfg: dict[str, Any],
     mapped = apply_label_map(records, dataset_cfg.get("label_map") or {})
     unmatched = sorted(set(dataset_cfg.get("keep_labels") or []) - {r.label for r in mapped})
     if unmatched:  # a misspelt label would keep nothing of its class, silently
-        raise ValueError(f"dataset.keep_labels lists {unmatched}, which no image has (labels after "
-                         f"dataset.label_map: {sorted({r.label for r in mapped})}); fix the spelling")
+        raise ValueError(
+            f"dataset.keep_labels lists {unmatched}, which no image has (labels after "
+            f"dataset.label_map: {sorted({r.label for r in mapped})}); fix the spelling"
+        )
     records, dropped = keep_labels(mapped, dataset_cfg.get("keep_labels") or [])
     if dropped:
         warnings.append(f"dataset.keep_labels {dataset_cfg['keep_labels']} dropped {dropped} images of other labels")

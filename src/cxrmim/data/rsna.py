@@ -35,16 +35,19 @@ def _targets(csv_path: Path) -> tuple[dict[str, int], int, int]:
     table = pd.read_csv(csv_path, dtype=str, keep_default_na=False)
     absent = [c for c in COLUMNS if c not in table.columns]
     if absent:
-        raise SourceError(f"{csv_path}: missing column(s) {absent}; is this the RSNA {LABELS_CSV} "
-                          f"(columns {', '.join(COLUMNS)})?")
+        raise SourceError(
+            f"{csv_path}: missing column(s) {absent}; is this the RSNA {LABELS_CSV} (columns {', '.join(COLUMNS)})?"
+        )
     target = table["Target"].str.strip()
     bad = sorted(set(target) - {"0", "1"})
     if bad:
         raise SourceError(f"{csv_path}: Target holds {bad[:5]}; it must be 1 (a box) or 0 (no box)")
     boxless = (target == "1") & (table["width"].str.strip() == "")
     if boxless.any():  # a positive row without its box is a damaged file, not a negative
-        raise SourceError(f"{csv_path}: {int(boxless.sum())} rows with Target 1 have no box (x, y, width, height); "
-                          "restore the file as downloaded")
+        raise SourceError(
+            f"{csv_path}: {int(boxless.sum())} rows with Target 1 have no box (x, y, width, height); "
+            "restore the file as downloaded"
+        )
     targets: dict[str, int] = {}
     for patient, value in zip(table["patientId"].str.strip(), target):
         targets[patient] = max(targets.get(patient, 0), int(value))
@@ -67,9 +70,16 @@ def read_rsna(root: Path, options: dict[str, Any]) -> KindRead:
         if not image.is_file():
             missing += 1
             continue
-        records.append(SourceRecord(image=image, label=POSITIVE if target else NEGATIVE, group=patient,
-                                    view=dicom_view(image)))
+        records.append(
+            SourceRecord(image=image, label=POSITIVE if target else NEGATIVE, group=patient, view=dicom_view(image))
+        )
     records, warnings = _kept(records, missing, root, str(images))
-    seen = {"rows": {"rows (one per box, or one without a box)": rows, "boxes": boxes, "patients": len(targets),
-                     "patients whose image is absent": missing}}
+    seen = {
+        "rows": {
+            "rows (one per box, or one without a box)": rows,
+            "boxes": boxes,
+            "patients": len(targets),
+            "patients whose image is absent": missing,
+        }
+    }
     return KindRead(records, warnings, root, seen)

@@ -30,8 +30,10 @@ def check_source(dataset_cfg: dict[str, Any], marker: Path | str | None = None) 
     path = Path(str(source)).expanduser()
     if not path.exists():
         if marker is not None and Path(marker).exists():  # a first run lets the download job say it
-            raise SourceError(f"dataset.source {path} does not exist (renamed or moved?); restore it or fix "
-                              "dataset.source (checked before any job, so the last run's results stay in place)")
+            raise SourceError(
+                f"dataset.source {path} does not exist (renamed or moved?); restore it or fix "
+                "dataset.source (checked before any job, so the last run's results stay in place)"
+            )
         return
     if path.is_file() != entry.file_source:  # an archive, still to extract (or a folder given for a manifest)
         return

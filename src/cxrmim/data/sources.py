@@ -106,9 +106,15 @@ def kaggle_folders(root: Path) -> dict[str, str]:
     """What became of every sub-folder of the database's class-folder level: 'class <label>' or why it is ignored."""
     base = _find_kaggle_root(Path(root))
     classes = {child: label for label, paths in _class_folders(base).items() for child in paths}
-    return {child.name: f"class {classes[child]}" if child in classes else
-            "ignored: not a class folder of the database (known: " + ", ".join(sorted(set(KAGGLE_CLASSES.values())))
-            + ")" for child in sorted(base.iterdir()) if child.is_dir() and not child.name.startswith(".")}
+    return {
+        child.name: f"class {classes[child]}"
+        if child in classes
+        else "ignored: not a class folder of the database (known: "
+        + ", ".join(sorted(set(KAGGLE_CLASSES.values())))
+        + ")"
+        for child in sorted(base.iterdir())
+        if child.is_dir() and not child.name.startswith(".")
+    }
 
 
 def _image_files(folder: Path) -> list[Path]:
@@ -132,13 +138,13 @@ def _class_records(label: str, folder: Path) -> tuple[list[SourceRecord], list[s
     # masks share the image's file name; fall back to the same stem with another suffix
     masks = {p.name: p for p in _image_files(mask_dir)}
     masks_by_stem = {p.stem: p for p in masks.values()}
-    records = [
-        SourceRecord(image=p, label=label, mask=masks.get(p.name) or masks_by_stem.get(p.stem)) for p in images
-    ]
+    records = [SourceRecord(image=p, label=label, mask=masks.get(p.name) or masks_by_stem.get(p.stem)) for p in images]
     warnings = []
     missing = sum(r.mask is None for r in records)
     if missing:
-        warnings.append(f"{label}: {missing} of {len(images)} images have no lung mask (see patch_validity.no_mask_policy)")
+        warnings.append(
+            f"{label}: {missing} of {len(images)} images have no lung mask (see patch_validity.no_mask_policy)"
+        )
     orphans = len(masks) - (len(records) - missing)
     if orphans > 0:
         warnings.append(f"{label}: {orphans} masks have no matching image and are ignored")
@@ -203,9 +209,7 @@ def _resolve(folder: Path, value: str) -> Path:
     return path if path.is_absolute() else folder / path
 
 
-def _manifest_row(
-    folder: Path, row: list[str], columns: dict[str, int]
-) -> tuple[SourceRecord | None, str | None]:
+def _manifest_row(folder: Path, row: list[str], columns: dict[str, int]) -> tuple[SourceRecord | None, str | None]:
     """Turn one CSV row into a record, or return the problem with the fix."""
     image, label = _cell(row, columns, "image"), _cell(row, columns, "label")
     if image is None:
@@ -265,8 +269,14 @@ def read_manifest(root: Path, options: dict[str, Any]) -> KindRead:
     """The `manifest` kind: its rows (paths relative to the CSV's folder) and what became of every column."""
     records, columns = manifest_records(root), manifest_columns(root)
     ignored = [name for name, what in columns.items() if what.startswith("ignored")]
-    warnings = [f"manifest columns {ignored} are not used (used: image, label, mask, patient_id, view, report and "
-                "their usual spellings)"] if ignored else []
+    warnings = (
+        [
+            f"manifest columns {ignored} are not used (used: image, label, mask, patient_id, view, report and "
+            "their usual spellings)"
+        ]
+        if ignored
+        else []
+    )
     return KindRead(records, warnings, Path(root).parent, {"columns": columns})
 
 

@@ -39,8 +39,9 @@ def grouped_stratified_holdout(labels: np.ndarray, groups: np.ndarray, fraction:
     return chosen[group_ids]
 
 
-def split_dataset(manifest: pd.DataFrame, test_fraction: float, val_fraction: float, seed: int,
-                  use_official: bool = False) -> pd.DataFrame:
+def split_dataset(
+    manifest: pd.DataFrame, test_fraction: float, val_fraction: float, seed: int, use_official: bool = False
+) -> pd.DataFrame:
     """Assign each image to train, val or test; returns index,id,label,group,part.
 
     With `use_official` and a manifest `official` column (public dataset kinds), test is the official test list
@@ -53,8 +54,10 @@ def split_dataset(manifest: pd.DataFrame, test_fraction: float, val_fraction: fl
         _check_official(groups, test)
     else:
         if use_official:
-            log.warning("split.use_official is true but the dataset has no official test list; "
-                        "drawing test by split.test_fraction")
+            log.warning(
+                "split.use_official is true but the dataset has no official test list; "
+                "drawing test by split.test_fraction"
+            )
         test = _holdout(labels, groups, test_fraction, seed)
     part = np.where(test, "test", "train").astype(object)
     if val_fraction > 0:
@@ -78,9 +81,11 @@ def _check_official(groups: np.ndarray, test: np.ndarray) -> None:
     """The official test list must not share a patient (or duplicate group) with the rest."""
     shared = set(groups[test]) & set(groups[~test])
     if shared:
-        raise ValueError(f"{len(shared)} patient group(s) have images in the official test list and outside it "
-                         "(duplicates grouped across parts?); set split.use_official: false or "
-                         "prepare.duplicates.action: drop")
+        raise ValueError(
+            f"{len(shared)} patient group(s) have images in the official test list and outside it "
+            "(duplicates grouped across parts?); set split.use_official: false or "
+            "prepare.duplicates.action: drop"
+        )
 
 
 def _names(labels: pd.Series) -> set[str]:
@@ -173,8 +178,10 @@ def _count_subset(train: pd.DataFrame, count: int, rng: np.random.Generator) -> 
 def _check_count(kind: str, value: float, n_train: int) -> None:
     """A count budget cannot exceed the training part."""
     if kind == "count" and value > n_train:
-        raise ValueError(f"label_fractions.counts has {int(value)}, but the training part has only {n_train} "
-                         f"images; lower the count (at most {n_train}) or add data")
+        raise ValueError(
+            f"label_fractions.counts has {int(value)}, but the training part has only {n_train} "
+            f"images; lower the count (at most {n_train}) or add data"
+        )
 
 
 def budget_tag(fraction: float | None = None, count: int | None = None) -> str:

@@ -60,8 +60,9 @@ class LabelTask:
             raise ValueError(f"dataset.findings has repeated names: {list(findings)}")
         bad = [f for f in findings if SEPARATOR in f or f == NO_FINDING]
         if bad:
-            raise ValueError(f"dataset.findings: {bad} cannot be finding names ('|' joins findings, "
-                             f"{NO_FINDING!r} means none)")
+            raise ValueError(
+                f"dataset.findings: {bad} cannot be finding names ('|' joins findings, {NO_FINDING!r} means none)"
+            )
         if kind == "binary" and not positive:
             raise ValueError("dataset.task is binary: set dataset.positive to the positive class (e.g. Finding)")
         return cls(kind=kind, findings=findings, positive=positive)
@@ -74,24 +75,34 @@ class LabelTask:
             _check_spellings(seen, "findings")
             unknown = sorted(set(seen) - set(self.findings))
             if unknown:
-                raise ValueError(f"labels name findings {unknown} that dataset.findings does not list; add them "
-                                 f"there or merge them with dataset.label_map{spelling_hint(unknown, self.findings)}")
+                raise ValueError(
+                    f"labels name findings {unknown} that dataset.findings does not list; add them "
+                    f"there or merge them with dataset.label_map{spelling_hint(unknown, self.findings)}"
+                )
             absent = [f for f in self.findings if f not in seen]
             if absent:  # a typo or another dataset's finding: its AUC would be undefined, its mean quietly smaller
-                raise ValueError(f"dataset.findings lists {absent}, which no image has (findings seen: {seen}); "
-                                 "fix the spelling or remove them from dataset.findings")
+                raise ValueError(
+                    f"dataset.findings lists {absent}, which no image has (findings seen: {seen}); "
+                    "fix the spelling or remove them from dataset.findings"
+                )
             return
         with_separator = [c for c in classes if SEPARATOR in c]
         if with_separator:
-            raise ValueError(f"labels {with_separator[:5]} hold several findings ('|'); set dataset.task: multilabel "
-                             "with dataset.findings, or map them to single classes with dataset.label_map")
+            raise ValueError(
+                f"labels {with_separator[:5]} hold several findings ('|'); set dataset.task: multilabel "
+                "with dataset.findings, or map them to single classes with dataset.label_map"
+            )
         _check_spellings(classes, "labels")
         if self.kind == "binary" and (len(classes) != 2 or self.positive not in classes):
-            raise ValueError(f"dataset.task is binary with positive {self.positive!r}, but the labels are {classes}; "
-                             "merge them into two classes with dataset.label_map (e.g. every finding -> Finding)")
+            raise ValueError(
+                f"dataset.task is binary with positive {self.positive!r}, but the labels are {classes}; "
+                "merge them into two classes with dataset.label_map (e.g. every finding -> Finding)"
+            )
         if len(classes) < 2:  # one class: every metric is trivially perfect
-            raise ValueError(f"every image has the label {classes}: a classifier needs at least two classes; check "
-                             "the label column and dataset.label_map / dataset.keep_labels (a '*' key merges all)")
+            raise ValueError(
+                f"every image has the label {classes}: a classifier needs at least two classes; check "
+                "the label column and dataset.label_map / dataset.keep_labels (a '*' key merges all)"
+            )
 
     def summary(self, labels: Sequence[str]) -> dict[str, Any]:
         """The task's entries of prepared/summary.json."""
@@ -124,12 +135,15 @@ def _check_spellings(names: Sequence[str], what: str) -> None:
         variants.setdefault(fold(name), []).append(name)
     clashes = [sorted(v) for v in variants.values() if len(v) > 1]
     if clashes:
-        raise ValueError(f"{what} {clashes} differ only in spelling, so one class would count as several; merge "
-                         f"them with dataset.label_map (e.g. {{{clashes[0][1]!r}: {clashes[0][0]!r}}}) or fix the source")
+        raise ValueError(
+            f"{what} {clashes} differ only in spelling, so one class would count as several; merge "
+            f"them with dataset.label_map (e.g. {{{clashes[0][1]!r}: {clashes[0][0]!r}}}) or fix the source"
+        )
 
 
-def label_matrix(labels: Sequence[str], columns: Sequence[str],
-                 uncertain: Sequence[Iterable[str]] | None = None) -> np.ndarray:
+def label_matrix(
+    labels: Sequence[str], columns: Sequence[str], uncertain: Sequence[Iterable[str]] | None = None
+) -> np.ndarray:
     """uint8 (N, len(columns)): 1 where the label names the column, 255 where uncertain, else 0."""
     position = {name: j for j, name in enumerate(columns)}
     out = np.zeros((len(labels), len(columns)), dtype=np.uint8)
@@ -137,8 +151,7 @@ def label_matrix(labels: Sequence[str], columns: Sequence[str],
         names = [label] if label in position else findings_of(label)
         for name in names:
             out[i, position[name]] = 1
-        for name in (uncertain[i] if uncertain is not None else ()):
+        for name in uncertain[i] if uncertain is not None else ():
             if name in position and out[i, position[name]] == 0:
                 out[i, position[name]] = UNCERTAIN
     return out
-

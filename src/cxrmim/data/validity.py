@@ -18,8 +18,15 @@ log = logging.getLogger(__name__)
 CHUNK = 2048  # images read at a time from memory-mapped stacks
 
 
-def compute_validity(masks: np.ndarray, has_mask: np.ndarray, patch_size: int, threshold: float, policy: str,
-                     ids: list[str], fallback: np.ndarray | None = None) -> dict[str, np.ndarray]:
+def compute_validity(
+    masks: np.ndarray,
+    has_mask: np.ndarray,
+    patch_size: int,
+    threshold: float,
+    policy: str,
+    ids: list[str],
+    fallback: np.ndarray | None = None,
+) -> dict[str, np.ndarray]:
     """Coverage and validity per (image, patch), applying the no-mask policy to mask-less images.
 
     `fallback` marks images whose predicted mask failed QC and were set to all-valid on purpose
@@ -41,8 +48,10 @@ def compute_validity(masks: np.ndarray, has_mask: np.ndarray, patch_size: int, t
     valid[missing] = True
     empty = np.flatnonzero(has_mask & ~valid.any(axis=1))
     if len(empty):
-        log.warning("%d image(s) have a mask with no lung patch above the threshold; they fall back to "
-                    "random masking", len(empty))
+        log.warning(
+            "%d image(s) have a mask with no lung patch above the threshold; they fall back to random masking",
+            len(empty),
+        )
     return {"coverage": coverage, "valid": valid, "has_mask": has_mask}
 
 
@@ -52,20 +61,27 @@ def validity_summary(valid: np.ndarray, has_mask: np.ndarray, labels: pd.Series)
     rows = []
     for label, part in [("all", frame)] + list(frame.groupby("label")):
         counts = part.loc[part["has_mask"], "valid_patches"]
-        rows.append({
-            "label": label,
-            "n_images": len(part),
-            "n_without_mask": int((~part["has_mask"]).sum()),
-            "n_patches": valid.shape[1],
-            "mean": counts.mean(), "std": counts.std(ddof=0), "min": counts.min(),
-            "q25": counts.quantile(0.25), "median": counts.median(), "q75": counts.quantile(0.75),
-            "max": counts.max(),
-        })
+        rows.append(
+            {
+                "label": label,
+                "n_images": len(part),
+                "n_without_mask": int((~part["has_mask"]).sum()),
+                "n_patches": valid.shape[1],
+                "mean": counts.mean(),
+                "std": counts.std(ddof=0),
+                "min": counts.min(),
+                "q25": counts.quantile(0.25),
+                "median": counts.median(),
+                "q75": counts.quantile(0.75),
+                "max": counts.max(),
+            }
+        )
     return pd.DataFrame(rows)
 
 
-def plot_valid_patches(images: np.ndarray, valid: np.ndarray, labels: list[str], patch_size: int,
-                       path: Path, dpi: int = 110) -> None:
+def plot_valid_patches(
+    images: np.ndarray, valid: np.ndarray, labels: list[str], patch_size: int, path: Path, dpi: int = 110
+) -> None:
     """A few images with their lung-valid patches outlined."""
     import matplotlib
 
@@ -80,8 +96,16 @@ def plot_valid_patches(images: np.ndarray, valid: np.ndarray, labels: list[str],
         ax.imshow(image, cmap="gray", vmin=0, vmax=255)
         for p in np.flatnonzero(ok):
             row, col = divmod(int(p), per_row)
-            ax.add_patch(Rectangle((col * patch_size - 0.5, row * patch_size - 0.5), patch_size, patch_size,
-                                   fill=False, edgecolor="tab:orange", linewidth=0.6))
+            ax.add_patch(
+                Rectangle(
+                    (col * patch_size - 0.5, row * patch_size - 0.5),
+                    patch_size,
+                    patch_size,
+                    fill=False,
+                    edgecolor="tab:orange",
+                    linewidth=0.6,
+                )
+            )
         ax.set_title(f"{label}\n{int(ok.sum())}/{ok.size} valid", fontsize=8)
         ax.axis("off")
     fig.tight_layout()
@@ -97,8 +121,9 @@ def read_mask_status(status_csv: Path, manifest: pd.DataFrame) -> pd.DataFrame:
     return status
 
 
-def provided_mask_decisions(images: np.ndarray, masks: np.ndarray, has_mask: np.ndarray,
-                            mask_qc: dict[str, Any], chunk: int = CHUNK) -> np.ndarray:
+def provided_mask_decisions(
+    images: np.ndarray, masks: np.ndarray, has_mask: np.ndarray, mask_qc: dict[str, Any], chunk: int = CHUNK
+) -> np.ndarray:
     """Per image 'mask' | 'all_valid' | 'skip' | 'none': the dataset's own masks checked like predicted ones.
 
     Read `chunk` images at a time, so memory-mapped stacks are never copied whole (QC is per image)."""
@@ -108,21 +133,37 @@ def provided_mask_decisions(images: np.ndarray, masks: np.ndarray, has_mask: np.
     rows = np.flatnonzero(has_mask)
     if len(rows):
         thresholds = mask_qc.get("qc") or {}
-        table = pd.concat([qc_table(images[part], masks[part].astype(bool), None, thresholds)
-                           for part in np.array_split(rows, max(1, -(-len(rows) // chunk)))], ignore_index=True)
+        table = pd.concat(
+            [
+                qc_table(images[part], masks[part].astype(bool), None, thresholds)
+                for part in np.array_split(rows, max(1, -(-len(rows) // chunk)))
+            ],
+            ignore_index=True,
+        )
         decision[rows] = decide(table["plausible"].to_numpy(), mask_qc.get("qc_policy", "all_valid"))
         failed = table["flags"].to_numpy() != ""
         flags = pd.Series(table["flags"].to_numpy(), index=rows)[failed].str.split(";").explode()
         for flag, where in flags.groupby(flags).groups.items():  # name the images (prepared index) to look at
-            log.warning("%d provided lung mask(s) fail QC (%s): lung_masks.qc_policy=%s applies; prepared index %s",
-                        len(where), flag, mask_qc.get("qc_policy", "all_valid"),
-                        ", ".join(map(str, list(where)[:20])) + (" ..." if len(where) > 20 else ""))
+            log.warning(
+                "%d provided lung mask(s) fail QC (%s): lung_masks.qc_policy=%s applies; prepared index %s",
+                len(where),
+                flag,
+                mask_qc.get("qc_policy", "all_valid"),
+                ", ".join(map(str, list(where)[:20])) + (" ..." if len(where) > 20 else ""),
+            )
     return decision
 
 
-def run_patch_validity(prepared_dir: Path, settings: dict[str, Any], out_npz: Path, summary_csv: Path,
-                       figure: Path, masks_npy: Path | None = None, mask_status_csv: Path | None = None,
-                       mask_qc: dict[str, Any] | None = None) -> pd.DataFrame:
+def run_patch_validity(
+    prepared_dir: Path,
+    settings: dict[str, Any],
+    out_npz: Path,
+    summary_csv: Path,
+    figure: Path,
+    masks_npy: Path | None = None,
+    mask_status_csv: Path | None = None,
+    mask_qc: dict[str, Any] | None = None,
+) -> pd.DataFrame:
     """Run the stage end to end and write its three outputs.
 
     With `masks_npy` and `mask_status_csv` (the lung_masks stage) the predicted masks replace the prepared ones:
@@ -137,8 +178,10 @@ def run_patch_validity(prepared_dir: Path, settings: dict[str, Any], out_npz: Pa
     if masks_npy is not None:
         masks = np.load(masks_npy, mmap_mode="r")
         if masks.shape != data.masks.shape:
-            raise ValueError(f"{masks_npy} has shape {masks.shape}, the prepared cache {data.masks.shape}; "
-                             "re-run the lung_masks rule")
+            raise ValueError(
+                f"{masks_npy} has shape {masks.shape}, the prepared cache {data.masks.shape}; "
+                "re-run the lung_masks rule"
+            )
         decision = read_mask_status(mask_status_csv, data.manifest)["decision"].to_numpy()
         # Skipped images also get all-valid patches, so a consumer that ignores `include` treats them like MAE.
         has_mask, fallback, include = decision == "mask", decision != "mask", decision != "skip"
@@ -147,23 +190,46 @@ def run_patch_validity(prepared_dir: Path, settings: dict[str, Any], out_npz: Pa
         fallback, include = np.isin(decision, ["all_valid", "skip"]), decision != "skip"
         has_mask = decision == "mask"
     if (~include).any():
-        log.info("%d image(s) with an implausible lung mask are excluded from pretraining (include=False)",
-                 int((~include).sum()))
-    result = compute_validity(masks, has_mask, patch_size, threshold,
-                              settings.get("no_mask_policy", "fail"), data.manifest["id"].tolist(), fallback)
+        log.info(
+            "%d image(s) with an implausible lung mask are excluded from pretraining (include=False)",
+            int((~include).sum()),
+        )
+    result = compute_validity(
+        masks,
+        has_mask,
+        patch_size,
+        threshold,
+        settings.get("no_mask_policy", "fail"),
+        data.manifest["id"].tolist(),
+        fallback,
+    )
     has_mask = result["has_mask"]
     # The masks travel with the validity so pretraining (which recomputes validity after augmentation) uses the
     # same masks, provided or predicted, as this stage. The temporary name keeps `.npz`, so numpy adds no suffix.
     # Stored uncompressed, so pretraining memory-maps the masks (`cxrmim.data.npz`); numpy writes a memory map
     # into the archive in 16 MB pieces, so the masks are never in memory whole here either.
     with atomic_path(out_npz) as tmp:
-        np.savez(tmp, **result, masks=masks if masks.dtype == np.uint8 else masks.astype(np.uint8), include=include,
-                 patch_size=patch_size, image_size=data.image_size, threshold=threshold)
+        np.savez(
+            tmp,
+            **result,
+            masks=masks if masks.dtype == np.uint8 else masks.astype(np.uint8),
+            include=include,
+            patch_size=patch_size,
+            image_size=data.image_size,
+            threshold=threshold,
+        )
     summary = validity_summary(result["valid"], has_mask, data.manifest["label"])
     summary.to_csv(summary_csv, index=False)
     # One example per class first, so the figure shows every class when possible.
     picks = data.manifest.groupby("label").head(1).index.tolist()
-    picks = (picks + [i for i in range(len(data.manifest)) if i not in picks])[: int(settings.get("n_figure_images", 6))]
-    plot_valid_patches(np.asarray(data.images[picks]), result["valid"][picks],
-                       data.manifest["label"].iloc[picks].tolist(), patch_size, figure)
+    picks = (picks + [i for i in range(len(data.manifest)) if i not in picks])[
+        : int(settings.get("n_figure_images", 6))
+    ]
+    plot_valid_patches(
+        np.asarray(data.images[picks]),
+        result["valid"][picks],
+        data.manifest["label"].iloc[picks].tolist(),
+        patch_size,
+        figure,
+    )
     return summary

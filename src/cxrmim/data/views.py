@@ -106,6 +106,8 @@ def random_view(images: torch.Tensor, augment: ViewAugment, generator: torch.Gen
     return views
 
 
-def two_views(images: torch.Tensor, augment: ViewAugment, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+def two_views(
+    images: torch.Tensor, augment: ViewAugment, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Two independently augmented views of the same images."""
     return random_view(images, augment, generator), random_view(images, augment, generator)

@@ -10,7 +10,9 @@ def model_description(summary: dict[str, Any]) -> str:
     'resnet10t: CNN, 4 stages of 1-1-1-1 blocks, widths 32-64-128-256, 1.23 M parameters'."""
     parameters = f"{int(summary['n_parameters']) / 1e6:.2f} M parameters"
     if summary.get("depth") is not None:  # a transformer: its blocks and token width
-        return f"{summary['timm_name']}: ViT, {int(summary['depth'])} blocks, width {int(summary['width'])}, {parameters}"
+        return (
+            f"{summary['timm_name']}: ViT, {int(summary['depth'])} blocks, width {int(summary['width'])}, {parameters}"
+        )
     stages = summary.get("stage_blocks") or []
     if not stages:  # recorded before stages were (or a CNN whose stages timm does not list)
         return f"{summary['timm_name']}: CNN, final width {int(summary['width'])}, {parameters}"

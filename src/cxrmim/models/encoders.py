@@ -62,7 +62,11 @@ VIT_POOLS = {"avg": ("avg", False), "avg-fcnorm": ("avg", True), "token": ("toke
 
 
 def timm_kwargs(
-    encoder_cfg: dict[str, Any], image_size: int, patch_size: int, num_classes: int, drop_path: float = 0.0,
+    encoder_cfg: dict[str, Any],
+    image_size: int,
+    patch_size: int,
+    num_classes: int,
+    drop_path: float = 0.0,
     pool: str | None = None,
 ) -> dict[str, Any]:
     """The keyword arguments that recreate this encoder with `timm.create_model` (ViT pooling: avg unless given)."""
@@ -77,7 +81,11 @@ def timm_kwargs(
 
 
 def create_encoder(
-    encoder_cfg: dict[str, Any], image_size: int, patch_size: int, num_classes: int = 0, drop_path: float = 0.0,
+    encoder_cfg: dict[str, Any],
+    image_size: int,
+    patch_size: int,
+    num_classes: int = 0,
+    drop_path: float = 0.0,
     pool: str | None = None,
 ) -> nn.Module:
     """Create a randomly initialised timm model (ViT or CNN) for grey images."""
@@ -101,8 +109,10 @@ def imagenet_encoder(
     except RuntimeError:  # an unknown tag
         pretrained_cfg = None
     if pretrained_cfg is None:
-        raise ValueError(f"timm knows no pretrained weights for {name}; ImageNet transfer needs an architecture "
-                         "(optionally `name.tag`) that timm publishes weights for")
+        raise ValueError(
+            f"timm knows no pretrained weights for {name}; ImageNet transfer needs an architecture "
+            "(optionally `name.tag`) that timm publishes weights for"
+        )
     classifiers = pretrained_cfg.classifier  # "head", "fc", ...
     heads = tuple(f"{c}." for c in ((classifiers,) if isinstance(classifiers, str) else classifiers))
     state = {k: v for k, v in load_state_dict(str(path)).items() if not k.startswith(heads)}
@@ -163,7 +173,9 @@ def transfer_encoder(state: dict[str, torch.Tensor], model: nn.Module, source: s
     try:
         missing, unexpected = model.load_state_dict(state, strict=False)
     except RuntimeError as err:  # torch's size-mismatch message does not say which config to change
-        raise ValueError(f"{source}: weights do not fit the configured encoder ({err}); match `encoders` to them") from err
+        raise ValueError(
+            f"{source}: weights do not fit the configured encoder ({err}); match `encoders` to them"
+        ) from err
     missing = [k for k in missing if not k.startswith(("head.", "fc."))]
     if missing or unexpected:
         raise ValueError(
@@ -201,7 +213,11 @@ def cnn_stages(model: nn.Module) -> list[tuple[int, int]]:
 
 
 def export_timm_folder(
-    model: nn.Module, encoder_cfg: dict[str, Any], image_size: int, patch_size: int, norm: InputNorm,
+    model: nn.Module,
+    encoder_cfg: dict[str, Any],
+    image_size: int,
+    patch_size: int,
+    norm: InputNorm,
     out_dir: str | Path,
 ) -> None:
     """Write `config.json` + `model.safetensors`, loadable with one line of timm (see docs/configuration.md):
@@ -213,20 +229,32 @@ def export_timm_folder(
     out_dir.mkdir(parents=True, exist_ok=True)
     args = {k: v for k, v in timm_kwargs(encoder_cfg, image_size, patch_size, 0).items() if k != "drop_path_rate"}
     data_config = {
-        "input_size": (IN_CHANS, image_size, image_size), "mean": (norm.mean,), "std": (norm.std,),
-        "crop_pct": 1.0, "interpolation": "bilinear",
+        "input_size": (IN_CHANS, image_size, image_size),
+        "mean": (norm.mean,),
+        "std": (norm.std,),
+        "crop_pct": 1.0,
+        "interpolation": "bilinear",
     }
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items() if not k.startswith("head.")}
     with atomic_path(out_dir / "model.safetensors") as tmp:
         save_file(state, str(tmp))
     with atomic_path(out_dir / "config.json") as tmp:
         # The tag and licence of the architecture's ImageNet weights do not describe these weights.
-        save_config_for_hf(model, str(tmp), model_config={"pretrained_cfg": {"tag": "cxrmim", "license": None}}, model_args=args,
-                           data_config=data_config)
+        save_config_for_hf(
+            model,
+            str(tmp),
+            model_config={"pretrained_cfg": {"tag": "cxrmim", "license": None}},
+            model_args=args,
+            data_config=data_config,
+        )
 
 
 def write_encoder_files(
-    model: nn.Module, encoder_cfg: dict[str, Any], image_size: int, patch_size: int, out_dir: str | Path,
+    model: nn.Module,
+    encoder_cfg: dict[str, Any],
+    image_size: int,
+    patch_size: int,
+    out_dir: str | Path,
     norm: InputNorm = GREY_NORM,
 ) -> None:
     """A pretraining run's encoder: `encoder.safetensors` (what fine-tuning loads) and `timm/` (one line of timm)."""
@@ -243,7 +271,9 @@ def enable_grad_checkpointing(model: nn.Module) -> int:
         try:
             part.set_grad_checkpointing(True)
         except (NotImplementedError, AssertionError) as err:  # timm models without support say so
-            raise ValueError(f"{type(part).__name__} has no activation checkpointing; set grad_checkpointing: false") from err
+            raise ValueError(
+                f"{type(part).__name__} has no activation checkpointing; set grad_checkpointing: false"
+            ) from err
     if not parts:
         raise ValueError(f"{type(model).__name__} has no activation checkpointing; set grad_checkpointing: false")
     return len(parts)

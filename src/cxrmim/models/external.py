@@ -33,7 +33,9 @@ def read_file(ext: ExternalInit) -> Any:
     if ext.format.name == "timm-folder":
         path = path / "model.safetensors"
     if not path.exists():
-        raise FileNotFoundError(f"external_inits.{ext.key}.path: {path} does not exist; point it at the downloaded file")
+        raise FileNotFoundError(
+            f"external_inits.{ext.key}.path: {path} does not exist; point it at the downloaded file"
+        )
     if path.suffix == ".safetensors":
         return load_file(str(path))
     classes = [getattr(importlib.import_module(m), c) for m, c in (g.rsplit(".", 1) for g in ext.format.safe_globals)]
@@ -67,19 +69,25 @@ def encoder_state(ext: ExternalInit, obj: Any) -> dict[str, torch.Tensor]:
             )
         obj = obj[ext.container]
     elif all(isinstance(v, dict) for v in obj.values()) and obj:
-        raise ValueError(f"{ext.path}: format {ext.format.name} expects a plain state dict, but the top level has "
-                         f"only containers {sorted(obj)[:LISTED]}; choose a format with a container")
+        raise ValueError(
+            f"{ext.path}: format {ext.format.name} expects a plain state dict, but the top level has "
+            f"only containers {sorted(obj)[:LISTED]}; choose a format with a container"
+        )
     if ext.prefix:
-        kept = {k[len(ext.prefix):]: v for k, v in obj.items() if k.startswith(ext.prefix)}
+        kept = {k[len(ext.prefix) :]: v for k, v in obj.items() if k.startswith(ext.prefix)}
         if not kept:
             heads = sorted({k.split(".")[0] + "." for k in obj})[:LISTED]
-            raise ValueError(f"{ext.path}: no key starts with the prefix {ext.prefix!r} (the file's key groups: "
-                             f"{heads}); set external_inits.{ext.key}.prefix")
+            raise ValueError(
+                f"{ext.path}: no key starts with the prefix {ext.prefix!r} (the file's key groups: "
+                f"{heads}); set external_inits.{ext.key}.prefix"
+            )
         obj = kept
     bad = [k for k, v in obj.items() if not isinstance(v, torch.Tensor)]
     if bad:
-        raise ValueError(f"{ext.path}: entries that are not tensors: {bad[:LISTED]}; if the weights sit under one of "
-                         f"them, set external_inits.{ext.key}.container to it")
+        raise ValueError(
+            f"{ext.path}: entries that are not tensors: {bad[:LISTED]}; if the weights sit under one of "
+            f"them, set external_inits.{ext.key}.container to it"
+        )
     return dict(obj)
 
 
@@ -87,8 +95,10 @@ def patch_size_of(state: dict[str, torch.Tensor], ext: ExternalInit) -> int:
     """A ViT checkpoint's patch size, from its patch-embedding kernel."""
     weight = state.get("patch_embed.proj.weight")
     if weight is None:
-        raise ValueError(f"{ext.path}: no patch_embed.proj.weight, so not a ViT in timm/MAE naming; check "
-                         f"external_inits.{ext.key}.encoder and format")
+        raise ValueError(
+            f"{ext.path}: no patch_embed.proj.weight, so not a ViT in timm/MAE naming; check "
+            f"external_inits.{ext.key}.encoder and format"
+        )
     return int(weight.shape[-1])
 
 
@@ -122,11 +132,17 @@ def check_strict(state: dict[str, torch.Tensor], model: nn.Module, ext: External
     target = model.state_dict()
     missing = sorted(k for k in target if k not in state and not k.startswith(new))
     unexpected = sorted(k for k in state if k not in target)
-    shapes = sorted(f"{k}: file {tuple(state[k].shape)} vs model {tuple(target[k].shape)}"
-                    for k in state if k in target and state[k].shape != target[k].shape)
+    shapes = sorted(
+        f"{k}: file {tuple(state[k].shape)} vs model {tuple(target[k].shape)}"
+        for k in state
+        if k in target and state[k].shape != target[k].shape
+    )
     if missing or unexpected or shapes:
-        parts = [f"{name} ({len(keys)}): {keys[:LISTED]}" for name, keys in
-                 (("missing", missing), ("unexpected", unexpected), ("shape mismatch", shapes)) if keys]
+        parts = [
+            f"{name} ({len(keys)}): {keys[:LISTED]}"
+            for name, keys in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", shapes))
+            if keys
+        ]
         raise ValueError(
             f"{ext.path} does not load strictly into encoders.{ext.encoder} as format {ext.format.name} after its "
             f"remapping: {'; '.join(parts)}. Choose the `encoders` entry of the checkpoint's architecture, or the "
@@ -144,10 +160,13 @@ def load_external(
     vit = is_vit(encoder_cfg)
     patch = patch_size_of(state, ext) if vit else 16
     if vit and image_size % patch:
-        raise ValueError(f"{ext.path}: patch size {patch} does not divide the cache's {image_size}px images; "
-                         "prepare the images at a multiple of it")
-    model = create_encoder(encoder_cfg, image_size, patch, num_classes=num_classes, drop_path=drop_path,
-                           pool=ext.pool if vit else None)
+        raise ValueError(
+            f"{ext.path}: patch size {patch} does not divide the cache's {image_size}px images; "
+            "prepare the images at a multiple of it"
+        )
+    model = create_encoder(
+        encoder_cfg, image_size, patch, num_classes=num_classes, drop_path=drop_path, pool=ext.pool if vit else None
+    )
     state = adapt(state, model)
     classifier = model.pretrained_cfg.get("classifier", "head")
     heads = tuple(f"{c}." for c in ((classifier,) if isinstance(classifier, str) else classifier))
@@ -155,8 +174,20 @@ def load_external(
     model.load_state_dict(state, strict=False)  # only the new head (and fc_norm) stay at their fresh init
     norm = InputNorm(ext.norm["mean"], ext.norm["std"])
     pool = ext.pool if vit else "global average (CNN)"  # `pool` chooses among ViT poolings only
-    info = ext.summary() | {"pool": pool, "patch_size": patch if vit else None, "dropped_keys": len(dropped),
-                            "loaded_keys": len(state), "input_norm": norm.as_dict()}
-    log.info("external init %s: %s loaded strictly (%d tensors, %d dropped by the format), pool %s, input norm %s",
-             ext.key, ext.format.name, len(state), len(dropped), pool, norm.as_dict())
+    info = ext.summary() | {
+        "pool": pool,
+        "patch_size": patch if vit else None,
+        "dropped_keys": len(dropped),
+        "loaded_keys": len(state),
+        "input_norm": norm.as_dict(),
+    }
+    log.info(
+        "external init %s: %s loaded strictly (%d tensors, %d dropped by the format), pool %s, input norm %s",
+        ext.key,
+        ext.format.name,
+        len(state),
+        len(dropped),
+        pool,
+        norm.as_dict(),
+    )
     return model, norm, info

@@ -185,7 +185,9 @@ def report_guided_masking(
     """MedIM masking (KWM / SDM): `valid` carries the (B, n) report-guided score map instead of lung validity."""
     scores = checked_scores(valid, batch_size, n_patches, device)
     noise = uniform_noise(batch_size, 2 * n_patches, generator, scores.device).view(batch_size, 2, n_patches)
-    return guided_plan(scores, noise, n_masked if n_masked is not None else masked_count(n_patches, mask_ratio), high, low)
+    return guided_plan(
+        scores, noise, n_masked if n_masked is not None else masked_count(n_patches, mask_ratio), high, low
+    )
 
 
 def checked_scores(
@@ -201,7 +203,9 @@ def checked_scores(
 MaskingFn = Callable[..., MaskPlan]
 
 MASKING: dict[str, MaskingFn] = {
-    "random": random_masking, "region": region_masking, "lung_ratio": lung_ratio_masking,
+    "random": random_masking,
+    "region": region_masking,
+    "lung_ratio": lung_ratio_masking,
     "report_guided": report_guided_masking,
 }
 

@@ -181,7 +181,9 @@ class ReportGuidedMIM(nn.Module):
         sdm = guided_plan(sdm_scores(attn, in_sentence), mask_noise[:, 1], self.n_masked, self.high, self.low)
         return kwm, sdm
 
-    def reconstruct_split(self, images: torch.Tensor, kwm: MaskPlan, sdm: MaskPlan) -> tuple[torch.Tensor, torch.Tensor]:
+    def reconstruct_split(
+        self, images: torch.Tensor, kwm: MaskPlan, sdm: MaskPlan
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """One MAE pass: the first half of the batch under KWM, the rest under SDM -> (KWM loss, SDM loss)."""
         first = (torch.arange(images.shape[0], device=images.device) < images.shape[0] // 2).unsqueeze(1)
         pick = lambda a, b: torch.where(first, a, b)  # noqa: E731  (row-wise choice; plans share one shape)

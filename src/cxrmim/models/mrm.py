@@ -71,14 +71,18 @@ class MaskedRecordModel(nn.Module):
     ) -> None:
         super().__init__()
         if image_size % (2 * patch_size):
-            raise ValueError(f"MRM halves the image: image size {image_size} must be a multiple of 2 x patch {patch_size}")
+            raise ValueError(
+                f"MRM halves the image: image size {image_size} must be a multiple of 2 x patch {patch_size}"
+            )
         mrm = settings.get("mrm") or {}
         self.image_size, self.patch_size = image_size, patch_size
         self.super_resolution, self.report_loss = super_resolution, report_loss
         self.image_loss_weight = float(mrm.get("image_loss_weight", 1.0))
         self.mask_id = mask_id
         self.score_masked_only: bool | None = None  # None: on accelerators (see forward_report)
-        self.mae: MaskedAutoencoder = build_mae(encoder_cfg, image_size // 2, patch_size, "random", mask_ratio, settings)
+        self.mae: MaskedAutoencoder = build_mae(
+            encoder_cfg, image_size // 2, patch_size, "random", mask_ratio, settings
+        )
         if super_resolution:
             self.mae.decoder_pred = nn.Linear(self.mae.decoder_pred.in_features, (2 * patch_size) ** 2)
             nn.init.xavier_uniform_(self.mae.decoder_pred.weight)

@@ -31,8 +31,9 @@ class SegmenterSpec:
     @classmethod
     def from_settings(cls, settings: dict[str, Any]) -> SegmenterSpec:
         """The spec described by the `lung_masks` config section."""
-        return cls(str(settings["encoder"]), tuple(int(c) for c in settings["decoder_channels"]),
-                   int(settings["image_size"]))
+        return cls(
+            str(settings["encoder"]), tuple(int(c) for c in settings["decoder_channels"]), int(settings["image_size"])
+        )
 
 
 def _conv_block(in_channels: int, out_channels: int) -> nn.Sequential:
@@ -53,8 +54,9 @@ class LungUNet(nn.Module):
     def __init__(self, encoder: str, decoder_channels: Sequence[int]) -> None:
         super().__init__()
         depth = len(decoder_channels)
-        self.encoder = timm.create_model(encoder, pretrained=False, features_only=True, in_chans=1,
-                                         out_indices=tuple(range(depth)))
+        self.encoder = timm.create_model(
+            encoder, pretrained=False, features_only=True, in_chans=1, out_indices=tuple(range(depth))
+        )
         skips = self.encoder.feature_info.channels()
         # One block per skip connection, deepest first, then a last block at full resolution without a skip.
         skip_channels = list(reversed(skips[:-1])) + [0]

@@ -31,8 +31,11 @@ def clean_mask(mask: np.ndarray, dilation: int = 0) -> np.ndarray:
 
 def clean_masks(masks: np.ndarray, dilation: int = 0) -> np.ndarray:
     """`clean_mask` over a stack, as uint8 (N, S, S)."""
-    return np.stack([clean_mask(mask, dilation) for mask in masks]).astype(np.uint8) if len(masks) else (
-        np.zeros_like(masks, dtype=np.uint8))
+    return (
+        np.stack([clean_mask(mask, dilation) for mask in masks]).astype(np.uint8)
+        if len(masks)
+        else (np.zeros_like(masks, dtype=np.uint8))
+    )
 
 
 def dice_iou(predicted: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -30,14 +30,14 @@ def to_model_input(images: torch.Tensor, size: int) -> torch.Tensor:
     """uint8 (B, H, W) on any grid -> normalised (B, 1, size, size) float at the segmentation resolution."""
     x = normalise(images)
     if x.shape[-1] != size or x.shape[-2] != size:
-        x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False,
-                          antialias=x.shape[-1] > size)
+        x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=x.shape[-1] > size)
     return x
 
 
 @torch.no_grad()
-def predict_probabilities(model: nn.Module, images: np.ndarray, image_size: int, setup: DeviceSetup,
-                          batch_size: int = 32) -> np.ndarray:
+def predict_probabilities(
+    model: nn.Module, images: np.ndarray, image_size: int, setup: DeviceSetup, batch_size: int = 32
+) -> np.ndarray:
     """Lung probability per pixel of each uint8 image, back on the images' own grid (float32 (N, H, W))."""
     model.eval().to(setup.device)
     out = np.empty(images.shape, dtype=np.float32)
@@ -50,16 +50,24 @@ def predict_probabilities(model: nn.Module, images: np.ndarray, image_size: int,
     return out
 
 
-def segment(model: nn.Module, images: np.ndarray, image_size: int, setup: DeviceSetup, dilation: int = 0,
-            batch_size: int = 32) -> tuple[np.ndarray, np.ndarray]:
+def segment(
+    model: nn.Module, images: np.ndarray, image_size: int, setup: DeviceSetup, dilation: int = 0, batch_size: int = 32
+) -> tuple[np.ndarray, np.ndarray]:
     """Post-processed uint8 masks and the raw probabilities for a stack of uint8 images."""
     probabilities = predict_probabilities(model, images, image_size, setup, batch_size)
     return clean_masks(probabilities > 0.5, dilation), probabilities
 
 
-def predict_to_file(model: nn.Module, data: PreparedData, spec: SegmenterSpec, setup: DeviceSetup,
-                    settings: dict[str, Any], provided: np.ndarray, path: Path,
-                    chunk: int = CHUNK) -> pd.DataFrame:
+def predict_to_file(
+    model: nn.Module,
+    data: PreparedData,
+    spec: SegmenterSpec,
+    setup: DeviceSetup,
+    settings: dict[str, Any],
+    provided: np.ndarray,
+    path: Path,
+    chunk: int = CHUNK,
+) -> pd.DataFrame:
     """Predict, clean and QC `chunk` images at a time, writing masks.npy as it goes -> the QC table.
 
     The cache is memory-mapped and the output written through a memory map, so neither the images, the masks
@@ -81,23 +89,36 @@ def predict_to_file(model: nn.Module, data: PreparedData, spec: SegmenterSpec, s
             out[rows] = masks
         out.flush()
         del out  # closes the map before the file is renamed into place
-    return pd.concat(tables, ignore_index=True) if tables else qc_table(data.images[:0], data.masks[:0], None, thresholds)
+    return (
+        pd.concat(tables, ignore_index=True) if tables else qc_table(data.images[:0], data.masks[:0], None, thresholds)
+    )
 
 
 def segmenter_device(settings: dict[str, Any]) -> DeviceSetup:
     """The `lung_masks` section's device (a GPU job without a usable GPU fails unless cpu_fallback)."""
-    return select_device(settings.get("device", "auto"), cpu_fallback=bool(settings.get("cpu_fallback", False)),
-                         fallback_key="lung_masks.cpu_fallback")
+    return select_device(
+        settings.get("device", "auto"),
+        cpu_fallback=bool(settings.get("cpu_fallback", False)),
+        fallback_key="lung_masks.cpu_fallback",
+    )
 
 
-def run_lung_masks(prepared_dir: Path, weights: Path, settings: dict[str, Any], out_dir: Path,
-                   figure: Path, chunk: int = CHUNK) -> pd.DataFrame:
+def run_lung_masks(
+    prepared_dir: Path, weights: Path, settings: dict[str, Any], out_dir: Path, figure: Path, chunk: int = CHUNK
+) -> pd.DataFrame:
     """Predict, clean and check a mask for every prepared image; write masks.npy, qc.csv, summary.json and the figure."""
     data = load_prepared(prepared_dir)
     setup = segmenter_device(settings)
     model, spec = load_segmenter(weights, SegmenterSpec.from_settings(settings))
-    log.info("segmenting %d images of %d px at %d px on %s (encoder %s), %d at a time", len(data.images),
-             data.image_size, spec.image_size, setup.device, spec.encoder, chunk)
+    log.info(
+        "segmenting %d images of %d px at %d px on %s (encoder %s), %d at a time",
+        len(data.images),
+        data.image_size,
+        spec.image_size,
+        setup.device,
+        spec.encoder,
+        chunk,
+    )
     provided = data.manifest["has_mask"].to_numpy().astype(bool) & bool(settings.get("prefer_provided", True))
     out_dir.mkdir(parents=True, exist_ok=True)
     table = predict_to_file(model, data, spec, setup, settings, provided, out_dir / "masks.npy", chunk)

@@ -12,8 +12,15 @@ import pandas as pd
 from cxrmim.data.mask_qc import QC_COLUMNS, decide, qc_table, worst_first
 
 
-def plot_mask_grid(images: np.ndarray, masks: np.ndarray, titles: list[str], path: str | Path,
-                   reference: np.ndarray | None = None, columns: int = 6, dpi: int = 100) -> None:
+def plot_mask_grid(
+    images: np.ndarray,
+    masks: np.ndarray,
+    titles: list[str],
+    path: str | Path,
+    reference: np.ndarray | None = None,
+    columns: int = 6,
+    dpi: int = 100,
+) -> None:
     """Images with predicted mask outlines (orange) and, when given, reference outlines (cyan)."""
     import matplotlib
 
@@ -49,16 +56,24 @@ def qc_titles(table: pd.DataFrame, picks: np.ndarray) -> list[str]:
     return titles
 
 
-def provided_mask_report(prepared_dir: str | Path, mask_qc: dict[str, Any], table_csv: str | Path,
-                         figure: str | Path, chunk: int = 1024) -> pd.DataFrame:
+def provided_mask_report(
+    prepared_dir: str | Path, mask_qc: dict[str, Any], table_csv: str | Path, figure: str | Path, chunk: int = 1024
+) -> pd.DataFrame:
     """The dataset's own masks checked as predicted ones are: per-image QC table (named by id) and worst-first figure."""
     from cxrmim.data.tensors import load_prepared
 
     data = load_prepared(prepared_dir)
     rows = np.flatnonzero(data.manifest["has_mask"].to_numpy().astype(bool))
     thresholds = mask_qc.get("qc") or {}
-    parts = [qc_table(np.asarray(data.images[rows[s:s + chunk]]), np.asarray(data.masks[rows[s:s + chunk]]) > 0,
-                      None, thresholds) for s in range(0, len(rows), chunk)]  # a chunk at a time: bounded memory
+    parts = [
+        qc_table(
+            np.asarray(data.images[rows[s : s + chunk]]),
+            np.asarray(data.masks[rows[s : s + chunk]]) > 0,
+            None,
+            thresholds,
+        )
+        for s in range(0, len(rows), chunk)
+    ]  # a chunk at a time: bounded memory
     table = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=QC_COLUMNS)
     table.insert(0, "id", data.manifest["id"].to_numpy()[rows])
     table.insert(0, "index", rows)
@@ -68,6 +83,7 @@ def provided_mask_report(prepared_dir: str | Path, mask_qc: dict[str, Any], tabl
     # Every failing mask up to the figure's limit, else a few plausible ones to show what passed.
     shown = min(int(thresholds.get("n_figure_images", 24)), max(6, int((table["plausible"] == 0).sum())))
     picks = worst_first(table, "area_fraction")[:shown]
-    plot_mask_grid(np.asarray(data.images[rows[picks]]), np.asarray(data.masks[rows[picks]]) > 0,
-                   qc_titles(table, picks), figure)
+    plot_mask_grid(
+        np.asarray(data.images[rows[picks]]), np.asarray(data.masks[rows[picks]]) > 0, qc_titles(table, picks), figure
+    )
     return table

@@ -64,8 +64,12 @@ def jitter_appearance(images: torch.Tensor, generator: torch.Generator, host_ran
     # One blur size per batch (interpolate takes one size); whether an image is blurred is drawn per image.
     size = images.shape[-1]
     low = max(8, int(size * (MIN_RESOLUTION + (1 - MIN_RESOLUTION) * host_random.random())))
-    blurred = F.interpolate(F.interpolate(unit, size=low, mode="bilinear", antialias=True, align_corners=False),
-                            size=size, mode="bilinear", align_corners=False)
+    blurred = F.interpolate(
+        F.interpolate(unit, size=low, mode="bilinear", antialias=True, align_corners=False),
+        size=size,
+        mode="bilinear",
+        align_corners=False,
+    )
     unit = torch.where((draws[2] < 0.5).view(-1, 1, 1, 1), blurred, unit)
     return (unit - PIXEL_MEAN) / PIXEL_STD
 
@@ -86,8 +90,7 @@ def holdout_mask(data: MaskedImages, fraction: float, seed: int) -> np.ndarray:
     return grouped_stratified_holdout(data.sources, data.groups, fraction, seed)
 
 
-def train_segmenter(data: MaskedImages, settings: dict[str, Any], setup: DeviceSetup | None = None
-                    ) -> TrainedSegmenter:
+def train_segmenter(data: MaskedImages, settings: dict[str, Any], setup: DeviceSetup | None = None) -> TrainedSegmenter:
     """Train on the non-held-out images; every draw comes from `settings['seed']`."""
     seed = int(settings.get("seed", 0))
     seed_everything(seed)
@@ -99,10 +102,17 @@ def train_segmenter(data: MaskedImages, settings: dict[str, Any], setup: DeviceS
         raise ValueError("lung_masks.holdout_fraction leaves no image to train on; lower it or add train_sources")
     model = tune_for_device(build_segmenter(spec).to(setup.device), setup)  # CUDA: cudnn autotuning, channels-last
     batch_size = min(int(settings["batch_size"]), len(train))
-    loader = BatchLoader({"images": torch.from_numpy(data.images[train]), "masks": torch.from_numpy(data.masks[train])},
-                         batch_size, setup, shuffle=True, seed=seed, drop_last=True)
-    optimizer = adamw(model.parameters(), setup, lr=float(settings["lr"]),
-                      weight_decay=float(settings.get("weight_decay", 1e-4)))
+    loader = BatchLoader(
+        {"images": torch.from_numpy(data.images[train]), "masks": torch.from_numpy(data.masks[train])},
+        batch_size,
+        setup,
+        shuffle=True,
+        seed=seed,
+        drop_last=True,
+    )
+    optimizer = adamw(
+        model.parameters(), setup, lr=float(settings["lr"]), weight_decay=float(settings.get("weight_decay", 1e-4))
+    )
     scaler = setup.grad_scaler()  # active under fp16 only; disabled it is the plain backward and step
     epochs = int(settings["epochs"])
     total, warmup = epochs * len(loader), min(len(loader), epochs * len(loader) // 5)
@@ -117,8 +127,13 @@ def train_segmenter(data: MaskedImages, settings: dict[str, Any], setup: DeviceS
         start, loss_sum = time.perf_counter(), torch.zeros((), device=setup.device)
         for batch in loader.epoch(epoch):
             apply_lr(optimizer, cosine_lr(step, total, warmup, float(settings["lr"])))
-            images, masks = augment_batch(normalise(batch["images"]), batch["masks"].unsqueeze(1),
-                                          augment["crop_scale"], bool(augment.get("hflip")), generator)
+            images, masks = augment_batch(
+                normalise(batch["images"]),
+                batch["masks"].unsqueeze(1),
+                augment["crop_scale"],
+                bool(augment.get("hflip")),
+                generator,
+            )
             images = jitter_appearance(images, generator, host_random)
             with setup.autocast():
                 logits = model(images)
@@ -129,15 +144,22 @@ def train_segmenter(data: MaskedImages, settings: dict[str, Any], setup: DeviceS
             scaler.update()
             loss_sum += loss.detach()  # summed on the device, read once per epoch
             step += 1
-        history.append({"epoch": epoch + 1, "loss": float(loss_sum) / len(loader),
-                        "seconds": round(time.perf_counter() - start, 2)})
-        log.info("segmenter epoch %d/%d loss %.4f (%.1fs)", epoch + 1, epochs, history[-1]["loss"],
-                 history[-1]["seconds"])
+        history.append(
+            {
+                "epoch": epoch + 1,
+                "loss": float(loss_sum) / len(loader),
+                "seconds": round(time.perf_counter() - start, 2),
+            }
+        )
+        log.info(
+            "segmenter epoch %d/%d loss %.4f (%.1fs)", epoch + 1, epochs, history[-1]["loss"], history[-1]["seconds"]
+        )
     return TrainedSegmenter(model.eval(), spec, history, holdout)
 
 
-def evaluate(trained: TrainedSegmenter, data: MaskedImages, setup: DeviceSetup, batch_size: int = 32
-             ) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:
+def evaluate(
+    trained: TrainedSegmenter, data: MaskedImages, setup: DeviceSetup, batch_size: int = 32
+) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:
     """Dice/IoU of post-processed masks on the held-out images (overall and per source), plus masks and Dice."""
     held = np.flatnonzero(trained.holdout)
     if len(held) == 0:
@@ -146,9 +168,14 @@ def evaluate(trained: TrainedSegmenter, data: MaskedImages, setup: DeviceSetup, 
     dice, iou = dice_iou(masks, data.masks[held])
 
     def scores(select: np.ndarray) -> dict[str, float]:
-        return {"n": int(select.sum()), "dice_mean": float(dice[select].mean()),
-                "dice_median": float(np.median(dice[select])), "dice_min": float(dice[select].min()),
-                "iou_mean": float(iou[select].mean()), "iou_median": float(np.median(iou[select]))}
+        return {
+            "n": int(select.sum()),
+            "dice_mean": float(dice[select].mean()),
+            "dice_median": float(np.median(dice[select])),
+            "dice_min": float(dice[select].min()),
+            "iou_mean": float(iou[select].mean()),
+            "iou_median": float(np.median(iou[select])),
+        }
 
     sources = data.sources[held]
     quality = {
@@ -160,29 +187,40 @@ def evaluate(trained: TrainedSegmenter, data: MaskedImages, setup: DeviceSetup, 
     return quality, masks, dice
 
 
-def run_train_segmenter(settings: dict[str, Any], weights_out: Path, quality_out: Path, figure_out: Path
-                        ) -> dict[str, Any]:
+def run_train_segmenter(
+    settings: dict[str, Any], weights_out: Path, quality_out: Path, figure_out: Path
+) -> dict[str, Any]:
     """The `train_segmenter` stage: load the train sources, train, score the holdout, write weights and report."""
     started = time.perf_counter()
     spec = SegmenterSpec.from_settings(settings)
-    data = load_training_sources(settings.get("train_sources") or [], spec.image_size,
-                                 int(settings.get("workers", 1)))
+    data = load_training_sources(settings.get("train_sources") or [], spec.image_size, int(settings.get("workers", 1)))
     setup = segmenter_device(settings)
     log.info("training the lung segmenter on %d images at %d px on %s", len(data), spec.image_size, setup.device)
     trained = train_segmenter(data, settings, setup)
     save_segmenter(trained.model, spec, weights_out)
     quality, masks, dice = evaluate(trained, data, setup, int(settings.get("batch_size", 32)))
-    quality.update(spec={"encoder": spec.encoder, "decoder_channels": list(spec.decoder_channels),
-                         "image_size": spec.image_size},
-                   device=str(setup.device), history=trained.history,
-                   seconds=round(time.perf_counter() - started, 1))
+    quality.update(
+        spec={"encoder": spec.encoder, "decoder_channels": list(spec.decoder_channels), "image_size": spec.image_size},
+        device=str(setup.device),
+        history=trained.history,
+        seconds=round(time.perf_counter() - started, 1),
+    )
     quality_out.parent.mkdir(parents=True, exist_ok=True)
     quality_out.write_text(json.dumps(quality, indent=2))
     held = np.flatnonzero(trained.holdout)
     picks = np.argsort(dice, kind="stable")[: int((settings.get("qc") or {}).get("n_figure_images", 24))]
-    plot_mask_grid(data.images[held][picks], masks[picks], [f"Dice {d:.2f}" for d in dice[picks]], figure_out,
-                   reference=data.masks[held][picks])
+    plot_mask_grid(
+        data.images[held][picks],
+        masks[picks],
+        [f"Dice {d:.2f}" for d in dice[picks]],
+        figure_out,
+        reference=data.masks[held][picks],
+    )
     if quality["n_holdout"]:
-        log.info("held-out Dice %.3f IoU %.3f (n=%d)", quality["holdout"]["dice_mean"],
-                 quality["holdout"]["iou_mean"], quality["n_holdout"])
+        log.info(
+            "held-out Dice %.3f IoU %.3f (n=%d)",
+            quality["holdout"]["dice_mean"],
+            quality["holdout"]["iou_mean"],
+            quality["n_holdout"],
+        )
     return quality

@@ -40,8 +40,9 @@ def source_name(index: int, source_cfg: dict[str, Any]) -> str:
 
 def _phantoms(source_cfg: dict[str, Any], size: int, workers: int) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """Generate phantoms at their own size and resize them (and their exact masks) to the segmentation grid."""
-    settings = PhantomSettings.from_config({"image_size": max(size, 32), **DEFAULT_PHANTOMS,
-                                            **(source_cfg.get("synthetic") or {})})
+    settings = PhantomSettings.from_config(
+        {"image_size": max(size, 32), **DEFAULT_PHANTOMS, **(source_cfg.get("synthetic") or {})}
+    )
     data = generate_dataset(settings, workers=workers)
     images = np.stack([resize_to_grid(image, size, is_mask=False) for image in data["images"]])
     masks = np.stack([resize_to_grid(mask, size, is_mask=True) for mask in data["masks"]])
@@ -52,8 +53,10 @@ def _real(source_cfg: dict[str, Any], size: int, workers: int) -> tuple[np.ndarr
     """Read the records of a manifest or COVID-19 database folder that have a mask (the others cannot teach)."""
     root = Path(str(source_cfg.get("source") or "")).expanduser()
     if not str(source_cfg.get("source") or "") or not root.exists():
-        raise FileNotFoundError(f"lung_masks.train_sources: source {str(root)!r} not found; point it at a manifest "
-                                "CSV or an extracted COVID-19_Radiography_Dataset folder")
+        raise FileNotFoundError(
+            f"lung_masks.train_sources: source {str(root)!r} not found; point it at a manifest "
+            "CSV or an extracted COVID-19_Radiography_Dataset folder"
+        )
     records, warnings, _ = source_records(source_cfg["kind"], root, source_cfg)
     for message in warnings:
         log.info("%s: %s", root.name, message)
@@ -77,8 +80,10 @@ def _real(source_cfg: dict[str, Any], size: int, workers: int) -> tuple[np.ndarr
 def load_training_sources(sources: list[dict[str, Any]], size: int, workers: int = 1) -> MaskedImages:
     """All configured train sources on a size x size grid, concatenated in config order."""
     if not sources:
-        raise ValueError("lung_masks.train_sources is empty; list at least one mask-bearing dataset "
-                         "(e.g. {kind: synthetic}) for mode train_and_predict")
+        raise ValueError(
+            "lung_masks.train_sources is empty; list at least one mask-bearing dataset "
+            "(e.g. {kind: synthetic}) for mode train_and_predict"
+        )
     parts = []
     for index, source_cfg in enumerate(sources):
         loader = _phantoms if source_cfg["kind"] == "synthetic" else _real

@@ -25,8 +25,15 @@ PRE_NEGATION = ("no", "not", "without", "negative for", "free of", "absence of",
                 "resolved", "removed", "ruled out")  # fmt: skip
 POST_NEGATION = ("is normal", "are normal", "is clear", "are clear", "is unremarkable", "are unremarkable",
                  "within normal limits", "has resolved", "have resolved", "is not seen", "are not seen")  # fmt: skip
-PSEUDO_NEGATION = ("no change", "no interval change", "no significant change", "without change",
-                   "without interval change", "no increase", "not only")  # a cue word that negates no finding
+PSEUDO_NEGATION = (
+    "no change",
+    "no interval change",
+    "no significant change",
+    "without change",
+    "without interval change",
+    "no increase",
+    "not only",
+)  # a cue word that negates no finding
 TERMINATION = ("but", "however", "although", "though", "yet", "except", "apart from", "aside from", "which")
 NEGATION_WINDOW = 6  # words between a cue and the term (NegEx uses 5 tokens; lists such as "A, B or C" need 6)
 POST_NEGATION_WINDOW = 3  # words between the term and a following cue ("effusion has resolved", "lungs are clear")
@@ -71,7 +78,7 @@ def is_negated(text: str, start: int, end: int) -> bool:
     before, after = _PSEUDO.sub(lambda m: "_" * len(m.group()), text[clause_start:start]), text[end:clause_end]
     cues = list(_PRE.finditer(before))
     if cues:
-        gap = before[cues[-1].end():]
+        gap = before[cues[-1].end() :]
         if not _TERMINATION.search(gap) and len(gap.split()) <= NEGATION_WINDOW:
             return True
     cue = _POST.search(after)

@@ -38,7 +38,9 @@ def report_records(manifest: pd.DataFrame) -> list[dict[str, Any]]:
     records = []
     for index, image_id, raw in zip(manifest["index"], manifest["id"], reports):
         sentences = split_sentences(clean_report(raw))
-        records.append({"index": int(index), "id": str(image_id), "report": " ".join(sentences), "sentences": sentences})
+        records.append(
+            {"index": int(index), "id": str(image_id), "report": " ".join(sentences), "sentences": sentences}
+        )
     return records
 
 

@@ -29,7 +29,9 @@ def training_reports(reports_jsonl: str | Path, split_csv: str | Path) -> list[s
     return [records[i]["report"] for i in indices]
 
 
-def build_tokenizer(reports_jsonl: str | Path, split_csv: str | Path, settings: dict[str, Any], out: str | Path) -> dict:
+def build_tokenizer(
+    reports_jsonl: str | Path, split_csv: str | Path, settings: dict[str, Any], out: str | Path
+) -> dict:
     """Write the tokenizer file `out`: trained here, or the configured `text.tokenizer` checked and copied."""
     given = settings.get("tokenizer")
     if given:

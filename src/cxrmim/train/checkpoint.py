@@ -41,7 +41,9 @@ def rng_state() -> dict[str, Any]:
         "torch": torch.get_rng_state(),
         "numpy": torch.from_numpy(numpy_keys.astype(np.int64)),
         # The key alone is not the state: position and cached gaussian decide the next draws.
-        "numpy_extra": torch.tensor([float(numpy_pos), float(numpy_has_gauss), float(numpy_gauss)], dtype=torch.float64),
+        "numpy_extra": torch.tensor(
+            [float(numpy_pos), float(numpy_has_gauss), float(numpy_gauss)], dtype=torch.float64
+        ),
         "python": torch.tensor(random.getstate()[1], dtype=torch.int64),
     }
     if torch.cuda.is_available():
@@ -96,7 +98,12 @@ class Checkpointer:
         return int(checkpoint["epoch"]), list(checkpoint["history"])
 
     def save(
-        self, model: nn.Module, optimizer: torch.optim.Optimizer, epoch: int, step: int, history: list[dict[str, Any]],
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        epoch: int,
+        step: int,
+        history: list[dict[str, Any]],
         scaler: torch.amp.GradScaler | None = None,
     ) -> None:
         """Everything needed to continue after `epoch` completed epochs (call on the main rank only)."""

@@ -94,7 +94,7 @@ class JointEmbedding(MethodBase):
         return [
             f"method {self.method}, backbone {self.encoder_cfg['timm_name']}, {len(self.data.images)} images "
             f"{self.data.image_size}px; embedding dim {self.embedding_dim} (collapse: std -> 0, healthy "
-            f"~{self.embedding_dim ** -0.5:.3f})",
+            f"~{self.embedding_dim**-0.5:.3f})",
             f"views: {self.augment}",
             f"parameters: backbone {backbone:,}, trainable {trainable:,}",
         ]

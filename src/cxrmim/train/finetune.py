@@ -48,6 +48,7 @@ from cxrmim.train.memory import model_probes, plan_memory
 
 log = logging.getLogger("cxrmim.finetune")
 
+
 def architecture_label(encoder_cfg: dict[str, Any]) -> str:
     """The entry's `label`, else the architecture as named in the paper's tables (ViT / ResNet-50), else timm's name."""
     if encoder_cfg.get("label"):
@@ -98,8 +99,13 @@ def resolve_patch_size(init: InitSpec, weights: str | None, patch_size: int | No
 
 
 def build_model(
-    init: InitSpec, encoder_cfg: dict[str, Any], weights: str | None, image_size: int, patch_size: int,
-    num_classes: int, drop_path: float,
+    init: InitSpec,
+    encoder_cfg: dict[str, Any],
+    weights: str | None,
+    image_size: int,
+    patch_size: int,
+    num_classes: int,
+    drop_path: float,
 ) -> tuple[nn.Module, InputNorm]:
     """Encoder plus linear classification head, and the input normalisation its initial weights expect.
 
@@ -116,12 +122,19 @@ def build_model(
     return model, GREY_NORM
 
 
-
-
 def train_epoch(
-    model: nn.Module, loader: BatchLoader, optimizer: torch.optim.Optimizer, schedule: Schedule,
-    settings: FinetuneSettings, norm: InputNorm, setup: DeviceSetup, generator: torch.Generator, epoch: int,
-    sigmoid: bool = False, scaler: torch.amp.GradScaler | None = None, accumulation: int = 1,
+    model: nn.Module,
+    loader: BatchLoader,
+    optimizer: torch.optim.Optimizer,
+    schedule: Schedule,
+    settings: FinetuneSettings,
+    norm: InputNorm,
+    setup: DeviceSetup,
+    generator: torch.Generator,
+    epoch: int,
+    sigmoid: bool = False,
+    scaler: torch.amp.GradScaler | None = None,
+    accumulation: int = 1,
 ) -> tuple[float, float]:
     """One pass over the loader; returns the mean training loss and the last learning rate used.
 
@@ -221,7 +234,13 @@ def finetune(
     )  # fmt: skip
     model = tune_for_device(model.to(setup.device), setup)  # CUDA CNNs: cudnn autotuning, channels-last
     loader = BatchLoader(
-        train, batch_size, setup, shuffle=True, seed=run_seed, drop_last=True, min_batches=min_batches,
+        train,
+        batch_size,
+        setup,
+        shuffle=True,
+        seed=run_seed,
+        drop_last=True,
+        min_batches=min_batches,
         placement=placement,
     )
     steps_per_epoch = math.ceil(len(loader) / accumulation)
@@ -241,11 +260,22 @@ def finetune(
     log.info(
         "init %s: %s, input norm %s, %d train images, batch %d, %d steps/epoch, %s %s peak lr %.3g (recipe %s), "
         "device %s",
-        init.name, model_description(built), norm.as_dict(), len(data.train.labels), batch_size, steps_per_epoch,
-        settings.optimizer, settings.schedule, peak_lr, settings.recipe, setup.device,
+        init.name,
+        model_description(built),
+        norm.as_dict(),
+        len(data.train.labels),
+        batch_size,
+        steps_per_epoch,
+        settings.optimizer,
+        settings.schedule,
+        peak_lr,
+        settings.recipe,
+        setup.device,
     )
     if accumulation > 1:
-        log.info("%d micro-batches of %d per step: effective batch %d", accumulation, batch_size, batch_size * accumulation)
+        log.info(
+            "%d micro-batches of %d per step: effective batch %d", accumulation, batch_size, batch_size * accumulation
+        )
 
     selection = SELECTION_COLUMN[data.task]
     history: list[dict[str, Any]] = []
@@ -253,7 +283,17 @@ def finetune(
     schedule = schedule_for(settings, total_steps, warmup_steps, peak_lr)
     for epoch in range(settings.epochs):
         train_loss, lr = train_epoch(
-            model, loader, optimizer, schedule, settings, norm, setup, augment_generator, epoch, data.sigmoid, scaler,
+            model,
+            loader,
+            optimizer,
+            schedule,
+            settings,
+            norm,
+            setup,
+            augment_generator,
+            epoch,
+            data.sigmoid,
+            scaler,
             accumulation,
         )
         val_probs = predict(model, val_images, norm, setup, data.sigmoid)
@@ -268,7 +308,11 @@ def finetune(
         )
         log.info(
             "epoch %d/%d train loss %.4f %s %.4f",
-            epoch + 1, settings.epochs, train_loss, selection, val.get(selection[4:], float("nan")),
+            epoch + 1,
+            settings.epochs,
+            train_loss,
+            selection,
+            val.get(selection[4:], float("nan")),
         )
         epoch_results.append((val, test, test_probs))
 

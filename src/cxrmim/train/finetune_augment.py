@@ -24,8 +24,20 @@ from cxrmim.models.encoders import InputNorm
 from cxrmim.recipe import FinetuneSettings
 
 AUGMENT_PRESETS = registry.names(registry.AUGMENT_PRESETS)  # declared in cxrmim.registry
-RANDAUG_OPS = ("identity", "autocontrast", "rotate", "posterize", "solarize", "contrast", "brightness",
-               "sharpness", "shear_x", "shear_y", "translate_x", "translate_y")
+RANDAUG_OPS = (
+    "identity",
+    "autocontrast",
+    "rotate",
+    "posterize",
+    "solarize",
+    "contrast",
+    "brightness",
+    "sharpness",
+    "shear_x",
+    "shear_y",
+    "translate_x",
+    "translate_y",
+)
 RANDAUG_N, RANDAUG_M, RANDAUG_STD, RANDAUG_PROB = 2, 9.0, 0.5, 0.5
 
 
@@ -43,8 +55,9 @@ def resample(images: torch.Tensor, theta: torch.Tensor, offsets: torch.Tensor | 
     return F.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
-def affine_theta(angle: torch.Tensor, scale: torch.Tensor, shear: torch.Tensor, shift: torch.Tensor,
-                 flip: torch.Tensor) -> torch.Tensor:
+def affine_theta(
+    angle: torch.Tensor, scale: torch.Tensor, shear: torch.Tensor, shift: torch.Tensor, flip: torch.Tensor
+) -> torch.Tensor:
     """Per-image affine matrices from rotation (radians), scale, x-shear, (2, B) shift and flip sign (+-1)."""
     cos, sin = torch.cos(angle), torch.sin(angle)
     theta = torch.zeros(len(angle), 2, 3, device=angle.device)
@@ -61,8 +74,11 @@ def classic(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     batch, size = images.shape[0], images.shape[-1]
     flip = torch.where(uniform(generator, batch, 0, 1) < 0.5, -1.0, 1.0)
     theta = affine_theta(
-        uniform(generator, batch, -math.radians(10), math.radians(10)), uniform(generator, batch, 0.9, 1.1),
-        uniform(generator, batch, -0.1, 0.1), uniform(generator, 2 * batch, -0.05, 0.05).view(2, batch), flip,
+        uniform(generator, batch, -math.radians(10), math.radians(10)),
+        uniform(generator, batch, 0.9, 1.1),
+        uniform(generator, batch, -0.1, 0.1),
+        uniform(generator, 2 * batch, -0.05, 0.05).view(2, batch),
+        flip,
     )
     # A coarse 4x4 random field upsampled smoothly: elastic distortion without a per-pixel Gaussian filter.
     coarse = 0.02 * (2 * torch.rand(batch, 2, 4, 4, generator=generator, device=generator.device) - 1)
@@ -112,8 +128,12 @@ def randaugment_ops(images: torch.Tensor, level: torch.Tensor, sign: torch.Tenso
     return {
         "identity": images,
         "autocontrast": (images - low) / (high - low).clamp(min=1e-6),
-        "rotate": resample(images, affine_theta(sign * level * math.radians(30), ones, zeros,
-                                                torch.zeros(2, batch, device=images.device), ones)),
+        "rotate": resample(
+            images,
+            affine_theta(
+                sign * level * math.radians(30), ones, zeros, torch.zeros(2, batch, device=images.device), ones
+            ),
+        ),
         "posterize": torch.floor(images / step) * step,
         "solarize": torch.where(images >= view(1 - level), 1 - images, images),
         "contrast": (mean + factor * (images - mean)).clamp(0, 1),
@@ -121,8 +141,12 @@ def randaugment_ops(images: torch.Tensor, level: torch.Tensor, sign: torch.Tenso
         "sharpness": (blurred + factor * (images - blurred)).clamp(0, 1),
         "shear_x": resample(images, shear_theta(sign * level * 0.3, zeros)),
         "shear_y": resample(images, shear_theta(zeros, sign * level * 0.3)),
-        "translate_x": resample(images, affine_theta(zeros, ones, zeros, torch.stack([sign * level * 0.9, zeros]), ones)),
-        "translate_y": resample(images, affine_theta(zeros, ones, zeros, torch.stack([zeros, sign * level * 0.9]), ones)),
+        "translate_x": resample(
+            images, affine_theta(zeros, ones, zeros, torch.stack([sign * level * 0.9, zeros]), ones)
+        ),
+        "translate_y": resample(
+            images, affine_theta(zeros, ones, zeros, torch.stack([zeros, sign * level * 0.9]), ones)
+        ),
     }
 
 
@@ -135,8 +159,9 @@ def applied_preset(preset: str, vit: bool) -> str:
     return preset
 
 
-def augment_images(images_uint8: torch.Tensor, norm: InputNorm, settings: FinetuneSettings,
-                   generator: torch.Generator) -> torch.Tensor:
+def augment_images(
+    images_uint8: torch.Tensor, norm: InputNorm, settings: FinetuneSettings, generator: torch.Generator
+) -> torch.Tensor:
     """(B, S, S) uint8 -> augmented, normalised (B, 1, S, S) float by the run's preset (settings.augment)."""
     images = images_uint8.unsqueeze(1).float() / 255.0
     preset = settings.augment
@@ -148,6 +173,8 @@ def augment_images(images_uint8: torch.Tensor, norm: InputNorm, settings: Finetu
     elif preset == "randaugment":
         images = randaugment(images, generator)
     elif preset != "none":
-        raise ValueError(f"finetune augment preset {preset!r} cannot be applied as is; one of {AUGMENT_PRESETS[:-1]} "
-                         "(native resolves to classic or randaugment by architecture)")
+        raise ValueError(
+            f"finetune augment preset {preset!r} cannot be applied as is; one of {AUGMENT_PRESETS[:-1]} "
+            "(native resolves to classic or randaugment by architecture)"
+        )
     return (images - norm.mean) / norm.std

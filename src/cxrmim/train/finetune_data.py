@@ -50,11 +50,15 @@ class FinetuneData:
         return self.task != "multiclass"
 
 
-def read_multilabel_targets(prepared_dir: Path, findings: list[str] | None, n_images: int) -> tuple[np.ndarray, list[str]]:
+def read_multilabel_targets(
+    prepared_dir: Path, findings: list[str] | None, n_images: int
+) -> tuple[np.ndarray, list[str]]:
     """prepared/labels.npy (N, n_findings) uint8 and the findings in its column order, checked against the cache."""
     path = prepared_dir / "labels.npy"
     if not path.exists():
-        raise FileNotFoundError(f"{path} is missing: a multilabel task needs a cache prepared with dataset.task: multilabel")
+        raise FileNotFoundError(
+            f"{path} is missing: a multilabel task needs a cache prepared with dataset.task: multilabel"
+        )
     summary_path = prepared_dir / "summary.json"
     stored = json.loads(summary_path.read_text()).get("findings") if summary_path.exists() else None
     if findings and stored and list(findings) != list(stored):
@@ -62,15 +66,21 @@ def read_multilabel_targets(prepared_dir: Path, findings: list[str] | None, n_im
     findings = list(findings or stored or [])
     labels = np.load(path)
     if labels.ndim != 2 or labels.shape != (n_images, len(findings)):
-        raise ValueError(f"{path}: shape {labels.shape}, expected ({n_images}, {len(findings)}) for findings {findings}")
+        raise ValueError(
+            f"{path}: shape {labels.shape}, expected ({n_images}, {len(findings)}) for findings {findings}"
+        )
     if not np.isin(labels, (0, 1, 255)).all():
         raise ValueError(f"{path}: values must be 0 (absent), 1 (present) or 255 (uncertain)")
     return labels.astype(np.uint8), findings
 
 
 def load_finetune_data(
-    prepared_dir: str | Path, split_csv: str | Path, subset_csv: str | Path, task: str = "multiclass",
-    positive: str | None = None, findings: list[str] | None = None,
+    prepared_dir: str | Path,
+    split_csv: str | Path,
+    subset_csv: str | Path,
+    task: str = "multiclass",
+    positive: str | None = None,
+    findings: list[str] | None = None,
 ) -> FinetuneData:
     """Read the cache once and cut it into the labelled subset, validation and test parts."""
     if task not in TASKS:
@@ -87,7 +97,9 @@ def load_finetune_data(
     class_index = {name: i for i, name in enumerate(classes)}
     if task == "binary":
         if positive not in classes:
-            raise ValueError(f"{split_csv}: dataset.positive {positive!r} is not a label of the split (labels: {classes})")
+            raise ValueError(
+                f"{split_csv}: dataset.positive {positive!r} is not a label of the split (labels: {classes})"
+            )
         classes = [positive]
     multilabel = None
     if task == "multilabel":

@@ -17,12 +17,17 @@ def add_run_arguments(parser: argparse.ArgumentParser, settings_help: str) -> No
     """--encoder, --settings, --seed, --out, --log/--log-file and --stop-after-epochs."""
     parser.add_argument("--encoder", required=True, help="JSON (inline or file) of one `encoders:` config entry")
     parser.add_argument("--settings", required=True, help=settings_help)
-    parser.add_argument("--seed", type=int, default=None, help="pretraining seed (one of pretrain.seeds; default: settings' seed or 0)")
+    parser.add_argument(
+        "--seed", type=int, default=None, help="pretraining seed (one of pretrain.seeds; default: settings' seed or 0)"
+    )
     parser.add_argument("--out", required=True, help="output directory")
     # --log-file: torchrun's own parser claims `--log` (ambiguous prefix of its --log-dir options).
     parser.add_argument("--log", "--log-file", dest="log", default=None, help="also write the log to this file")
     parser.add_argument(
-        "--stop-after-epochs", type=int, default=None, help=f"stop once this many epochs are done (tests; or {STOP_ENV})"
+        "--stop-after-epochs",
+        type=int,
+        default=None,
+        help=f"stop once this many epochs are done (tests; or {STOP_ENV})",
     )
 
 

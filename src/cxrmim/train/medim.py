@@ -65,7 +65,9 @@ class ReportGuidedMasking(ReportMethodOutputs):
             "images": images,
             **report_batch(batch),
             "report_keyword": batch["report_keyword"],
-            "in_sentence": choose_sentences(batch["report_sentence"], batch["report_word"], self.min_words, sentence_noise),
+            "in_sentence": choose_sentences(
+                batch["report_sentence"], batch["report_word"], self.min_words, sentence_noise
+            ),
             "mask_noise": mask_noise,
         }
 

@@ -95,7 +95,11 @@ class MemoryEstimate:
 
 
 def estimate_memory(
-    model: nn.Module, probes: Sequence[Probe], batch_size: int, setup: DeviceSetup, checkpointing: bool,
+    model: nn.Module,
+    probes: Sequence[Probe],
+    batch_size: int,
+    setup: DeviceSetup,
+    checkpointing: bool,
     data_bytes: int = 0,
 ) -> MemoryEstimate:
     """Weights, gradients, AdamW moments and activations of a training step at `batch_size`, plus the data."""
@@ -127,7 +131,9 @@ def advice(estimate: MemoryEstimate, available: int, checkpointing: bool, sectio
     return f"it will not fit in {available / GB:.1f} GB: " + "; or ".join(steps)
 
 
-def log_estimate(estimate: MemoryEstimate, setup: DeviceSetup, batch_size: int, checkpointing: bool, section: str) -> None:
+def log_estimate(
+    estimate: MemoryEstimate, setup: DeviceSetup, batch_size: int, checkpointing: bool, section: str
+) -> None:
     """Log the estimate; on CUDA compare it with the device's free memory and say what to change."""
     log.info("%s%s", estimate.line(batch_size), ", activation checkpointing on" if checkpointing else "")
     if setup.device.type != "cuda":
@@ -143,8 +149,14 @@ def model_probes(model: nn.Module, image_size: int) -> list[Probe]:
 
 
 def plan_memory(
-    model: nn.Module, probes: Sequence[Probe], tensors: dict, batch_size: int, setup: DeviceSetup, requested: str,
-    checkpointing: bool, section: str,
+    model: nn.Module,
+    probes: Sequence[Probe],
+    tensors: dict,
+    batch_size: int,
+    setup: DeviceSetup,
+    requested: str,
+    checkpointing: bool,
+    section: str,
 ) -> str:
     """Estimate the job, place its data (device when it fits with room, else host) and log both -> placement.
 

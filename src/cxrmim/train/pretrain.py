@@ -69,8 +69,11 @@ def run_pretraining(
     tokenizer rule's file and the `text:` config section).
     """
     spec = registry.method(method)  # an unknown name fails before any data is read
-    setup = select_device(str(settings.get("device", "auto")), cpu_fallback=bool(settings.get("cpu_fallback", False)),
-                          fallback_key=f"{spec.section if spec.family == registry.JOINT else 'pretrain'}.cpu_fallback")
+    setup = select_device(
+        str(settings.get("device", "auto")),
+        cpu_fallback=bool(settings.get("cpu_fallback", False)),
+        fallback_key=f"{spec.section if spec.family == registry.JOINT else 'pretrain'}.cpu_fallback",
+    )
     loop_settings = LoopSettings.from_settings(settings)
     # Every method trains on the same images: train + val of the split, lung-mask QC exclusions applied. Only the
     # masked family reads the lung masks (RGMIM's masking; MAE's visible-lung statistic); the others never open them.
@@ -89,15 +92,21 @@ def parse_args(argv: list[str] | None = None, family: str | None = None) -> argp
     parser = argparse.ArgumentParser(
         description=f"Pretraining ({', '.join(names)}) on the prepared chest X-ray cache (torchrun-compatible).",
     )
-    parser.add_argument("--prepared", required=True, help="prepared cache directory (images.npy, masks.npy, manifest.csv)")
+    parser.add_argument(
+        "--prepared", required=True, help="prepared cache directory (images.npy, masks.npy, manifest.csv)"
+    )
     parser.add_argument("--split", required=True, help="split.csv; images whose part is train or val are used")
     parser.add_argument("--validity", required=True, help="validity.npz of patch_validity (its QC exclusions apply)")
     parser.add_argument("--method", required=True, choices=names, help="a cxrmim.registry method")
-    parser.add_argument("--mask-ratio", type=float, default=None, help="share of patches to mask, e.g. 0.75 (not joint-embedding)")
+    parser.add_argument(
+        "--mask-ratio", type=float, default=None, help="share of patches to mask, e.g. 0.75 (not joint-embedding)"
+    )
     add_run_arguments(parser, "JSON (inline or file) of `pretrain:` or `contrastive.<method>`")
     reading = ", ".join(registry.methods(reads_reports=True))
     parser.add_argument("--tokenizer", default=None, help=f"tokenizer JSON of the tokenizer rule ({reading})")
-    parser.add_argument("--text", default=None, help="JSON (inline or file) of the `text:` config section (report methods)")
+    parser.add_argument(
+        "--text", default=None, help="JSON (inline or file) of the `text:` config section (report methods)"
+    )
     return parser.parse_args(argv)
 
 

@@ -100,7 +100,11 @@ def batch_inputs(
     if "masks" not in batch:  # a method that reads no lung validity: the same draws, images only
         return augment_batch(images, None, augment.get("crop_scale", (1.0, 1.0)), bool(augment.get("hflip")), generator)
     images, masks = augment_batch(
-        images, batch["masks"].unsqueeze(1), augment.get("crop_scale", (1.0, 1.0)), bool(augment.get("hflip")), generator
+        images,
+        batch["masks"].unsqueeze(1),
+        augment.get("crop_scale", (1.0, 1.0)),
+        bool(augment.get("hflip")),
+        generator,
     )
     valid = valid_patches(patch_coverage(masks, data.patch_size), data.threshold)
     # Images without a lung mask follow the prepare stage's all-valid policy.

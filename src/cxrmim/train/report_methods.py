@@ -44,7 +44,9 @@ def report_inputs(spec: Method, data: PretrainData, run: RunInputs) -> tuple[Rep
     if not spec.reads_reports:
         return None, 0, 0
     if not run.tokenizer or not run.text:
-        raise ValueError(f"method {spec.name} reads the reports: pass --tokenizer (the tokenizer rule's file) and --text")
+        raise ValueError(
+            f"method {spec.name} reads the reports: pass --tokenizer (the tokenizer rule's file) and --text"
+        )
     return load_report_tensors(run.prepared_dir, run.tokenizer, data, run.text)
 
 
@@ -69,7 +71,9 @@ class ReportMethodOutputs(MethodBase):
         """Method, data and parameter counts."""
         encoder = parameter_count(self.core.mae.encoder)
         total = parameter_count(self.core)
-        words = "" if self.reports is None else f", reports of {self.reports.attention.sum(1).float().mean():.1f} tokens"
+        words = (
+            "" if self.reports is None else f", reports of {self.reports.attention.sum(1).float().mean():.1f} tokens"
+        )
         return [
             f"method {self.method}, mask ratio {self.mask_ratio:.2f}, {len(self.data.images)} images "
             f"{self.data.image_size}px, patch {self.data.patch_size}{words}",

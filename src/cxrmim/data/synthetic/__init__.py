@@ -32,6 +32,13 @@ from cxrmim.data.synthetic.settings import (
 )
 
 __all__ = [
-    "CLASSES", "FINDINGS", "NO_FINDING", "Phantom", "PhantomSettings", "class_of", "generate_dataset", "lesion_mask",
+    "CLASSES",
+    "FINDINGS",
+    "NO_FINDING",
+    "Phantom",
+    "PhantomSettings",
+    "class_of",
+    "generate_dataset",
+    "lesion_mask",
     "render_phantom",
 ]

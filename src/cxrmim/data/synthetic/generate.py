@@ -86,8 +86,9 @@ def render_phantom(settings: PhantomSettings, index: int, label: str | None = No
     if index < 0:
         raise ValueError(f"index must be non-negative, got {index}")
     if label is not None and label not in CLASSES and label != NO_FINDING and set(label.split("|")) - set(FINDINGS):
-        raise ValueError(f"unknown label {label!r}; expected one of {list(CLASSES)} or findings of {list(FINDINGS)} "
-                         "joined by '|'")
+        raise ValueError(
+            f"unknown label {label!r}; expected one of {list(CLASSES)} or findings of {list(FINDINGS)} joined by '|'"
+        )
     size, strength = settings.image_size, settings.nuisance_strength
     anchor = _anchor(settings, index)
     true_label = label if label is not None else class_of(settings, index)

@@ -89,14 +89,16 @@ def _check_value(name: str, value: object) -> None:
         )
         if not ok:
             raise ValueError(
-                f"{where} must be {len(CLASSES)} non-negative weights (not all zero) for {list(CLASSES)}, "
-                f"got {value!r}"
+                f"{where} must be {len(CLASSES)} non-negative weights (not all zero) for {list(CLASSES)}, got {value!r}"
             )
     if name == "multi_finding" and not isinstance(value, bool):
         raise ValueError(f"{where} must be true or false, got {value!r}")
     ranges = {
-        "finding_probability": (0.0, 1.0), "lesion_contrast": (0.0, 1.0), "label_noise": (0.0, 1.0),
-        "nuisance_strength": (0.0, 5.0), "zoom": (0.5, 2.0),
+        "finding_probability": (0.0, 1.0),
+        "lesion_contrast": (0.0, 1.0),
+        "label_noise": (0.0, 1.0),
+        "nuisance_strength": (0.0, 5.0),
+        "zoom": (0.5, 2.0),
     }
     if name in ranges:
         low, high = ranges[name]
