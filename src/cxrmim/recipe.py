@@ -15,6 +15,12 @@ LR_REFERENCE_BATCH = 256  # peak lr = base_lr * batch / 256, the linear scaling 
 DEFAULT_BETAS = (0.9, 0.999)  # AdamW betas of MAE fine-tuning: fixed, the config's finetune section has no betas
 DEFAULT_RECIPE = "default"  # the `finetune:` section itself, for every init no recipe names
 
+# Keys of a training section that say where or how fast a job runs, never what it learns: no run signature, no
+# Table 1 row (the DAG's own choices, e.g. pretrain.methods, are added where they apply).
+JOB_KEYS = frozenset(
+    {"device", "cpu_fallback", "compile", "num_workers", "resources", "data_placement", "grad_checkpointing"}
+)
+
 
 @dataclass(frozen=True)
 class FinetuneSettings:

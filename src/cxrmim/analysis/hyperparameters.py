@@ -9,30 +9,11 @@ import pandas as pd
 from cxrmim import registry
 from cxrmim.data.splits import configured_budgets
 from cxrmim.models.description import model_description
-from cxrmim.recipe import DEFAULT_BETAS, DEFAULT_RECIPE, LR_REFERENCE_BATCH, FinetuneSettings
+from cxrmim.recipe import DEFAULT_BETAS, DEFAULT_RECIPE, JOB_KEYS, LR_REFERENCE_BATCH, FinetuneSettings
 
 # Config keys that do not change a result (where or how fast a job runs, which jobs exist): not in Table 1.
 # Every other key of these sections has a row; tests/test_tables.py checks the schema against this list.
-NOT_IN_TABLE_1 = {
-    "pretrain": {
-        "device",
-        "cpu_fallback",
-        "compile",
-        "num_workers",
-        "resources",
-        "data_placement",
-        "grad_checkpointing",
-    },
-    "finetune": {
-        "imagenet_weights",
-        "device",
-        "cpu_fallback",
-        "num_workers",
-        "resources",
-        "data_placement",
-        "grad_checkpointing",
-    },
-}
+NOT_IN_TABLE_1 = {"pretrain": JOB_KEYS, "finetune": JOB_KEYS | {"imagenet_weights"}}
 NONE = "–"
 
 

@@ -29,6 +29,7 @@ from cxrmim.device import DeviceSetup, adamw, has_batch_norm
 from cxrmim.io import atomic_path
 from cxrmim.models.encoders import enable_grad_checkpointing
 from cxrmim.optim import weight_decay_groups
+from cxrmim.recipe import JOB_KEYS
 from cxrmim.train.batching import LoopSettings, Schedule, split_batch
 from cxrmim.train.checkpoint import Checkpointer
 from cxrmim.train.distributed import (
@@ -45,7 +46,6 @@ from cxrmim.train.memory import plan_memory
 log = logging.getLogger("cxrmim.pretrain")
 
 STOP_ENV = "CXRMIM_STOP_AFTER_EPOCHS"
-UNSIGNED_LOOP_KEYS = {"compile", "data_placement", "grad_checkpointing"}  # they change no trained weight
 
 
 @dataclass
@@ -88,7 +88,7 @@ def run_signature(
     Besides the config: the realised effective batch (what sets the lr), and for BatchNorm networks the batch
     their statistics see (the micro-batch, x the world size under SyncBatchNorm), which the world size changes.
     """
-    loop = {k: v for k, v in asdict(settings).items() if k not in UNSIGNED_LOOP_KEYS}
+    loop = {k: v for k, v in asdict(settings).items() if k not in JOB_KEYS}  # they change no trained weight
     if schedule is not None:
         loop["realised_effective_batch"] = schedule.effective_batch
     if batch_norm_batch is not None:

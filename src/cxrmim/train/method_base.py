@@ -13,31 +13,15 @@ from typing import Any
 
 from torch import nn
 
+from cxrmim.recipe import JOB_KEYS
 from cxrmim.registry import Method
 from cxrmim.train.pretrain_data import PretrainData
 
 # `pretrain:` keys that do not change the trained weights: the job's, the DAG's choices, and the loop's own
 # (which signs them itself).
-PRETRAIN_UNSIGNED_KEYS = frozenset(
-    {
-        "device",
-        "cpu_fallback",
-        "compile",
-        "num_workers",
-        "resources",
-        "data_placement",
-        "grad_checkpointing",
-        "methods",
-        "mask_ratios",
-        "mask_ratio",
-        "encoder",
-        "seeds",
-    }
-)
+PRETRAIN_UNSIGNED_KEYS = JOB_KEYS | {"methods", "mask_ratios", "mask_ratio", "encoder", "seeds"}
 # A joint-embedding method's own section (`contrastive.<method>`) holds no DAG choices.
-SECTION_UNSIGNED_KEYS = frozenset(
-    {"device", "cpu_fallback", "compile", "num_workers", "resources", "data_placement", "grad_checkpointing"}
-)
+SECTION_UNSIGNED_KEYS = JOB_KEYS
 
 
 @dataclass(frozen=True)
