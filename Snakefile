@@ -1,5 +1,6 @@
 # cxrmim: masked image modeling (MAE, region-guided RGMIM) for chest X-rays.
-# `snakemake --cores N` regenerates every table, figure and the report for the configured dataset.
+# `snakemake --cores N` regenerates every table, figure and report: one dataset's, or a pretraining corpus and the
+# datasets an experiment evaluates on (cxrmim.experiment).
 import shlex
 import sys
 from pathlib import Path
@@ -28,6 +29,12 @@ report: "docs/captions/workflow.rst"
 
 
 include: "rules/common.smk"
+
+
+# A dataset's folder is results/<name>/ for the datasets some job reads (cxrmim.experiment); rules of the evaluation
+# datasets narrow it further.
+wildcard_constraints:
+    dataset=DATASETS,
 
 
 # Default target: the report and everything it is built from.

@@ -2,6 +2,7 @@
 # refuse a config before any job runs, are cxrmim.plan; what each method is, cxrmim.registry (both torch-free).
 import json
 import os
+import re
 import shlex
 from pathlib import Path
 
@@ -15,10 +16,32 @@ from cxrmim.resources import job_mem_mb  # mem_mb from the cache's size (torch-f
 check(config)  # what the schema cannot check (patch size vs image size, inits, methods), before any job runs
 PLAN = Plan(config)
 
-RESULTS = PLAN.results
-RESOURCES_DIR = f"resources/{config['dataset']['name']}"
-LOGS = f"{RESULTS}/logs"
-BENCH = f"{RESULTS}/benchmarks"
+DATA = "results/{dataset}"  # one dataset's results folder: its data stages, fine-tunes, tables and report
+LOGS = f"{DATA}/logs"
+BENCH = f"{DATA}/benchmarks"
+DATASETS = "|".join(map(re.escape, PLAN.datasets))  # every dataset some job reads
+EVALUATED = "|".join(map(re.escape, PLAN.evaluated))
+# Pretraining runs live under their corpus: results/<corpus>/pretrain/<run>.
+MASKED_CORPUS = PLAN.experiment.corpus(registry.methods(registry.MASKED)[0])
+JOINT_CORPUS = PLAN.experiment.corpus(registry.methods(registry.JOINT)[0])
+CORPUS = f"results/{MASKED_CORPUS}"  # the masked and report-aware methods' corpus
+JOINT = f"results/{JOINT_CORPUS}"  # the joint-embedding methods' corpus (the same one unless configured)
+EXPERIMENT = f"results/{PLAN.experiment.name}"  # the cross-dataset summary and report (several datasets)
+
+
+def at(dataset, pattern):
+    """A path pattern of the per-dataset rules with its {dataset} filled in (input functions return paths)."""
+    return pattern.replace("{dataset}", dataset)
+
+
+def view(wildcards):
+    """The config the job's dataset reads (cxrmim.experiment: its own dataset, split, label budgets, lung masks)."""
+    return PLAN.view(wildcards.dataset)
+
+
+def pretrain_dir(run):
+    """The folder of a pretraining run: under the corpus it trained on."""
+    return f"results/{PLAN.corpus_of(run)}/pretrain/{run}"
 
 
 WORKFLOW_DIR = Path(workflow.basedir)
@@ -76,17 +99,19 @@ def job_resource(rule_name, key):
     return grows(section.get(rule_name, {}).get(key, section["default"][key]))
 
 
-def data_mem(rule_name, configured=None):
+def data_mem(rule_name, configured=None, dataset=None):
     """mem_mb sized from the prepared cache (cxrmim.resources; the configured value is the floor), x the attempt.
 
-    Without `configured`, the floor is `resources.<rule>` or `resources.default`, as in job_resource.
+    Without `configured`, the floor is `resources.<rule>` or `resources.default`, as in job_resource. The cache is
+    the job's {dataset}'s, or `dataset`'s for the rules of one corpus.
     """
     if configured is None:
         configured = config["resources"].get(rule_name, config["resources"]["default"])["mem_mb"]
 
     def mem_mb(wildcards, input, attempt):
         method = wildcards.get("method")
-        return job_mem_mb(rule_name, input.images, configured, config, method) * attempt
+        sizes = PLAN.view(dataset or wildcards.dataset)
+        return job_mem_mb(rule_name, input.images, configured, sizes, method) * attempt
 
     return mem_mb
 
@@ -109,9 +134,14 @@ JOINT_METHODS = registry.methods(registry.JOINT)  # what rule contrastive_pretra
 VARIANTS = variant_pattern()
 
 
-def finetune_metrics():
-    """metrics.json of every fine-tuning run."""
-    return [f"{RESULTS}/{run}/metrics.json" for run in PLAN.finetune_runs()]
+def finetune_metrics(wildcards):
+    """metrics.json of every fine-tuning run on the job's evaluation dataset."""
+    return [f"results/{wildcards.dataset}/{run}/metrics.json" for run in PLAN.finetune_runs(wildcards.dataset)]
+
+
+def pretrain_files(name, runs):
+    """One file of each of `runs`, in the run folders under their corpora."""
+    return [f"{pretrain_dir(run)}/{name}" for run in runs]
 
 
 TABLES = ["verdict", "label_fractions", "mask_ratio", "hyperparameters", "significance", "study"]
@@ -129,8 +159,13 @@ CONTRASTIVE_FIGURES = ["contrastive_pretraining"] if CONTRASTIVE_RUNS else []
 
 
 def all_targets():
-    """Everything `rule all` asks for."""
-    return [f"{RESULTS}/report.html"]
+    """Everything `rule all` asks for: the report (one dataset) or the experiment's report (several)."""
+    return [f"{EXPERIMENT}/report.html"]
+
+
+def dataset_reports():
+    """Each evaluation dataset's report (several datasets: the experiment report links them)."""
+    return [f"results/{name}/report.html" for name in PLAN.evaluated]
 
 
 def finetune_weights(wildcards):
@@ -138,7 +173,7 @@ def finetune_weights(wildcards):
     none."""
     spec = parse_init(wildcards.init)
     if spec.pretrained:
-        return [f"{RESULTS}/pretrain/{wildcards.init}/encoder.safetensors"]
+        return [f"{pretrain_dir(wildcards.init)}/encoder.safetensors"]
     if spec.weights_key:
         return [config["finetune"][spec.weights_key][spec.encoder_key]]
     if spec.entries:
@@ -166,35 +201,47 @@ def finetune_settings(wildcards):
 
 # Lung masks for datasets without them (rules/lung_masks.smk).
 
-LUNG_MASKS = config["lung_masks"]
-LUNG_MASK_DIR = f"{RESULTS}/lung_masks"
+LUNG_MASK_DIR = f"{DATA}/lung_masks"
 
 
-def segmenter_weights(wildcards=None):
+def lung_masks(wildcards):
+    """The job's dataset's `lung_masks` section."""
+    return view(wildcards)["lung_masks"]
+
+
+def segmenter_weights(wildcards):
     """The segmentation weights lung_masks uses: trained in this run, or the file lung_masks.weights names."""
-    if LUNG_MASKS["mode"] == "train_and_predict":
-        return f"{LUNG_MASK_DIR}/segmenter.safetensors"
-    if not LUNG_MASKS.get("weights"):
+    return dataset_segmenter(wildcards.dataset)
+
+
+def dataset_segmenter(dataset):
+    """A dataset's segmenter weights (lung_masks.mode predict: the configured file, which must be set)."""
+    section = PLAN.view(dataset)["lung_masks"]
+    if section["mode"] == "train_and_predict":
+        return at(dataset, f"{LUNG_MASK_DIR}/segmenter.safetensors")
+    if not section.get("weights"):
         raise ValueError(
-            "lung_masks.mode is 'predict' but lung_masks.weights is empty; set it to a segmenter "
-            ".safetensors (e.g. results/<other>/lung_masks/segmenter.safetensors), or use "
+            f"lung_masks.mode of dataset {dataset} is 'predict' but lung_masks.weights is empty; set it "
+            "to a segmenter .safetensors (e.g. results/<other>/lung_masks/segmenter.safetensors), or use "
             "mode: train_and_predict"
         )
-    return LUNG_MASKS["weights"]
+    return section["weights"]
 
 
 def segmenter_source_files(wildcards):
     """Manifest CSVs among the train sources, so editing one retrains the segmenter."""
-    return [
-        s["source"] for s in LUNG_MASKS.get("train_sources") or [] if s.get("source") and Path(s["source"]).is_file()
-    ]
+    sources = lung_masks(wildcards).get("train_sources") or []
+    return [s["source"] for s in sources if s.get("source") and Path(s["source"]).is_file()]
 
 
 def patch_validity_masks(wildcards):
     """Masks patch_validity reads: the prepared ones (mode provided) or the predicted ones and their QC decisions."""
-    if LUNG_MASKS["mode"] == "provided":
-        return {"masks": rules.prepare.output.masks}
-    return {"masks": rules.lung_masks.output.masks, "mask_status": rules.lung_masks.output.qc}
+    if lung_masks(wildcards)["mode"] == "provided":
+        return {"masks": at(wildcards.dataset, rules.prepare.output.masks)}
+    return {
+        "masks": at(wildcards.dataset, rules.lung_masks.output.masks),
+        "mask_status": at(wildcards.dataset, rules.lung_masks.output.qc),
+    }
 
 
 def patch_validity_mask_args(wildcards, input):
@@ -204,13 +251,16 @@ def patch_validity_mask_args(wildcards, input):
     return f"--masks {input.masks} --mask-status {input.mask_status}"
 
 
-if LUNG_MASKS["mode"] == "predict":
-    segmenter_weights()  # fail at DAG construction, not inside a job, when the weights are not configured
+for corpus in PLAN.corpora:  # fail at DAG construction, not inside a job, when the weights are not configured
+    if PLAN.view(corpus)["lung_masks"]["mode"] == "predict":
+        dataset_segmenter(corpus)
 
 
 def report_lung_masks(wildcards):
-    """The lung_masks summary when masks are predicted (mode predict / train_and_predict), else nothing."""
-    return {} if config["lung_masks"]["mode"] == "provided" else {"lung_masks_summary": rules.lung_masks.output.summary}
+    """The corpus's lung_masks summary when its masks are predicted (mode predict / train_and_predict), else nothing."""
+    if PLAN.view(MASKED_CORPUS)["lung_masks"]["mode"] == "provided":
+        return {}
+    return {"lung_masks_summary": at(MASKED_CORPUS, rules.lung_masks.output.summary)}
 
 
 def pretrain_settings(method):
@@ -219,10 +269,11 @@ def pretrain_settings(method):
 
 
 def report_inputs(wildcards):
-    """The tokenizer (and the reports next to the cache) for the methods that read reports."""
+    """The corpus's tokenizer (and the reports next to its cache) for the methods that read reports."""
     if not registry.method(wildcards.method).reads_reports:
         return {}
-    inputs = {"tokenizer": rules.tokenizer.output.tokenizer, "reports": rules.prepare.output.reports}
+    tokenizer, reports = rules.tokenizer.output.tokenizer, rules.prepare.output.reports
+    inputs = {"tokenizer": at(MASKED_CORPUS, tokenizer), "reports": at(MASKED_CORPUS, reports)}
     if config["text"].get("keywords"):
         inputs["keywords"] = config["text"]["keywords"]
     return inputs
@@ -235,7 +286,8 @@ def report_args(wildcards, input):
     return f"--tokenizer {input.tokenizer} --text {as_json(config['text'])}"
 
 
-REPORT_FIGURES = list(PLAN.report_figure_runs())
+REPORT_FIGURE_RUNS = PLAN.report_figure_runs(MASKED_CORPUS)
+REPORT_FIGURES = list(REPORT_FIGURE_RUNS)
 
 
 def variant_args(wildcards):
@@ -244,9 +296,9 @@ def variant_args(wildcards):
     return "" if variant is None else f"--mode {variant[0]} --augment {variant[1]}"
 
 
-def task_args():
-    """The dataset's task (multiclass when unset), its positive class or findings."""
-    dataset = config["dataset"]
+def task_args(wildcards):
+    """The job's dataset's task (multiclass when unset), its positive class or findings."""
+    dataset = view(wildcards)["dataset"]
     args = f"--task {dataset.get('task', 'multiclass')}"
     if dataset.get("positive"):
         args += f" --positive {shlex.quote(str(dataset['positive']))}"

@@ -6,16 +6,16 @@ rule contrastive_pretrain:
     input:
         script=script("contrastive_pretrain.py"),
         code=script_code("contrastive_pretrain.py"),
-        images=rules.prepare.output.images,
-        split=rules.split.output.split,
-        validity=rules.patch_validity.output.validity,
+        images=at(JOINT_CORPUS, rules.prepare.output.images),
+        split=at(JOINT_CORPUS, rules.split.output.split),
+        validity=at(JOINT_CORPUS, rules.patch_validity.output.validity),
     output:
         # The files of its methods' run folders (cxrmim.registry, Method.output_files), incl. the timm folder.
-        **run_outputs(JOINT_METHODS, f"{RESULTS}/pretrain/{CONTRASTIVE_RUN}"),
+        **run_outputs(JOINT_METHODS, f"{JOINT}/pretrain/{CONTRASTIVE_RUN}"),
     log:
-        f"{LOGS}/pretrain/{CONTRASTIVE_RUN}.log",
+        f"{JOINT}/logs/pretrain/{CONTRASTIVE_RUN}.log",
     benchmark:
-        f"{BENCH}/pretrain/{CONTRASTIVE_RUN}.tsv"
+        f"{JOINT}/benchmarks/pretrain/{CONTRASTIVE_RUN}.tsv"
     wildcard_constraints:
         method="|".join(JOINT_METHODS),
         encoder=r"[A-Za-z0-9][A-Za-z0-9-]*",
@@ -25,7 +25,7 @@ rule contrastive_pretrain:
     threads: CONTRASTIVE.get("resources", {}).get("cpus", 1)
     resources:
         gpu=CONTRASTIVE.get("resources", {}).get("gpu", 0),
-        mem_mb=data_mem("contrastive_pretrain", CONTRASTIVE.get("resources", {}).get("mem_mb", 4000)),
+        mem_mb=data_mem("contrastive_pretrain", CONTRASTIVE.get("resources", {}).get("mem_mb", 4000), JOINT_CORPUS),
         runtime=grows(CONTRASTIVE.get("resources", {}).get("runtime", 60)),
     params:
         # Only this method's block: tuning BYOL never reruns SimSiam.
@@ -45,16 +45,16 @@ rule contrastive_figures:
     input:
         script=script("contrastive_figures.py"),
         code=script_code("contrastive_figures.py"),
-        histories=expand(f"{RESULTS}/pretrain/{{run}}/history.csv", run=CONTRASTIVE_RUNS),
+        histories=pretrain_files("history.csv", CONTRASTIVE_RUNS),
     output:
         [
-            report(f"{RESULTS}/figures/{name}.png", caption=f"../docs/captions/{name}.rst", category="Pretraining")
+            report(f"{JOINT}/figures/{name}.png", caption=f"../docs/captions/{name}.rst", category="Pretraining")
             for name in CONTRASTIVE_FIGURES
         ],
     log:
-        f"{LOGS}/contrastive_figures.log",
+        f"{JOINT}/logs/contrastive_figures.log",
     benchmark:
-        f"{BENCH}/contrastive_figures.tsv"
+        f"{JOINT}/benchmarks/contrastive_figures.tsv"
     conda:
         "../envs/torch.yaml"
     resources:

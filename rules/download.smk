@@ -2,7 +2,8 @@ from cxrmim.data.fingerprint import dataset_fingerprint, dataset_input_files
 from cxrmim.data.source_check import check_source, dataset_params
 
 # A layout mistake fails here, before any job has removed the outputs of the last good run.
-check_source(config["dataset"], f"{RESULTS}/download/source.json")
+for name in PLAN.datasets:
+    check_source(PLAN.view(name)["dataset"], at(name, f"{DATA}/download/source.json"))
 
 
 rule download:
@@ -12,9 +13,9 @@ rule download:
         code=script_code("download.py"),
         # Ancient: the fingerprint param below holds the manifest's bytes, so restoring a file after a mistake
         # (same bytes, newer mtime) reruns nothing, while any real edit still does.
-        data=lambda wildcards: [ancient(f) for f in dataset_input_files(config["dataset"])],
+        data=lambda wildcards: [ancient(f) for f in dataset_input_files(view(wildcards)["dataset"])],
     output:
-        marker=f"{RESULTS}/download/source.json",
+        marker=f"{DATA}/download/source.json",
     log:
         f"{LOGS}/download.log",
     benchmark:
@@ -26,10 +27,10 @@ rule download:
         mem_mb=job_resource("download", "mem_mb"),
         runtime=job_resource("download", "runtime"),
     params:
-        dataset=as_json(dataset_params(config["dataset"])),
-        raw_dir=f"{RESOURCES_DIR}/raw",
+        dataset=lambda wildcards: as_json(dataset_params(view(wildcards)["dataset"])),
+        raw_dir="resources/{dataset}/raw",
         # Size and mtime of every listed image and mask: a fixed image or mask reruns download, then prepare.
-        fingerprint=lambda wildcards: dataset_fingerprint(config["dataset"]),
+        fingerprint=lambda wildcards: dataset_fingerprint(view(wildcards)["dataset"]),
     shell:
         "python {input.script} --dataset {params.dataset} --raw-dir {params.raw_dir} "
         "--marker {output.marker} --workers {threads} --log {log}"

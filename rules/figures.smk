@@ -4,18 +4,20 @@ rule figures:
     input:
         script=script("figures.py"),
         code=script_code("figures.py"),
-        metrics=finetune_metrics(),
+        metrics=finetune_metrics,
         intervals=rules.tables.output.intervals,
-        significance=f"{RESULTS}/tables/significance.csv",
+        significance=f"{DATA}/tables/significance.csv",
     output:
         figures=[
-            report(f"{RESULTS}/figures/{name}.png", caption=f"../docs/captions/{name}.rst", category="Fine-tuning")
+            report(f"{DATA}/figures/{name}.png", caption=f"../docs/captions/{name}.rst", category="Fine-tuning")
             for name in RESULT_FIGURES
         ],
     log:
         f"{LOGS}/figures.log",
     benchmark:
         f"{BENCH}/figures.tsv"
+    wildcard_constraints:
+        dataset=EVALUATED,
     conda:
         "../envs/torch.yaml"
     resources:
@@ -35,19 +37,19 @@ rule pretrain_figures:
     input:
         script=script("pretrain_figures.py"),
         code=script_code("pretrain_figures.py"),
-        images=rules.prepare.output.images,
-        split=rules.split.output.split,
-        validity=rules.patch_validity.output.validity,
-        autoencoders=expand(f"{RESULTS}/pretrain/{{run}}/autoencoder.safetensors", run=PRETRAIN_RUNS),
+        images=at(MASKED_CORPUS, rules.prepare.output.images),
+        split=at(MASKED_CORPUS, rules.split.output.split),
+        validity=at(MASKED_CORPUS, rules.patch_validity.output.validity),
+        autoencoders=pretrain_files("autoencoder.safetensors", PRETRAIN_RUNS),
     output:
         figures=[
-            report(f"{RESULTS}/figures/{name}.png", caption=f"../docs/captions/{name}.rst", category="Pretraining")
+            report(f"{CORPUS}/figures/{name}.png", caption=f"../docs/captions/{name}.rst", category="Pretraining")
             for name in PRETRAIN_FIGURES
         ],
     log:
-        f"{LOGS}/pretrain_figures.log",
+        f"{CORPUS}/logs/pretrain_figures.log",
     benchmark:
-        f"{BENCH}/pretrain_figures.tsv"
+        f"{CORPUS}/benchmarks/pretrain_figures.tsv"
     conda:
         "../envs/torch.yaml"
     resources:

@@ -15,12 +15,12 @@ rule finetune:
         code=script_code("finetune.py"),
         images=rules.prepare.output.images,
         split=rules.split.output.split,
-        subset=f"{RESULTS}/split/subsets/{{budget}}_seed{{seed}}.csv",
+        subset=f"{DATA}/split/subsets/{{budget}}_seed{{seed}}.csv",
         weights=finetune_weights,
     output:
-        metrics=f"{RESULTS}/finetune/{{init}}/{{budget}}_seed{{seed}}{{variant}}/metrics.json",
-        history=f"{RESULTS}/finetune/{{init}}/{{budget}}_seed{{seed}}{{variant}}/history.csv",
-        predictions=f"{RESULTS}/finetune/{{init}}/{{budget}}_seed{{seed}}{{variant}}/predictions.csv",
+        metrics=f"{DATA}/finetune/{{init}}/{{budget}}_seed{{seed}}{{variant}}/metrics.json",
+        history=f"{DATA}/finetune/{{init}}/{{budget}}_seed{{seed}}{{variant}}/history.csv",
+        predictions=f"{DATA}/finetune/{{init}}/{{budget}}_seed{{seed}}{{variant}}/predictions.csv",
     log:
         f"{LOGS}/finetune/{{init}}/{{budget}}_seed{{seed}}{{variant}}.log",
     benchmark:
@@ -30,6 +30,7 @@ rule finetune:
         budget=r"frac[0-9.]+|n[0-9]+",
         variant=VARIANTS,
         seed=r"\d+",
+        dataset=EVALUATED,
     conda:
         "../envs/torch.yaml"
     threads: config["finetune"]["resources"]["cpus"]
@@ -45,7 +46,7 @@ rule finetune:
         prepared=folder_of("images"),
         out_dir=folder_of("metrics", "output"),
         variant=variant_args,
-        task=task_args(),
+        task=task_args,
     shell:
         "OMP_NUM_THREADS={threads} python {input.script} --prepared {params.prepared} --split {input.split} "
         "--subset {input.subset} --init {wildcards.init} --encoder {params.encoder} {params.weights} "

@@ -28,7 +28,7 @@ rule train_segmenter:
         weights=f"{LUNG_MASK_DIR}/segmenter.safetensors",
         quality=f"{LUNG_MASK_DIR}/segmenter_quality.json",
         figure=report(
-            f"{RESULTS}/figures/lung_segmenter_holdout.png",
+            f"{DATA}/figures/lung_segmenter_holdout.png",
             caption="../docs/captions/lung_segmenter_holdout.rst",
             category="Data",
         ),
@@ -38,13 +38,13 @@ rule train_segmenter:
         f"{BENCH}/train_segmenter.tsv"
     conda:
         "../envs/torch.yaml"
-    threads: LUNG_MASKS["resources"]["cpus"]
+    threads: config["lung_masks"]["resources"]["cpus"]
     resources:
-        gpu=LUNG_MASKS["resources"]["gpu"],
-        mem_mb=grows(LUNG_MASKS["resources"]["mem_mb"]),
-        runtime=grows(LUNG_MASKS["resources"]["runtime"]),
+        gpu=config["lung_masks"]["resources"]["gpu"],
+        mem_mb=grows(config["lung_masks"]["resources"]["mem_mb"]),
+        runtime=grows(config["lung_masks"]["resources"]["runtime"]),
     params:
-        settings=as_json(section("lung_masks", drop=NOT_TRAINING_KEYS)),
+        settings=lambda wildcards: as_json({k: v for k, v in lung_masks(wildcards).items() if k not in NOT_TRAINING_KEYS}),
     shell:
         "OMP_NUM_THREADS={threads} python {input.script} --settings {params.settings} --weights {output.weights} "
         "--quality {output.quality} --figure {output.figure} --log {log}"
@@ -63,7 +63,7 @@ rule lung_masks:
         qc=f"{LUNG_MASK_DIR}/qc.csv",
         summary=f"{LUNG_MASK_DIR}/summary.json",
         figure=report(
-            f"{RESULTS}/figures/lung_mask_qc.png",
+            f"{DATA}/figures/lung_mask_qc.png",
             caption="../docs/captions/lung_mask_qc.rst",
             category="Data",
         ),
@@ -73,13 +73,13 @@ rule lung_masks:
         f"{BENCH}/lung_masks.tsv"
     conda:
         "../envs/torch.yaml"
-    threads: LUNG_MASKS["resources"]["cpus"]
+    threads: config["lung_masks"]["resources"]["cpus"]
     resources:
-        gpu=LUNG_MASKS["resources"]["gpu"],
-        mem_mb=data_mem("lung_masks", LUNG_MASKS["resources"]["mem_mb"]),
-        runtime=grows(LUNG_MASKS["resources"]["runtime"]),
+        gpu=config["lung_masks"]["resources"]["gpu"],
+        mem_mb=data_mem("lung_masks", config["lung_masks"]["resources"]["mem_mb"]),
+        runtime=grows(config["lung_masks"]["resources"]["runtime"]),
     params:
-        settings=as_json({k: v for k, v in LUNG_MASKS.items() if k in PREDICT_KEYS}),
+        settings=lambda wildcards: as_json({k: v for k, v in lung_masks(wildcards).items() if k in PREDICT_KEYS}),
         prepared=folder_of("images"),
         out_dir=folder_of("masks", "output"),
     shell:

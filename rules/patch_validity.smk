@@ -7,16 +7,16 @@ rule patch_validity:
         images=rules.prepare.output.images,
         manifest=rules.prepare.output.manifest,
     output:
-        validity=f"{RESULTS}/patch_validity/validity.npz",
-        summary=f"{RESULTS}/patch_validity/summary.csv",
+        validity=f"{DATA}/patch_validity/validity.npz",
+        summary=f"{DATA}/patch_validity/summary.csv",
         figure=report(
-            f"{RESULTS}/figures/valid_patches.png",
+            f"{DATA}/figures/valid_patches.png",
             caption="../docs/captions/valid_patches.rst",
             category="Data",
         ),
         # The dataset's own lung masks, checked as predicted ones are (lung_masks/qc.csv): which ones fail and why.
-        mask_qc=f"{RESULTS}/patch_validity/provided_mask_qc.csv",
-        mask_qc_figure=f"{RESULTS}/figures/provided_mask_qc.png",
+        mask_qc=f"{DATA}/patch_validity/provided_mask_qc.csv",
+        mask_qc_figure=f"{DATA}/figures/provided_mask_qc.png",
     log:
         f"{LOGS}/patch_validity.log",
     benchmark:
@@ -32,7 +32,7 @@ rule patch_validity:
         # Empty with lung_masks.mode: provided, so the command stays as before.
         masks=patch_validity_mask_args,
         # Provided masks get the lung-mask QC and its policy too.
-        mask_qc=as_json({k: config["lung_masks"][k] for k in ("qc", "qc_policy") if k in config["lung_masks"]}),
+        mask_qc=lambda wildcards: as_json({k: v for k, v in lung_masks(wildcards).items() if k in ("qc", "qc_policy")}),
     shell:
         "python {input.script} --prepared {params.prepared} --settings {params.settings} "
         "--out {output.validity} --summary {output.summary} --figure {output.figure} {params.masks} "

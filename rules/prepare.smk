@@ -5,12 +5,12 @@ rule prepare:
         code=script_code("prepare.py"),
         marker=rules.download.output.marker,
     output:
-        images=f"{RESULTS}/prepared/images.npy",
-        masks=f"{RESULTS}/prepared/masks.npy",
-        manifest=f"{RESULTS}/prepared/manifest.csv",
-        labels=f"{RESULTS}/prepared/labels.npy",
-        summary=f"{RESULTS}/prepared/summary.json",
-        reports=f"{RESULTS}/prepared/reports.jsonl",
+        images=f"{DATA}/prepared/images.npy",
+        masks=f"{DATA}/prepared/masks.npy",
+        manifest=f"{DATA}/prepared/manifest.csv",
+        labels=f"{DATA}/prepared/labels.npy",
+        summary=f"{DATA}/prepared/summary.json",
+        reports=f"{DATA}/prepared/reports.jsonl",
     log:
         f"{LOGS}/prepare.log",
     benchmark:
@@ -24,7 +24,7 @@ rule prepare:
     params:
         settings=as_json(config["prepare"]),
         # The reading side of the dataset section (name, labels, views) decides the cache's content too.
-        dataset=as_json(dataset_params(config["dataset"])),
+        dataset=lambda wildcards: as_json(dataset_params(view(wildcards)["dataset"])),
         out_dir=folder_of("images", "output"),
     shell:
         "python {input.script} --marker {input.marker} --dataset {params.dataset} "

@@ -9,16 +9,16 @@ rule pretrain:
         unpack(report_inputs),
         script=script("pretrain.py"),
         code=script_code("pretrain.py"),
-        images=rules.prepare.output.images,
-        split=rules.split.output.split,
-        validity=rules.patch_validity.output.validity,
+        images=at(MASKED_CORPUS, rules.prepare.output.images),
+        split=at(MASKED_CORPUS, rules.split.output.split),
+        validity=at(MASKED_CORPUS, rules.patch_validity.output.validity),
     output:
         # The files of its methods' run folders (cxrmim.registry, Method.output_files), incl. the timm folder.
-        **run_outputs(MASKED_METHODS, f"{RESULTS}/pretrain/{PRETRAIN_RUN}"),
+        **run_outputs(MASKED_METHODS, f"{CORPUS}/pretrain/{PRETRAIN_RUN}"),
     log:
-        f"{LOGS}/pretrain/{PRETRAIN_RUN}.log",
+        f"{CORPUS}/logs/pretrain/{PRETRAIN_RUN}.log",
     benchmark:
-        f"{BENCH}/pretrain/{PRETRAIN_RUN}.tsv"
+        f"{CORPUS}/benchmarks/pretrain/{PRETRAIN_RUN}.tsv"
     wildcard_constraints:
         method="|".join(MASKED_METHODS),
         ratio=r"[0-9.]+",
@@ -29,7 +29,7 @@ rule pretrain:
     threads: config["pretrain"]["resources"]["cpus"]
     resources:
         gpu=config["pretrain"]["resources"]["gpu"],
-        mem_mb=data_mem("pretrain", config["pretrain"]["resources"]["mem_mb"]),
+        mem_mb=data_mem("pretrain", config["pretrain"]["resources"]["mem_mb"], MASKED_CORPUS),
         runtime=grows(config["pretrain"]["resources"]["runtime"]),
     params:
         settings=lambda wc: as_json(pretrain_settings(wc.method)),

@@ -9,30 +9,33 @@ rule report:
         figures=rules.figures.output,
         pretrain_figures=rules.pretrain_figures.output,
         report_figures=rules.report_figures.output if REPORT_FIGURES else [],
-        valid_patches=rules.patch_validity.output.figure,
+        # The corpus's patch validity: what the masked methods pretrained with.
+        valid_patches=at(MASKED_CORPUS, rules.patch_validity.output.figure),
         prepared_summary=rules.prepare.output.summary,
         manifest=rules.prepare.output.manifest,
         split=rules.split.output.split,
-        validity_summary=rules.patch_validity.output.summary,
-        metrics=finetune_metrics(),
-        histories=expand(f"{RESULTS}/pretrain/{{run}}/history.csv", run=PRETRAIN_RUNS),
+        validity_summary=at(MASKED_CORPUS, rules.patch_validity.output.summary),
+        metrics=finetune_metrics,
+        histories=pretrain_files("history.csv", PRETRAIN_RUNS),
         captions=sorted(
             workflow_file(f"docs/captions/{p.name}") for p in (WORKFLOW_DIR / "docs/captions").glob("*.rst")
         ),
-        contrastive_figures=expand(f"{RESULTS}/figures/{{name}}.png", name=CONTRASTIVE_FIGURES),
+        contrastive_figures=expand(f"{JOINT}/figures/{{name}}.png", name=CONTRASTIVE_FIGURES),
     output:
-        html=f"{RESULTS}/report.html",
+        html=f"{DATA}/report.html",
     log:
         f"{LOGS}/report.log",
     benchmark:
         f"{BENCH}/report.tsv"
+    wildcard_constraints:
+        dataset=EVALUATED,
     conda:
         "../envs/torch.yaml"
     resources:
         mem_mb=job_resource("report", "mem_mb"),
         runtime=job_resource("report", "runtime"),
     params:
-        config=as_json(config),
+        config=lambda wildcards: as_json(view(wildcards)),
         tables_dir=folder_of("tables"),
         lung_masks=lambda wc, input: (
             f"--lung-masks-summary {input.lung_masks_summary}" if "lung_masks_summary" in input.keys() else ""

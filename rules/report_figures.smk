@@ -3,21 +3,21 @@ rule report_figures:
     input:
         script=script("report_figures.py"),
         code=script_code("report_figures.py"),
-        images=rules.prepare.output.images,
-        reports=rules.prepare.output.reports,
-        split=rules.split.output.split,
-        validity=rules.patch_validity.output.validity,
-        tokenizer=rules.tokenizer.output.tokenizer,
-        autoencoders=[f"{RESULTS}/pretrain/{run}/autoencoder.safetensors" for run in PLAN.report_figure_runs().values()],
+        images=at(MASKED_CORPUS, rules.prepare.output.images),
+        reports=at(MASKED_CORPUS, rules.prepare.output.reports),
+        split=at(MASKED_CORPUS, rules.split.output.split),
+        validity=at(MASKED_CORPUS, rules.patch_validity.output.validity),
+        tokenizer=at(MASKED_CORPUS, rules.tokenizer.output.tokenizer),
+        autoencoders=pretrain_files("autoencoder.safetensors", REPORT_FIGURE_RUNS.values()),
     output:
         [
-            report(f"{RESULTS}/figures/{name}.png", caption=f"../docs/captions/{name}.rst", category="Pretraining")
+            report(f"{CORPUS}/figures/{name}.png", caption=f"../docs/captions/{name}.rst", category="Pretraining")
             for name in REPORT_FIGURES
         ],
     log:
-        f"{LOGS}/report_figures.log",
+        f"{CORPUS}/logs/report_figures.log",
     benchmark:
-        f"{BENCH}/report_figures.tsv"
+        f"{CORPUS}/benchmarks/report_figures.tsv"
     conda:
         "../envs/torch.yaml"
     resources:

@@ -5,7 +5,7 @@ rule split:
         code=script_code("split.py"),
         manifest=rules.prepare.output.manifest,
     output:
-        split=f"{RESULTS}/split/split.csv",
+        split=f"{DATA}/split/split.csv",
     log:
         f"{LOGS}/split.log",
     benchmark:
@@ -16,7 +16,7 @@ rule split:
         mem_mb=job_resource("split", "mem_mb"),
         runtime=job_resource("split", "runtime"),
     params:
-        settings=as_json(config["split"]),
+        settings=lambda wildcards: as_json(view(wildcards)["split"]),
     shell:
         "python {input.script} --manifest {input.manifest} --settings {params.settings} "
         "--out {output.split} --log {log}"
@@ -29,7 +29,7 @@ rule label_subset:
         code=script_code("label_subset.py"),
         split=rules.split.output.split,
     output:
-        subset=f"{RESULTS}/split/subsets/{{budget}}_seed{{seed}}.csv",
+        subset=f"{DATA}/split/subsets/{{budget}}_seed{{seed}}.csv",
     log:
         f"{LOGS}/label_subset/{{budget}}_seed{{seed}}.log",
     benchmark:
@@ -43,7 +43,7 @@ rule label_subset:
         mem_mb=job_resource("label_subset", "mem_mb"),
         runtime=job_resource("label_subset", "runtime"),
     params:
-        split_seed=config["split"]["seed"],
+        split_seed=lambda wildcards: view(wildcards)["split"]["seed"],
     shell:
         "python {input.script} --split {input.split} --budget {wildcards.budget} --seed {wildcards.seed} "
         "--split-seed {params.split_seed} --out {output.subset} --log {log}"

@@ -4,20 +4,22 @@ rule tables:
     input:
         script=script("tables.py"),
         code=script_code("tables.py"),
-        metrics=finetune_metrics(),
-        histories=expand(f"{RESULTS}/pretrain/{{run}}/history.csv", run=PRETRAIN_RUNS),
+        metrics=finetune_metrics,
+        histories=pretrain_files("history.csv", PRETRAIN_RUNS),
     output:
         csv=[
-            report(f"{RESULTS}/tables/{name}.csv", caption=f"../docs/captions/{name}.rst", category="Tables")
+            report(f"{DATA}/tables/{name}.csv", caption=f"../docs/captions/{name}.rst", category="Tables")
             for name in TABLES
         ],
-        markdown=expand(f"{RESULTS}/tables/{{table}}.md", table=TABLES),
-        study_significance=f"{RESULTS}/tables/study_significance.csv",
-        intervals=f"{RESULTS}/tables/accuracy_intervals.csv",
+        markdown=expand(f"{DATA}/tables/{{table}}.md", table=TABLES, allow_missing=True),
+        study_significance=f"{DATA}/tables/study_significance.csv",
+        intervals=f"{DATA}/tables/accuracy_intervals.csv",
     log:
         f"{LOGS}/tables.log",
     benchmark:
         f"{BENCH}/tables.tsv"
+    wildcard_constraints:
+        dataset=EVALUATED,
     conda:
         "../envs/torch.yaml"
     resources:
@@ -26,9 +28,9 @@ rule tables:
     params:
         settings=as_json(config["tables"]),
         # Table 1 reports the hyper-parameters actually used.
-        used=as_json(
+        used=lambda wildcards: as_json(
             {
-                k: config[k]
+                k: view(wildcards)[k]
                 for k in ("encoders", "pretrain", "finetune", "patch_validity", "prepare", "label_fractions", "split")
             }
         ),

@@ -7,7 +7,7 @@ rule tokenizer:
         split=rules.split.output.split,
         given=[config["text"]["tokenizer"]] if config["text"].get("tokenizer") else [],
     output:
-        tokenizer=f"{RESULTS}/text/tokenizer.json",
+        tokenizer=f"{DATA}/text/tokenizer.json",
     log:
         f"{LOGS}/tokenizer.log",
     benchmark:

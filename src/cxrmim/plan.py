@@ -1,9 +1,10 @@
 """Which jobs a config asks for, and the cross-checks that refuse a config before any job runs.
 
 Torch-free on purpose: `rules/common.smk` builds one `Plan` while Snakemake builds the DAG, and the rules ask it for
-run names, fine-tuning runs, budgets and variants; `rules/common.smk` itself keeps paths and input functions.
-Every method and init kind comes from `cxrmim.registry`. Paths are relative to a dataset's results folder, so
-a plan over several datasets (a pretraining corpus and evaluation datasets) adds a dataset dimension here.
+datasets, run names, fine-tuning runs, budgets and variants; `rules/common.smk` itself keeps paths and input
+functions. Every method and init kind comes from `cxrmim.registry`, every dataset from `cxrmim.experiment`.
+Pretraining runs live under their corpus (results/<corpus>/pretrain/<run>), fine-tuning runs under each
+evaluation dataset (results/<dataset>/finetune/...).
 """
 
 from __future__ import annotations
@@ -13,10 +14,18 @@ from pathlib import Path
 from typing import Any
 
 from cxrmim import registry
-from cxrmim.config import check_consistency
+from cxrmim.checks import (
+    check_contrastive,
+    check_dataset_options,
+    check_inits,
+    check_methods,
+    check_reports,
+    encoder_key,
+)
+from cxrmim.config import check_consistency, validate_config
 from cxrmim.data.splits import budget_tag, configured_budgets
-from cxrmim.external_formats import resolve_external
-from cxrmim.inits import InitSpec, parse_init, pretrain_run_name
+from cxrmim.experiment import Experiment, check_experiment
+from cxrmim.inits import parse_init, pretrain_run_name
 from cxrmim.recipe import check_recipes
 
 DEFAULT_VARIANT = ("full", "current")  # (mode, augmentation preset) of run folders without a suffix
@@ -58,17 +67,40 @@ class Plan:
 
     def __init__(self, config: dict[str, Any]) -> None:
         self.config = config
+        self.experiment = Experiment(config)
 
     # --- datasets ----------------------------------------------------------------------------------------------
-    @property
+    @cached_property
     def datasets(self) -> dict[str, dict[str, Any]]:
-        """Dataset name -> its `dataset` section (one today: it is the corpus and the evaluation dataset)."""
-        return {self.config["dataset"]["name"]: self.config["dataset"]}
+        """Every dataset some job reads -> its view (the whole config with that dataset's sections)."""
+        return {name: self.experiment.view(name) for name in self.experiment.used}
+
+    def view(self, dataset: str) -> dict[str, Any]:
+        """The config one dataset's stages read."""
+        return self.datasets[dataset]
 
     @property
-    def results(self) -> str:
-        """Results folder of the (one) dataset."""
-        return f"results/{self.config['dataset']['name']}"
+    def evaluated(self) -> list[str]:
+        """The evaluation datasets."""
+        return self.experiment.evaluated
+
+    @property
+    def corpora(self) -> list[str]:
+        """The datasets pretrainings train on."""
+        return self.experiment.corpora
+
+    def corpus_of(self, run: str) -> str:
+        """The dataset a pretraining run (a concrete init name) trained on."""
+        return self.experiment.corpus(parse_init(run).kind)
+
+    def methods_on(self, corpus: str) -> list[str]:
+        """The configured pretraining methods that train on `corpus`."""
+        configured = [*self.config["pretrain"]["methods"], *self.contrastive_methods]
+        return [m for m in configured if self.experiment.corpus(m) == corpus]
+
+    def runs_on(self, corpus: str, runs: list[str]) -> list[str]:
+        """The runs among `runs` that train on `corpus`."""
+        return [r for r in runs if self.corpus_of(r) == corpus]
 
     # --- pretraining -------------------------------------------------------------------------------------------
     @property
@@ -143,9 +175,9 @@ class Plan:
         drop = (*drop, *(s for s in set(own.values()) if s != mine))
         return {k: v for k, v in self.config["pretrain"].items() if k not in drop}
 
-    def report_figure_runs(self) -> dict[str, str]:
+    def report_figure_runs(self, corpus: str) -> dict[str, str]:
         """Report figure -> the run it shows: the first configured method naming it (main ratio, first seed)."""
-        configured = self.config["pretrain"]["methods"]
+        configured = [m for m in self.config["pretrain"]["methods"] if self.experiment.corpus(m) == corpus]
         runs = {}
         for figure in dict.fromkeys(m.figure for m in registry.METHODS if m.figure):  # in registry order
             named = [m for m in configured if registry.method(m).figure == figure]
@@ -154,14 +186,13 @@ class Plan:
         return runs
 
     # --- fine-tuning -------------------------------------------------------------------------------------------
-    @property
-    def budgets(self) -> list[str]:
-        """Every label budget as its path tag: frac<fraction>, n<count>."""
-        return configured_budgets(self.config["label_fractions"])
+    def budgets(self, dataset: str) -> list[str]:
+        """Every label budget of a dataset as its path tag: frac<fraction>, n<count>."""
+        return configured_budgets(self.view(dataset)["label_fractions"])
 
-    def budget_seeds(self, budget: str) -> list[int]:
+    def budget_seeds(self, dataset: str, budget: str) -> list[int]:
         """The label-subset seeds of one budget: label_fractions.seeds, or that budget's seeds_by_budget entry."""
-        fractions = self.config["label_fractions"]
+        fractions = self.view(dataset)["label_fractions"]
         return [int(s) for s in (fractions.get("seeds_by_budget") or {}).get(budget, fractions["seeds"])]
 
     @property
@@ -176,140 +207,34 @@ class Plan:
         finetune = self.config["finetune"]
         return finetune.get("modes", ["full"])[0], finetune.get("augment_presets", ["current"])[0]
 
-    def finetune_runs(self) -> list[str]:
-        """Every fine-tuning run as `finetune/<init>/<budget>_seed<seed><variant>`: main inits at every budget,
-        each masking ratio at 100% labels (or every budget), each once per variant.
+    def finetune_runs(self, dataset: str) -> list[str]:
+        """Every fine-tuning run of one evaluation dataset as `finetune/<init>/<budget>_seed<seed><variant>`: main
+        inits at every budget, each masking ratio at 100% labels (or every budget), each once per variant.
 
         A pretrained init exists once per pretraining seed, so its runs cross pretraining seeds with subset seeds.
         """
-        runs = {(i, b, s) for i in self.main_inits for b in self.budgets for s in self.budget_seeds(b)}
+        budgets, seeds = self.budgets(dataset), lambda b: self.budget_seeds(dataset, b)
+        runs = {(i, b, s) for i in self.main_inits for b in budgets for s in seeds(b)}
         every = self.config["finetune"].get("ratios_at_every_budget")
-        ratio_budgets = self.budgets if every else [budget_tag(fraction=1)]
-        runs |= {(r, b, s) for r in self.ratio_runs for b in ratio_budgets for s in self.budget_seeds(b)}
+        ratio_budgets = budgets if every else [budget_tag(fraction=1)]
+        runs |= {(r, b, s) for r in self.ratio_runs for b in ratio_budgets for s in seeds(b)}
         return [f"finetune/{i}/{b}_seed{s}{v}" for i, b, s in sorted(runs) for v in self.variants]
+
 
 
 def check(config: dict[str, Any]) -> None:
     """Refuse, with the fix, a config whose jobs cannot be built (the schema checks each value on its own)."""
-    check_consistency(config)  # patch size vs image size, budget spellings
+    check_experiment(config)  # names that resolve: corpus, evaluated datasets, the experiment's own folder
     check_methods(config)
-    check_inits(config)
+    check_inits(config)  # so every report-reading init is a configured pretraining method (checked per corpus)
     check_contrastive(config)
     check_recipes(config["finetune"])  # recipes list configured inits, each init in one recipe at most
-    check_dataset_options(config)
-    check_reports(config)
-
-
-def encoder_key(config: dict[str, Any], spec: InitSpec) -> str:
-    """The `encoders` key of an init: the one in its name, or its `entries` entry's `encoder`."""
-    return config[spec.entries][spec.entry]["encoder"] if spec.entries else spec.encoder_key
-
-
-def check_dataset_options(config: dict[str, Any]) -> None:
-    """No `dataset.<key>` that only other kinds read is set away from its default (it would be silently unused)."""
-    from cxrmim.data.kinds import foreign_options
-
-    dataset = config["dataset"]
-    foreign = foreign_options(dataset)
-    if foreign:
-        readers = {k.name for k in registry.DATASET_KINDS for key, _ in k.options if key in foreign}
-        raise ValueError(
-            f"dataset.{', dataset.'.join(foreign)} set, but kind {dataset['kind']} does not read it "
-            f"(only {', '.join(sorted(readers))}); remove it or fix dataset.kind"
-        )
-
-
-def check_reports(config: dict[str, Any]) -> None:
-    """Methods that learn from reports (and so the tokenizer) are asked for only on a dataset with reports."""
-    from cxrmim.data.kinds import has_reports
-
-    asked = [*config["pretrain"]["methods"], *config["finetune"]["inits"]]
-    readers = [m for m in dict.fromkeys(asked) if m in registry.BY_NAME and registry.method(m).reads_reports]
-    dataset = config["dataset"]
-    if not readers or has_reports(dataset) is not False:
-        return
-    why = "its manifest has no report column" if dataset["kind"] == "manifest" else f"kind {dataset['kind']}"
-    raise ValueError(
-        f"{', '.join(readers)} learn from report text, but dataset {dataset['name']!r} has no reports ({why}); "
-        f"drop {', '.join(readers)} from pretrain.methods and finetune.inits, or pretrain on a corpus with reports "
-        "(mimic_cxr_jpg, a manifest with a report column, or the phantoms)"
-    )
-
-
-def check_methods(config: dict[str, Any]) -> None:
-    """Each list of methods holds only methods of its family (the schema enums come from the same registry)."""
-    lists = {"pretrain.methods": config["pretrain"]["methods"],
-             "contrastive.methods": (config.get("contrastive") or {}).get("methods") or []}  # fmt: skip
-    for where, names in lists.items():
-        for name in names:
-            if registry.method(name).listed_in != where:
-                raise ValueError(f"{where} has {name!r}, a {registry.method(name).family} method; "
-                                 f"list it under {registry.method(name).listed_in}")  # fmt: skip
-
-
-def check_inits(config: dict[str, Any]) -> None:
-    """Every `finetune.inits` entry can be built: its method is configured, its encoder and weights exist."""
-    encoders, finetune = config["encoders"], config["finetune"]
-    for init in finetune["inits"]:
-        if init in registry.BY_NAME:
-            where = registry.method(init).listed_in
-            block, key = where.split(".")
-            if init not in ((config.get(block) or {}).get(key) or []):
-                raise ValueError(f"finetune.inits has {init!r} but {where} does not; add it there")
-            continue
-        spec = parse_init(init)
-        if spec.entries:
-            check_entry(config, spec)
-            continue
-        if spec.encoder_key not in encoders:
-            raise ValueError(
-                f"finetune.inits has {init!r} but encoders has no {spec.encoder_key!r}; "
-                f"known encoders: {sorted(encoders)}"
-            )
-        if spec.weights_key and not (finetune.get(spec.weights_key) or {}).get(spec.encoder_key):
-            raise ValueError(
-                f"finetune.inits has {init!r}: set finetune.{spec.weights_key}.{spec.encoder_key} to a "
-                "local weights file (no downloads at run time), or remove it from finetune.inits"
-            )
-    if config["pretrain"]["encoder"] not in encoders:
-        encoder = config["pretrain"]["encoder"]
-        raise ValueError(f"pretrain.encoder {encoder!r} is not in encoders (known: {sorted(encoders)})")
-
-
-def check_entry(config: dict[str, Any], spec: InitSpec) -> None:
-    """An init named by a config entry (a published encoder) has its entry, a known format, an `encoders`
-    architecture and its file in place."""
-    entries = config.get(spec.entries) or {}
-    if spec.entry not in entries:
-        raise ValueError(
-            f"finetune.inits has {spec.name!r} but {spec.entries} has no {spec.entry!r}; "
-            f"known {spec.entries}: {sorted(entries)}"
-        )
-    entry = entries[spec.entry]
-    if spec.kind == "external":  # the one entries kind today: a known format, an input norm where it has none
-        resolve_external(spec.entry, entry)
-    where = f"{spec.entries}.{spec.entry}"
-    if entry["encoder"] not in config["encoders"]:
-        raise ValueError(
-            f"{where}.encoder {entry['encoder']!r} is not in encoders; add an entry with the "
-            f"checkpoint's architecture (known: {sorted(config['encoders'])})"
-        )
-    if not Path(entry["path"]).exists():
-        raise FileNotFoundError(
-            f"{where}.path {entry['path']} does not exist; point it at the downloaded "
-            f"checkpoint, or remove {spec.name} from finetune.inits"
-        )
-
-
-def check_contrastive(config: dict[str, Any]) -> None:
-    """Every joint-embedding method has its settings block and every contrastive encoder is an `encoders` key."""
-    contrastive = config.get("contrastive") or {}
-    for method in contrastive.get("methods") or []:
-        if not contrastive.get(method):
-            raise ValueError(f"contrastive.methods has {method!r} but contrastive.{method} (its settings) is missing")
-    for encoder in contrastive.get("encoders") or []:
-        if encoder not in config["encoders"]:
-            raise ValueError(
-                f"contrastive.encoders has {encoder!r} but encoders has no such key; "
-                f"known encoders: {sorted(config['encoders'])}"
-            )
+    plan = Plan(config)
+    for name, view in plan.datasets.items():
+        if plan.experiment.single:
+            check_consistency(view)  # patch size vs image size, budget spellings
+        else:  # each entry merged over `dataset` is checked as a one-dataset config's sections are
+            validate_config(view, f"datasets.{name} (merged over `dataset`)")
+        check_dataset_options(view)
+    for corpus in plan.corpora:
+        check_reports({**plan.view(corpus), "pretrain": {"methods": plan.methods_on(corpus)}, "finetune": {"inits": []}})

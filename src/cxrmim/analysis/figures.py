@@ -83,9 +83,16 @@ def lines_by_init(data: pd.DataFrame, x: str, y: str, ylabel: str) -> plt.Figure
     return figure
 
 
+def auc_column(runs: pd.DataFrame) -> tuple[str, str]:
+    """The AUC a task's runs have: macro over classes (multiclass) or the positive class's (binary)."""
+    if "test_auc_macro" in runs and runs["test_auc_macro"].notna().any():
+        return "test_auc_macro", "test macro AUC"
+    return "test_auc", "test AUC"
+
+
 def metric_vs_fraction(runs: pd.DataFrame, metric: str, ylabel: str) -> plt.Figure:
     """Test metric against label fraction on a log axis."""
-    data = runs.dropna(subset=[metric])
+    data = runs.dropna(subset=[metric]) if metric in runs else runs.iloc[:0]
     if data.empty:
         return empty_figure(f"no runs with {ylabel}")
     figure = lines_by_init(data, "fraction", metric, ylabel)
@@ -199,7 +206,7 @@ def confusion_matrices(runs: pd.DataFrame) -> plt.Figure:
 FIGURES: dict[str, Callable[[pd.DataFrame, pd.DataFrame], plt.Figure]] = {
     # name -> figure from (all runs, runs of the label-fraction study)
     "accuracy_vs_fraction": lambda runs, main: metric_vs_fraction(main, "test_accuracy", "test accuracy"),
-    "auc_vs_fraction": lambda runs, main: metric_vs_fraction(main, "test_auc_macro", "test macro AUC"),
+    "auc_vs_fraction": lambda runs, main: metric_vs_fraction(main, *auc_column(main)),
     "accuracy_vs_epoch": lambda runs, main: accuracy_vs_epoch(main),
     "accuracy_vs_mask_ratio": lambda runs, main: accuracy_vs_mask_ratio(runs),
     "confusion_matrices": lambda runs, main: confusion_matrices(main),
