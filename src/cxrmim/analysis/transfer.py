@@ -56,7 +56,7 @@ TIDY_COLUMNS = [
 NOTE = (
     "Each cell: the dataset's headline metric, mean ± sample standard deviation over all runs of the init at that "
     "budget (every pretraining seed × every label-subset seed; baselines: subset seeds); no ± for a single run; "
-    f"{MISSING} where the init has no run there. Only the first configured fine-tuning mode and augmentation preset "
+    f"{MISSING} where the init has no run there (or none with a defined value: an AUC needs both classes). Only the first configured fine-tuning mode and augmentation preset "
     "and the main masking ratio (the ratio study's other ratios are left out)."
 )
 
@@ -108,7 +108,8 @@ def load_datasets(
 
 def summary_table(runs: pd.DataFrame) -> pd.DataFrame:
     """Tidy table: a row per init × dataset × budget of that dataset, in the paper's row order and the datasets'
-    given order; an init without runs at a budget keeps its row (runs 0, mean and std NaN)."""
+    given order; `runs` counts the runs with a value, and an init without any at a budget keeps its row (runs 0,
+    mean and std NaN)."""
     ordered = sort_runs(runs)
     labels = dict(zip(ordered["init"], init_label(ordered)))
     inits = ordered.drop_duplicates("init")
