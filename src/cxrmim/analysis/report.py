@@ -77,9 +77,10 @@ def cell_html(cell: str) -> str:
     return f'<td class="{style}">{cell}</td>' if style else f"<td>{cell}</td>"
 
 
-def markdown_html(text: str, before_tables: str = "", fold: str | None = None) -> str:
+def markdown_html(text: str, before_tables: str = "", fold: str | None = None, shift: int = 0) -> str:
     """The Markdown subset the tables module writes: headings, pipe tables and paragraphs; `before_tables` goes
-    in front of the first table, and with `fold` every table is folded under that summary line."""
+    in front of the first table, with `fold` every table is folded under that summary line, and `shift` moves
+    every heading that many levels down (a page nested in another's section)."""
     parts: list[str] = []
     table: list[str] = []
     for line in [*text.splitlines(), ""]:
@@ -98,7 +99,7 @@ def markdown_html(text: str, before_tables: str = "", fold: str | None = None) -
             )
             table = []
         if line.startswith("#"):
-            level = min(len(line) - len(line.lstrip("#")) + 1, 6)  # '#' -> h2 under the page's h1
+            level = min(len(line) - len(line.lstrip("#")) + 1 + shift, 6)  # '#' -> h2 under the page's h1
             parts.append(f"<h{level}>{html.escape(line.lstrip('#').strip())}</h{level}>")
         elif line.strip():
             parts.append(f"<p>{html.escape(line.strip())}</p>")
@@ -120,14 +121,16 @@ def paragraphs(sentences: list[str], empty: str) -> str:
     return "".join(f"<p>{html.escape(s)}</p>" for s in sentences) or f"<p><em>{html.escape(empty)}</em></p>"
 
 
-def verdict_html(verdict_md: Path | None, headline: str) -> str:
-    """The first screen: the verdict's heading and sentences, the headline figure, then a table per budget."""
+def verdict_html(verdict_md: Path | None, headline: str, shift: int = 0) -> str:
+    """The first screen: the verdict's heading and sentences, the headline figure, then a table per budget
+    (headings `shift` levels down, as in markdown_html)."""
     if verdict_md is None:
-        return f'<section class="verdict"><h2>Verdict</h2><p><em>no verdict table given</em></p>{headline}</section>'
+        h = f"h{2 + shift}"
+        return f'<section class="verdict"><{h}>Verdict</{h}><p><em>no verdict table given</em></p>{headline}</section>'
     text = verdict_md.read_text()
     intro, _, budgets = text.partition("\n## ")
-    rest = markdown_html("## " + budgets) if budgets else ""
-    return f'<section class="verdict">{markdown_html(intro)}\n{headline}\n{rest}</section>'
+    rest = markdown_html("## " + budgets, shift=shift) if budgets else ""
+    return f'<section class="verdict">{markdown_html(intro, shift=shift)}\n{headline}\n{rest}</section>'
 
 
 def summary_html(files: RunFiles, config: dict, repo: Path) -> str:
@@ -224,6 +227,11 @@ def build_report(
     body.append("<h2>Figures</h2>")
     body += [figure_html(p, captions, config) for p in figures if p.stem not in placed]
     body += ["<h2>Configuration</h2>", f"<pre>{html.escape(config_yaml(config_source))}</pre>"]
+    return page_html(title, body)
+
+
+def page_html(title: str, body: list[str]) -> str:
+    """A whole self-contained page: the title, the shared STYLE and the body parts in order."""
     return (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         f"<title>{html.escape(title)}</title><style>{STYLE}</style></head>\n<body>\n"
