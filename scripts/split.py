@@ -28,6 +28,7 @@ def main() -> None:
         settings["val_fraction"],
         settings["seed"],
         use_official=bool(settings.get("use_official", False)),
+        val_count=settings.get("val_count"),  # absent in older configs: val_fraction
     )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     split.to_csv(args.out, index=False)

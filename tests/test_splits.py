@@ -67,3 +67,22 @@ def test_label_subsets_nested_stratified_at_least_one_per_class():
 
 def test_fraction_tag():
     assert fraction_tag(0.01) == "0.01" and fraction_tag(1.0) == "1" and fraction_tag(0.5) == "0.5"
+
+
+def test_val_count_takes_exactly_that_many_patient_grouped_and_reproducibly():
+    manifest = make_manifest((90, 60, 30), images_per_patient=3)
+    manifest.loc[::7, "group"] = [f"single{i}" for i in range(len(manifest.loc[::7]))]  # some 1-image patients
+    split = split_dataset(manifest, 0.2, 0.5, seed=0, val_count=23)  # val_fraction is not used
+    assert (split["part"] == "val").sum() == 23
+    assert (split.groupby("group")["part"].nunique() == 1).all()
+    assert split.equals(split_dataset(manifest, 0.2, 0.5, seed=0, val_count=23))
+    val = split[split["part"] == "val"].groupby("label").size()
+    assert set(val.index) == {"c0", "c1", "c2"} and val["c0"] > val["c2"]  # stratified, roughly 3:2:1
+    same = split_dataset(manifest, 0.2, 0.5, seed=0, val_count=None)  # null: val_fraction
+    assert abs((same["part"] == "val").sum() - 0.5 * (same["part"] != "test").sum()) <= 6
+
+
+def test_val_count_not_below_the_training_part_is_an_error():
+    manifest = make_manifest((40, 40))
+    with pytest.raises(ValueError, match=r"split.val_count is 64, but the training part .* only 64 images"):
+        split_dataset(manifest, 0.2, 0.1, seed=0, val_count=64)

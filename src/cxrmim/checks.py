@@ -20,8 +20,10 @@ def encoder_key(config: dict[str, Any], spec: InitSpec) -> str:
 
 
 def check_dataset_options(config: dict[str, Any]) -> None:
-    """No `dataset.<key>` that only other kinds read is set away from its default (it would be silently unused)."""
+    """No `dataset.<key>` that only other kinds read is set away from its default (it would be silently unused);
+    a per-finding `dataset.uncertain` names only findings of the task."""
     from cxrmim.data.kinds import foreign_options
+    from cxrmim.data.uncertain import check_uncertain
 
     dataset = config["dataset"]
     foreign = foreign_options(dataset)
@@ -31,6 +33,7 @@ def check_dataset_options(config: dict[str, Any]) -> None:
             f"dataset.{', dataset.'.join(foreign)} set, but kind {dataset['kind']} does not read it "
             f"(only {', '.join(sorted(readers))}); remove it or fix dataset.kind"
         )
+    check_uncertain(dataset)
 
 
 def check_reports(config: dict[str, Any]) -> None:

@@ -221,7 +221,6 @@ class Plan:
         return [f"finetune/{i}/{b}_seed{s}{v}" for i, b, s in sorted(runs) for v in self.variants]
 
 
-
 def check(config: dict[str, Any]) -> None:
     """Refuse, with the fix, a config whose jobs cannot be built (the schema checks each value on its own)."""
     check_experiment(config)  # names that resolve: corpus, evaluated datasets, the experiment's own folder
@@ -237,4 +236,6 @@ def check(config: dict[str, Any]) -> None:
             validate_config(view, f"datasets.{name} (merged over `dataset`)")
         check_dataset_options(view)
     for corpus in plan.corpora:
-        check_reports({**plan.view(corpus), "pretrain": {"methods": plan.methods_on(corpus)}, "finetune": {"inits": []}})
+        check_reports(
+            {**plan.view(corpus), "pretrain": {"methods": plan.methods_on(corpus)}, "finetune": {"inits": []}}
+        )

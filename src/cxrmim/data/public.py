@@ -8,6 +8,7 @@ Each works from a subset of the files (a sample): rows whose image is absent are
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -15,24 +16,10 @@ import pandas as pd
 
 from cxrmim.data.sources import KindRead, SourceError, SourceRecord
 from cxrmim.data.tasks import NO_FINDING, join_findings
+from cxrmim.data.uncertain import CHEXPERT_FINDINGS, finding_policies
 
 __all__ = ["CHEXPERT_FINDINGS", "NIH_FINDINGS", "label_files", "public_records"]
 
-CHEXPERT_FINDINGS = (
-    "Enlarged Cardiomediastinum",
-    "Cardiomegaly",
-    "Lung Opacity",
-    "Lung Lesion",
-    "Edema",
-    "Consolidation",
-    "Pneumonia",
-    "Atelectasis",
-    "Pneumothorax",
-    "Pleural Effusion",
-    "Pleural Other",
-    "Fracture",
-    "Support Devices",
-)  # CheXpert's 14th observation, "No Finding", is the empty set here
 NIH_FINDINGS = (
     "Atelectasis",
     "Cardiomegaly",
@@ -49,7 +36,8 @@ NIH_FINDINGS = (
     "Pleural_Thickening",
     "Hernia",
 )
-UNCERTAIN_POLICIES = ("ignore", "ones", "zeros")
+# dataset.uncertain: one policy, or a mapping finding -> policy (cxrmim.data.uncertain)
+Policy = str | Mapping[str, str]
 LABELERS = ("chexpert", "negbio")  # MIMIC-CXR-JPG's two label files
 SEARCH_DEPTH = 3  # folder levels searched below dataset.source for the CSVs (archives often add one or two)
 
@@ -114,16 +102,25 @@ def label_files(kind: str, root: Path, labeler: str = "chexpert") -> dict[str, P
     }
 
 
-def _observations(row: pd.Series, names: tuple[str, ...], policy: str) -> tuple[str, tuple[str, ...]]:
-    """Label and uncertain findings of a CheXpert-style row (1 positive, 0 / blank negative, -1 uncertain)."""
+def _policies(policy: Policy) -> dict[str, str]:
+    """dataset.uncertain as CheXpert finding -> policy; an unknown policy or finding is a SourceError."""
+    try:
+        return finding_policies(policy, CHEXPERT_FINDINGS)
+    except ValueError as error:
+        raise SourceError(str(error)) from None
+
+
+def _observations(row: pd.Series, policies: dict[str, str]) -> tuple[str, tuple[str, ...]]:
+    """Label and uncertain findings of a CheXpert-style row: 1 positive, 0 / blank negative, -1 by its finding's
+    policy (ones: positive, zeros: negative, ignore: uncertain)."""
     positive, uncertain = [], []
-    for name in names:
+    for name, policy in policies.items():
         value = pd.to_numeric(row.get(name), errors="coerce")
         if value == 1 or (value == -1 and policy == "ones"):
             positive.append(name)
         elif value == -1 and policy == "ignore":
             uncertain.append(name)
-    return join_findings(positive, names), tuple(uncertain)
+    return join_findings(positive, list(policies)), tuple(uncertain)
 
 
 def _kept(records: list[SourceRecord], missing: int, root: Path, where: str) -> tuple[list[SourceRecord], list[str]]:
@@ -141,8 +138,9 @@ def _kept(records: list[SourceRecord], missing: int, root: Path, where: str) -> 
 # ----------------------------------------------------------------------------- CheXpert
 
 
-def chexpert_records(root: Path, policy: str = "ignore") -> tuple[list[SourceRecord], list[str]]:
+def chexpert_records(root: Path, policy: Policy = "ignore") -> tuple[list[SourceRecord], list[str]]:
     """CheXpert-v1.0(-small): train.csv (official train) and valid.csv (official test); patient from the path."""
+    policies = _policies(policy)
     csvs = label_files("chexpert", root)
     if not any(csvs.values()):
         raise SourceError(
@@ -163,7 +161,7 @@ def chexpert_records(root: Path, policy: str = "ignore") -> tuple[list[SourceRec
             if not image.is_file():
                 missing += 1
                 continue
-            label, uncertain = _observations(row, CHEXPERT_FINDINGS, policy)
+            label, uncertain = _observations(row, policies)
             patient = re.search(r"patient\d+", row["Path"])
             view = (row.get("AP/PA") or "") if row.get("Frontal/Lateral", "Frontal") == "Frontal" else "Lateral"
             records.append(
@@ -257,12 +255,13 @@ def _report_file(reports_dir: Path | None, subject: str, study: str) -> Path | N
 
 
 def mimic_records(
-    root: Path, policy: str = "ignore", labeler: str = "chexpert"
+    root: Path, policy: Policy = "ignore", labeler: str = "chexpert"
 ) -> tuple[list[SourceRecord], list[str]]:
     """MIMIC-CXR-JPG: files/pXX/p<subject>/s<study>/<dicom>.jpg with the metadata, label and split CSVs.
 
     `labeler` picks the label CSV: chexpert (mimic-cxr-2.0.0-chexpert.csv) or negbio (-negbio.csv, the paper's).
     """
+    policies = _policies(policy)
     files = label_files("mimic_cxr_jpg", root, labeler)
     metadata = pd.read_csv(files["metadata"], dtype=str, keep_default_na=False)
     labels = pd.read_csv(files["labels"], dtype=str, keep_default_na=False).set_index(["subject_id", "study_id"])
@@ -279,9 +278,7 @@ def mimic_records(
             missing += 1
             continue
         key = (subject, study)
-        label, uncertain = (
-            _observations(labels.loc[key], CHEXPERT_FINDINGS, policy) if key in labels.index else (NO_FINDING, ())
-        )
+        label, uncertain = _observations(labels.loc[key], policies) if key in labels.index else (NO_FINDING, ())
         report_file = _report_file(reports_dir, subject, study)
         part = official.get(row["dicom_id"])
         records.append(
@@ -325,14 +322,14 @@ def restrict_findings(records: list[SourceRecord], findings: list[str]) -> tuple
 
 
 def public_records(
-    kind: str, root: Path, policy: str = "ignore", labeler: str = "chexpert"
+    kind: str, root: Path, policy: Policy = "ignore", labeler: str = "chexpert"
 ) -> tuple[list[SourceRecord], list[str]]:
-    """Records and warnings of one public dataset kind (policy: uncertain labels; labeler: MIMIC's label file)."""
+    """Records and warnings of one public dataset kind (policy: dataset.uncertain, one or per finding; labeler:
+    MIMIC's label file)."""
     root = Path(root)
     if not root.is_dir():
         raise SourceError(f"{root}: not a folder; set dataset.source to the extracted {kind} dataset folder")
-    if policy not in UNCERTAIN_POLICIES:
-        raise SourceError(f"dataset.uncertain is {policy!r}; use one of {list(UNCERTAIN_POLICIES)}")
+    _policies(policy)  # before reading: a bad policy fails fast, whatever the kind
     if kind == "mimic_cxr_jpg":
         return mimic_records(root, policy, labeler)
     return nih_records(root) if kind == "nih_cxr14" else chexpert_records(root, policy)

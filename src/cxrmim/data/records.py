@@ -23,9 +23,11 @@ def source_records(
     from cxrmim.data.public import restrict_findings
     from cxrmim.data.sources import apply_label_map, filter_views, keep_labels
     from cxrmim.data.tasks import spelling_hint
+    from cxrmim.data.uncertain import check_uncertain
 
     report = {} if report is None else report
     entry = registry.dataset_kind(kind)
+    check_uncertain(dataset_cfg)  # a per-finding policy names only findings the task keeps
     read = read_kind(kind, root, dataset_cfg)
     records, warnings, base = read.records, read.warnings, read.base
     if entry.label_files:

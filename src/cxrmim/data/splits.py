@@ -40,12 +40,18 @@ def grouped_stratified_holdout(labels: np.ndarray, groups: np.ndarray, fraction:
 
 
 def split_dataset(
-    manifest: pd.DataFrame, test_fraction: float, val_fraction: float, seed: int, use_official: bool = False
+    manifest: pd.DataFrame,
+    test_fraction: float,
+    val_fraction: float,
+    seed: int,
+    use_official: bool = False,
+    val_count: int | None = None,
 ) -> pd.DataFrame:
     """Assign each image to train, val or test; returns index,id,label,group,part.
 
-    With `use_official` and a manifest `official` column (public dataset kinds), test is the official test list
-    and validation is carved from the rest by val_fraction; otherwise test is drawn by test_fraction.
+    With `use_official` and a manifest `official` column (public dataset kinds), test is the official test list;
+    otherwise test is drawn by test_fraction. Validation is carved from the rest: `val_count` images when given
+    (MRM's 5,000 CheXpert training images), else val_fraction of them.
     """
     labels, groups = manifest["label"].to_numpy(str), manifest["group"].to_numpy(str)
     official = manifest["official"].to_numpy(str) if "official" in manifest.columns else np.array([""] * len(labels))
@@ -60,8 +66,10 @@ def split_dataset(
             )
         test = _holdout(labels, groups, test_fraction, seed)
     part = np.where(test, "test", "train").astype(object)
-    if val_fraction > 0:
-        rest = np.flatnonzero(~test)
+    rest = np.flatnonzero(~test)
+    if val_count is not None:
+        part[rest[_count_holdout(labels[rest], groups[rest], int(val_count), seed + 1)]] = "val"
+    elif val_fraction > 0:
         val = _holdout(labels[rest], groups[rest], val_fraction, seed + 1)
         part[rest[val]] = "val"
     out = manifest[["index", "id", "label", "group"]].copy()
@@ -75,6 +83,55 @@ def _holdout(labels: np.ndarray, groups: np.ndarray, fraction: float, seed: int)
     if is_multilabel(labels):
         return iterative_holdout(label_sets(labels)[1], groups, fraction, seed)
     return grouped_stratified_holdout(labels, groups, fraction, seed)
+
+
+def _count_holdout(labels: np.ndarray, groups: np.ndarray, count: int, seed: int) -> np.ndarray:
+    """Holdout mask of `count` images, stratified as _holdout and never splitting a group (patient)."""
+    if count >= len(labels):
+        raise ValueError(
+            f"split.val_count is {count}, but the training part (all but the test part) has only {len(labels)} "
+            f"images; lower split.val_count below {len(labels)}, or set it to null to use split.val_fraction"
+        )
+    return _exact_count(_holdout(labels, groups, count / len(labels), seed), groups, count, seed)
+
+
+def _exact_count(held: np.ndarray, groups: np.ndarray, count: int, seed: int) -> np.ndarray:
+    """The holdout with whole groups moved in or out until it has `count` images.
+
+    Stratification by fraction lands within a few images of the target; each pass moves groups of at most the
+    remaining difference (in a seeded order) and, when none fits, the smallest one across, so the next pass
+    closes the gap from the other side. Group sizes that admit no exact sum leave a warning and the nearest count.
+    """
+    _, group_ids = np.unique(groups, return_inverse=True)
+    sizes = np.bincount(group_ids)
+    inside = np.zeros(len(sizes), dtype=bool)
+    inside[group_ids[held]] = True
+    rng = np.random.default_rng([seed, count])
+    for _ in range(8):
+        excess = int(sizes[inside].sum()) - count
+        if excess == 0:
+            break
+        pool = np.flatnonzero(inside if excess > 0 else ~inside)  # groups to take out, or to bring in
+        need = abs(excess)
+        for g in rng.permutation(pool):
+            if sizes[g] <= need:
+                inside[g] = not inside[g]
+                need -= int(sizes[g])
+                if need == 0:
+                    break
+        if need:
+            left = pool[inside[pool] == (excess > 0)]
+            if len(left):
+                smallest = left[np.argmin(sizes[left])]
+                inside[smallest] = not inside[smallest]
+    held_count = int(sizes[inside].sum())
+    if held_count != count:
+        log.warning(
+            "split.val_count %d: the patients' image counts allow no exact validation part; it has %d images",
+            count,
+            held_count,
+        )
+    return inside[group_ids]
 
 
 def _check_official(groups: np.ndarray, test: np.ndarray) -> None:
@@ -99,7 +156,7 @@ def _split_hint(split: pd.DataFrame, part: str, missing: list[str]) -> str:
         return "raise split.test_fraction"
     in_val = _names(split.loc[split["part"] == "val", "label"]) & set(missing)
     if in_val:
-        return f"lower split.val_fraction (validation took every training image of {sorted(in_val)})"
+        return f"lower split.val_fraction or split.val_count (validation took every training image of {sorted(in_val)})"
     return "lower split.test_fraction"
 
 
