@@ -51,6 +51,7 @@ localrules:
     label_subset,
     tables,
     report,
+    experiment_report,
 
 
 include: "rules/download.smk"
@@ -66,3 +67,8 @@ include: "rules/tables.smk"
 include: "rules/figures.smk"
 include: "rules/report_figures.smk"
 include: "rules/report.smk"
+
+
+if not PLAN.experiment.single:
+
+    include: "rules/experiment.smk"

@@ -136,7 +136,12 @@ VARIANTS = variant_pattern()
 
 def finetune_metrics(wildcards):
     """metrics.json of every fine-tuning run on the job's evaluation dataset."""
-    return [f"results/{wildcards.dataset}/{run}/metrics.json" for run in PLAN.finetune_runs(wildcards.dataset)]
+    return dataset_metrics(wildcards.dataset)
+
+
+def dataset_metrics(dataset):
+    """metrics.json of every fine-tuning run on one evaluation dataset."""
+    return [f"results/{dataset}/{run}/metrics.json" for run in PLAN.finetune_runs(dataset)]
 
 
 def pretrain_files(name, runs):
