@@ -44,7 +44,9 @@ rule train_segmenter:
         mem_mb=grows(config["lung_masks"]["resources"]["mem_mb"]),
         runtime=grows(config["lung_masks"]["resources"]["runtime"]),
     params:
-        settings=lambda wildcards: as_json({k: v for k, v in lung_masks(wildcards).items() if k not in NOT_TRAINING_KEYS}),
+        settings=lambda wildcards: as_json(
+            {k: v for k, v in lung_masks(wildcards).items() if k not in NOT_TRAINING_KEYS}
+        ),
     shell:
         "OMP_NUM_THREADS={threads} python {input.script} --settings {params.settings} --weights {output.weights} "
         "--quality {output.quality} --figure {output.figure} --log {log}"

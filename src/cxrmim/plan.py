@@ -10,7 +10,6 @@ evaluation dataset (results/<dataset>/finetune/...).
 from __future__ import annotations
 
 from functools import cached_property
-from pathlib import Path
 from typing import Any
 
 from cxrmim import registry
