@@ -164,7 +164,7 @@ CONTRASTIVE_FIGURES = ["contrastive_pretraining"] if CONTRASTIVE_RUNS else []
 
 
 def all_targets():
-    """Everything `rule all` asks for: the report (one dataset) or the experiment's report (several)."""
+    """What the `all` target asks for: the report (one dataset) or the experiment's report (several)."""
     return [f"{EXPERIMENT}/report.html"]
 
 

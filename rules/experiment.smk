@@ -26,7 +26,7 @@ rule transfer:
         variant=" ".join(PLAN.first_variant()),
         mask_ratio=config["pretrain"]["mask_ratio"],
         datasets=" ".join(f"--dataset {name} {' '.join(dataset_metrics(name))}" for name in PLAN.evaluated),
-        out_dir=EXPERIMENT,
+        out_dir=lambda wildcards, output: str(Path(output.csv).parent.parent),
     shell:
         "python {input.script} {params.datasets} --settings {params.settings} --variant {params.variant} "
         "--mask-ratio {params.mask_ratio} --out-dir {params.out_dir} --log {log}"

@@ -14,6 +14,8 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 REALDATA = REPO.parent / "shared" / "realdata"
 TINY_CONFIG = REPO / "tests" / "configs" / "tiny.yaml"
+# Merged after TINY_CONFIG: the same phantoms as an experiment's corpus, evaluated on themselves and on tiny_b.
+TINY_TRANSFER = REPO / "tests" / "configs" / "tiny_transfer.yaml"
 PHANTOM_FINDINGS = ["COVID-19", "Lung_Opacity", "Viral_Pneumonia"]
 # A dataset section for multi-label runs on multi-finding phantoms (several findings per image, or none).
 MULTILABEL_PHANTOMS = {

@@ -17,6 +17,7 @@ LAYERS = (
     ("cxrmim.data",),
     ("cxrmim.config", "cxrmim.inits", "cxrmim.evaluation", "cxrmim.optim", "cxrmim.models"),
     ("cxrmim.recipe",),  # per-init recipes: merged config sections, keyed by init names
+    ("cxrmim.checks", "cxrmim.experiment"),  # the config cross-checks; datasets by name (both read by the plan)
     ("cxrmim.plan",),
     ("cxrmim.segment", "cxrmim.diagnostics"),
     ("cxrmim.train", "cxrmim.analysis"),

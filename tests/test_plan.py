@@ -11,7 +11,9 @@ from cxrmim import registry
 from cxrmim.config import load_config
 from cxrmim.plan import Plan, check, parse_variant, run_outputs, variant_pattern, variant_suffix
 
+# The one-dataset shape (dataset.name set): what these tests count; tests/test_experiment.py covers several.
 DEFAULT = load_config()
+DEFAULT["dataset"]["name"] = "phantoms"
 
 
 def config(**sections: dict) -> dict:
@@ -24,15 +26,15 @@ def config(**sections: dict) -> dict:
 
 def test_default_plan_names_every_run():
     plan = Plan(DEFAULT)
-    assert plan.pretrain_seeds == [0] and plan.budgets == ["frac0.01", "frac0.1", "frac1"]
+    assert plan.pretrain_seeds == [0] and plan.budgets("phantoms") == ["frac0.01", "frac0.1", "frac1"]
     assert plan.pretrain_runs == sorted(f"{m}_r0.75_vit-cpu_s0" for m in DEFAULT["pretrain"]["methods"])
     assert plan.contrastive_runs == [f"{m}_resnet10t-half_s0" for m in ("simsiam", "byol", "skd", "cross")]
     assert plan.main_inits[-2:] == ["scratch_vit-cpu", "scratch_resnet10t-half"]
-    runs = plan.finetune_runs()
+    runs = plan.finetune_runs("phantoms")
     # 11 inits x 3 budgets x 2 subset seeds, one variant; no extra ratios.
     assert len(plan.main_inits) == 11 and len(runs) == 66 and len(set(runs)) == 66
     assert "finetune/medim_r0.75_vit-cpu_s0/frac0.01_seed1" in runs
-    assert plan.report_figure_runs() == {"mrm_reconstructions": "mrm_r0.75_vit-cpu_s0",
+    assert plan.report_figure_runs("phantoms") == {"mrm_reconstructions": "mrm_r0.75_vit-cpu_s0",
                                          "medim_masks": "medim_r0.75_vit-cpu_s0"}  # fmt: skip
 
 
@@ -41,9 +43,9 @@ def test_ratio_runs_budgets_and_variants():
                        label_fractions={"seeds_by_budget": {"frac0.01": [0, 1, 2]}},
                        finetune={"modes": ["full", "probe"], "augment_presets": ["current", "classic"]}))  # fmt: skip
     assert "rgmim_r0.5_vit-cpu_s1" in plan.ratio_runs and "mrm_r0.5_vit-cpu_s0" in plan.ratio_runs
-    assert plan.budget_seeds("frac0.01") == [0, 1, 2] and plan.budget_seeds("frac1") == [0, 1]
+    assert plan.budget_seeds("phantoms", "frac0.01") == [0, 1, 2] and plan.budget_seeds("phantoms", "frac1") == [0, 1]
     assert plan.variants == ["", "_full-classic", "_probe-current", "_probe-classic"]
-    runs = plan.finetune_runs()
+    runs = plan.finetune_runs("phantoms")
     assert "finetune/rgmim_r0.5_vit-cpu_s1/frac1_seed0_probe-classic" in runs
     assert not any(r.startswith("finetune/rgmim_r0.5_vit-cpu_s1/frac0.01") for r in runs)  # ratios at 100% only
     assert plan.first_variant() == ("full", "current")
@@ -112,7 +114,7 @@ def test_external_inits_are_checked_and_planned_from_their_entry(tmp_path):
     plan = Plan(good)
     assert "external_mrm" in plan.main_inits and plan.encoder_of("external_mrm") == "vit-cpu"
     assert plan.encoder_of(plan.main_inits[0]) == DEFAULT["pretrain"]["encoder"]
-    assert "finetune/external_mrm/frac1_seed0" in plan.finetune_runs()
+    assert "finetune/external_mrm/frac1_seed0" in plan.finetune_runs("phantoms")
     bad = {
         "external_inits has no 'mrm'": {},
         "external_inits.mrm.encoder 'nope' is not in encoders": {"mrm": entry | {"encoder": "nope"}},

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import REPO, TINY_CONFIG
+from conftest import TINY_TRANSFER, REPO, TINY_CONFIG
 from safetensors.torch import load_file
 from slurm_harness import (
     SlurmCluster,
@@ -39,7 +39,10 @@ REDUCED = {
     "finetune": {"inits": ["rgmim", "scratch_vit-tiny"], "cpu_fallback": True},
     "label_fractions": {"fractions": [1.0], "seeds": [0]},
 }
+# Two datasets (tests/configs/tiny_transfer.yaml): pretraining on tiny, fine-tuning on tiny and on tiny_b.
 RESULTS = Path("results") / "tiny"
+OTHER = Path("results") / "tiny_b"
+EXPERIMENT = Path("results") / "tiny_transfer"
 GPU_RULES = ("pretrain", "finetune")
 RUN_TIMEOUT_S = 480
 # Wall-clock and host details that legitimately differ between two runs of the same job.
@@ -130,7 +133,7 @@ def runs(cluster: SlurmCluster, tmp_path_factory: pytest.TempPathFactory) -> dic
     base = tmp_path_factory.mktemp("slurm")
     reduced = base / "reduced.yaml"
     reduced.write_text(yaml.safe_dump(REDUCED))
-    configs = (TINY_CONFIG, reduced)
+    configs = (TINY_CONFIG, TINY_TRANSFER, reduced)
     folders = {"slurm": base / "slurm", "local": base / "local"}
     for folder in folders.values():
         folder.mkdir()
@@ -215,12 +218,15 @@ def test_outputs_equal_a_local_run(runs):
         assert a.files == b.files and all(np.array_equal(a[k], b[k]) for k in a.files)
     left, right = (load_file(str(d / "pretrain/rgmim_r0.75_vit-tiny_s0/encoder.safetensors")) for d in (slurm, local))
     assert left.keys() == right.keys() and all(torch.equal(left[k], right[k]) for k in left), "encoders differ"
-    metrics = sorted(p.relative_to(slurm) for p in slurm.glob("finetune/*/*/metrics.json"))
-    assert len(metrics) == 2, metrics
-    for rel in metrics:
-        a, b = (without_volatile(json.loads((d / rel).read_text())) for d in (slurm, local))
-        assert a == b, rel
-    assert (slurm / "report.html").exists() and shutil.which("sbatch")
+    for dataset in (RESULTS, OTHER):  # the corpus evaluated in-domain, and the second evaluation dataset
+        folder = runs["slurm"] / dataset
+        metrics = sorted(p.relative_to(folder) for p in folder.glob("finetune/*/*/metrics.json"))
+        assert len(metrics) == 2, metrics
+        for rel in metrics:
+            a, b = (without_volatile(json.loads((runs[k] / dataset / rel).read_text())) for k in ("slurm", "local"))
+            assert a == b, dataset / rel
+    assert not (runs["slurm"] / OTHER / "pretrain").exists()  # pretraining runs once, on the corpus
+    assert (runs["slurm"] / EXPERIMENT / "report.html").exists() and shutil.which("sbatch")
 
 
 def wait_until(what: str, ready, deadline_s: float, interval: float = 0.2) -> None:
@@ -254,7 +260,7 @@ def test_requeued_pretraining_resumes(runs, cluster):
     out = workdir / "requeue.out"
     cmd = snakemake_cmd(
         workdir,
-        (TINY_CONFIG, runs["reduced"]),
+        (TINY_CONFIG, TINY_TRANSFER, runs["reduced"]),
         str(run_dir.relative_to(workdir) / "encoder.safetensors"),
         "--profile",
         str(runs["profile"]),
