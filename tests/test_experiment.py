@@ -42,16 +42,12 @@ def test_one_dataset_config_is_its_own_corpus_and_evaluation_dataset():
     assert plan.experiment.single and plan.corpora == plan.evaluated == ["solo"] and plan.experiment.name == "solo"
     view = plan.view("solo")
     # The one-dataset view is the config itself (less the experiment keys): the stages see what they saw before.
-    assert {k: v for k, v in view.items()} == {
-        k: v for k, v in one_dataset().items() if k not in ("datasets", "experiment")
-    }
+    assert view == {k: v for k, v in one_dataset().items() if k not in ("datasets", "experiment")}
     assert plan.corpus_of("mae_r0.75_vit-cpu_s0") == "solo"
 
 
 def test_entries_bring_their_own_split_and_label_budgets():
-    cfg = config(
-        datasets={"hospital_b": {"split": {"test_fraction": 0.5}, "label_fractions": {"fractions": [1.0]}}}
-    )
+    cfg = config(datasets={"hospital_b": {"split": {"test_fraction": 0.5}, "label_fractions": {"fractions": [1.0]}}})
     plan = Plan(cfg)
     view = plan.view("hospital_b")
     assert view["split"]["test_fraction"] == 0.5 and view["split"]["seed"] == DEFAULT["split"]["seed"]

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import TINY_TRANSFER, REPO, TINY_CONFIG
+from conftest import REPO, TINY_CONFIG, TINY_TRANSFER
 from safetensors.torch import load_file
 from slurm_harness import (
     SlurmCluster,
