@@ -32,7 +32,7 @@ __all__ = ["CNN_DECODER", "VIT_LEVELS", "Segmenter", "build_segmenter", "load_se
 VIT_LEVELS = 4  # blocks the ViT head reads (SETR-MLA and UPerNet-on-ViT use 4)
 VIT_WIDTH = 64  # fused channels of the ViT head; halved per upsampling step, never below MIN_WIDTH
 MIN_WIDTH = 16
-CNN_DECODER = (128, 64, 32, 16, 16)  # U-Net widths, deepest first, for a ResNet's 5 feature levels
+CNN_DECODER = (64, 32, 16, 16, 16)  # U-Net widths, deepest first, for 5 feature levels (the lung segmenter's + 16)
 
 
 def vit_block_indices(depth: int, levels: int = VIT_LEVELS) -> list[int]:
