@@ -104,3 +104,18 @@ def test_deterministic_under_a_seed(cfg):
 def test_wrong_decoder_widths_name_the_levels():
     with pytest.raises(ValueError, match="has 5 feature levels"):
         build_segmenter(RESNET, 32, decoder_channels=(32, 16))
+
+
+@pytest.mark.parametrize("key", ["mrm", "mgca"])
+def test_published_encoders_loaded_headless_become_segmenter_encoders(key, tmp_path):
+    from external_checkpoints import ENCODERS, write_all
+
+    from cxrmim.external_formats import resolve_external
+    from cxrmim.models.external import load_external
+
+    entry = write_all(tmp_path)[key]
+    cfg = ENCODERS[entry["encoder"]]
+    encoder, _, _ = load_external(resolve_external(key, entry), cfg, 32, 0, 0.0)  # num_classes=0: headless
+    model = build_segmenter(cfg, 32, encoder=encoder)
+    assert model.encoder is encoder  # used as loaded, not rebuilt
+    assert model(torch.randn(2, 1, 32, 32)).shape == (2, 1, 32, 32)

@@ -19,12 +19,12 @@ def cache_bytes(n_rows: int, size: int, lesions: bool = False) -> int:
     return (3 if lesions else 2) * n_rows * size * size
 
 
-def disk_full_message(out_dir: Path, n_rows: int, size: int) -> str:
+def disk_full_message(out_dir: Path, n_rows: int, size: int, lesions: bool = False) -> str:
     """What to say when the cache does not fit: where, how much it needs, how much is free."""
     free = shutil.disk_usage(_existing(out_dir)).free
     return (
         f"{out_dir}: the disk is full: the prepared cache of {n_rows} images at {size} px needs "
-        f"{cache_bytes(n_rows, size) / 1e9:.2f} GB and {free / 1e9:.2f} GB are free there (nothing was left "
+        f"{cache_bytes(n_rows, size, lesions) / 1e9:.2f} GB and {free / 1e9:.2f} GB are free there (nothing was left "
         "behind); free space on that filesystem or move results/ to a larger one"
     )
 
@@ -32,7 +32,9 @@ def disk_full_message(out_dir: Path, n_rows: int, size: int) -> str:
 def check_free_space(out_dir: Path, n_rows: int, size: int, lesions: bool = False) -> None:
     """Fail before writing anything when the filesystem of out_dir cannot hold the cache."""
     if shutil.disk_usage(_existing(out_dir)).free < cache_bytes(n_rows, size, lesions):
-        raise ValueError(disk_full_message(out_dir, n_rows, size).replace("the disk is full", "not enough disk space"))
+        raise ValueError(
+            disk_full_message(out_dir, n_rows, size, lesions).replace("the disk is full", "not enough disk space")
+        )
 
 
 def _existing(path: Path) -> Path:

@@ -283,7 +283,7 @@ def prepare(marker: Path, dataset_cfg: dict[str, Any], prepare_cfg: dict[str, An
         if writer is not None:
             writer.discard()
         if err.errno == errno.ENOSPC:
-            raise ValueError(disk_full_message(Path(out_dir), len(rows.labels), options.size)) from None
+            raise ValueError(disk_full_message(Path(out_dir), len(rows.labels), options.size, rows.lesions)) from None
         raise
     except BaseException:
         if writer is not None:
