@@ -74,3 +74,16 @@ def test_bad_strings_are_refused_with_the_reason():
         decode("10 7", (4, 4))  # 17 pixels on a 16-pixel image
     with pytest.raises(RleError, match="empty runs"):
         decode("3 0", (4, 4))
+
+
+def test_a_published_train_rle_row_decodes_to_columns_of_the_1024_image():
+    # The start of a positive row of train-rle.csv as the challenge's description quotes it.
+    text = "387620 23 996 33 986 43 977 51 968 58 962 65 956 70 952 74 949 76 946 79"
+    mask = decode(text, (1024, 1024))
+    lengths = [int(v) for v in text.split()[1::2]]
+    assert mask.sum() == sum(lengths) and encode(mask) == text
+    rows, cols = np.nonzero(mask)
+    # 387620 = 378 * 1024 + 548: the first run goes down column 378 from row 548, the next ones fill columns 379..
+    assert mask[548:571, 378].all() and not mask[571, 378] and not mask[547, 378]
+    assert sorted(set(cols.tolist())) == list(range(378, 388))
+    assert [int(mask[:, c].sum()) for c in range(378, 388)] == lengths  # one run per column: a growing region
