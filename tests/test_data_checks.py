@@ -245,7 +245,7 @@ def test_full_disk_says_so_and_leaves_nothing_behind(tmp_path, monkeypatch):
     names = images_in(tmp_path, 4)
     marker = manifest(tmp_path, "image,label\n" + rows(names, "ABAB"))
 
-    def full(self, row, image, mask):
+    def full(self, *row):
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(cache.CacheWriter, "write", full)

@@ -142,6 +142,7 @@ DATASET_KINDS = (
     DatasetKind("nih_cxr14", "cxrmim.data.public:read_nih", PUBLIC_OPTIONS, "cxrmim.data.public:nih_files",
                 check="files", findings=True),
     DatasetKind("rsna_pneumonia", "cxrmim.data.rsna:read_rsna", (), "cxrmim.data.rsna:rsna_files", check="files"),
+    DatasetKind("siim_acr", "cxrmim.data.siim:read_siim", (), "cxrmim.data.siim:siim_files", check="files"),
     DatasetKind("covid_chestxray", "cxrmim.data.covid_chestxray:read_covid_chestxray", (("covid_task", "finding"), ("views", ())),
                 "cxrmim.data.covid_chestxray:metadata_files"),
 )  # fmt: skip

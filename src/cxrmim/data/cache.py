@@ -14,25 +14,27 @@ import pandas as pd
 from cxrmim.io import atomic_path, write_text_atomic
 
 
-def cache_bytes(n_rows: int, size: int) -> int:
-    """Bytes the images and masks .npy files of a cache take (headers aside)."""
-    return 2 * n_rows * size * size
+def cache_bytes(n_rows: int, size: int, lesions: bool = False) -> int:
+    """Bytes the images, masks (and lesion_masks) .npy files of a cache take (headers aside)."""
+    return (3 if lesions else 2) * n_rows * size * size
 
 
-def disk_full_message(out_dir: Path, n_rows: int, size: int) -> str:
+def disk_full_message(out_dir: Path, n_rows: int, size: int, lesions: bool = False) -> str:
     """What to say when the cache does not fit: where, how much it needs, how much is free."""
     free = shutil.disk_usage(_existing(out_dir)).free
     return (
         f"{out_dir}: the disk is full: the prepared cache of {n_rows} images at {size} px needs "
-        f"{cache_bytes(n_rows, size) / 1e9:.2f} GB and {free / 1e9:.2f} GB are free there (nothing was left "
+        f"{cache_bytes(n_rows, size, lesions) / 1e9:.2f} GB and {free / 1e9:.2f} GB are free there (nothing was left "
         "behind); free space on that filesystem or move results/ to a larger one"
     )
 
 
-def check_free_space(out_dir: Path, n_rows: int, size: int) -> None:
+def check_free_space(out_dir: Path, n_rows: int, size: int, lesions: bool = False) -> None:
     """Fail before writing anything when the filesystem of out_dir cannot hold the cache."""
-    if shutil.disk_usage(_existing(out_dir)).free < cache_bytes(n_rows, size):
-        raise ValueError(disk_full_message(out_dir, n_rows, size).replace("the disk is full", "not enough disk space"))
+    if shutil.disk_usage(_existing(out_dir)).free < cache_bytes(n_rows, size, lesions):
+        raise ValueError(
+            disk_full_message(out_dir, n_rows, size, lesions).replace("the disk is full", "not enough disk space")
+        )
 
 
 def _existing(path: Path) -> Path:
@@ -43,15 +45,19 @@ def _existing(path: Path) -> Path:
 class CacheWriter:
     """Rows written one at a time into temporary images/masks .npy files; nothing final until commit().
 
+    With `lesions`, a third file `lesion_masks.npy` holds each row's lesion mask (zeros where a row has none), for
+    sources that annotate lesions (SIIM-ACR); the lung masks.npy stays what it is for every source.
+
     Rows go through ordinary file writes rather than a writable memory map, so the process never holds the
     cache: its peak memory is one row (the page cache the kernel keeps is not the process's and is reclaimable).
     """
 
-    def __init__(self, out_dir: Path, n_rows: int, size: int) -> None:
+    def __init__(self, out_dir: Path, n_rows: int, size: int, lesions: bool = False) -> None:
         self.out_dir = Path(out_dir)
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self.n_rows, self.row_bytes = n_rows, size * size
-        self.tmp = {name: self.out_dir / f"{name}.tmp.npy" for name in ("images", "masks")}
+        names = ("images", "masks", "lesion_masks") if lesions else ("images", "masks")
+        self.tmp = {name: self.out_dir / f"{name}.tmp.npy" for name in names}
         self.handles: dict[str, BinaryIO] = {}
         try:
             for name, path in self.tmp.items():
@@ -61,10 +67,13 @@ class CacheWriter:
             raise
         self.offsets = {name: handle.tell() for name, handle in self.handles.items()}
 
-    def write(self, row: int, image: np.ndarray, mask: np.ndarray | None) -> None:
-        """Store one row (an absent mask is stored as zeros)."""
+    def write(self, row: int, image: np.ndarray, mask: np.ndarray | None, lesion: np.ndarray | None = None) -> None:
+        """Store one row (an absent mask or lesion mask is stored as zeros)."""
         empty = np.zeros(self.row_bytes, np.uint8)
-        for name, array in (("images", image), ("masks", empty if mask is None else mask)):
+        arrays = {"images": image, "masks": empty if mask is None else mask}
+        if "lesion_masks" in self.tmp:
+            arrays["lesion_masks"] = empty if lesion is None else lesion
+        for name, array in arrays.items():
             handle = self.handles[name]
             handle.seek(self.offsets[name] + row * self.row_bytes)
             handle.write(np.ascontiguousarray(array, dtype=np.uint8).tobytes())

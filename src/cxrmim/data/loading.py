@@ -54,6 +54,7 @@ class LoadedImage:
     error: str | None = None
     mask_problem: str | None = None  # a mask drawn for another image: a dataset error, never skipped quietly
     digest: str | None = None  # SHA-256 of the decoded pixels, for exact-duplicate detection
+    lesion: np.ndarray | None = None  # the lesion mask on the grid, for records with one (SourceRecord.lesion_rle)
 
 
 def pixel_digest(array: np.ndarray) -> str:
@@ -87,9 +88,33 @@ def load_record(record: Any, options: LoadOptions) -> LoadedImage:
             check_mask_fits(grey.shape, raw_mask.shape, record.image, record.mask)
         except BadImageError as err:
             return LoadedImage(None, None, mask_problem=str(err))
+    try:
+        raw_lesion = lesion_mask(record, grey.shape)
+    except ValueError as err:  # an RLE that does not fit its image: a dataset error, like a mismatched mask
+        return LoadedImage(None, None, mask_problem=str(err))
     image = normalise_contrast(resize_to_grid(grey, options.size, is_mask=False), options.contrast)
     mask = resize_to_grid(raw_mask.astype(np.uint8), options.size, is_mask=True) if raw_mask is not None else None
-    return LoadedImage(image, mask, digest=pixel_digest(np.rint(grey * 255.0).astype(np.uint8)))
+    lesion = resize_to_grid(raw_lesion.astype(np.uint8), options.size, is_mask=True) if raw_lesion is not None else None
+    return LoadedImage(image, mask, digest=pixel_digest(np.rint(grey * 255.0).astype(np.uint8)), lesion=lesion)
+
+
+def lesion_mask(record: Any, shape: tuple[int, ...]) -> np.ndarray | None:
+    """A record's lesion mask on its image's own grid (bool), or None without a lesion annotation.
+
+    A ValueError names the image when its RLE does not fit that grid (a mask encoded for another image).
+    """
+    from cxrmim.data.rle import decode_union
+
+    rles = getattr(record, "lesion_rle", None)
+    if rles is None:
+        return None
+    try:
+        return decode_union(list(rles), (int(shape[0]), int(shape[1])))
+    except ValueError as err:
+        raise ValueError(
+            f"{record.image}: its lesion mask does not fit the {shape[0]}x{shape[1]} image ({err}); "
+            "check that the RLE rows belong to this image"
+        ) from None
 
 
 def _load_job(job: tuple[Any, LoadOptions]) -> LoadedImage:

@@ -55,6 +55,7 @@ class Rows:
     official: list[str] = field(default_factory=list)  # per row, the official split part ("" without one)
     raw_labels: list[str] = field(default_factory=list)  # per row, the label as the source spells it
     seen: dict[str, Any] = field(default_factory=dict)  # what became of every label, column, folder, file seen
+    lesions: bool = False  # the source annotates lesions: the cache gets lesion_masks.npy
 
 
 def source_value(path: Path, base: Path, mode: str) -> str:
@@ -93,6 +94,7 @@ def _real_rows(kind: str, root: Path, dataset_cfg: dict, prepare_cfg: dict, opti
         official=[r.official or "" for r in records],
         raw_labels=seen.pop("raw_labels"),
         seen=seen,
+        lesions=any(r.lesion_rle is not None for r in records),
     )
 
 
@@ -151,7 +153,7 @@ def _stream(rows: Rows, writer: Any) -> dict[str, Any]:
     from cxrmim.data.duplicates import HASH_GRID, perceptual_hash, thumbnail
 
     n = len(rows.labels)
-    ok, has_mask = np.zeros(n, dtype=bool), np.zeros(n, dtype=bool)
+    ok, has_mask, has_lesion = np.zeros(n, dtype=bool), np.zeros(n, dtype=bool), np.zeros(n, dtype=bool)
     phashes, digests = np.zeros(n, dtype=np.uint64), [None] * n
     thumbs = np.zeros((n, HASH_GRID, HASH_GRID), dtype=np.uint8)
     bad, mask_problems = [], []
@@ -159,13 +161,15 @@ def _stream(rows: Rows, writer: Any) -> dict[str, Any]:
         if item.error or item.mask_problem:
             (bad if item.error else mask_problems).append(item.error or item.mask_problem)
             continue
-        writer.write(i, item.image, item.mask)
+        writer.write(i, item.image, item.mask, item.lesion)
         ok[i], has_mask[i], digests[i] = True, item.mask is not None, item.digest
+        has_lesion[i] = item.lesion is not None and bool(item.lesion.any())
         thumbs[i] = thumbnail(item.image)
         phashes[i] = perceptual_hash(thumbs[i])
     return {
         "ok": ok,
         "has_mask": has_mask,
+        "has_lesion": has_lesion,
         "phashes": phashes,
         "thumbs": thumbs,
         "digests": digests,
@@ -227,10 +231,10 @@ def prepare(marker: Path, dataset_cfg: dict[str, Any], prepare_cfg: dict[str, An
     for role, name in (rows.seen.get("label_files") or {}).items():
         log.info("%s file: %s", role, name or "absent")
     task.check_labels(rows.labels)  # labels are known before any image is read: fail fast on a task mismatch
-    check_free_space(Path(out_dir), len(rows.labels), options.size)
+    check_free_space(Path(out_dir), len(rows.labels), options.size, rows.lesions)
     writer = None
     try:
-        writer = CacheWriter(Path(out_dir), len(rows.labels), options.size)
+        writer = CacheWriter(Path(out_dir), len(rows.labels), options.size, lesions=rows.lesions)
         seen = _stream(rows, writer)
         raise_mask_problems(seen["mask_problems"])
         _check_bad(seen["bad"], prepare_cfg.get("on_bad_image", "skip"))
@@ -271,13 +275,15 @@ def prepare(marker: Path, dataset_cfg: dict[str, Any], prepare_cfg: dict[str, An
             "duplicates": dup.clusters,
             "seen": prepared_counts(rows.seen, rows.raw_labels, keep),
         }
+        if rows.lesions:  # a lesion smaller than half a grid pixel vanishes there (the lung masks' rule)
+            summary["n_with_lesion"] = int(seen["has_lesion"][keep].sum())
         writer.commit(keep, manifest, summary, labels=task.matrix(manifest["label"].tolist(), uncertain))
         write_reports(out_dir, manifest)  # cleaned, sentence-split reports for the tokenizer and report-aware methods
     except OSError as err:
         if writer is not None:
             writer.discard()
         if err.errno == errno.ENOSPC:
-            raise ValueError(disk_full_message(Path(out_dir), len(rows.labels), options.size)) from None
+            raise ValueError(disk_full_message(Path(out_dir), len(rows.labels), options.size, rows.lesions)) from None
         raise
     except BaseException:
         if writer is not None:

@@ -64,6 +64,10 @@ class SourceRecord:
     report: str | None = None
     official: str | None = None  # the dataset's official split part (train / test), when it has one
     uncertain: tuple[str, ...] = ()  # findings labelled uncertain (left out of training and metrics)
+    # Lesion mask as SIIM RLE strings on the image's own grid (cxrmim.data.rle; union of all, () = annotated and
+    # empty); None = the source has no lesion annotation. Strings, not arrays: a 1024x1024 mask per record would
+    # hold gigabytes before any image is read.
+    lesion_rle: tuple[str, ...] | None = None
 
 
 @dataclass

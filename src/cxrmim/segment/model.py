@@ -10,12 +10,12 @@ from typing import Any
 
 import timm
 import torch
-import torch.nn.functional as F
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
 from cxrmim.io import atomic_path
+from cxrmim.models.unet import unet_blocks, unet_decode
 
 FILE_FORMAT = "cxrmim-lung-segmenter"
 
@@ -36,18 +36,6 @@ class SegmenterSpec:
         )
 
 
-def _conv_block(in_channels: int, out_channels: int) -> nn.Sequential:
-    """Two 3x3 conv + BN + ReLU layers, the usual U-Net decoder unit."""
-    return nn.Sequential(
-        nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False),
-        nn.BatchNorm2d(out_channels),
-        nn.ReLU(inplace=True),
-        nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False),
-        nn.BatchNorm2d(out_channels),
-        nn.ReLU(inplace=True),
-    )
-
-
 class LungUNet(nn.Module):
     """U-Net over the first len(decoder_channels) feature maps of a timm encoder; one grey channel in, one logit out."""
 
@@ -57,29 +45,13 @@ class LungUNet(nn.Module):
         self.encoder = timm.create_model(
             encoder, pretrained=False, features_only=True, in_chans=1, out_indices=tuple(range(depth))
         )
-        skips = self.encoder.feature_info.channels()
-        # One block per skip connection, deepest first, then a last block at full resolution without a skip.
-        skip_channels = list(reversed(skips[:-1])) + [0]
-        blocks, in_channels = [], skips[-1]
-        for skip, out_channels in zip(skip_channels, decoder_channels):
-            blocks.append(_conv_block(in_channels + skip, int(out_channels)))
-            in_channels = int(out_channels)
-        self.decoder = nn.ModuleList(blocks)
-        self.head = nn.Conv2d(in_channels, 1, kernel_size=1)
+        # The shared decoder (cxrmim.models.unet), kept under `decoder` and `head` so saved segmenters still load.
+        self.decoder = unet_blocks(self.encoder.feature_info.channels(), decoder_channels)
+        self.head = nn.Conv2d(int(decoder_channels[-1]), 1, kernel_size=1)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """(B, 1, H, W) normalised images -> (B, 1, H, W) lung logits."""
-        features = self.encoder(images)
-        x = features[-1]
-        targets = list(reversed(features[:-1])) + [None]
-        for block, skip in zip(self.decoder, targets):
-            # Upsampling to the skip's own size works for any stride pattern and odd input sizes.
-            size = skip.shape[-2:] if skip is not None else images.shape[-2:]
-            x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
-            if skip is not None:
-                x = torch.cat([x, skip], dim=1)
-            x = block(x)
-        return self.head(x)
+        return self.head(unet_decode(self.decoder, self.encoder(images), images.shape[-2:]))
 
 
 def build_segmenter(spec: SegmenterSpec) -> LungUNet:
