@@ -1,7 +1,8 @@
 #!/usr/bin/env python
 """Run a whole DAG from scratch and print its wall time, time per stage and its lowest-budget results.
 
-Writes to results/<name>/ (default `bench_default`, a fresh folder: an existing one is never overwritten):
+Runs in runs/<name>/ (default `bench_default`, a fresh folder: an existing one is never overwritten), so its
+results/ (one folder per dataset, and the experiment's) are the run's alone:
     python benchmarks/default_run.py --cores 2
     python benchmarks/default_run.py --cores 2 --name bench_study --configfile workflow_config.yaml \
         configs/mae_vs_resnet.yaml
@@ -12,12 +13,10 @@ from __future__ import annotations
 import argparse
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import pandas as pd
-import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -26,7 +25,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line options."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cores", type=int, default=2)
-    parser.add_argument("--name", default="bench_default", help="dataset.name, i.e. the results/<name>/ folder")
+    parser.add_argument("--name", default="bench_default", help="the run's folder, runs/<name>/")
     parser.add_argument(
         "--configfile",
         type=Path,
@@ -38,12 +37,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def stage_times(benchmarks: Path) -> pd.DataFrame:
-    """Wall and CPU seconds per rule, summed over that rule's jobs, from Snakemake's benchmark files."""
+    """Wall and CPU seconds per rule, summed over that rule's jobs (of every dataset under `benchmarks`, a
+    results/ folder), from Snakemake's benchmark files."""
     rows = []
-    for tsv in sorted(benchmarks.rglob("*.tsv")):
-        stage = tsv.relative_to(benchmarks).parts[0].removesuffix(".tsv")
-        record = pd.read_csv(tsv, sep="\t").iloc[0]
-        rows.append({"stage": stage, "wall_s": float(record["s"]), "cpu_s": float(record["cpu_time"])})
+    for folder in sorted(benchmarks.glob("*/benchmarks")):
+        for tsv in sorted(folder.rglob("*.tsv")):
+            stage = tsv.relative_to(folder).parts[0].removesuffix(".tsv")
+            record = pd.read_csv(tsv, sep="\t").iloc[0]
+            rows.append({"stage": stage, "wall_s": float(record["s"]), "cpu_s": float(record["cpu_time"])})
     table = (
         pd.DataFrame(rows)
         .groupby("stage")
@@ -74,34 +75,37 @@ def print_results(tables: Path) -> None:
         print("\ntest accuracy at the lowest label fraction:")
         print(accuracy.round(3).to_string())
         print(significance.round(3).to_string(index=False))
-    if (tables / "study.md").exists():
-        print("\n" + (tables / "study.md").read_text())
+    for name in ("study.md", "transfer.md"):
+        if (tables / name).exists():
+            print("\n" + (tables / name).read_text())
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run, time and summarise."""
     args = parse_args(argv)
-    results = REPO / "results" / args.name
-    if results.exists():
-        sys.exit(f"{results} exists; remove it or pass another --name (the benchmark needs a fresh run)")
-    with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as overlay:
-        yaml.safe_dump({"dataset": {"name": args.name}}, overlay)
-    command = ["snakemake", "--cores", str(args.cores), "--directory", str(REPO), "--quiet", "rules",
-               "--configfile", *map(str, args.configfile), overlay.name]  # fmt: skip
+    workdir = REPO / "runs" / args.name
+    if workdir.exists():
+        sys.exit(f"{workdir} exists; remove it or pass another --name (the benchmark needs a fresh run)")
+    workdir.mkdir(parents=True)
+    configs = [str(Path(c).resolve()) for c in args.configfile]
+    command = ["snakemake", "--cores", str(args.cores), "--snakefile", str(REPO / "Snakefile"), "--directory",
+               str(workdir), "--quiet", "rules", "--configfile", *configs]  # fmt: skip
     start = time.perf_counter()
-    completed = subprocess.run(command, cwd=REPO, check=False)
+    completed = subprocess.run(command, cwd=workdir, check=False)
     wall = time.perf_counter() - start
-    Path(overlay.name).unlink()
     if completed.returncode != 0:
         print(f"snakemake failed (exit {completed.returncode}) after {wall:.0f} s", file=sys.stderr)
         return completed.returncode
-    stages = stage_times(results / "benchmarks")
+    results = workdir / "results"
+    stages = stage_times(results)
     print(
         f"whole DAG: {wall:.0f} s wall on {args.cores} cores, {int(stages['jobs'].sum())} jobs, "
         f"{stages['cpu_s'].sum():.0f} CPU s"
     )
     print(stages.round(1).to_string())
-    print_results(results / "tables")
+    for tables in sorted(results.glob("*/tables")):
+        print(f"\n== {tables.parent.name}")
+        print_results(tables)
     return 0
 
 
