@@ -116,3 +116,18 @@ def test_editing_the_corpus_data_never_touches_the_other_datasets_data_or_baseli
     assert counts["download"] == counts["prepare"] == 1 and counts["pretrain"] == 1
     # On the corpus every init reruns (its data changed); elsewhere only the pretrained one.
     assert counts["finetune"] == INITS + 1, out[-3000:]
+
+
+def test_results_page_of_an_experiment_has_the_summary_then_each_dataset(completed, capsys):
+    import importlib.util
+
+    from conftest import REPO
+
+    spec = importlib.util.spec_from_file_location("results_table", REPO / "benchmarks" / "results_table.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    workdir, _ = completed
+    assert module.main([str(workdir / "results" / "tiny_transfer"), "--wall-time", "1 s"]) == 0
+    page = capsys.readouterr().out
+    summary, first, second = (page.index(h) for h in ("## Across datasets", "\n## tiny\n", "\n## tiny_b\n"))
+    assert summary < first < second and "### Verdict: does pretraining help" in page
