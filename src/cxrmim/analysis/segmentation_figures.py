@@ -100,7 +100,7 @@ def worst_segmentations(runs: pd.DataFrame, prepared: Path, k: int = DEFAULT_K) 
                 continue
             image = worst.iloc[position]
             index = int(image["index"])
-            ax.imshow(images[index], cmap="gray")
+            ax.imshow(images[index], cmap="gray", vmin=0, vmax=255)  # the prepared cache is uint8
             outline(ax, np.asarray(masks[index]) > 0, TRUTH_STYLE)
             mask = np.asarray(predicted[int(image["row"])]) > 0
             outline(ax, mask, PREDICTED_STYLE)

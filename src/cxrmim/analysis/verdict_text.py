@@ -18,7 +18,7 @@ METHOD_NOTE = (
     "images (tables/significance.md). better / worse: the interval excludes zero; cannot tell at this size: it "
     "includes zero, so more runs or test images are needed to tell."
 )
-DICE_NOTE = " Dice: per positive test image (a non-empty true mask), then averaged; test images counted are those."
+DICE_NOTE = " Dice: per positive test image (one with a non-empty true mask), then averaged over them."
 
 
 def joined(items: list[str]) -> str:
@@ -87,11 +87,16 @@ def reference_sentence(rows: pd.DataFrame) -> str | None:
     return f"Against MAE, the comparison the papers make: {joined(parts)}{tail}."
 
 
-def size_sentence(rows: pd.DataFrame) -> str:
+def images_text(score: str) -> str:
+    """What the bootstrap's images are: 'test images', or 'positive test images' for Dice."""
+    return "positive test images" if score == "Dice" else "test images"
+
+
+def size_sentence(rows: pd.DataFrame, score: str = "accuracy") -> str:
     """How much data each claim rests on and the smallest difference it could resolve."""
     half_width = float(np.median((rows["ci_high"] - rows["ci_low"]) / 2))
     text = (
-        f"Each claim rests on {count_text(rows['n_images'])} test images and {count_text(rows['n_runs'])} runs "
+        f"Each claim rests on {count_text(rows['n_images'])} {images_text(score)} and {count_text(rows['n_runs'])} runs "
         f"per pretrained init ({count_text(rows['n_runs_reference'])} per reference); at this size differences "
         f"smaller than about ±{half_width:.2f} (the median half-width of the intervals) cannot be told apart, "
         "and more seeds (pretrain.seeds, label_fractions.seeds) or test images narrow them."
@@ -114,7 +119,7 @@ def verdict_sentences(verdict: pd.DataFrame, intervals: pd.DataFrame, score: str
             )
         ]
     sentences = [budget_sentence(f, rows, intervals, score) for f, rows in verdict.groupby("fraction")]
-    return [*sentences, *filter(None, [reference_sentence(verdict)]), size_sentence(verdict)]
+    return [*sentences, *filter(None, [reference_sentence(verdict)]), size_sentence(verdict, score)]
 
 
 def budget_table(rows: pd.DataFrame, score: str = "accuracy") -> pd.DataFrame:
@@ -141,6 +146,6 @@ def verdict_markdown(verdict: pd.DataFrame, intervals: pd.DataFrame, score: str 
         at = intervals[np.isclose(intervals["fraction"], fraction)]
         text += (
             f"## {fraction_label(fraction)} labels: {labels_text(at)} labelled images, "
-            f"{count_text(rows['n_images'])} test images\n\n{markdown_table(budget_table(rows, score))}\n"
+            f"{count_text(rows['n_images'])} {images_text(score)}\n\n{markdown_table(budget_table(rows, score))}\n"
         )
     return text + METHOD_NOTE.format(score=score) + (DICE_NOTE if score == "Dice" else "") + "\n"
