@@ -175,6 +175,9 @@ def test_worst_segmentations_file_and_its_empty_and_bad_cases(
     np.save(broken / "lesion_masks.npy", np.zeros((3, 8, 8), np.uint8))
     with pytest.raises(ValueError, match="predicted_masks.npy has shape"):
         write_segmentation_figures(seg_paths, {"dpi": 30}, tmp_path / "y", broken)
+    np.save(broken / "lesion_masks.npy", np.zeros((2, 8, 8), np.uint8))
+    with pytest.raises(ValueError, match="lesion_masks.npy has shape"):
+        write_segmentation_figures(seg_paths, {"dpi": 30}, tmp_path / "z", broken)
 
 
 def test_figures_script_passes_the_prepared_folder(seg_paths: list[Path], prepared: Path, tmp_path: Path) -> None:

@@ -88,6 +88,11 @@ def worst_segmentations(runs: pd.DataFrame, prepared: Path, k: int = DEFAULT_K) 
     figure, axes = plt.subplots(len(shown), k, figsize=(2.3 * k + 0.8, 2.5 * len(shown) + 0.6), squeeze=False)
     for row_axes, (_, run) in zip(axes, shown.iterrows()):
         masks = np.load(mask_file(run, prepared), mmap_mode="r")
+        if masks.shape != images.shape:
+            raise ValueError(
+                f"{mask_file(run, prepared)} has shape {masks.shape}, {prepared / 'images.npy'} {images.shape}: "
+                "pass the prepared folder the runs were trained on"
+            )
         worst = worst_images(run["run_dir"], k)
         n_rows = len(pd.read_csv(Path(run["run_dir"]) / "predictions.csv", usecols=["index"]))
         predicted = load_predicted(run["run_dir"], n_rows, images.shape[1:])
