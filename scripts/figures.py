@@ -1,6 +1,7 @@
 #!/usr/bin/env python
-"""CLI: draw the fine-tuning figures (PNG) from the runs' metrics.json, history.csv and predictions.csv, and the
-verdict's headline figure and comparisons heatmap from the tables rule's CSVs."""
+"""CLI: draw the fine-tuning figures (PNG) from the runs' metrics.json, history.csv and predictions.csv, the
+verdict's headline figure and comparisons heatmap from the tables rule's CSVs, and the worst test predictions of
+segmentation runs (worst_segmentations.png; a figure saying why it is empty for classification)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import argparse
 import logging
 
 from cxrmim.analysis.figures import write_figures
+from cxrmim.analysis.segmentation_figures import DEFAULT_K, write_segmentation_figures
 from cxrmim.analysis.verdict_figures import write_verdict_figures
 from cxrmim.cli import parse_json_arg, run_main, setup_logging
 
@@ -38,6 +40,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--intervals", default=None, help="tables/accuracy_intervals.csv (the headline figure)")
     parser.add_argument("--significance", default=None, help="tables/significance.csv (the comparisons heatmap)")
+    parser.add_argument(
+        "--prepared",
+        default=None,
+        help="the dataset's prepared folder (images.npy, masks.npy / lesion_masks.npy): needed for segmentation runs",
+    )
+    parser.add_argument(
+        "--worst-k", type=int, default=DEFAULT_K, help="worst test predictions shown per init (segmentation)"
+    )
     parser.add_argument("--out-dir", required=True)
     parser.add_argument("--log", default=None, help="also log to this file")
     return parser.parse_args(argv)
@@ -48,8 +58,13 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     setup_logging(args.log)
     plots = parse_json_arg(args.settings)
-    written = write_figures(args.metrics, plots, args.out_dir, args.mask_ratio, tuple(args.variant))
-    for path in [*written, *write_verdict_figures(args.intervals, args.significance, plots, args.out_dir)]:
+    variant = tuple(args.variant)
+    written = write_figures(args.metrics, plots, args.out_dir, args.mask_ratio, variant)
+    written += write_verdict_figures(args.intervals, args.significance, plots, args.out_dir)
+    written += write_segmentation_figures(
+        args.metrics, plots, args.out_dir, args.prepared, args.mask_ratio, variant, args.worst_k
+    )
+    for path in written:
         logging.getLogger("cxrmim.figures").info("wrote %s", path)
 
 

@@ -127,3 +127,78 @@ def fake_run(
         metrics |= {"model": VIT_MODEL, "input_norm": {"mean": [0.5], "std": [0.25]}}
     (run_dir / "metrics.json").write_text(json.dumps(metrics))
     return run_dir / "metrics.json"
+
+
+SEG_SIZE, SEG_N_IMAGES = 16, 40
+SEG_TEST = np.arange(20, 32)  # cache rows of the test images (split order)
+SEG_NEGATIVE = {29, 30, 31}  # test images without a lesion: SIIM-style, so the Kaggle Dice differs from the Dice
+
+
+def lesion_square(index: int, shift: int = 0) -> np.ndarray:
+    """A square lesion whose place and size follow from `index`, moved `shift` pixels right (a prediction's error)."""
+    mask = np.zeros((SEG_SIZE, SEG_SIZE), dtype=np.uint8)
+    top, left, side = 2 + index % 5, 2 + (3 * index) % 5, 4 + index % 3
+    mask[top : top + side, left + shift : left + shift + side] = 1
+    return mask
+
+
+def fake_prepared_lesions(root: Path) -> Path:
+    """A prepared folder as prepare writes it for a lesion-annotating source: images, lung masks, lesion masks."""
+    root.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    lesions = np.stack(
+        [
+            np.zeros((SEG_SIZE, SEG_SIZE), np.uint8) if i in SEG_NEGATIVE else lesion_square(i)
+            for i in range(SEG_N_IMAGES)
+        ]
+    )
+    images = rng.integers(0, 120, (SEG_N_IMAGES, SEG_SIZE, SEG_SIZE)).astype(np.uint8) + 100 * lesions
+    np.save(root / "images.npy", images)
+    np.save(root / "masks.npy", np.ones_like(lesions))
+    np.save(root / "lesion_masks.npy", lesions)
+    return root
+
+
+def overlap(predicted: np.ndarray, truth: np.ndarray) -> tuple[float, float, float]:
+    """(dice, iou, kaggle dice) of one image; dice and IoU NaN on an empty truth (the contract's predictions.csv)."""
+    both, total = float(np.sum(predicted & truth)), float(predicted.sum() + truth.sum())
+    if not truth.any():
+        return float("nan"), float("nan"), float(not predicted.any())
+    return 2 * both / total, both / (total - both), 2 * both / total
+
+
+def fake_segmentation_run(
+    root: Path, family: str, method: str, ratio: float | None, fraction: float, pretrain_seed: int | None, seed: int,
+    shifts: dict[int, int],
+) -> Path:  # fmt: skip
+    """A segmentation run folder (seg-contract): each positive test image predicted as its lesion moved by
+    shifts[index] pixels (default 1; -1: an empty prediction), negatives predicted empty; the metrics agree."""
+    init = family if pretrain_seed is None else f"{family}_s{pretrain_seed}"
+    run_dir = root / init / f"frac{fraction:g}_seed{seed}"
+    run_dir.mkdir(parents=True)
+    rows, predicted = [], []
+    for index in SEG_TEST:
+        truth = np.zeros((SEG_SIZE, SEG_SIZE), np.uint8) if index in SEG_NEGATIVE else lesion_square(index)
+        shift = shifts.get(int(index), 1)
+        mask = np.zeros_like(truth) if index in SEG_NEGATIVE or shift < 0 else lesion_square(index, shift)
+        dice, iou, kaggle = overlap(mask.astype(bool), truth.astype(bool))
+        rows.append({"index": index, "positive": int(truth.any()), "dice": dice, "iou": iou, "kaggle_dice": kaggle})
+        predicted.append(mask)
+    predictions = pd.DataFrame(rows)
+    predictions.to_csv(run_dir / "predictions.csv", index=False)
+    np.save(run_dir / "predicted_masks.npy", np.stack(predicted))
+    positive = predictions[predictions["positive"] == 1]
+    test = {"dice": positive["dice"].mean(), "iou": positive["iou"].mean(),
+            "kaggle_dice": predictions["kaggle_dice"].mean(), "n": len(predictions), "n_positive": len(positive)}  # fmt: skip
+    history = {"epoch": [1, 2], "train_loss": [0.9, 0.5], "val_dice": [0.2, test["dice"]],
+               "test_dice": [0.1, test["dice"]]}  # fmt: skip
+    pd.DataFrame(history).to_csv(run_dir / "history.csv", index=False)
+    metrics = {
+        "init": init, "method": method, "architecture": "ViT", "encoder": "vit-t", "mask_ratio": ratio,
+        "pretrain_seed": pretrain_seed, "fraction": fraction, "budget": f"frac{fraction:g}", "seed": seed,
+        "n_labels": int(fraction * 20), "best_epoch": 2, "task": "segmentation", "segment": "lesion",
+        "mode": "full", "augment": "current", "device": "cpu", "model": VIT_MODEL,
+        "input_norm": {"mean": [0.5], "std": [0.25]}, "val": test, "test": test,
+    }  # fmt: skip
+    (run_dir / "metrics.json").write_text(json.dumps(metrics))
+    return run_dir / "metrics.json"

@@ -1,5 +1,6 @@
 """Figures of the fine-tuning results: metrics vs label fraction, Fig. 3 (accuracy vs epoch), masking ratio,
-confusion matrices. One colour per method everywhere (PALETTE); line style tells the architecture."""
+confusion matrices; for segmentation runs the accuracy figures draw Dice. One colour per method everywhere
+(PALETTE); line style tells the architecture."""
 
 from __future__ import annotations
 
@@ -26,6 +27,8 @@ from cxrmim.analysis.runs import (  # noqa: E402
     load_predictions,
     load_runs,
     main_runs,
+    score_metric,
+    score_name,
 )
 from cxrmim.analysis.tables import mask_ratio_runs  # noqa: E402
 from cxrmim.io import atomic_path  # noqa: E402
@@ -105,25 +108,31 @@ def metric_vs_fraction(runs: pd.DataFrame, metric: str, ylabel: str) -> plt.Figu
     return figure
 
 
+def score_column(runs: pd.DataFrame) -> tuple[str, str]:
+    """(test column, axis label) of the runs' per-image score: test accuracy, or test Dice for segmentation."""
+    return f"test_{score_metric(runs)}", f"test {score_name(runs)}"
+
+
 def accuracy_vs_epoch(runs: pd.DataFrame) -> plt.Figure:
-    """The paper's Fig. 3: test accuracy per fine-tuning epoch at the largest label fraction."""
+    """The paper's Fig. 3: test accuracy (segmentation: Dice) per fine-tuning epoch at the largest label fraction."""
     full = runs[runs["fraction"] == runs["fraction"].max()]
     history = load_history(full)
-    if history.empty:
-        return empty_figure("no history")
+    column, ylabel = score_column(runs)
+    if history.empty or column not in history:
+        return empty_figure("no history" if history.empty else f"the runs' history.csv has no {column} column")
     history = history.merge(full[["init", "label"]].drop_duplicates(), on="init")
-    figure = lines_by_init(history, "epoch", "test_accuracy", "test accuracy")
+    figure = lines_by_init(history, "epoch", column, ylabel)
     figure.axes[0].set_title(f"{fraction_label(full['fraction'].iloc[0])} labels")
     figure.axes[0].xaxis.set_major_locator(MaxNLocator(integer=True))
     return figure
 
 
 def accuracy_vs_mask_ratio(runs: pd.DataFrame) -> plt.Figure:
-    """Table 3 as a figure: test accuracy against masking ratio, one line per method."""
+    """Table 3 as a figure: test accuracy (segmentation: Dice) against masking ratio, one line per method."""
     data = mask_ratio_runs(runs)
     if data.empty:
         return empty_figure("no pretrained runs")
-    figure = lines_by_init(data.assign(label=data["method"]), "mask_ratio", "test_accuracy", "test accuracy")
+    figure = lines_by_init(data.assign(label=data["method"]), "mask_ratio", *score_column(data))
     figure.axes[0].set_xlabel("masking ratio σ")
     return figure
 
@@ -173,6 +182,8 @@ def decisions(predictions: pd.DataFrame) -> tuple[list[str], pd.Series, pd.Serie
 
 def confusion_matrices(runs: pd.DataFrame) -> plt.Figure:
     """Row-normalised test confusion matrices per init at the lowest and highest label fraction."""
+    if (runs["task"] == "segmentation").any():
+        return empty_figure("segmentation task: no classes to confuse\n(see worst_segmentations.png)")
     fractions = sorted({runs["fraction"].min(), runs["fraction"].max()})
     inits = list(dict.fromkeys(runs["init"]))
     figure, axes = plt.subplots(
@@ -205,8 +216,12 @@ def confusion_matrices(runs: pd.DataFrame) -> plt.Figure:
 
 FIGURES: dict[str, Callable[[pd.DataFrame, pd.DataFrame], plt.Figure]] = {
     # name -> figure from (all runs, runs of the label-fraction study)
-    "accuracy_vs_fraction": lambda runs, main: metric_vs_fraction(main, "test_accuracy", "test accuracy"),
-    "auc_vs_fraction": lambda runs, main: metric_vs_fraction(main, *auc_column(main)),
+    "accuracy_vs_fraction": lambda runs, main: metric_vs_fraction(main, *score_column(main)),
+    "auc_vs_fraction": lambda runs, main: (
+        empty_figure("segmentation task: no AUC\n(Dice: accuracy_vs_fraction.png; IoU: tables/label_fractions.md)")
+        if (main["task"] == "segmentation").any()
+        else metric_vs_fraction(main, *auc_column(main))
+    ),
     "accuracy_vs_epoch": lambda runs, main: accuracy_vs_epoch(main),
     "accuracy_vs_mask_ratio": lambda runs, main: accuracy_vs_mask_ratio(runs),
     "confusion_matrices": lambda runs, main: confusion_matrices(main),
@@ -225,9 +240,7 @@ def write_figures(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     sns.set_theme(style=plots.get("style", "whitegrid"))
-    runs = load_runs(metrics_paths)
-    # The paper's figures compare inits by label fraction: one mode and preset, fraction budgets only.
-    runs = runs[(runs["mode"] == variant[0]) & (runs["augment"] == variant[1]) & runs["budget"].str.startswith("frac")]
+    runs = figure_runs(load_runs(metrics_paths), variant)
     if runs.empty or (runs["task"] == "multilabel").any():
         why = "no label-fraction runs of this mode and preset" if runs.empty else "multilabel task: see tables/study.md"
         return [save_figure(empty_figure(why), out_dir / f"{name}.png", plots) for name in FIGURES]
@@ -238,6 +251,11 @@ def write_figures(
     for name, draw in FIGURES.items():
         written.append(save_figure(draw(runs, main), out_dir / f"{name}.png", plots))
     return written
+
+
+def figure_runs(runs: pd.DataFrame, variant: tuple[str, str]) -> pd.DataFrame:
+    """The runs the paper's figures compare inits on: one mode and preset, label-fraction budgets only."""
+    return runs[(runs["mode"] == variant[0]) & (runs["augment"] == variant[1]) & runs["budget"].str.startswith("frac")]
 
 
 def save_figure(figure: plt.Figure, path: Path, plots: dict[str, Any]) -> Path:

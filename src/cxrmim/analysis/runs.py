@@ -188,3 +188,45 @@ def correctness(run_dir: str | Path) -> pd.Series:
     predictions = load_predictions(run_dir)
     truth = predictions["target"] if "target" in predictions else predictions["label"]  # binary: 0/1 target
     return (predictions["pred"].astype(str) == truth.astype(str)).astype(float)
+
+
+def positive_dice(run_dir: str | Path) -> pd.Series:
+    """Per-image test Dice of a segmentation run's positive images (non-empty truth), indexed by cache index."""
+    path = Path(run_dir) / "predictions.csv"
+    predictions = pd.read_csv(path).set_index("index").sort_index()  # default NA parsing: dice is NaN on negatives
+    missing = {"positive", "dice"} - set(predictions.columns)
+    if missing:
+        raise ValueError(f"{path}: no {sorted(missing)} column; a segmentation run writes positive and dice per image")
+    dice = pd.to_numeric(predictions.loc[predictions["positive"].astype(int) == 1, "dice"], errors="coerce")
+    if dice.empty or dice.isna().any():
+        raise ValueError(f"{path}: needs a numeric dice on every positive test image (found {len(dice)} positives)")
+    return dice.astype(float)
+
+
+# The per-image score the bootstrap resamples and its name in the text: 0/1 correctness for classification
+# (whose mean is the accuracy), Dice of the positive test images for segmentation (whose mean is test_dice).
+SCORES = {"segmentation": (positive_dice, "dice", "Dice")}
+CLASSIFICATION_SCORE = (correctness, "accuracy", "accuracy")
+
+
+def task_of(runs: pd.DataFrame) -> str:
+    """The one task of a set of runs (an error naming them when they mix tasks)."""
+    tasks = sorted(set(runs["task"]))
+    if len(tasks) != 1:
+        raise ValueError(f"runs of several tasks {tasks} cannot be compared; give each task its own dataset")
+    return tasks[0]
+
+
+def score_name(runs: pd.DataFrame) -> str:
+    """'accuracy' or 'Dice': what the per-image score of these runs averages to (accuracy for no runs)."""
+    return SCORES.get(task_of(runs), CLASSIFICATION_SCORE)[2] if len(runs) else CLASSIFICATION_SCORE[2]
+
+
+def score_metric(runs: pd.DataFrame) -> str:
+    """The metrics.json key of that score: 'accuracy' or 'dice' (test_<key> and val_<key> in the runs)."""
+    return SCORES.get(task_of(runs), CLASSIFICATION_SCORE)[1] if len(runs) else CLASSIFICATION_SCORE[1]
+
+
+def image_scores(run_dir: str | Path, task: str) -> pd.Series:
+    """A run's per-image test score for its task, indexed by cache index."""
+    return SCORES.get(task, CLASSIFICATION_SCORE)[0](run_dir)

@@ -1,11 +1,12 @@
-"""Which accuracy differences hold up: a hierarchical bootstrap over runs and test images per label fraction."""
+"""Which accuracy (segmentation: Dice) differences hold up: a hierarchical bootstrap over runs and test images per
+label fraction."""
 
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
 
-from cxrmim.analysis.runs import correctness, fraction_label, method_rank
+from cxrmim.analysis.runs import fraction_label, image_scores, method_rank, task_of
 from cxrmim.evaluation import hierarchical_bootstrap
 
 SCRATCH = "From Scratch"
@@ -44,9 +45,11 @@ def comparisons(at_fraction: pd.DataFrame) -> list[tuple[str, str]]:
     return pairs
 
 
-def init_correctness(runs: pd.DataFrame) -> tuple[np.ndarray, pd.Index]:
-    """(n_runs, n_images) 0/1 correctness of one init's runs and the test images' cache indices."""
-    columns = [correctness(run_dir) for run_dir in runs["run_dir"]]
+def init_scores(runs: pd.DataFrame) -> tuple[np.ndarray, pd.Index]:
+    """(n_runs, n_images) per-image test scores of one init's runs (0/1 correctness; segmentation: Dice of the
+    positive images) and the test images' cache indices."""
+    task = task_of(runs)
+    columns = [image_scores(run_dir, task) for run_dir in runs["run_dir"]]
     images = columns[0].index
     for run_dir, column in zip(runs["run_dir"], columns):
         if not column.index.equals(images):
@@ -75,15 +78,16 @@ SIGNIFICANCE_COLUMNS = [
 
 
 def significance_table(runs: pd.DataFrame, n_samples: int, seed: int) -> pd.DataFrame:
-    """Per fraction and comparison, the hierarchical bootstrap of the accuracy difference A - B."""
+    """Per fraction and comparison, the hierarchical bootstrap of the accuracy (segmentation: Dice) difference A - B;
+    the accuracy_* columns hold the task's score."""
     rows = []
     if (runs["task"] == "multilabel").any():  # multilabel runs decide no class per image: no accuracy to compare
         return pd.DataFrame(columns=SIGNIFICANCE_COLUMNS)
     for fraction, at_fraction in runs.groupby("fraction"):
         for init_a, init_b in comparisons(at_fraction):
             runs_a, runs_b = at_fraction[at_fraction["init"] == init_a], at_fraction[at_fraction["init"] == init_b]
-            correct_a, images_a = init_correctness(runs_a)
-            correct_b, images_b = init_correctness(runs_b)
+            correct_a, images_a = init_scores(runs_a)
+            correct_b, images_b = init_scores(runs_b)
             if not images_a.equals(images_b):
                 raise ValueError(
                     f"{init_a} and {init_b} at {fraction_label(fraction)} were tested on other images; use one split"
@@ -100,11 +104,12 @@ def significance_table(runs: pd.DataFrame, n_samples: int, seed: int) -> pd.Data
     return pd.DataFrame(rows) if rows else pd.DataFrame(columns=SIGNIFICANCE_COLUMNS)
 
 
-def significance_heading(n_samples: int) -> str:
-    """What the significance table's numbers are, stated above it."""
+def significance_heading(n_samples: int, score: str = "accuracy") -> str:
+    """What the significance table's numbers are, stated above it (`score`: 'accuracy' or 'Dice')."""
+    what = "accuracy" if score == "accuracy" else f"{score} (per positive test image, then averaged)"
     return (
         "# Significance: hierarchical bootstrap over runs and test images\n\n"
-        "Difference A − B of the mean test accuracy over all runs of each init (pretraining seeds × label-subset "
+        f"Difference A − B of the mean test {what} over all runs of each init (pretraining seeds × label-subset "
         f"seeds). Each of {n_samples} bootstrap replicates resamples the runs of A and of B with replacement and "
         "the test images (one draw shared by A and B, so the images stay paired); 95% percentile interval; "
         "two-sided p = twice the share of replicates on the far side of zero. With one run per init only the "
@@ -112,16 +117,17 @@ def significance_heading(n_samples: int) -> str:
     )
 
 
-def significance_markdown(table: pd.DataFrame) -> pd.DataFrame:
-    """Readable view of the significance table."""
+def significance_markdown(table: pd.DataFrame, score: str = "accuracy") -> pd.DataFrame:
+    """Readable view of the significance table (`score` names its columns: 'accuracy' or 'Dice')."""
+    title = score[0].upper() + score[1:]
     if table.empty:
         return pd.DataFrame({"Note": ["no pair of runs to compare"]})
     return pd.DataFrame(
         {
             "Label fraction": table["fraction"].map(fraction_label),
             "Comparison": table["comparison"],
-            "Accuracy A": table["accuracy_a"].map("{:.3f}".format),
-            "Accuracy B": table["accuracy_b"].map("{:.3f}".format),
+            f"{title} A": table["accuracy_a"].map("{:.3f}".format),
+            f"{title} B": table["accuracy_b"].map("{:.3f}".format),
             "Difference (95% CI)": [interval_text(row) for _, row in table.iterrows()],
             "p": [p_text(p, n) for p, n in zip(table["p_value"], table["n_bootstrap"])],
             "Runs A": table["n_runs_a"],

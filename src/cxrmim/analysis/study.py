@@ -9,9 +9,9 @@ from typing import Any
 import pandas as pd
 
 from cxrmim.analysis.markdown import markdown_table
-from cxrmim.analysis.runs import init_label, load_runs
-from cxrmim.analysis.significance import init_correctness
-from cxrmim.analysis.tables import STD_NOTE, mean_std
+from cxrmim.analysis.runs import init_label, load_runs, score_name
+from cxrmim.analysis.significance import init_scores
+from cxrmim.analysis.tables import STD_NOTE, has_negatives, mean_std
 from cxrmim.evaluation import hierarchical_bootstrap
 from cxrmim.io import write_text_atomic
 
@@ -26,6 +26,7 @@ TASK_METRICS = {
     },
     "binary": {"accuracy": "Accuracy", "precision": "Precision", "f1": "F1", "recall": "Recall", "auc": "AUC"},
     "multilabel": {"auc_mean": "Mean AUC"},
+    "segmentation": {"dice": "Dice", "iou": "IoU", "kaggle_dice": "Kaggle Dice"},
 }
 MODE_LABELS = {"full": "Full network", "probe": "Linear probe"}
 VARIANT = ["init", "mode", "augment"]
@@ -46,7 +47,8 @@ def budget_label(tag: str) -> str:
 
 
 def task_metrics(runs: pd.DataFrame) -> dict[str, str]:
-    """Columns of the study table for the runs' task (multilabel adds one AUC column per finding)."""
+    """Columns of the study table for the runs' task (multilabel adds one AUC column per finding; segmentation shows
+    the Kaggle Dice only where test masks can be empty)."""
     tasks = runs["task"].unique()
     if len(tasks) != 1:
         raise ValueError(
@@ -57,6 +59,8 @@ def task_metrics(runs: pd.DataFrame) -> dict[str, str]:
     if tasks[0] == "multilabel":
         findings = [c[len("test_auc_") :] for c in runs.columns if c.startswith("test_auc_") and c != "test_auc_mean"]
         metrics |= {f"auc_{f}": f"AUC {f}" for f in findings}
+    if tasks[0] == "segmentation" and not has_negatives(runs):
+        metrics.pop("kaggle_dice")
     return metrics
 
 
@@ -84,8 +88,8 @@ def study_table(runs: pd.DataFrame) -> pd.DataFrame:
 
 
 def study_significance(runs: pd.DataFrame, reference: str | None, n_samples: int, seed: int) -> pd.DataFrame:
-    """Per budget, mode and preset: hierarchical bootstrap (runs and test images) of each init's accuracy against
-    the reference init's, as in the significance table."""
+    """Per budget, mode and preset: hierarchical bootstrap (runs and test images) of each init's accuracy
+    (segmentation: Dice) against the reference init's, as in the significance table."""
     if not reference or reference not in set(runs["init"]) or runs["task"].iloc[0] == "multilabel":
         return pd.DataFrame()
     rows = []
@@ -94,7 +98,7 @@ def study_significance(runs: pd.DataFrame, reference: str | None, n_samples: int
         for init, other in group[group["init"] != reference].groupby("init", sort=False):
             if base.empty:
                 continue
-            (correct_a, images_a), (correct_b, images_b) = init_correctness(other), init_correctness(base)
+            (correct_a, images_a), (correct_b, images_b) = init_scores(other), init_scores(base)
             if not images_a.equals(images_b):
                 raise ValueError(f"{init} and {reference} were tested on other images; use one split")
             result = hierarchical_bootstrap(correct_a, correct_b, n_samples=n_samples, seed=seed)
@@ -104,8 +108,9 @@ def study_significance(runs: pd.DataFrame, reference: str | None, n_samples: int
     return pd.DataFrame(rows)
 
 
-def study_markdown(table: pd.DataFrame, significance: pd.DataFrame) -> str:
-    """One Markdown table per budget (the study's layout), then the significance against the reference."""
+def study_markdown(table: pd.DataFrame, significance: pd.DataFrame, score: str = "accuracy") -> str:
+    """One Markdown table per budget (the study's layout), then the significance of `score` (accuracy or Dice)
+    against the reference."""
     parts = ["# Results by label budget\n", STD_NOTE.replace("label-subset seeds", "seeds") + "\n"]
     for budget, group in table.groupby("Budget", sort=False):
         parts.append(f"## {budget}\n\n" + markdown_table(group.drop(columns=["Budget"])))
@@ -117,7 +122,7 @@ def study_markdown(table: pd.DataFrame, significance: pd.DataFrame) -> str:
                 "Augmentation": significance["augment"],
                 "A": significance["init_a"],
                 "B": significance["init_b"],
-                "Accuracy A − B (95% CI)": [
+                f"{score[0].upper() + score[1:]} A − B (95% CI)": [
                     f"{d:+.3f} [{lo:+.3f}, {hi:+.3f}]"
                     for d, lo, hi in zip(significance["difference"], significance["ci_low"], significance["ci_high"])
                 ],
@@ -147,5 +152,5 @@ def write_study(metrics_paths: list[str | Path], out_dir: str | Path, settings: 
     out_dir = Path(out_dir)
     write_text_atomic(out_dir / "study.csv", table.to_csv(index=False))
     write_text_atomic(out_dir / "study_significance.csv", significance.to_csv(index=False))
-    write_text_atomic(out_dir / "study.md", study_markdown(table, significance))
+    write_text_atomic(out_dir / "study.md", study_markdown(table, significance, score_name(runs)))
     return out_dir / "study.md"

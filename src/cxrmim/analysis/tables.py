@@ -21,6 +21,8 @@ from cxrmim.analysis.runs import (
     load_runs,
     main_runs,
     method_rank,
+    score_metric,
+    score_name,
 )
 from cxrmim.analysis.significance import (
     significance_heading,
@@ -49,7 +51,26 @@ SUMMARY_METRICS = {
     "test_f1": "Test F1 (binary)",
     "test_auc": "Test AUC (binary)",
     "test_auc_mean": "Test mean AUC (multilabel)",
+    "test_dice": "Test Dice (segmentation, positive images)",
+    "test_iou": "Test IoU (segmentation, positive images)",
+    "test_kaggle_dice": "Test Kaggle Dice (all images; an empty prediction on an empty mask scores 1)",
 }
+
+
+def has_negatives(runs: pd.DataFrame) -> bool:
+    """Whether segmentation runs were tested on images without a true mask (SIIM-style lesions), where the Kaggle
+    Dice differs from the Dice of the positive images; lung masks are never empty, so it would repeat the Dice."""
+    if "test_n" not in runs or "test_n_positive" not in runs:
+        return False
+    return bool((runs["test_n_positive"] < runs["test_n"]).any())
+
+
+def summary_metrics(runs: pd.DataFrame) -> dict[str, str]:
+    """The Table 2 sections these runs have: their task's metrics (Kaggle Dice only where test masks can be empty)."""
+    shown = {m: title for m, title in SUMMARY_METRICS.items() if m in runs}
+    if not has_negatives(runs):
+        shown.pop("test_kaggle_dice", None)
+    return shown
 
 
 def mean_std(values: pd.Series) -> str:
@@ -92,14 +113,15 @@ def percent(value: float) -> str:
 
 
 def mask_ratio_table(runs: pd.DataFrame, histories: pd.DataFrame | None = None) -> pd.DataFrame:
-    """Table 3 layout: method, masking ratio, accuracy (mean ± std over runs) and, from the pretraining
-    histories, the last epoch's share of fallback images and of visible lung patches (mean over seeds)."""
+    """Table 3 layout: method, masking ratio, accuracy (segmentation: Dice; mean ± std over runs) and, from the
+    pretraining histories, the last epoch's share of fallback images and of visible lung patches (mean over seeds)."""
+    score = score_name(runs)
     columns = [
         "Method",
         "Architecture",
         "Masking ratio",
         "Label fraction",
-        "Accuracy",
+        score[0].upper() + score[1:],
         "n",
         "Fallback images",
         "Visible lung patches",
@@ -123,7 +145,7 @@ def mask_ratio_table(runs: pd.DataFrame, histories: pd.DataFrame | None = None) 
                 "Architecture": group["architecture"].iloc[0],
                 "Masking ratio": f"{group['mask_ratio'].iloc[0]:.2f}",
                 "Label fraction": fraction_label(group["fraction"].iloc[0]),
-                "Accuracy": mean_std(group.get("test_accuracy", pd.Series(dtype=float))),  # none: multilabel
+                columns[4]: mean_std(group.get(f"test_{score_metric(group)}", pd.Series(dtype=float))),  # multilabel: –
                 "n": len(group),
                 "Fallback images": percent(pretraining["fallback_fraction"]),
                 "Visible lung patches": percent(pretraining["visible_lung_fraction"]),
@@ -155,21 +177,21 @@ def write_tables(
 
     sections = [
         f"## {title} by label fraction\n\n{markdown_table(fraction_table(main, metric))}"
-        for metric, title in SUMMARY_METRICS.items()
-        if metric in main  # the task's metrics: binary and multilabel runs have no macro metrics
+        for metric, title in summary_metrics(main).items()  # the task's: binary and multilabel runs have no macro ones
     ]
     label_fractions_md = "# Label fractions (Table 2)\n\n" + STD_NOTE + "\n\n" + "\n".join(sections)
     ratio_table = mask_ratio_table(runs, load_pretrain_histories(pretrain_histories))
     significance = significance_table(main, n_bootstrap, int(tables_cfg.get("seed", 0)))
     hyperparameters = hyperparameter_table(config, runs)
     verdict = verdict_table(main, significance)
+    score = score_name(main)  # what the verdict and significance judge: accuracy, or Dice for segmentation
     intervals = (
         pd.DataFrame(columns=INTERVAL_COLUMNS)
         if main.empty or (main["task"] == "multilabel").any()
         else accuracy_intervals(main, n_bootstrap, int(tables_cfg.get("seed", 0)))
     )
     outputs = {
-        "verdict": (verdict, verdict_markdown(verdict, intervals)),
+        "verdict": (verdict, verdict_markdown(verdict, intervals, score)),
         "accuracy_intervals": (intervals, ""),  # the headline figure's data; its Markdown is the verdict's
         "label_fractions": (runs.drop(columns=["run_dir"]), label_fractions_md),
         "mask_ratio": (
@@ -186,7 +208,7 @@ def write_tables(
         ),
         "significance": (
             significance,
-            significance_heading(n_bootstrap) + markdown_table(significance_markdown(significance)),
+            significance_heading(n_bootstrap, score) + markdown_table(significance_markdown(significance, score)),
         ),
     }
     written = {}

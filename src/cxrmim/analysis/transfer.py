@@ -31,11 +31,13 @@ from cxrmim.analysis.tables import mean_std  # noqa: E402
 from cxrmim.analysis.verdict_figures import DODGE, MARKERS  # noqa: E402
 from cxrmim.io import write_text_atomic  # noqa: E402
 
-# The number each field reports per task: accuracy for classes, AUC for one finding, mean AUC over findings.
+# The number each field reports per task: accuracy for classes, AUC for one finding, mean AUC over findings,
+# Dice over the positive test images for segmentation (MRM's SIIM column).
 HEADLINE_METRICS = {
     "multiclass": ("test_accuracy", "test accuracy"),
     "binary": ("test_auc", "test AUC"),
     "multilabel": ("test_auc_mean", "test mean AUC"),
+    "segmentation": ("test_dice", "test Dice"),
 }
 MISSING = "–"
 TIDY_COLUMNS = [

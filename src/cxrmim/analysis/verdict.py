@@ -1,16 +1,17 @@
 """The answer first: per label budget, every pretrained init against its own architecture's scratch baseline and
 every other masked-image-modelling init against MAE (the comparisons the papers make), in plain words from the
-hierarchical bootstrap of the significance table, with each init's accuracy and its 95% interval."""
+hierarchical bootstrap of the significance table, with each init's accuracy (segmentation: Dice) and its 95%
+interval."""
 
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
 
-from cxrmim.analysis.runs import init_label, load_predictions
+from cxrmim.analysis.runs import init_label, load_predictions, score_name, task_of
 from cxrmim.analysis.significance import (
     SCRATCH,
-    init_correctness,
+    init_scores,
 )
 from cxrmim.evaluation import hierarchical_bootstrap
 
@@ -50,6 +51,7 @@ INTERVAL_COLUMNS = [
     "n_images",
     "majority_share",
     "n_bootstrap",
+    "score",  # what `accuracy` holds: 'accuracy', or 'Dice' for segmentation (the headline figure's axis)
 ]
 
 
@@ -137,20 +139,24 @@ def verdict_table(runs: pd.DataFrame, significance: pd.DataFrame) -> pd.DataFram
     return pd.DataFrame(rows, columns=VERDICT_COLUMNS)
 
 
-def majority_share(run_dir: str) -> float:
-    """Share of the test images in their most common class: the accuracy of always guessing it."""
+def majority_share(run_dir: str, task: str = "multiclass") -> float:
+    """Share of the test images in their most common class: the accuracy of always guessing it (NaN for
+    segmentation, whose Dice has no such baseline)."""
+    if task == "segmentation":
+        return float("nan")
     predictions = load_predictions(run_dir)
     truth = predictions["target"] if "target" in predictions else predictions["label"]
     return float(truth.astype(str).value_counts(normalize=True).iloc[0])
 
 
 def accuracy_intervals(runs: pd.DataFrame, n_samples: int, seed: int) -> pd.DataFrame:
-    """Per budget and init: mean test accuracy over its runs and the 95% interval of the same hierarchical bootstrap
-    (runs and test images resampled): the bootstrap of its difference to an init that is never right."""
+    """Per budget and init: mean test accuracy (segmentation: Dice of the positive images) over its runs and the 95%
+    interval of the same hierarchical bootstrap (runs and test images resampled): the bootstrap of its difference to
+    an init that scores 0 on every image; the `accuracy` column holds the task's score."""
     labels = init_label(runs)
     rows = []
     for (fraction, init), group in runs.groupby(["fraction", "init"], sort=False):
-        correct, _ = init_correctness(group)
+        correct, _ = init_scores(group)
         boot = hierarchical_bootstrap(correct, np.zeros((1, correct.shape[1])), n_samples=n_samples, seed=seed)
         rows.append(
             {
@@ -166,8 +172,9 @@ def accuracy_intervals(runs: pd.DataFrame, n_samples: int, seed: int) -> pd.Data
                 "ci_high": boot["ci_high"],
                 "n_runs": len(group),
                 "n_images": boot["n_images"],
-                "majority_share": majority_share(group["run_dir"].iloc[0]),
+                "majority_share": majority_share(group["run_dir"].iloc[0], task_of(group)),
                 "n_bootstrap": n_samples,
+                "score": score_name(group),
             }
         )
     return pd.DataFrame(rows, columns=INTERVAL_COLUMNS)

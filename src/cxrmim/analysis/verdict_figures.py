@@ -1,5 +1,5 @@
-"""The report's headline figure (test accuracy against the label budget with 95% interval bands, one panel per
-architecture) and the heatmap of every pairwise comparison; both read the tables rule's CSVs."""
+"""The report's headline figure (test accuracy, or Dice for segmentation, against the label budget with 95% interval
+bands, one panel per architecture) and the heatmap of every pairwise comparison; both read the tables rule's CSVs."""
 
 from __future__ import annotations
 
@@ -29,9 +29,16 @@ def tick_text(at: pd.DataFrame) -> str:
     return f"{fraction_label(at['fraction'].iloc[0])}\n({count_text(at['n_labels'].round())} images)"
 
 
+def score_of(intervals: pd.DataFrame | None) -> str:
+    """What the intervals' `accuracy` column holds: 'accuracy', or 'Dice' (files older than the column: accuracy)."""
+    if intervals is None or "score" not in intervals or intervals["score"].dropna().empty:
+        return "accuracy"
+    return str(intervals["score"].dropna().iloc[0])
+
+
 def headline_figure(intervals: pd.DataFrame) -> plt.Figure:
-    """Mean test accuracy per init against the label budget (log axis) with its 95% interval as a band; pretrained
-    inits coloured and solid, baselines dashed; the most-common-class rate dotted."""
+    """Mean test accuracy (segmentation: Dice) per init against the label budget (log axis) with its 95% interval
+    as a band; pretrained inits coloured and solid, baselines dashed; the most-common-class rate dotted."""
     if intervals.empty:
         return empty_figure("no accuracy to show (multilabel task, or no label-fraction runs)")
     architectures = list(dict.fromkeys(intervals["architecture"]))
@@ -64,17 +71,23 @@ def headline_figure(intervals: pd.DataFrame) -> plt.Figure:
                 linewidth=2 if pretrained else 1.6,
                 label=data["label"].iloc[0],
             )
-        majority = intervals.groupby("fraction")["majority_share"].first()
-        ax.plot(
-            majority.index, majority.to_numpy(), color="black", linestyle=":", linewidth=1, label="most common class"
-        )
+        majority = intervals.groupby("fraction")["majority_share"].first().dropna()  # none for segmentation
+        if not majority.empty:
+            ax.plot(
+                majority.index,
+                majority.to_numpy(),
+                color="black",
+                linestyle=":",
+                linewidth=1,
+                label="most common class",
+            )
         ax.set_xscale("log")
         ax.set_xticks(fractions, ticks)
         ax.minorticks_off()
         ax.set_title(architecture)
         ax.set_xlabel("labelled training images")
         ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.25), ncol=2, fontsize="small", frameon=False)
-    axes[0][0].set_ylabel("test accuracy (mean, 95% interval)")
+    axes[0][0].set_ylabel(f"test {score_of(intervals)} (mean, 95% interval)")
     return figure
 
 
@@ -101,8 +114,8 @@ def difference_matrix(rows: pd.DataFrame, inits: list[str]) -> tuple[np.ndarray,
     return values, decided
 
 
-def significance_heatmap(significance: pd.DataFrame) -> plt.Figure:
-    """One panel per label fraction: accuracy difference row − column of every compared pair; cells whose 95%
+def significance_heatmap(significance: pd.DataFrame, score: str = "accuracy") -> plt.Figure:
+    """One panel per label fraction: accuracy (or `score`: Dice) difference row − column of every compared pair; cells whose 95%
     interval excludes zero carry a star and a black frame (not colour alone)."""
     if significance.empty:
         return empty_figure("no pairwise comparisons (count budgets or a multilabel task)")
@@ -143,7 +156,7 @@ def significance_heatmap(significance: pd.DataFrame) -> plt.Figure:
         ax.set_yticks(ticks, labels if ax is axes[0][0] else [], fontsize="small")
         ax.set_title(f"{fraction_label(fraction)} labels: row − column (*: 95% CI excludes 0)", fontsize="small")
         ax.grid(False)
-    figure.colorbar(image, cax=colour_bar, label="test accuracy difference")
+    figure.colorbar(image, cax=colour_bar, label=f"test {score} difference")
     return figure
 
 
@@ -161,13 +174,14 @@ def write_verdict_figures(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     sns.set_theme(style=plots.get("style", "whitegrid"))
+    intervals = pd.read_csv(intervals_csv) if intervals_csv else None
     headline = (
-        headline_figure(pd.read_csv(intervals_csv))
-        if intervals_csv
+        headline_figure(intervals)
+        if intervals is not None
         else empty_figure("no accuracy intervals given (tables/accuracy_intervals.csv)")
     )
     heatmap = (
-        significance_heatmap(pd.read_csv(significance_csv))
+        significance_heatmap(pd.read_csv(significance_csv), score_of(intervals))
         if significance_csv
         else empty_figure("no significance table given (tables/significance.csv)")
     )

@@ -13,11 +13,12 @@ from cxrmim.analysis.verdict import BETTER, MAE, UNCLEAR, WORSE
 
 TITLE = "# Verdict: does pretraining help at each label budget?"
 METHOD_NOTE = (
-    "Difference = accuracy of the pretrained init − accuracy of the reference, mean over all runs of each (pretraining "
+    "Difference = {score} of the pretrained init − {score} of the reference, mean over all runs of each (pretraining "
     "seeds × label-subset seeds); 95% interval and two-sided p from the hierarchical bootstrap over runs and test "
     "images (tables/significance.md). better / worse: the interval excludes zero; cannot tell at this size: it "
     "includes zero, so more runs or test images are needed to tell."
 )
+DICE_NOTE = " Dice: per positive test image (one with a non-empty true mask), then averaged over them."
 
 
 def joined(items: list[str]) -> str:
@@ -35,15 +36,15 @@ def claim(row: pd.Series) -> str:
     return f"{row['label']} ({interval_text(row)})"
 
 
-def budget_sentence(fraction: float, rows: pd.DataFrame, intervals: pd.DataFrame) -> str:
-    """What one budget shows against the scratch baselines, with the accuracy range and the majority-class rate."""
+def budget_sentence(fraction: float, rows: pd.DataFrame, intervals: pd.DataFrame, score: str = "accuracy") -> str:
+    """What one budget shows against the scratch baselines, with the score's range (accuracy or Dice) and, for
+    classification, the majority-class rate."""
     at = intervals[np.isclose(intervals["fraction"], fraction)]
     where = f"At {fraction_label(fraction)} labels ({labels_text(at)} labelled images"
     if not at.empty:
-        where += (
-            f"; test accuracy {at['accuracy'].min():.2f}–{at['accuracy'].max():.2f}, always guessing the most "
-            f"common class gives {at['majority_share'].iloc[0]:.2f}"
-        )
+        where += f"; test {score} {at['accuracy'].min():.2f}–{at['accuracy'].max():.2f}"
+        if pd.notna(at["majority_share"].iloc[0]):  # segmentation has no most common class
+            where += f", always guessing the most common class gives {at['majority_share'].iloc[0]:.2f}"
     where += ")"
     scratch = rows[rows["against"] == "scratch"]
     better, worse = scratch[scratch["verdict"] == BETTER], scratch[scratch["verdict"] == WORSE]
@@ -86,11 +87,16 @@ def reference_sentence(rows: pd.DataFrame) -> str | None:
     return f"Against MAE, the comparison the papers make: {joined(parts)}{tail}."
 
 
-def size_sentence(rows: pd.DataFrame) -> str:
+def images_text(score: str) -> str:
+    """What the bootstrap's images are: 'test images', or 'positive test images' for Dice."""
+    return "positive test images" if score == "Dice" else "test images"
+
+
+def size_sentence(rows: pd.DataFrame, score: str = "accuracy") -> str:
     """How much data each claim rests on and the smallest difference it could resolve."""
     half_width = float(np.median((rows["ci_high"] - rows["ci_low"]) / 2))
     text = (
-        f"Each claim rests on {count_text(rows['n_images'])} test images and {count_text(rows['n_runs'])} runs "
+        f"Each claim rests on {count_text(rows['n_images'])} {images_text(score)} and {count_text(rows['n_runs'])} runs "
         f"per pretrained init ({count_text(rows['n_runs_reference'])} per reference); at this size differences "
         f"smaller than about ±{half_width:.2f} (the median half-width of the intervals) cannot be told apart, "
         "and more seeds (pretrain.seeds, label_fractions.seeds) or test images narrow them."
@@ -102,7 +108,7 @@ def size_sentence(rows: pd.DataFrame) -> str:
     return text
 
 
-def verdict_sentences(verdict: pd.DataFrame, intervals: pd.DataFrame) -> list[str]:
+def verdict_sentences(verdict: pd.DataFrame, intervals: pd.DataFrame, score: str = "accuracy") -> list[str]:
     """One sentence per budget against scratch, one against MAE and one on the size of the evidence."""
     if verdict.empty:
         return [
@@ -112,18 +118,18 @@ def verdict_sentences(verdict: pd.DataFrame, intervals: pd.DataFrame) -> list[st
                 "accuracy)."
             )
         ]
-    sentences = [budget_sentence(fraction, rows, intervals) for fraction, rows in verdict.groupby("fraction")]
-    return [*sentences, *filter(None, [reference_sentence(verdict)]), size_sentence(verdict)]
+    sentences = [budget_sentence(f, rows, intervals, score) for f, rows in verdict.groupby("fraction")]
+    return [*sentences, *filter(None, [reference_sentence(verdict)]), size_sentence(verdict, score)]
 
 
-def budget_table(rows: pd.DataFrame) -> pd.DataFrame:
-    """Readable rows of one budget's verdicts."""
+def budget_table(rows: pd.DataFrame, score: str = "accuracy") -> pd.DataFrame:
+    """Readable rows of one budget's verdicts (`score`: 'accuracy' or 'Dice')."""
     return pd.DataFrame(
         {
             "Pretrained init": rows["label"],
             "Against": rows["reference_label"],
-            "Accuracy": rows["accuracy"].map("{:.3f}".format),
-            "Reference accuracy": rows["reference_accuracy"].map("{:.3f}".format),
+            score[0].upper() + score[1:]: rows["accuracy"].map("{:.3f}".format),
+            f"Reference {score}": rows["reference_accuracy"].map("{:.3f}".format),
             "Difference (95% CI)": [interval_text(row) for _, row in rows.iterrows()],
             "p": [p_text(p, n) for p, n in zip(rows["p_value"], rows["n_bootstrap"])],
             "Runs": [f"{int(a)} vs {int(b)}" for a, b in zip(rows["n_runs"], rows["n_runs_reference"])],
@@ -132,13 +138,14 @@ def budget_table(rows: pd.DataFrame) -> pd.DataFrame:
     )
 
 
-def verdict_markdown(verdict: pd.DataFrame, intervals: pd.DataFrame) -> str:
-    """tables/verdict.md: the sentences, then per budget its table (headed with labelled and test images)."""
-    text = TITLE + "\n\n" + "\n\n".join(verdict_sentences(verdict, intervals)) + "\n\n"
+def verdict_markdown(verdict: pd.DataFrame, intervals: pd.DataFrame, score: str = "accuracy") -> str:
+    """tables/verdict.md: the sentences, then per budget its table (headed with labelled and test images); `score`
+    is what the runs are judged on: 'accuracy', or 'Dice' for segmentation."""
+    text = TITLE + "\n\n" + "\n\n".join(verdict_sentences(verdict, intervals, score)) + "\n\n"
     for fraction, rows in verdict.groupby("fraction"):
         at = intervals[np.isclose(intervals["fraction"], fraction)]
         text += (
             f"## {fraction_label(fraction)} labels: {labels_text(at)} labelled images, "
-            f"{count_text(rows['n_images'])} test images\n\n{markdown_table(budget_table(rows))}\n"
+            f"{count_text(rows['n_images'])} {images_text(score)}\n\n{markdown_table(budget_table(rows, score))}\n"
         )
-    return text + METHOD_NOTE + "\n"
+    return text + METHOD_NOTE.format(score=score) + (DICE_NOTE if score == "Dice" else "") + "\n"
