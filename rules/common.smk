@@ -158,6 +158,7 @@ RESULT_FIGURES = [
     "accuracy_vs_epoch",
     "accuracy_vs_mask_ratio",
     "confusion_matrices",
+    "worst_segmentations",  # segmentation datasets (an empty figure with the reason for the others)
 ]
 PRETRAIN_FIGURES = ["masking_illustration", "reconstructions", "pretrain_loss"]
 CONTRASTIVE_FIGURES = ["contrastive_pretraining"] if CONTRASTIVE_RUNS else []
@@ -299,6 +300,15 @@ def variant_args(wildcards):
     """--mode/--augment of a run folder's `_<mode>-<preset>` suffix; none for the default (full, current)."""
     variant = parse_variant(wildcards.variant)
     return "" if variant is None else f"--mode {variant[0]} --augment {variant[1]}"
+
+
+def segmentation_figure_inputs(wildcards):
+    """The prepared images and masks the worst-predictions figure draws, for a segmentation dataset only (so the
+    figures of a classification dataset never wait on, or rerun for, its cache)."""
+    if view(wildcards)["dataset"].get("task") != "segmentation":
+        return {}
+    outputs = rules.prepare.output
+    return {name: at(wildcards.dataset, getattr(outputs, name)) for name in ("images", "masks", "lesion_masks")}
 
 
 def task_args(wildcards):

@@ -2,6 +2,7 @@ rule figures:
     """The verdict's headline figure and comparisons heatmap, accuracy/AUC vs label fraction, accuracy vs epoch
     (Fig. 3), vs masking ratio, confusion matrices."""
     input:
+        unpack(segmentation_figure_inputs),
         script=script("figures.py"),
         code=script_code("figures.py"),
         metrics=finetune_metrics,
@@ -27,9 +28,12 @@ rule figures:
         settings=as_json(config["plots"]),
         variant=" ".join(PLAN.first_variant()),
         out_dir=folder_of("figures", "output"),
+        # Segmentation datasets: the prepared images and masks under the worst predictions (empty otherwise).
+        prepared=lambda wildcards, input: f"--prepared {Path(input.images).parent}" if "images" in input.keys() else "",
     shell:
         "python {input.script} --metrics {input.metrics} --settings {params.settings} --variant {params.variant} "
-        "--intervals {input.intervals} --significance {input.significance} --out-dir {params.out_dir} --log {log}"
+        "--intervals {input.intervals} --significance {input.significance} {params.prepared} "
+        "--out-dir {params.out_dir} --log {log}"
 
 
 rule pretrain_figures:
