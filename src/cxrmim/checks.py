@@ -34,6 +34,33 @@ def check_dataset_options(config: dict[str, Any]) -> None:
             f"(only {', '.join(sorted(readers))}); remove it or fix dataset.kind"
         )
     check_uncertain(dataset)
+    check_segment(dataset)
+
+
+SEGMENTS = ("lung", "lesion")
+
+
+def check_segment(dataset: dict[str, Any]) -> None:
+    """`dataset.segment` names a known mask, is set only for a segmentation task, and `lesion` only on a kind whose
+    prepared cache has lesion masks (registry.DATASET_KINDS `lesion_masks`)."""
+    segment = dataset.get("segment")
+    if segment is None:
+        return
+    if segment not in SEGMENTS:
+        raise ValueError(f"dataset.segment {segment!r}: use one of {list(SEGMENTS)}")
+    task = dataset.get("task") or "multiclass"
+    if task != "segmentation" and segment != "lung":  # lung is the default: harmless anywhere
+        raise ValueError(
+            f"dataset.segment: {segment} is set but dataset.task is {task}; set dataset.task: segmentation "
+            "or remove dataset.segment"
+        )
+    if segment == "lesion" and not registry.dataset_kind(dataset["kind"]).lesion_masks:
+        kinds = [k.name for k in registry.DATASET_KINDS if k.lesion_masks]
+        raise ValueError(
+            f"dataset.segment: lesion, but kind {dataset['kind']} (dataset {dataset.get('name')!r}) has no lesion "
+            f"masks (only {', '.join(kinds)} do); use dataset.segment: lung (its lung masks), or a kind with "
+            "lesion masks"
+        )
 
 
 def check_reports(config: dict[str, Any]) -> None:
