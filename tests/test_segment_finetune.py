@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 import torch
 from test_finetune import REPO
+from test_host_sync import host_reads  # noqa: F401 (a fixture)
 from test_prepare import DATASET as MANIFEST_DATASET
 from test_prepare import make_dataset
 
@@ -195,3 +196,12 @@ def test_dag_check_refuses_lesion_masks_a_kind_lacks() -> None:
         check_dataset_options({"dataset": {**dataset, "kind": kind}})
     with pytest.raises(ValueError, match="dataset.task: segmentation"):
         check_dataset_options({"dataset": {**dataset, "kind": "synthetic", "task": "binary"}})
+
+
+@pytest.mark.parametrize("mode", ["full", "probe"])
+def test_no_host_read_per_training_step(squares, host_reads, mode: str) -> None:  # noqa: F811 (the fixture)
+    result = run(squares, epochs=2, batch_size=4, min_steps=24, mode=mode)
+    steps = result.metrics["steps"]
+    assert steps == 24 and host_reads  # the counter sees the per-epoch reads
+    per_step = {site: n for site, n in host_reads.items() if n >= steps}
+    assert not per_step, f"host reads inside the training step: {per_step}"
