@@ -194,6 +194,8 @@ def test_dag_check_refuses_lesion_masks_a_kind_lacks() -> None:
     check_dataset_options({"dataset": {**dataset, "segment": "lung"}})
     for kind in ("synthetic", "siim_acr"):
         check_dataset_options({"dataset": {**dataset, "kind": kind}})
+    with pytest.raises(ValueError, match="without lung masks; use dataset.segment: lesion"):
+        check_dataset_options({"dataset": {"name": "siim", "kind": "siim_acr", "task": "segmentation"}})
     with pytest.raises(ValueError, match="dataset.task: segmentation"):
         check_dataset_options({"dataset": {**dataset, "kind": "synthetic", "task": "binary"}})
 
