@@ -312,11 +312,13 @@ def segmentation_figure_inputs(wildcards):
 
 
 def task_args(wildcards):
-    """The job's dataset's task (multiclass when unset), its positive class or findings."""
+    """The job's dataset's task (multiclass when unset), its positive class or findings, or its segment."""
     dataset = view(wildcards)["dataset"]
     args = f"--task {dataset.get('task', 'multiclass')}"
     if dataset.get("positive"):
         args += f" --positive {shlex.quote(str(dataset['positive']))}"
     if dataset.get("findings"):
         args += f" --findings {shlex.quote(json.dumps(list(dataset['findings'])))}"
+    if dataset.get("task") == "segmentation":
+        args += f" --segment {dataset.get('segment') or 'lung'}"
     return args

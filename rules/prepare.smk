@@ -11,6 +11,8 @@ rule prepare:
         labels=f"{DATA}/prepared/labels.npy",
         summary=f"{DATA}/prepared/summary.json",
         reports=f"{DATA}/prepared/reports.jsonl",
+        # Every kind: a (0,) uint8 array where the kind has no lesion masks (cxrmim.data.cache.CacheWriter).
+        lesion_masks=f"{DATA}/prepared/lesion_masks.npy",
     log:
         f"{LOGS}/prepare.log",
     benchmark:

@@ -1,5 +1,6 @@
 #!/usr/bin/env python
-"""CLI: fine-tune one init on one label subset and write metrics.json, history.csv, predictions.csv."""
+"""CLI: fine-tune one init on one label subset and write metrics.json, history.csv, predictions.csv (segmentation:
+also predicted_masks.npy)."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from cxrmim.train.finetune_data import (
     write_result,
 )
 from cxrmim.train.finetune_task import FINETUNE_MODES
+from cxrmim.train.segment_data import SEGMENTS, load_segment_data, write_segment_result
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -44,7 +46,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     budget.add_argument("--fraction", type=float, help="label fraction (same as --budget frac<F>)")
     parser.add_argument("--mode", default=None, choices=FINETUNE_MODES, help="full network or linear probe")
     parser.add_argument("--augment", default=None, choices=AUGMENT_PRESETS, help="augmentation preset")
-    parser.add_argument("--task", default="multiclass", choices=TASKS, help="dataset.task")
+    parser.add_argument("--task", default="multiclass", choices=(*TASKS, "segmentation"), help="dataset.task")
+    parser.add_argument(
+        "--segment", default="lung", choices=SEGMENTS, help="dataset.segment: the masks a segmentation task learns"
+    )
     parser.add_argument("--positive", default=None, help="dataset.positive: positive class of a binary task")
     parser.add_argument("--findings", default=None, help="JSON list: dataset.findings of a multilabel task")
     parser.add_argument("--out", required=True, help="output directory")
@@ -69,22 +74,26 @@ def main(argv: list[str] | None = None) -> None:
     remove_outputs(args.out)
     init = parse_init(args.init)
     budget, fraction = parse_budget(args.budget, args.fraction)
-    findings = json.loads(args.findings) if args.findings else None
-    data = load_finetune_data(args.prepared, args.split, args.subset, args.task, args.positive, findings)
     settings = FinetuneSettings.from_config(parse_json_arg(args.settings))
     settings = dataclasses.replace(settings, mode=args.mode or settings.mode, augment=args.augment or settings.augment)
-    result = finetune(
-        data,
-        init,
-        parse_json_arg(args.encoder),
-        settings,
-        seed=args.seed,
-        fraction=fraction,
-        budget=budget,
-        weights=args.weights,
-        patch_size=args.patch_size,
-        external=parse_json_arg(args.external) if args.external else None,
-    )
+    common = {
+        "seed": args.seed,
+        "fraction": fraction,
+        "budget": budget,
+        "weights": args.weights,
+        "patch_size": args.patch_size,
+        "external": parse_json_arg(args.external) if args.external else None,
+    }
+    if args.task == "segmentation":  # masks next to images.npy in --prepared (masks.npy or lesion_masks.npy)
+        from cxrmim.train.segment_run import segment_finetune
+
+        data = load_segment_data(args.prepared, args.split, args.subset, args.segment)
+        segmented = segment_finetune(data, init, parse_json_arg(args.encoder), settings, **common)
+        write_segment_result(segmented, args.out)
+        return
+    findings = json.loads(args.findings) if args.findings else None
+    data = load_finetune_data(args.prepared, args.split, args.subset, args.task, args.positive, findings)
+    result = finetune(data, init, parse_json_arg(args.encoder), settings, **common)
     write_result(result, args.out)
 
 

@@ -34,6 +34,41 @@ def check_dataset_options(config: dict[str, Any]) -> None:
             f"(only {', '.join(sorted(readers))}); remove it or fix dataset.kind"
         )
     check_uncertain(dataset)
+    check_segment(dataset)
+
+
+SEGMENTS = ("lung", "lesion")
+
+
+def check_segment(dataset: dict[str, Any]) -> None:
+    """`dataset.segment` names a known mask, is set only for a segmentation task, and is only a mask the kind brings:
+    `lesion` needs registry.DATASET_KINDS `lesion_masks`, `lung` (the default) a kind with lung masks."""
+    segment = dataset.get("segment")
+    if segment is None and dataset.get("task") != "segmentation":
+        return
+    segment = segment or "lung"
+    if segment not in SEGMENTS:
+        raise ValueError(f"dataset.segment {segment!r}: use one of {list(SEGMENTS)}")
+    task = dataset.get("task") or "multiclass"
+    if task != "segmentation" and segment != "lung":  # lung is the default: harmless anywhere
+        raise ValueError(
+            f"dataset.segment: {segment} is set but dataset.task is {task}; set dataset.task: segmentation "
+            "or remove dataset.segment"
+        )
+    kind = registry.dataset_kind(dataset["kind"])
+    if task == "segmentation" and segment == "lung" and not kind.segmenter_source:  # its masks.npy is all empty
+        fix = "dataset.segment: lesion" if kind.lesion_masks else "a kind with lung masks"
+        raise ValueError(
+            f"dataset {dataset.get('name')!r}: task segmentation of lung masks (dataset.segment: lung, the default), "
+            f"but kind {kind.name} comes without lung masks; use {fix}"
+        )
+    if segment == "lesion" and not kind.lesion_masks:
+        kinds = [k.name for k in registry.DATASET_KINDS if k.lesion_masks]
+        lung = "dataset.segment: lung (its lung masks), or " if kind.segmenter_source else ""
+        raise ValueError(
+            f"dataset.segment: lesion, but kind {dataset['kind']} (dataset {dataset.get('name')!r}) has no lesion "
+            f"masks (only {', '.join(kinds)} do); use {lung}a kind with lesion masks"
+        )
 
 
 def check_reports(config: dict[str, Any]) -> None:

@@ -92,6 +92,7 @@ class DatasetKind:
     has_reports: bool | None = False  # reports for the report-aware methods; None = the source says (its header)
     file_source: bool = False  # `dataset.source` is a file (a manifest CSV), image paths relative to its folder
     segmenter_source: bool = False  # may be a `lung_masks.train_sources` kind (it has lung masks)
+    lesion_masks: bool = False  # prepare writes real lesion masks (`dataset.segment: lesion` may be fine-tuned)
 
 
 @dataclass(frozen=True)
@@ -131,7 +132,7 @@ INIT_KINDS = (
 )
 PUBLIC_OPTIONS = (("uncertain", "ignore"), ("labeler", "chexpert"))
 DATASET_KINDS = (
-    DatasetKind("synthetic", None, has_reports=True, segmenter_source=True),
+    DatasetKind("synthetic", None, has_reports=True, segmenter_source=True, lesion_masks=True),
     DatasetKind("covid19_radiography", "cxrmim.data.sources:read_covid19_radiography", segmenter_source=True),
     DatasetKind("manifest", "cxrmim.data.sources:read_manifest", has_reports=None, file_source=True,
                 segmenter_source=True),
@@ -142,7 +143,8 @@ DATASET_KINDS = (
     DatasetKind("nih_cxr14", "cxrmim.data.public:read_nih", PUBLIC_OPTIONS, "cxrmim.data.public:nih_files",
                 check="files", findings=True),
     DatasetKind("rsna_pneumonia", "cxrmim.data.rsna:read_rsna", (), "cxrmim.data.rsna:rsna_files", check="files"),
-    DatasetKind("siim_acr", "cxrmim.data.siim:read_siim", (), "cxrmim.data.siim:siim_files", check="files"),
+    DatasetKind("siim_acr", "cxrmim.data.siim:read_siim", (), "cxrmim.data.siim:siim_files", check="files",
+                lesion_masks=True),
     DatasetKind("covid_chestxray", "cxrmim.data.covid_chestxray:read_covid_chestxray", (("covid_task", "finding"), ("views", ())),
                 "cxrmim.data.covid_chestxray:metadata_files"),
 )  # fmt: skip

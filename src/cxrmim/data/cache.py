@@ -46,7 +46,9 @@ class CacheWriter:
     """Rows written one at a time into temporary images/masks .npy files; nothing final until commit().
 
     With `lesions`, a third file `lesion_masks.npy` holds each row's lesion mask (zeros where a row has none), for
-    sources that annotate lesions (SIIM-ACR); the lung masks.npy stays what it is for every source.
+    sources that annotate lesions (SIIM-ACR, the phantoms); the lung masks.npy stays what it is for every source.
+    Without, commit writes `lesion_masks.npy` as an empty (0,) uint8 array: the prepare rule's outputs are the same
+    for every kind, and a reader tells "no lesion masks" from the shape.
 
     Rows go through ordinary file writes rather than a writable memory map, so the process never holds the
     cache: its peak memory is one row (the page cache the kernel keeps is not the process's and is reclaimable).
@@ -92,6 +94,9 @@ class CacheWriter:
                 path.unlink()
                 path = kept
             path.replace(self.out_dir / f"{name}.npy")
+        if "lesion_masks" not in self.tmp:
+            with atomic_path(self.out_dir / "lesion_masks.npy") as tmp_lesions:
+                np.save(tmp_lesions, np.zeros(0, dtype=np.uint8))
         if labels is not None:
             with atomic_path(self.out_dir / "labels.npy") as tmp_labels:
                 np.save(tmp_labels, np.asarray(labels, dtype=np.uint8))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import itertools
 import json
 import logging
 import zipfile
@@ -113,16 +114,21 @@ def _npz_rows(path: Path, key: str) -> Iterator[np.ndarray]:
             yield from block
 
 
-def _synthetic_items(raw_file: Path, options: LoadOptions, total: int) -> Iterator[LoadedImage]:
-    """Each phantom resized onto the grid (its exact mask too), streamed from the download's npz."""
+def _synthetic_items(raw_file: Path, options: LoadOptions, total: int, lesions: bool) -> Iterator[LoadedImage]:
+    """Each phantom resized onto the grid (its exact lung mask and, with `lesions`, its lesion mask too), streamed
+    from the download's npz."""
     from cxrmim.data.contrast import normalise_contrast
     from cxrmim.data.progress import Progress
     from cxrmim.data.readers import resize_to_grid
 
     meter = Progress("prepare: phantoms resized", total)
-    for image, mask in zip(_npz_rows(raw_file, "images"), _npz_rows(raw_file, "masks")):
+    lesion_rows = _npz_rows(raw_file, "lesions") if lesions else itertools.repeat(None)
+    for image, mask, lesion in zip(_npz_rows(raw_file, "images"), _npz_rows(raw_file, "masks"), lesion_rows):
         grid = normalise_contrast(resize_to_grid(image, options.size, is_mask=False), options.contrast)
-        yield LoadedImage(grid, resize_to_grid(mask, options.size, is_mask=True), digest=pixel_digest(image))
+        on_grid = None if lesion is None else resize_to_grid(lesion, options.size, is_mask=True)
+        yield LoadedImage(
+            grid, resize_to_grid(mask, options.size, is_mask=True), digest=pixel_digest(image), lesion=on_grid
+        )
         meter.step()
 
 
@@ -133,10 +139,15 @@ def _synthetic_rows(raw_file: Path, options: LoadOptions, label_map: dict[str, s
 
     with np.load(raw_file) as raw:
         raw_labels, reports, patients = raw["labels"].tolist(), raw["reports"].tolist(), raw["patient_ids"].tolist()
+        lesions = "lesions" in raw.files  # downloads older than the lesion masks have none
+    if not lesions:
+        log.warning(
+            "%s has no lesion masks (an older download); lesion_masks.npy stays empty: rerun download", raw_file
+        )
     labels = [map_label(label, label_map) for label in raw_labels]
     sources = [f"phantom/{i:06d}" for i in range(len(labels))]
     return Rows(
-        items=_synthetic_items(raw_file, options, len(labels)),
+        items=_synthetic_items(raw_file, options, len(labels), lesions),
         labels=labels,
         groups=patients,
         views=["PA"] * len(labels),
@@ -145,6 +156,7 @@ def _synthetic_rows(raw_file: Path, options: LoadOptions, label_map: dict[str, s
         paths=sources,
         raw_labels=raw_labels,
         seen={"labels": label_fates(raw_labels, labels, [True] * len(labels))},
+        lesions=lesions,
     )
 
 

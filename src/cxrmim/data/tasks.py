@@ -18,7 +18,7 @@ __all__ = ["NO_FINDING", "SEPARATOR", "UNCERTAIN", "LabelTask", "findings_of", "
 NO_FINDING = "No Finding"
 SEPARATOR = "|"
 UNCERTAIN = 255
-TASKS = ("multiclass", "binary", "multilabel")
+TASKS = ("multiclass", "binary", "multilabel", "segmentation")  # segmentation: labels only stratify the split
 
 
 def fold(name: str) -> str:
@@ -98,7 +98,7 @@ class LabelTask:
                 f"dataset.task is binary with positive {self.positive!r}, but the labels are {classes}; "
                 "merge them into two classes with dataset.label_map (e.g. every finding -> Finding)"
             )
-        if len(classes) < 2:  # one class: every metric is trivially perfect
+        if len(classes) < 2 and self.kind != "segmentation":  # one class: every metric is trivially perfect
             raise ValueError(
                 f"every image has the label {classes}: a classifier needs at least two classes; check "
                 "the label column and dataset.label_map / dataset.keep_labels (a '*' key merges all)"

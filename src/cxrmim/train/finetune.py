@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -135,14 +136,20 @@ def train_epoch(
     sigmoid: bool = False,
     scaler: torch.amp.GradScaler | None = None,
     accumulation: int = 1,
+    batch_loss: Callable[[dict[str, torch.Tensor]], torch.Tensor] | None = None,
+    train_mode: Callable[[], None] | None = None,
 ) -> tuple[float, float]:
     """One pass over the loader; returns the mean training loss and the last learning rate used.
 
     Every `accumulation` micro-batches make one optimiser step (gradients of their mean loss). Nothing in the
     step waits for the device: augmentation is drawn by a generator on the device and the loss is summed
-    there, read once per epoch.
+    there, read once per epoch. Another task (segmentation) gives its own `batch_loss` (augment, forward, loss of
+    one micro-batch) and `train_mode` (which modules train); the step, schedule and accumulation stay these.
     """
-    model.train(settings.mode == "full")  # a probe keeps the frozen encoder's BatchNorm statistics and no dropout
+    if train_mode is not None:
+        train_mode()
+    else:
+        model.train(settings.mode == "full")  # a probe keeps the frozen encoder's BatchNorm statistics, no dropout
     loss_sum = torch.zeros((), device=setup.device)  # summed on the device: no host sync per step
     micro_batches = len(loader)  # the same every epoch (BatchLoader repeats data up to min_batches)
     steps = math.ceil(micro_batches / accumulation)
@@ -154,10 +161,13 @@ def train_epoch(
         if index == group_start:
             lr = schedule.lr(epoch * steps + index // accumulation)
             apply_lr(optimizer, lr)
-        images = augment_images(batch["image"], norm, settings, generator)
-        with setup.autocast():
-            logits = model(images)
-        loss = task_loss(logits.float(), batch["label"], sigmoid)
+        if batch_loss is not None:
+            loss = batch_loss(batch)
+        else:
+            images = augment_images(batch["image"], norm, settings, generator)
+            with setup.autocast():
+                logits = model(images)
+            loss = task_loss(logits.float(), batch["label"], sigmoid)
         scaled = loss / group_size
         if scaler is None:
             scaled.backward()

@@ -151,7 +151,7 @@ def prediction_table(
     return table
 
 
-OUTPUT_FILES = ("history.csv", "predictions.csv", "metrics.json")
+OUTPUT_FILES = ("history.csv", "predictions.csv", "metrics.json", "predicted_masks.npy")  # the last: segmentation
 
 
 def write_result(result: FinetuneResult, out_dir: str | Path) -> None:
