@@ -26,7 +26,7 @@ def one_dataset(**sections) -> dict:
 def test_default_is_an_experiment_with_a_corpus_and_two_evaluation_datasets():
     plan = Plan(DEFAULT)
     assert not plan.experiment.single and plan.experiment.name == "transfer"
-    assert plan.corpora == ["phantoms"] and plan.evaluated == ["phantoms", "hospital_b"]
+    assert plan.corpora == ["phantoms"] and plan.evaluated == ["phantoms", "hospital_b", "lesions"]
     corpus, other = plan.view("phantoms")["dataset"], plan.view("hospital_b")["dataset"]
     # Each entry is merged over `dataset`: its own keys win, the rest are the shared defaults.
     assert corpus["name"] == "phantoms" and corpus["synthetic"]["multi_finding"] is True

@@ -22,7 +22,11 @@ SMALL = {
     "pretrain": {"methods": ["mae"], "mask_ratios": [0.75]},
     "finetune": {"inits": ["mae", "scratch_vit-tiny"]},
     "label_fractions": {"fractions": [1.0], "seeds": [0]},
+    # A third evaluation dataset: the phantoms' lesions segmented (dense transfer).
+    "datasets": {"tiny_seg": {"task": "segmentation", "segment": "lesion", "synthetic": {"n_images": 100, "seed": 9}}},
+    "experiment": {"evaluate": ["tiny", "tiny_b", "tiny_seg"]},
 }
+EVALUATED = 3
 INITS = 2
 DATA_STAGES = {"download", "prepare", "split", "label_subset", "patch_validity", "lung_masks", "tokenizer"}
 THIRD = {"kind": "synthetic", "synthetic": {"n_images": 100, "seed": 31}, "label_fractions": {"fractions": [1.0]}}
@@ -60,12 +64,13 @@ def test_layout_pretraining_under_the_corpus_fine_tunes_under_each_dataset(compl
     # The second dataset has its data stages, fine-tunes, tables and report, but no pretraining or patch validity.
     other = results / "tiny_b"
     assert not (other / "pretrain").exists() and not (other / "patch_validity").exists()
-    for dataset in ("tiny", "tiny_b"):
+    for dataset in ("tiny", "tiny_b", "tiny_seg"):
         runs = sorted(p.parent.parent.name for p in (results / dataset / "finetune").glob("*/*/metrics.json"))
         assert runs == ["mae_r0.75_vit-tiny_s0", "scratch_vit-tiny"], (dataset, runs)
         assert (results / dataset / "report.html").is_file() and (results / dataset / "tables/verdict.md").is_file()
     summary = pd.read_csv(results / "tiny_transfer/tables/transfer.csv")
-    assert set(summary["dataset"]) == {"tiny", "tiny_b"}
+    assert set(summary["dataset"]) == {"tiny", "tiny_b", "tiny_seg"}
+    assert set(summary.loc[summary["dataset"] == "tiny_seg", "metric"]) == {"test_dice"}
     # Each dataset's headline metric: accuracy for the 4-class corpus, AUC for the binary second dataset.
     assert set(summary.loc[summary["dataset"] == "tiny", "metric"]) == {"test_accuracy"}
     assert set(summary.loc[summary["dataset"] == "tiny_b", "metric"]) == {"test_auc"}
@@ -89,9 +94,9 @@ def test_moved_project_has_nothing_to_do(completed, tmp_path_factory: pytest.Tem
 
 
 def test_adding_an_evaluation_dataset_runs_only_its_stages_and_the_summary(completed):
-    change = {"datasets": {"tiny_c": THIRD}, "experiment": {"evaluate": ["tiny", "tiny_b", "tiny_c"]}}
+    change = {"datasets": {"tiny_c": THIRD}, "experiment": {"evaluate": ["tiny", "tiny_b", "tiny_seg", "tiny_c"]}}
     counts, outputs, out = dry_run(completed, change)
-    assert not under(outputs, "tiny") and not under(outputs, "tiny_b"), out[-3000:]
+    assert not under(outputs, "tiny") and not under(outputs, "tiny_b") and not under(outputs, "tiny_seg"), out[-3000:]
     assert set(counts) == {"download", "prepare", "split", "label_subset", "finetune", "tables", "figures", "report",
                            "transfer", "experiment_report", "all"}, counts  # fmt: skip
     assert counts["finetune"] == INITS and counts["download"] == 1 and "pretrain" not in counts
@@ -104,7 +109,7 @@ def test_moving_the_corpus_reruns_its_pretrainings_and_their_fine_tunes_only(com
     assert all(p.startswith("results/tiny_b/") for p in outputs if "/pretrain/" in p or "patch_validity" in p)
     finetunes = [p for p in outputs if "/finetune/" in p]
     assert finetunes and not [p for p in finetunes if "scratch_" in p], finetunes  # never the scratch baselines
-    assert counts["finetune"] == 2  # the pretrained init, on each evaluation dataset
+    assert counts["finetune"] == EVALUATED  # the pretrained init, on each evaluation dataset
 
 
 def test_editing_the_corpus_data_never_touches_the_other_datasets_data_or_baselines(completed):
@@ -115,7 +120,7 @@ def test_editing_the_corpus_data_never_touches_the_other_datasets_data_or_baseli
     assert not [p for p in other if "/finetune/scratch_" in p], other
     assert counts["download"] == counts["prepare"] == 1 and counts["pretrain"] == 1
     # On the corpus every init reruns (its data changed); elsewhere only the pretrained one.
-    assert counts["finetune"] == INITS + 1, out[-3000:]
+    assert counts["finetune"] == INITS + EVALUATED - 1, out[-3000:]
 
 
 def test_results_page_of_an_experiment_has_the_summary_then_each_dataset(completed, capsys):
