@@ -85,6 +85,6 @@ def test_a_mapping_naming_a_finding_outside_the_task_is_refused_before_any_job()
     check_uncertain({**dataset, "task": "binary", "uncertain": mapping})  # all 13 findings count then
     with pytest.raises(ValueError, match="dataset.uncertain"):
         validate_config({**config, "dataset": {**dataset, "uncertain": {"Edema": "sometimes"}}})
-    rsna = {**config["dataset"], "kind": "rsna_pneumonia", "uncertain": {"Edema": "ones"}}
+    rsna = {**config["dataset"], "name": "rsna", "kind": "rsna_pneumonia", "uncertain": {"Edema": "ones"}}
     with pytest.raises(ValueError, match=r"dataset.uncertain set, but kind rsna_pneumonia does not read it"):
         check({**config, "dataset": rsna})
