@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from cxrmim import evaluation
 from cxrmim.evaluation import classification_metrics, hierarchical_bootstrap, macro_auc
 
 
@@ -84,3 +85,37 @@ def test_bootstrap_needs_the_same_test_images() -> None:
     correct = np.ones((3, 50))
     with pytest.raises(ValueError, match="same test images"):
         hierarchical_bootstrap(correct, correct[:, :40])
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_numpy_metrics_equal_sklearn(seed: int) -> None:
+    """The sklearn-free metrics give sklearn's numbers, ties and missing predictions included."""
+    from sklearn.metrics import precision_recall_fscore_support, roc_auc_score, roc_curve
+
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 4, 200)
+    labels[:4] = [0, 1, 2, 3]
+    probs = np.round(rng.dirichlet(np.ones(4), 200), 1)  # rounding makes many ties
+    probs /= probs.sum(axis=1, keepdims=True)
+    preds = probs.argmax(axis=1)
+    preds[preds == 3] = 2  # class 3 never predicted: precision 0 (sklearn's zero_division=0)
+    mixed = np.eye(4)[preds] * 0.5 + probs * 0.5
+    metrics = evaluation.classification_metrics(labels, mixed, list("abcd"))
+    precision, recall, f1, _ = precision_recall_fscore_support(
+        labels, mixed.argmax(axis=1), labels=np.arange(4), average="macro", zero_division=0
+    )
+    assert metrics["precision_macro"] == pytest.approx(precision)
+    assert metrics["recall_macro"] == pytest.approx(recall)
+    assert metrics["f1_macro"] == pytest.approx(f1)
+    expected_auc = roc_auc_score(labels, mixed, multi_class="ovr", average="macro", labels=np.arange(4))
+    assert metrics["auc_macro"] == pytest.approx(expected_auc)
+    binary = (labels == 1).astype(int)
+    scores = probs[:, 1]
+    assert evaluation.roc_auc(binary, scores) == pytest.approx(roc_auc_score(binary, scores))
+    fpr, tpr, thresholds = roc_curve(binary, scores)
+    assert evaluation.choose_threshold(binary, scores) == pytest.approx(min(thresholds[np.argmax(tpr - fpr)], 1.0))
+    result = evaluation.binary_metrics(binary, scores, 0.3)
+    p, r, f, _ = precision_recall_fscore_support(
+        binary, (scores >= 0.3).astype(int), labels=[1], average="binary", pos_label=1, zero_division=0
+    )
+    assert (result["precision"], result["recall"], result["f1"]) == pytest.approx((p, r, f))

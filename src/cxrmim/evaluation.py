@@ -5,15 +5,60 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-from sklearn.metrics import (
-    accuracy_score,
-    precision_recall_fscore_support,
-    roc_auc_score,
-    roc_curve,
-)
+
+# numpy only (no sklearn): every fine-tuning job imports this module, and sklearn's import (scipy.stats and all)
+# costs ~2 s of a ~15 s CPU job; tests/test_metrics.py checks each function against sklearn's.
 
 PROB_FLOOR = 1e-12  # keeps the log-loss finite when a model is certain and wrong
 UNCERTAIN = 255  # multilabel label value: uncertain, ignored in the loss and in that finding's AUC
+
+
+def average_ranks(values: np.ndarray) -> np.ndarray:
+    """1-based ranks of `values`, ties sharing their mean rank."""
+    order = np.argsort(values, kind="mergesort")
+    sorted_values = values[order]
+    starts = np.flatnonzero(np.r_[True, sorted_values[1:] != sorted_values[:-1]])
+    ends = np.r_[starts[1:], len(values)]
+    ranks = np.empty(len(values), dtype=np.float64)
+    ranks[order] = np.repeat((starts + ends + 1) / 2.0, ends - starts)
+    return ranks
+
+
+def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:
+    """ROC AUC of 0/1 `labels` under `scores` (Mann-Whitney U, ties counted half); NaN without both classes."""
+    labels = np.asarray(labels).astype(bool)
+    n_positive = int(labels.sum())
+    n_negative = len(labels) - n_positive
+    if n_positive == 0 or n_negative == 0:
+        return float("nan")
+    ranks = average_ranks(np.asarray(scores, dtype=np.float64))
+    return float((ranks[labels].sum() - n_positive * (n_positive + 1) / 2.0) / (n_positive * n_negative))
+
+
+def roc_points(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """False and true positive rates at each distinct score as threshold (score >= t), from +inf down."""
+    labels = np.asarray(labels).astype(bool)
+    scores = np.asarray(scores, dtype=np.float64)
+    order = np.argsort(-scores, kind="mergesort")
+    sorted_scores, sorted_labels = scores[order], labels[order]
+    last_of_value = np.r_[np.flatnonzero(sorted_scores[1:] != sorted_scores[:-1]), len(scores) - 1]
+    true_positives = np.r_[0, np.cumsum(sorted_labels)[last_of_value]]
+    false_positives = np.r_[0, (last_of_value + 1) - true_positives[1:]]
+    thresholds = np.r_[np.inf, sorted_scores[last_of_value]]
+    return false_positives / max(1, (~labels).sum()), true_positives / max(1, labels.sum()), thresholds
+
+
+def precision_recall_f1(labels: np.ndarray, preds: np.ndarray, classes: np.ndarray) -> np.ndarray:
+    """(3, n_classes): precision, recall and F1 of each class in `classes` (0 where undefined)."""
+    labels, preds = np.asarray(labels), np.asarray(preds)
+    hits = np.array([np.sum((preds == c) & (labels == c)) for c in classes], dtype=np.float64)
+    predicted = np.array([np.sum(preds == c) for c in classes], dtype=np.float64)
+    actual = np.array([np.sum(labels == c) for c in classes], dtype=np.float64)
+    precision = np.divide(hits, predicted, out=np.zeros_like(hits), where=predicted > 0)
+    recall = np.divide(hits, actual, out=np.zeros_like(hits), where=actual > 0)
+    total = precision + recall
+    f1 = np.divide(2 * precision * recall, total, out=np.zeros_like(hits), where=total > 0)
+    return np.stack([precision, recall, f1])
 
 
 def macro_auc(labels: np.ndarray, probs: np.ndarray) -> float:
@@ -26,8 +71,8 @@ def macro_auc(labels: np.ndarray, probs: np.ndarray) -> float:
     if len(np.unique(labels)) < n_classes or n_classes < 2:
         return float("nan")
     if n_classes == 2:
-        return float(roc_auc_score(labels, probs[:, 1]))
-    return float(roc_auc_score(labels, probs, multi_class="ovr", average="macro", labels=np.arange(n_classes)))
+        return roc_auc(labels == 1, probs[:, 1])
+    return float(np.mean([roc_auc(labels == c, probs[:, c]) for c in range(n_classes)]))
 
 
 def classification_metrics(labels: np.ndarray, probs: np.ndarray, classes: Sequence[str]) -> dict[str, float]:
@@ -41,16 +86,13 @@ def classification_metrics(labels: np.ndarray, probs: np.ndarray, classes: Seque
         return {"n": 0}
     preds = probs.argmax(axis=1)
     class_ids = np.arange(len(classes))
-    precision, recall, f1, _ = precision_recall_fscore_support(
-        labels, preds, labels=class_ids, average="macro", zero_division=0
-    )
-    _, per_class_recall, _, _ = precision_recall_fscore_support(
-        labels, preds, labels=class_ids, average=None, zero_division=0
-    )
+    per_class = precision_recall_f1(labels, preds, class_ids)
+    precision, recall, f1 = per_class.mean(axis=1)
+    per_class_recall = per_class[1]
     true_prob = np.clip(probs[np.arange(len(labels)), labels], PROB_FLOOR, 1.0)
     metrics = {
         "n": len(labels),
-        "accuracy": float(accuracy_score(labels, preds)),
+        "accuracy": float(np.mean(preds == labels)),
         "f1_macro": float(f1),
         "precision_macro": float(precision),
         "recall_macro": float(recall),
@@ -74,9 +116,9 @@ def choose_threshold(labels: np.ndarray, scores: np.ndarray) -> float:
     labels = np.asarray(labels, dtype=int)
     if len(np.unique(labels)) < 2:
         return 0.5
-    fpr, tpr, thresholds = roc_curve(labels, scores)
+    fpr, tpr, thresholds = roc_points(labels, scores)
     best = int(np.argmax(tpr - fpr))
-    return float(min(thresholds[best], 1.0))  # roc_curve's first threshold is +inf: no image positive
+    return float(min(thresholds[best], 1.0))  # the first threshold is +inf: no image positive
 
 
 def binary_metrics(labels: np.ndarray, scores: np.ndarray, threshold: float) -> dict[str, float]:
@@ -89,13 +131,11 @@ def binary_metrics(labels: np.ndarray, scores: np.ndarray, threshold: float) -> 
     if len(labels) == 0:
         return {"n": 0}
     preds = (scores >= threshold).astype(int)
-    precision, recall, f1, _ = precision_recall_fscore_support(
-        labels, preds, labels=[1], average="binary", pos_label=1, zero_division=0
-    )
-    auc = float(roc_auc_score(labels, scores)) if len(np.unique(labels)) == 2 else float("nan")
+    precision, recall, f1 = precision_recall_f1(labels, preds, np.array([1]))[:, 0]
+    auc = roc_auc(labels, scores)
     return {
         "n": len(labels),
-        "accuracy": float(accuracy_score(labels, preds)),
+        "accuracy": float(np.mean(preds == labels)),
         "precision": float(precision),
         "recall": float(recall),
         "f1": float(f1),
@@ -121,7 +161,7 @@ def multilabel_metrics(labels: np.ndarray, probs: np.ndarray, findings: Sequence
     for column, name in enumerate(findings):
         rows = known[:, column]
         truth = labels[rows, column].astype(int)
-        auc = float(roc_auc_score(truth, probs[rows, column])) if len(np.unique(truth)) == 2 else float("nan")
+        auc = roc_auc(truth, probs[rows, column])
         metrics[f"auc_{name}"] = auc
         if not np.isnan(auc):
             aucs.append(auc)
