@@ -21,6 +21,10 @@ LOGS = f"{DATA}/logs"
 BENCH = f"{DATA}/benchmarks"
 DATASETS = "|".join(map(re.escape, PLAN.datasets))  # every dataset some job reads
 EVALUATED = "|".join(map(re.escape, PLAN.evaluated))
+SEGMENTED_NAMES = [name for name in PLAN.evaluated if PLAN.view(name)["dataset"].get("task") == "segmentation"]
+NEVER = "(?!)"  # a wildcard pattern that matches nothing (no dataset of that kind)
+SEGMENTED = "|".join(map(re.escape, SEGMENTED_NAMES)) or NEVER  # rule segment's datasets (its masks an output)
+CLASSIFIED = "|".join(re.escape(n) for n in PLAN.evaluated if n not in SEGMENTED_NAMES) or NEVER  # rule finetune's
 # Pretraining runs live under their corpus: results/<corpus>/pretrain/<run>.
 MASKED_CORPUS = PLAN.experiment.corpus(registry.methods(registry.MASKED)[0])
 JOINT_CORPUS = PLAN.experiment.corpus(registry.methods(registry.JOINT)[0])
@@ -308,7 +312,9 @@ def segmentation_figure_inputs(wildcards):
     if view(wildcards)["dataset"].get("task") != "segmentation":
         return {}
     outputs = rules.prepare.output
-    return {name: at(wildcards.dataset, getattr(outputs, name)) for name in ("images", "masks", "lesion_masks")}
+    inputs = {name: at(wildcards.dataset, getattr(outputs, name)) for name in ("images", "masks", "lesion_masks")}
+    runs = PLAN.finetune_runs(wildcards.dataset)
+    return inputs | {"predicted_masks": [f"results/{wildcards.dataset}/{run}/predicted_masks.npy" for run in runs]}
 
 
 def task_args(wildcards):

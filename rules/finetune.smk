@@ -9,7 +9,7 @@ FINETUNE_CHOICE_KEYS = ("inits", "imagenet_weights", "resources", "modes", "augm
 
 
 rule finetune:
-    """Fine-tune one initialisation on one labelled subset; model selection on validation only."""
+    """Fine-tune one initialisation on one labelled subset; model selection on validation only (classification)."""
     input:
         script=script("finetune.py"),
         code=script_code("finetune.py"),
@@ -30,7 +30,7 @@ rule finetune:
         budget=r"frac[0-9.]+|n[0-9]+",
         variant=VARIANTS,
         seed=r"\d+",
-        dataset=EVALUATED,
+        dataset=CLASSIFIED,
     conda:
         "../envs/torch.yaml"
     threads: config["finetune"]["resources"]["cpus"]
@@ -52,3 +52,17 @@ rule finetune:
         "--subset {input.subset} --init {wildcards.init} --encoder {params.encoder} {params.weights} "
         "--patch-size {params.patch_size} --settings {params.settings} --seed {wildcards.seed} "
         "--budget {wildcards.budget} {params.variant} {params.task} --out {params.out_dir} --log {log}"
+
+
+use rule finetune as segment with:
+    output:
+        metrics=f"{DATA}/finetune/{{init}}/{{budget}}_seed{{seed}}{{variant}}/metrics.json",
+        history=f"{DATA}/finetune/{{init}}/{{budget}}_seed{{seed}}{{variant}}/history.csv",
+        predictions=f"{DATA}/finetune/{{init}}/{{budget}}_seed{{seed}}{{variant}}/predictions.csv",
+        masks=f"{DATA}/finetune/{{init}}/{{budget}}_seed{{seed}}{{variant}}/predicted_masks.npy",  # test predictions
+    wildcard_constraints:
+        init=r"[A-Za-z0-9_.-]+",
+        budget=r"frac[0-9.]+|n[0-9]+",
+        variant=VARIANTS,
+        seed=r"\d+",
+        dataset=SEGMENTED,

@@ -4,6 +4,7 @@ workflow, from a tiny pretrained encoder and from scratch (issue 26's integratio
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -47,3 +48,10 @@ def test_real_lung_masks_segmented_from_a_pretrained_and_a_scratch_encoder(tmp_p
     verdict = (results / "tables" / "verdict.md").read_text()
     assert "Dice" in verdict and "positive test images" in verdict
     assert (results / "figures" / "worst_segmentations.png").stat().st_size > 10_000
+    # The predicted masks are rule segment's declared output and the figure's input: one deleted, redrawing the
+    # figure plans that segment job (and no finetune job, which a segmentation dataset never has).
+    predicted = results / "finetune" / INITS[1] / "frac1_seed0" / "predicted_masks.npy"
+    predicted.unlink()
+    planned = snakemake(tmp_path, "-n", "--forcerun", "figures", configs=(TINY_CONFIG, config)).stdout
+    assert re.search(r"^segment\s+1$", planned, flags=re.M) and re.search(r"^figures\s+1$", planned, flags=re.M)
+    assert not re.search(r"^finetune\s+\d+$", planned, flags=re.M), planned
