@@ -4,8 +4,6 @@ runs the DAG)."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from cxrmim.config import load_config, merge
@@ -25,11 +23,12 @@ def one_dataset(**sections) -> dict:
     return config(dataset={"name": "solo"}, **sections)
 
 
-def test_default_is_an_experiment_with_a_corpus_and_two_evaluation_datasets():
+def test_default_is_an_experiment_with_a_corpus_and_three_evaluation_datasets():
     plan = Plan(DEFAULT)
     assert not plan.experiment.single and plan.experiment.name == "transfer"
-    assert plan.corpora == ["phantoms"] and plan.evaluated == ["phantoms", "hospital_b"]
-    assert Plan(load_config(Path(__file__).parents[1] / "configs" / "segmentation.yaml")).evaluated[-1] == "lesions"
+    assert plan.corpora == ["phantoms"] and plan.evaluated == ["phantoms", "hospital_b", "lesions"]
+    assert plan.view("lesions")["dataset"]["task"] == "segmentation"
+    assert plan.budgets("lesions") == ["frac0.1", "frac1"] and plan.budgets("hospital_b") == ["frac0.01", "frac1"]
     corpus, other = plan.view("phantoms")["dataset"], plan.view("hospital_b")["dataset"]
     # Each entry is merged over `dataset`: its own keys win, the rest are the shared defaults.
     assert corpus["name"] == "phantoms" and corpus["synthetic"]["multi_finding"] is True
