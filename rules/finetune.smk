@@ -5,6 +5,7 @@ if int(config["finetune"]["resources"]["gpu"]) > 1:
         "process on one GPU (the cluster runs many fine-tunes side by side instead); set finetune.resources.gpu: 1"
     )
 
+RUN_DIR = f"{DATA}/finetune/{{init}}/{{budget}}_seed{{seed}}{{variant}}"  # one fine-tuning run
 FINETUNE_CHOICE_KEYS = ("inits", "imagenet_weights", "resources", "modes", "augment_presets", "ratios_at_every_budget")
 
 
@@ -18,9 +19,9 @@ rule finetune:
         subset=f"{DATA}/split/subsets/{{budget}}_seed{{seed}}.csv",
         weights=finetune_weights,
     output:
-        metrics=f"{DATA}/finetune/{{init}}/{{budget}}_seed{{seed}}{{variant}}/metrics.json",
-        history=f"{DATA}/finetune/{{init}}/{{budget}}_seed{{seed}}{{variant}}/history.csv",
-        predictions=f"{DATA}/finetune/{{init}}/{{budget}}_seed{{seed}}{{variant}}/predictions.csv",
+        metrics=f"{RUN_DIR}/metrics.json",
+        history=f"{RUN_DIR}/history.csv",
+        predictions=f"{RUN_DIR}/predictions.csv",
     log:
         f"{LOGS}/finetune/{{init}}/{{budget}}_seed{{seed}}{{variant}}.log",
     benchmark:
@@ -56,10 +57,10 @@ rule finetune:
 
 use rule finetune as segment with:
     output:
-        metrics=f"{DATA}/finetune/{{init}}/{{budget}}_seed{{seed}}{{variant}}/metrics.json",
-        history=f"{DATA}/finetune/{{init}}/{{budget}}_seed{{seed}}{{variant}}/history.csv",
-        predictions=f"{DATA}/finetune/{{init}}/{{budget}}_seed{{seed}}{{variant}}/predictions.csv",
-        masks=f"{DATA}/finetune/{{init}}/{{budget}}_seed{{seed}}{{variant}}/predicted_masks.npy",  # test predictions
+        metrics=f"{RUN_DIR}/metrics.json",
+        history=f"{RUN_DIR}/history.csv",
+        predictions=f"{RUN_DIR}/predictions.csv",
+        masks=f"{RUN_DIR}/predicted_masks.npy",  # test predictions
     wildcard_constraints:
         init=r"[A-Za-z0-9_.-]+",
         budget=r"frac[0-9.]+|n[0-9]+",
